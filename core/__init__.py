@@ -1,0 +1,1 @@
+"""The style studio's engine: models, methods and storage. Never imports gradio."""

@@ -1,0 +1,48 @@
+"""Device and dtype choice: CUDA > MPS > CPU; half precision on accelerators, fp32 on CPU."""
+from __future__ import annotations
+
+import gc
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+          "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The device named, or the best one present when `name` is None or "auto"."""
+    if name and name != "auto":
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"--device {name} was asked for but CUDA is not available here.")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(f"--device {name} was asked for but MPS is not available here.")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, name: str | None = None) -> torch.dtype:
+    """The dtype named, else fp16 on CUDA/MPS (bf16 where CUDA supports it) and fp32 on CPU."""
+    if name and name != "auto":
+        try:
+            return DTYPES[name.lower()]
+        except KeyError:
+            raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}") from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def release_memory() -> None:
+    """Give cached accelerator memory back after a failure or a large job."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        torch.mps.empty_cache()

@@ -1,0 +1,85 @@
+"""What every tab shares: the app context, the GPU queue slot and error translation."""
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+from core.errors import Cancelled, UserError
+
+log = logging.getLogger("studio")
+
+# Events that run a model on the accelerator share this queue slot: one at a time.
+# CPU-only events use the default slot and are not blocked by a running GPU job.
+GPU = dict(concurrency_id="gpu", concurrency_limit=1)
+
+
+@dataclass
+class AppContext:
+    engine: Any  # core.engine.Engine
+    data_dir: Path
+    args: argparse.Namespace
+
+
+OOM_ADVICE = ("The device ran out of memory. Try a smaller image size, fewer images per "
+              "set or a smaller batch; the memory has been released.")
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """The exception that the user sees for `exc`."""
+    import torch
+
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, UserError):
+        return gr.Error(str(exc))
+    if isinstance(exc, torch.OutOfMemoryError):
+        from core.devices import release_memory
+
+        release_memory()
+        return gr.Error(OOM_ADVICE)
+    if isinstance(exc, Cancelled):
+        return gr.Error("Stopped.")
+    log.exception("unexpected error", exc_info=exc)
+    return gr.Error(f"Something went wrong: {type(exc).__name__}: {exc}")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Wrap an event handler (plain function or generator) so that errors reach the user as
+    `gr.Error` with a clear message and the server keeps serving."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - everything is reported
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                raise _translate(exc) from exc
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise _translate(exc) from exc
+    return wrapper
+
+
+def session_key(request: gr.Request | None) -> str:
+    """Who is asking: the logged-in user, else the browser session."""
+    if request is None:
+        return "local"
+    user = getattr(request, "username", None)
+    return f"user:{user}" if user else f"session:{request.session_hash}"
