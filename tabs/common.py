@@ -25,6 +25,20 @@ class AppContext:
     engine: Any  # core.engine.Engine
     data_dir: Path
     args: argparse.Namespace
+    metrics: Any = None  # core.metrics.Metrics
+
+
+def status_text(event) -> str:
+    """One status line for a core event (Progress / Notice / Result)."""
+    from core.events import Notice, Progress
+
+    if isinstance(event, Progress):
+        if event.total:
+            return f"**{event.message or 'Working'}** ({100 * event.fraction:.0f}%)"
+        return f"**{event.message or 'Working'}**"
+    if isinstance(event, Notice):
+        return f"Note: {event.message}"
+    return "**Done.**"
 
 
 OOM_ADVICE = ("The device ran out of memory. Try a smaller image size, fewer images per "

@@ -1,0 +1,71 @@
+"""Style studio: six methods for steering text-to-image diffusion models, in one Gradio app.
+
+    python app.py                 # SDXL base from the Hugging Face Hub (a GPU is advised)
+    python app.py --model tiny    # offline: tiny random models, runs on a CPU in seconds
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("studio")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=env("STUDIO_MODEL", "sdxl"),
+                   help="sdxl (default), sd15, tiny, tiny-sd, sdxl-arch, a Hub id or a local diffusers folder")
+    p.add_argument("--device", default=env("STUDIO_DEVICE", "auto"), help="auto, cuda, cuda:1, mps or cpu")
+    p.add_argument("--dtype", default=env("STUDIO_DTYPE", "auto"), help="auto, fp16, bf16 or fp32")
+    p.add_argument("--host", default=env("STUDIO_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env("STUDIO_PORT", env("GRADIO_SERVER_PORT", "7860"))))
+    default_data = env("STUDIO_DATA_DIR") or ("/data/studio" if Path("/data").is_dir() and env("SPACE_ID") else "data")
+    p.add_argument("--data-dir", default=default_data,
+                   help="where adapters, ratings and outputs are kept (env STUDIO_DATA_DIR; "
+                        "/data/studio on a Space with persistent storage)")
+    p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    return p.parse_args(argv)
+
+
+def build_app(args: argparse.Namespace):
+    import gradio as gr
+
+    from core.engine import Engine
+    from core.metrics import Metrics
+    from tabs import TAB_MODULES
+    from tabs.common import AppContext
+
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    engine = Engine(args.model, device=args.device, dtype=args.dtype, data_dir=data_dir)
+    engine.load_in_background()
+    ctx = AppContext(engine=engine, data_dir=data_dir, args=args,
+                     metrics=Metrics(tiny=engine.offline, device=engine.device))
+
+    with gr.Blocks(title="Style studio") as demo:
+        gr.Markdown(f"# Style studio\nModel: `{engine.spec.source}` on `{engine.device}`"
+                    + (" (offline tiny models: images are noise, the machinery is real)"
+                       if engine.offline else ""))
+        for name in TAB_MODULES:
+            module = importlib.import_module(name)
+            with gr.Tab(module.TITLE):
+                module.build(ctx)
+    demo.queue(default_concurrency_limit=4)
+    demo.studio = ctx  # for tests and embedding
+    return demo
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    demo = build_app(args)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                max_file_size="50mb")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""The engine: one resident base model, shared by every method, and streamed jobs.
+
+`Engine` loads the base pipeline once (in the background, so the UI comes up at once), keeps
+it on the device, derives other pipelines from the same components with `from_pipe` (no
+second copy of any weight), and runs jobs one at a time on the accelerator, each as a
+generator of progress events with a latent preview per step.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from . import devices, models
+from .errors import UserError
+from .events import Notice, Progress, Result
+from .jobs import Job, JobContext, JobRegistry, stream
+from .preview import fit_latent_rgb_map, latents_to_previews
+
+log = logging.getLogger(__name__)
+
+MAX_TOKENS = 77
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class Engine:
+    def __init__(self, model: str = "sdxl", device: str | None = None,
+                 dtype: str | None = None, data_dir: str | Path = "data"):
+        self.spec = models.resolve(model)
+        self.device = devices.pick_device(device)
+        self.dtype = devices.pick_dtype(self.device, dtype)
+        self.data_dir = Path(data_dir)
+        self.jobs = JobRegistry()
+        self.gpu_lock = threading.Lock()     # one accelerator job at a time
+        self._load_lock = threading.Lock()
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        self._load_messages: list[str] = []
+        self._pipe = None
+        self._derived: dict[Any, Any] = {}
+        self._rgb_map: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ loading
+    @property
+    def family(self) -> str:
+        return self.spec.name
+
+    @property
+    def offline(self) -> bool:
+        return self.spec.offline
+
+    @property
+    def xl(self) -> bool:
+        return self.spec.xl
+
+    @property
+    def resolution(self) -> int:
+        return self.spec.resolution
+
+    def load(self) -> Any:
+        """Load the base pipeline (once); later calls return the resident one."""
+        with self._load_lock:
+            if self._pipe is None:
+                if self._load_error is not None:
+                    raise self._load_error
+                try:
+                    self._pipe = models.load_pipeline(self.spec, self.device, self.dtype,
+                                                      report=self._load_messages.append)
+                    self._rgb_map = fit_latent_rgb_map(self._pipe.vae)
+                except BaseException as exc:
+                    self._load_error = exc
+                    raise
+                finally:
+                    self._loaded.set()
+            return self._pipe
+
+    def load_in_background(self) -> threading.Thread:
+        def run():
+            try:
+                self.load()
+            except BaseException as exc:  # noqa: BLE001 - reported to every job that waits
+                log.error("%s", exc)
+        thread = threading.Thread(target=run, name="engine-load", daemon=True)
+        thread.start()
+        return thread
+
+    def wait_loaded(self) -> Iterator[Progress]:
+        """Progress events while the model loads; raises the load error, if any."""
+        if self._pipe is not None:
+            return
+        if not self._loaded.is_set() and not self._load_lock.locked():
+            self.load_in_background()  # nobody is loading yet
+        started = time.monotonic()
+        while not self._loaded.wait(timeout=0.5):
+            msg = self._load_messages[-1] if self._load_messages else f"Loading {self.spec.source}"
+            yield Progress(0, 0, f"{msg} ({time.monotonic() - started:.0f} s)")
+        self.load()
+
+    @property
+    def pipe(self):
+        return self.load()
+
+    def pipeline(self, cls=None, **components):
+        """A pipeline of class `cls` on the resident components (diffusers `from_pipe`).
+        Extra components (e.g. another scheduler) replace the shared ones in the new pipeline
+        only. Cached, so each variant is built once."""
+        base = self.pipe
+        if cls is None and not components:
+            return base
+        key = (cls, tuple(sorted((k, type(v).__name__) for k, v in components.items())))
+        if key not in self._derived:
+            cls = cls or type(base)
+            derived = cls.from_pipe(base, **components)
+            derived.set_progress_bar_config(disable=True)
+            self._derived[key] = derived
+        return self._derived[key]
+
+    # ------------------------------------------------------------------ jobs
+    def run(self, work: Callable[[JobContext], Result], *, owner: str = "local",
+            kind: str = "job", needs_model: bool = True) -> Iterator[Progress | Notice | Result]:
+        """Stream `work` as a job on the accelerator (one at a time)."""
+        if needs_model:
+            yield from self.wait_loaded()
+        yield from stream(work, Job(owner, kind), self.jobs, lock=self.gpu_lock)
+
+    def cancel(self, owner: str) -> int:
+        """Stop the owner's running jobs (each stops within one step)."""
+        return self.jobs.cancel(owner)
+
+    # ------------------------------------------------------------------ helpers for methods
+    def clean_prompt(self, prompt: str, ctx: JobContext | None = None) -> str:
+        """Control characters removed; a notice if the prompt is longer than the text
+        encoder's 77 tokens (the rest is ignored by the model)."""
+        prompt = _CONTROL.sub(" ", prompt or "").strip()
+        ids = self.pipe.tokenizer(prompt, truncation=False).input_ids
+        if len(ids) > MAX_TOKENS and ctx is not None:
+            kept = self.pipe.tokenizer.decode(ids[1:MAX_TOKENS - 1])
+            ctx.notice(f"Prompt longer than {MAX_TOKENS} tokens: only \"{kept}\" is used.")
+        return prompt
+
+    def check_size(self, width: int, height: int) -> tuple[int, int]:
+        """Snap to the VAE's grid and refuse sizes the model can't do."""
+        factor = self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+        lo, hi = 8 * factor if not self.offline else factor, 2048 if not self.offline else 256
+        for v, name in ((width, "width"), (height, "height")):
+            if not lo <= int(v) <= hi:
+                raise UserError(f"The {name} must be between {lo} and {hi} pixels (got {v}).")
+        return (int(width) // factor * factor, int(height) // factor * factor)
+
+    def initial_latents(self, n: int, seed: int, width: int, height: int) -> torch.Tensor:
+        """Starting noise with one seed per image (seed, seed+1, ...), so image i of a batch
+        is the image its prompt gives alone with seed+i."""
+        pipe = self.pipe
+        shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor,
+                 width // pipe.vae_scale_factor)
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(seed) + i))
+                 for i in range(n)]
+        return torch.stack(noise).to(self.device, self.dtype) * pipe.scheduler.init_noise_sigma
+
+    def previews(self, latents: torch.Tensor) -> list[Image.Image]:
+        return latents_to_previews(latents, self._rgb_map)
+
+    def step_callback(self, ctx: JobContext, total: int, message: str = "Denoising",
+                      on_step: Callable[[int, Any, torch.Tensor], torch.Tensor | None] | None = None):
+        """A `callback_on_step_end` that streams a preview, stops on cancel and may edit the
+        latents (`on_step(i, t, latents)` returning new latents)."""
+        def callback(pipe, i, t, kwargs):
+            latents = kwargs["latents"]
+            out = {}
+            if on_step is not None:
+                new = on_step(i, t, latents)
+                if new is not None:
+                    out["latents"] = latents = new
+            ctx.progress(i + 1, total, f"{message} {i + 1}/{total}", self.previews(latents))
+            return out
+        return callback
+
+    def text_to_image(self, ctx: JobContext, prompts: Sequence[str], *, negative_prompt: str = "",
+                      seed: int = 0, steps: int = 30, guidance: float = 5.0, width: int | None = None,
+                      height: int | None = None, latents: torch.Tensor | None = None,
+                      pipe=None, on_step=None, message: str = "Denoising",
+                      **call_kwargs) -> list[Image.Image]:
+        """The common pipeline call: per-image seeds, streaming, cancel."""
+        pipe = pipe or self.pipe
+        width, height = self.check_size(width or self.resolution, height or self.resolution)
+        prompts = [self.clean_prompt(p, ctx) for p in prompts]
+        if latents is None:
+            latents = self.initial_latents(len(prompts), seed, width, height)
+        negative = [self.clean_prompt(negative_prompt)] * len(prompts) if negative_prompt else None
+        with torch.inference_mode():
+            out = pipe(prompt=list(prompts), negative_prompt=negative, num_inference_steps=int(steps),
+                       guidance_scale=float(guidance), width=width, height=height, latents=latents,
+                       callback_on_step_end=self.step_callback(ctx, int(steps), message, on_step),
+                       callback_on_step_end_tensor_inputs=["latents"], output_type="pil",
+                       **call_kwargs)
+        return out.images
+
+    def generate(self, prompts: Sequence[str], *, owner: str = "local", **kwargs) -> Iterator:
+        """A plain batch, one image per prompt, streamed."""
+        prompts = _check_prompts(prompts)
+
+        def work(ctx: JobContext) -> Result:
+            images = self.text_to_image(ctx, prompts, **kwargs)
+            return Result(images=images, info={"prompts": list(prompts)})
+        return self.run(work, owner=owner, kind="generate")
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
+        """VAE latent (scaled, mean of the posterior) of an RGB image, encoded in fp32."""
+        from .images import center_crop_resize
+        import numpy as np
+
+        vae = self.pipe.vae
+        img = center_crop_resize(image, width, height)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+        orig = vae.dtype
+        try:
+            if orig != torch.float32:  # the encoder's Jacobian and statistics need fp32
+                vae.to(torch.float32)
+            z = vae.encode(x.to(self.device)).latent_dist.mean * vae.config.scaling_factor
+        finally:
+            if orig != torch.float32:
+                vae.to(orig)
+        return z.to(self.dtype)
+
+
+def _check_prompts(prompts: Sequence[str], limit: int = 8) -> list[str]:
+    prompts = [p.strip() for p in prompts if p and p.strip()]
+    if not prompts:
+        raise UserError("Write at least one prompt.")
+    if len(prompts) > limit:
+        raise UserError(f"{len(prompts)} prompts given; at most {limit} at a time.")
+    return prompts

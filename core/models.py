@@ -1,0 +1,117 @@
+"""Model families and loading: Hub ids, local folders, or the in-process families."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+HUB_IDS = {
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+}
+BUILT_IN = ("tiny", "tiny-sd", "sdxl-arch")
+FAMILIES = tuple(HUB_IDS) + BUILT_IN
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What `--model NAME` means: a family name, a Hub id or a local folder."""
+
+    name: str          # as given
+    source: str        # Hub id, folder, or built-in family name
+    built_in: bool
+    xl: bool           # SDXL architecture (two text encoders, micro-conditioning)
+
+    @property
+    def offline(self) -> bool:
+        return self.name in ("tiny", "tiny-sd")
+
+    @property
+    def resolution(self) -> int:
+        if self.offline:
+            return 64
+        return 1024 if self.xl else 512
+
+
+def resolve(name: str) -> ModelSpec:
+    """Turn a `--model` value into a spec, without loading anything."""
+    if name in BUILT_IN:
+        return ModelSpec(name, name, True, xl=name != "tiny-sd")
+    if name in HUB_IDS:
+        return ModelSpec(name, HUB_IDS[name], False, xl=name == "sdxl")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise UserError(f"{path} is not a diffusers model folder (no model_index.json).")
+        xl = "XL" in index.read_text(encoding="utf-8")
+        return ModelSpec(name, str(path), False, xl=xl)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return ModelSpec(name, name, False, xl="xl" in name.lower())
+    raise UserError(f"Unknown model {name!r}: give one of {', '.join(FAMILIES)}, a Hub id "
+                    "(owner/name) or a local diffusers folder.")
+
+
+def _load_hub_or_folder(spec: ModelSpec, dtype: torch.dtype):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if spec.xl else StableDiffusionPipeline
+    kwargs = dict(torch_dtype=dtype, use_safetensors=True)
+    if not spec.xl:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if dtype == torch.float16 and not Path(spec.source).is_dir():
+        kwargs["variant"] = "fp16"
+    try:
+        try:
+            pipe = cls.from_pretrained(spec.source, **kwargs)
+        except (OSError, ValueError) as exc:
+            if "variant" not in kwargs or "variant" not in str(exc):
+                raise
+            kwargs.pop("variant")
+            pipe = cls.from_pretrained(spec.source, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - every loading failure gets the same advice
+        raise _load_error(spec, exc) from None
+    # DDIM: deterministic, what Style-Aligned's reference set-up and DDIM inversion use.
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False,
+                                               set_alpha_to_one=False)
+    return pipe
+
+
+def _load_error(spec: ModelSpec, exc: Exception) -> UserError:
+    return UserError(
+        f"Could not load the model {spec.source!r}: {type(exc).__name__}: {exc}\n"
+        "To fix it: check the network connection; for a gated or private model run "
+        "`hf auth login` (or set HF_TOKEN); or pass a local diffusers folder with "
+        "--model /path/to/model; or try the app offline with --model tiny.")
+
+
+def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype,
+                  report: Callable[[str], None] = log.info):
+    """The base text-to-image pipeline of `spec`, on `device` in `dtype`."""
+    from . import tiny
+
+    report(f"Loading {spec.source} on {device} ({str(dtype).replace('torch.', '')})")
+    if spec.name == "tiny":
+        pipe = tiny.tiny_sdxl()
+    elif spec.name == "tiny-sd":
+        pipe = tiny.tiny_sd()
+    elif spec.name == "sdxl-arch":
+        pipe = tiny.sdxl_architecture(dtype=dtype, device=device)
+    else:
+        pipe = _load_hub_or_folder(spec, dtype)
+    if pipe.unet.device != device or pipe.unet.dtype != dtype:
+        pipe = pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder,
+                   getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False).eval()
+    report(f"Loaded {spec.source}")
+    return pipe

@@ -1,0 +1,302 @@
+"""Style Aligned Image Generation via Shared Attention (Hertz et al., CVPR 2024).
+
+A set of images shares one style by letting every target image attend, in the UNet's
+self-attention layers, to the first image of the set (the reference) as well as to itself.
+Before attending, the targets' queries and keys are normalised to the reference's statistics
+(AdaIN over the token axis, per channel). The reference attends only to itself, so it is the
+image its prompt gives alone. Under classifier-free guidance the unconditional and the
+conditional half of the batch each share with their own reference; without guidance there is
+one group.
+
+A real image can be the reference: it is DDIM-inverted and its inverted latent is put back
+in the reference slot after every denoising step.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import types
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention, project_qkv, self_attention_names, swapped_processors
+from .errors import UserError
+from .events import Result
+from .jobs import JobContext
+
+MAX_SET = 8
+EPS = 1e-5
+
+
+@dataclass
+class SharingOptions:
+    """The shared-attention handler's settings; defaults are the reference SDXL ones."""
+
+    adain_queries: bool = True
+    adain_keys: bool = True
+    adain_values: bool = False
+    share_group_norm: bool = False
+    full_attention_share: bool = False   # every image attends to every other (leakage baseline)
+    shared_score_shift: float = 0.0      # added to the logits of the reference keys (log 2: 2x weight)
+    shared_score_scale: float = 1.0      # multiplies the reference keys seen by the targets
+    share_fraction: float = 1.0          # fraction of self-attention layers that share
+    enabled: bool = True
+
+
+@dataclass
+class SharingState:
+    """Per-run facts the processors need: how many independent groups the batch holds
+    (2 under classifier-free guidance, else 1)."""
+
+    groups: int = 1
+    options: SharingOptions = field(default_factory=SharingOptions)
+
+
+def adain(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """AdaIN over the token axis (-2): x normalised per channel, then given ref's mean/std."""
+    work = torch.promote_types(x.dtype, torch.float32)  # statistics in fp32 at least
+    xf, rf = x.to(work), ref.to(work)
+    mu_x, var_x = xf.mean(-2, keepdim=True), xf.var(-2, keepdim=True, unbiased=False)
+    mu_r, var_r = rf.mean(-2, keepdim=True), rf.var(-2, keepdim=True, unbiased=False)
+    out = (xf - mu_x) * torch.rsqrt(var_x + EPS) * torch.sqrt(var_r + EPS) + mu_r
+    return out.to(x.dtype)
+
+
+def biased_attention(q, k, v, n_plain: int, shift: float) -> torch.Tensor:
+    """softmax(q k^T * s + b) v where b is `shift` on keys n_plain.. and 0 on the others.
+
+    The bias is folded into an extra head dimension (q gets a 1, the shifted keys get
+    shift/s), so the product carries it exactly and no (tokens x tokens) bias or logits
+    tensor is ever built: the fused SDPA kernels (flash included) stay in use and memory is
+    what plain attention needs. Head dims are padded to a multiple of 8 for those kernels."""
+    if shift == 0.0:
+        return attention(q, k, v)
+    d = q.shape[-1]
+    scale = 1.0 / math.sqrt(d)
+    pad = 8 - d % 8 if d % 8 else 8
+    q_extra = torch.zeros(*q.shape[:-1], pad, dtype=q.dtype, device=q.device)
+    q_extra[..., 0] = 1.0
+    k_extra = torch.zeros(*k.shape[:-1], pad, dtype=k.dtype, device=k.device)
+    k_extra[..., n_plain:, 0] = shift / scale
+    v_extra = torch.zeros(*v.shape[:-1], pad, dtype=v.dtype, device=v.device)
+    out = F.scaled_dot_product_attention(torch.cat([q, q_extra], -1), torch.cat([k, k_extra], -1),
+                                         torch.cat([v, v_extra], -1), scale=scale)
+    return out[..., :d]
+
+
+class SharedAttentionProcessor:
+    """Self-attention processor of one UNet layer; identical to diffusers' AttnProcessor2_0
+    when sharing is off (or the batch holds a single image per group)."""
+
+    def __init__(self, state: SharingState, share: bool = True):
+        self.state = state
+        self.share = share
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):
+        q, k, v, restore = project_qkv(attn, hidden_states, encoder_hidden_states, temb)
+        opts, groups = self.state.options, self.state.groups
+        batch = q.shape[0]
+        if (not (self.share and opts.enabled) or attention_mask is not None
+                or encoder_hidden_states is not None or batch % groups or batch // groups < 2):
+            if attention_mask is not None:
+                attention_mask = attn.prepare_attention_mask(attention_mask, k.shape[2], batch)
+                attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+            return restore(attention(q, k, v, attention_mask))
+        return restore(self.shared(q, k, v, groups, opts))
+
+    @staticmethod
+    def shared(q, k, v, groups: int, opts: SharingOptions) -> torch.Tensor:
+        """Shared attention on (batch, heads, tokens, dim) tensors."""
+        b, h, n_tok, d = q.shape
+        n = b // groups
+
+        def split(x):  # (groups, images, heads, tokens, dim)
+            return x.reshape(groups, n, h, -1, d)
+
+        q, k, v = split(q), split(k), split(v)
+        if opts.full_attention_share:
+            def flat(x):
+                return x.permute(0, 2, 1, 3, 4).reshape(groups, h, n * n_tok, d)
+            out = attention(flat(q), flat(k), flat(v))
+            return out.reshape(groups, h, n, n_tok, d).permute(0, 2, 1, 3, 4).reshape(b, h, n_tok, d)
+
+        q_ref, k_ref, v_ref = q[:, :1], k[:, :1], v[:, :1]
+        q_t, k_t, v_t = q[:, 1:], k[:, 1:], v[:, 1:]
+        if opts.adain_queries:
+            q_t = adain(q_t, q_ref)
+        if opts.adain_keys:
+            k_t = adain(k_t, k_ref)
+        if opts.adain_values:
+            v_t = adain(v_t, v_ref)
+        m = n - 1
+        k_shared = k_ref * opts.shared_score_scale if opts.shared_score_scale != 1.0 else k_ref
+        keys = torch.cat([k_t, k_shared.expand(groups, m, h, n_tok, d)], dim=-2)
+        values = torch.cat([v_t, v_ref.expand(groups, m, h, n_tok, d)], dim=-2)
+        out_t = biased_attention(q_t.reshape(groups * m, h, n_tok, d),
+                                 keys.reshape(groups * m, h, 2 * n_tok, d),
+                                 values.reshape(groups * m, h, 2 * n_tok, d),
+                                 n_plain=n_tok, shift=opts.shared_score_shift)
+        out_ref = attention(q_ref.reshape(groups, h, n_tok, d), k_ref.reshape(groups, h, n_tok, d),
+                            v_ref.reshape(groups, h, n_tok, d))
+        out = torch.cat([out_ref.reshape(groups, 1, h, n_tok, d),
+                         out_t.reshape(groups, m, h, n_tok, d)], dim=1)
+        return out.reshape(b, h, n_tok, d)
+
+
+def sharing_layers(names: Sequence[str], fraction: float) -> set[str]:
+    """Evenly spaced subset of the self-attention layers holding `fraction` of them."""
+    if not 0.0 <= fraction <= 1.0:
+        raise UserError("The fraction of sharing layers must be between 0 and 1.")
+    count = round(fraction * len(names))
+    if count == 0:
+        return set()
+    picks = {min(len(names) - 1, int(i * len(names) / count)) for i in range(count)}
+    return {names[i] for i in picks}
+
+
+def _shared_group_norm_forward(state: SharingState):
+    def forward(self: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        groups, b = state.groups, x.shape[0]
+        if not state.options.enabled or b % groups or b // groups < 2:
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        n = b // groups
+        xf = x.float().reshape(groups, n, self.num_groups, -1)
+        mean, sq = xf.mean(-1, keepdim=True), (xf * xf).mean(-1, keepdim=True)
+        # statistics pooled with the reference (equal sizes: the average of the two)
+        mean = (mean + mean[:, :1]) / 2
+        sq = (sq + sq[:, :1]) / 2
+        y = (xf - mean) * torch.rsqrt((sq - mean * mean).clamp_min(0) + self.eps)
+        y = y.reshape(x.shape).to(x.dtype)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        if self.weight is not None:
+            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return y
+    return forward
+
+
+@contextlib.contextmanager
+def shared_group_norm(unet, state: SharingState) -> Iterator[None]:
+    """GroupNorm statistics of every image pooled with its group's reference."""
+    norms = [m for m in unet.modules() if isinstance(m, nn.GroupNorm)]
+    forward = _shared_group_norm_forward(state)
+    for m in norms:
+        m.forward = types.MethodType(forward, m)
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.__dict__.pop("forward", None)
+
+
+@contextlib.contextmanager
+def style_aligned(unet, options: SharingOptions, groups: int) -> Iterator[SharingState]:
+    """Shared attention (and optionally group norm) on `unet` for the duration of the block;
+    the processors the UNet had before are restored afterwards, whatever happens."""
+    state = SharingState(groups=groups, options=options)
+    chosen = sharing_layers(self_attention_names(unet), options.share_fraction)
+
+    def make(name, original):
+        if name.endswith("attn1.processor"):
+            return SharedAttentionProcessor(state, share=name in chosen)
+        return None
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(swapped_processors(unet, make))
+        if options.share_group_norm:
+            stack.enter_context(shared_group_norm(unet, state))
+        yield state
+
+
+# ---------------------------------------------------------------------- the job
+def uses_guidance(pipe, guidance: float) -> bool:
+    """Whether the pipeline will run classifier-free guidance (a doubled batch)."""
+    return guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
+
+
+@torch.no_grad()
+def ddim_invert(engine, ctx: JobContext, latent: torch.Tensor, prompt: str, steps: int,
+                guidance: float = 1.0) -> list[torch.Tensor]:
+    """Deterministic DDIM inversion. Returns [z_0, z_1, ..., z_S]: z_k is the latent at the
+    k-th timestep of the schedule counted from the clean end (z_S is the starting noise)."""
+    from diffusers import DDIMInverseScheduler
+
+    pipe = engine.pipeline(scheduler=DDIMInverseScheduler.from_config(engine.pipe.scheduler.config))
+    trajectory = [latent.clone()]
+
+    def keep(i, t, latents):
+        trajectory.append(latents.clone())
+        return None
+
+    size = latent.shape[-1] * engine.pipe.vae_scale_factor, latent.shape[-2] * engine.pipe.vae_scale_factor
+    with torch.inference_mode():
+        pipe(prompt=[prompt], num_inference_steps=int(steps), guidance_scale=float(guidance),
+             width=size[0], height=size[1], latents=latent.clone(), output_type="latent",
+             callback_on_step_end=engine.step_callback(ctx, int(steps), "Inverting", keep),
+             callback_on_step_end_tensor_inputs=["latents"])
+    return trajectory
+
+
+def build_prompts(prompts: Sequence[str], style: str) -> list[str]:
+    prompts = [p.strip() for p in prompts if p and p.strip()]
+    if not prompts:
+        raise UserError("Write at least one prompt (one per line).")
+    if len(prompts) > MAX_SET:
+        raise UserError(f"{len(prompts)} prompts: a set holds at most {MAX_SET} images.")
+    style = (style or "").strip()
+    return [f"{p}, {style}" if style else p for p in prompts]
+
+
+def style_aligned_set(engine, prompts: Sequence[str], style: str = "", *,
+                      options: SharingOptions | None = None, seed: int = 0, steps: int = 50,
+                      guidance: float = 5.0, width: int | None = None, height: int | None = None,
+                      negative_prompt: str = "", reference_image=None, reference_prompt: str = "",
+                      inversion_guidance: float = 2.0, metrics=None, owner: str = "local"):
+    """Generate a style-aligned set; a generator of progress events ending in a Result.
+
+    Without `reference_image` the first prompt's image is the reference. With one, the
+    reference is that image (described by `reference_prompt`) and every prompt is a target.
+    `metrics` (core.metrics.Metrics) adds CLIP text scores and the set's DINO consistency."""
+    options = options or SharingOptions()
+    full = build_prompts(prompts, style)
+    if reference_image is not None:
+        ref_text = (reference_prompt or "").strip()
+        if not ref_text:
+            raise UserError("Describe the reference image (its content and style) for inversion.")
+        full = [ref_text] + full
+        if len(full) > MAX_SET:
+            raise UserError(f"With a reference image, at most {MAX_SET - 1} prompts.")
+
+    def work(ctx: JobContext) -> Result:
+        w, h = engine.check_size(width or engine.resolution, height or engine.resolution)
+        latents = engine.initial_latents(len(full), seed, w, h)
+        on_step = None
+        if reference_image is not None:
+            z0 = engine.encode_image(reference_image, w, h)
+            trajectory = ddim_invert(engine, ctx, z0, full[0], steps, inversion_guidance)
+            latents[0] = trajectory[-1][0]
+            last = len(trajectory) - 1
+
+            def on_step(i, t, lat):
+                lat = lat.clone()
+                lat[0] = trajectory[max(0, last - 1 - i)][0]
+                return lat
+
+        pipe = engine.pipe
+        with style_aligned(pipe.unet, options, groups=2 if uses_guidance(pipe, guidance) else 1):
+            images = engine.text_to_image(ctx, full, negative_prompt=negative_prompt, steps=steps,
+                                          guidance=guidance, width=w, height=h, latents=latents,
+                                          on_step=on_step, message="Style-aligned set")
+        info = {"prompts": full, "options": asdict(options), "seed": seed,
+                "reference": "image" if reference_image is not None else "first prompt"}
+        if metrics is not None:
+            ctx.progress(steps, steps, "Scoring the set")
+            info["clip_text_scores"] = metrics.clip_text_scores(images, full)
+            info["style_consistency"] = metrics.dino_consistency(images)
+        return Result(images=images, info=info)
+
+    return engine.run(work, owner=owner, kind="style_aligned")

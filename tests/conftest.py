@@ -1,0 +1,125 @@
+"""Shared fixtures. Nothing here (or in any test) reaches the network: the tiny model family
+is built in-process and the Hub is switched off for the whole session."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory):
+    """The SDXL-class tiny engine, loaded once for the session."""
+    from core.engine import Engine
+
+    engine = Engine("tiny", data_dir=tmp_path_factory.mktemp("engine-data"))
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_engine(tmp_path_factory):
+    from core.engine import Engine
+
+    engine = Engine("tiny-sd", data_dir=tmp_path_factory.mktemp("engine-sd-data"))
+    engine.load()
+    return engine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveApp:
+    def __init__(self, url: str, proc: subprocess.Popen, data_dir: Path, log: Path):
+        self.url, self.proc, self.data_dir, self.log = url, proc, data_dir, log
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def start_app(data_dir: Path, *extra: str, timeout: float = 240) -> LiveApp:
+    port = free_port()
+    log = data_dir / "app.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--model", "tiny", "--port", str(port),
+         "--data-dir", str(data_dir), *extra],
+        cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited early:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "gradio_api/info", timeout=2) as r:
+                if r.status == 200:
+                    return LiveApp(url, proc, data_dir, log)
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"app did not come up in {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def live_app(tmp_path_factory):
+    """`python app.py --model tiny` running in a subprocess for the whole session."""
+    app = start_app(tmp_path_factory.mktemp("live-app"))
+    yield app
+    app.proc.terminate()
+    try:
+        app.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        app.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium through Playwright (never a downloaded browser)."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("STUDIO_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
