@@ -1,0 +1,1279 @@
+"""The store: everything a user made, kept under one data folder.
+
+    <root>/store.db          SQLite (WAL, foreign keys): adapters, files, feedback loops, ratings
+    <root>/adapters/*.safetensors   LoRA adapters in diffusers' format (see core/lora_format.py)
+    <root>/images/*.png      thumbnails, samples, candidates, style images, outputs
+    <root>/exports/          kohya/diffusers files made for download (ephemeral)
+
+Crash safety (kill -9 at any point leaves the library as it was, or with the new entry complete):
+files are written under a temporary name in their final folder, fsynced and `os.replace`d into
+place; only then are their rows inserted, in one SQLite transaction. A crash before the commit
+leaves an unreferenced file and perhaps a temp file, which the next store to open the folder
+alone deletes (`recover`), along with rows whose file has gone missing. Deleting commits first
+and unlinks afterwards, so a crash there also only leaves orphans. Every store holds a shared
+`flock` on `<root>/.lock` while open; recovery runs only when it can take the lock exclusively,
+so it never deletes the half-saved file of another live process.
+
+Privacy: every entry has an `owner` (a user name or a browser-session key, chosen by the app)
+and a `published` flag. Every read takes a `viewer` and shows only the viewer's own entries plus
+published ones; changing or deleting needs the owner. A missing id and an id one may not see
+give the same "not found" `UserError`. `ALL` as viewer is for maintenance and tests.
+
+Feedback loops (StyleDrop, issue 7): a loop (style image, descriptors, owner) has numbered
+rounds (each with its adapter and metrics), a round has candidates (image, prompt, seed,
+scores), and a candidate has at most one rating (+1/-1) per rater, upserted, so several people
+rating the same published loop never overwrite each other. `scores`/`liked` combine them with
+a net-score rule.
+"""
+from __future__ import annotations
+
+import contextlib
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no cross-process recovery guard
+    fcntl = None
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import lora_format as lf
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MANAGED_DIRS = ("adapters", "images", "exports")
+TMP_MARK = ".tmp-"
+THUMB_SIDE = 256
+SHARED_OWNER = ""  # system-owned, visible to everyone (e.g. the class-image cache)
+
+
+class _All:
+    def __repr__(self) -> str:
+        return "ALL"
+
+
+ALL = _All()  # viewer that sees everything: maintenance and tests only, never a visitor
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files(
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS files_owner ON files(owner, kind);
+CREATE TABLE IF NOT EXISTS adapters(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    method TEXT NOT NULL,
+    base_model TEXT NOT NULL,
+    arch TEXT NOT NULL DEFAULT '',
+    trigger_words TEXT NOT NULL DEFAULT '',
+    class_name TEXT NOT NULL DEFAULT '',
+    rank INTEGER,
+    steps INTEGER,
+    hyperparameters TEXT NOT NULL DEFAULT '{}',
+    extra TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    owner TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,
+    file_id INTEGER NOT NULL UNIQUE REFERENCES files(id) ON DELETE CASCADE,
+    UNIQUE(owner, name)
+);
+CREATE TABLE IF NOT EXISTS adapter_samples(
+    adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    prompt TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY(adapter_id, position)
+);
+CREATE TABLE IF NOT EXISTS loops(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,
+    base_model TEXT NOT NULL DEFAULT '',
+    style_file_id INTEGER REFERENCES files(id) ON DELETE SET NULL,
+    content_description TEXT NOT NULL DEFAULT '',
+    style_descriptor TEXT NOT NULL DEFAULT '',
+    extra TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rounds(
+    id INTEGER PRIMARY KEY,
+    loop_id INTEGER NOT NULL REFERENCES loops(id) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    adapter_id INTEGER REFERENCES adapters(id) ON DELETE SET NULL,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    extra TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    UNIQUE(loop_id, number)
+);
+CREATE TABLE IF NOT EXISTS candidates(
+    id INTEGER PRIMARY KEY,
+    round_id INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    prompt TEXT NOT NULL DEFAULT '',
+    seed INTEGER,
+    scores TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    UNIQUE(round_id, position)
+);
+CREATE TABLE IF NOT EXISTS ratings(
+    candidate_id INTEGER NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,
+    rater TEXT NOT NULL,
+    value INTEGER NOT NULL CHECK (value IN (-1, 1)),
+    time REAL NOT NULL,
+    PRIMARY KEY(candidate_id, rater)
+);
+CREATE TABLE IF NOT EXISTS image_sets(
+    key TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    PRIMARY KEY(key, position)
+);
+"""
+
+
+# files that exist only as part of another entry, and that entry is gone
+_DEPENDENT_UNUSED = """
+SELECT id, path FROM files f WHERE
+    (kind = 'sample' AND NOT EXISTS (SELECT 1 FROM adapter_samples s WHERE s.file_id = f.id))
+ OR (kind = 'candidate' AND NOT EXISTS (SELECT 1 FROM candidates c WHERE c.file_id = f.id))
+ OR (kind = 'style' AND NOT EXISTS (SELECT 1 FROM loops l WHERE l.style_file_id = f.id))
+ OR (kind = 'cache' AND NOT EXISTS (SELECT 1 FROM image_sets i WHERE i.file_id = f.id))
+ OR (kind = 'adapter' AND NOT EXISTS (SELECT 1 FROM adapters a WHERE a.file_id = f.id))
+"""
+
+
+# --------------------------------------------------------------------------- records
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: int
+    path: Path
+    kind: str
+    owner: str
+    published: bool
+    created: float
+    size: int
+    sha256: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sample:
+    file: StoredFile
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Adapter:
+    id: int
+    name: str
+    method: str
+    base_model: str
+    arch: str
+    trigger_words: str
+    class_name: str
+    rank: int | None
+    steps: int | None
+    hyperparameters: dict
+    extra: dict
+    created: float
+    owner: str
+    published: bool
+    path: Path  # the diffusers-format safetensors file; `pipe.load_lora_weights(str(path))` reads it
+    size: int
+    sha256: str
+    samples: tuple[Sample, ...] = ()
+
+    @property
+    def parts(self) -> dict[str, list[str]]:
+        """Named subsets of the keys (B-LoRA: {"content": [...], "style": [...]}), or {}."""
+        return dict(self.extra.get("parts") or {})
+
+
+@dataclass(frozen=True)
+class Loop:
+    id: int
+    name: str
+    owner: str
+    published: bool
+    base_model: str
+    style_image: Path | None
+    content_description: str
+    style_descriptor: str
+    extra: dict
+    created: float
+
+
+@dataclass(frozen=True)
+class Round:
+    id: int
+    loop_id: int
+    number: int
+    adapter_id: int | None
+    metrics: dict
+    extra: dict
+    created: float
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    round_id: int
+    position: int
+    path: Path
+    prompt: str
+    seed: int | None
+    scores: dict
+    created: float
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    candidate_id: int
+    up: int
+    down: int
+
+    @property
+    def net(self) -> int:
+        return self.up - self.down
+
+    @property
+    def votes(self) -> int:
+        return self.up + self.down
+
+
+@dataclass
+class RecoveryReport:
+    ran: bool = False
+    temp_files_removed: list[str] = field(default_factory=list)
+    orphan_files_removed: list[str] = field(default_factory=list)
+    rows_dropped: list[str] = field(default_factory=list)  # "kind id path" of rows whose file was missing
+
+
+def combine_ratings(ratings: Iterable[tuple[int, str, int]]) -> dict[int, CandidateScore]:
+    """Net-score rule: per candidate, count each rater's latest +1/-1 once; net = ups - downs.
+
+    `ratings` are (candidate_id, rater, value) rows; a later row of the same rater replaces an
+    earlier one, as the table's upsert does.
+    """
+    latest: dict[tuple[int, str], int] = {}
+    for cand, rater, value in ratings:
+        if value not in (-1, 1):
+            raise ValueError(f"rating must be +1 or -1, got {value!r}")
+        latest[(cand, rater)] = value
+    ups: dict[int, int] = {}
+    downs: dict[int, int] = {}
+    for (cand, _), v in latest.items():
+        (ups if v > 0 else downs)[cand] = (ups if v > 0 else downs).get(cand, 0) + 1
+    return {c: CandidateScore(c, ups.get(c, 0), downs.get(c, 0)) for c in set(ups) | set(downs)}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _now() -> float:
+    return time.time()
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj if obj is not None else {}, sort_keys=True, default=str)
+
+
+def _loads(s: str | None) -> Any:
+    return json.loads(s) if s else {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _safe_filename(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._ -]+", "_", name).strip(" ._") or "adapter"
+    return name[:80]
+
+
+def _as_image(img: Any) -> Image.Image:
+    if isinstance(img, Image.Image):
+        return img
+    if isinstance(img, np.ndarray):
+        arr = img if img.dtype == np.uint8 else np.clip(img, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr)
+    if isinstance(img, torch.Tensor):  # CHW or HWC float in [0, 1]
+        t = img.detach().cpu().float()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        return Image.fromarray((t.clamp(0, 1) * 255).round().to(torch.uint8).squeeze(-1).numpy())
+    raise TypeError(f"not an image: {type(img).__name__}")
+
+
+class _Staged:
+    """Files placed in their final folder during one save; unlinked again if the save fails."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.committed = False
+
+    def cleanup(self) -> None:
+        if self.committed:  # the rows own these files now
+            return
+        for r in self.rows:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(r["abs"])
+
+
+# --------------------------------------------------------------------------- the store
+
+class Store:
+    """The adapter library, files and feedback loops under one data folder. Thread-safe."""
+
+    def __init__(self, root: str | os.PathLike, *, recover: bool = True,
+                 fault_hook: Callable[[str], None] | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for d in MANAGED_DIRS:
+            (self.root / d).mkdir(exist_ok=True)
+        # Test hook called at named points of a save ("file_written", "files_placed",
+        # "committed"); the kill -9 tests block in it.
+        self.fault_hook = fault_hook
+        self._lock = threading.RLock()
+        self._lockfile = open(self.root / ".lock", "a+b")
+        self._conn = sqlite3.connect(self.root / "store.db", timeout=30.0, isolation_level=None,
+                                     check_same_thread=False)
+        try:
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            with self._tx() as c:
+                version = c.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise UserError(f"The data folder {self.root} was written by a newer version of the app "
+                                    f"(schema {version}); update the app.")
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise UserError(f"The library database {self.root / 'store.db'} cannot be opened ({exc}); move it "
+                            "aside to start a new library.") from None
+        except BaseException:
+            self.close()
+            raise
+        self.last_recovery = RecoveryReport()
+        if recover:
+            self.last_recovery = self.recover()
+        self._flock("LOCK_SH")
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _flock(self, op: str, nonblocking: bool = False) -> bool:
+        if fcntl is None:
+            return True
+        flags = getattr(fcntl, op) | (fcntl.LOCK_NB if nonblocking else 0)
+        try:
+            fcntl.flock(self._lockfile, flags)
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            if getattr(self, "_conn", None) is not None:
+                self._conn.close()
+                self._conn = None
+            if not self._lockfile.closed:
+                self._flock("LOCK_UN")
+                self._lockfile.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _hook(self, stage: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(stage)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), serialized in-process by a lock."""
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("store is closed")
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            else:
+                c.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("store is closed")
+            return self._conn.execute(sql, args).fetchall()
+
+    @staticmethod
+    def _visible(viewer: Any, alias: str = "") -> tuple[str, tuple]:
+        p = f"{alias}." if alias else ""
+        if viewer is ALL:
+            return "1", ()
+        if not isinstance(viewer, str):
+            raise TypeError("viewer must be an owner key (str) or store.ALL")
+        return f"({p}owner = ? OR {p}published = 1)", (viewer,)
+
+    @staticmethod
+    def _check_owner(row_owner: str, viewer: Any, what: str) -> None:
+        if viewer is not ALL and row_owner != viewer:
+            raise UserError(f"Only the owner can change this {what}.")
+
+    def _abs(self, rel: str) -> Path:
+        return self.root / rel
+
+    # ---------------------------------------------------------------- files (atomic)
+
+    def _stage(self, staged: _Staged, folder: str, suffix: str, writer: Callable[[Path], None], *,
+               kind: str, owner: str, published: bool = False, meta: Mapping | None = None) -> dict:
+        """Write a file via `writer(temp_path)`, fsync, and rename it into `folder`; remember it."""
+        d = self.root / folder
+        name = uuid.uuid4().hex + suffix
+        final = d / name
+        tmp = d / f".{name}{TMP_MARK}{os.getpid()}"
+        try:
+            writer(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            self._hook("file_written")
+            size = tmp.stat().st_size
+            digest = _sha256(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(d)
+        row = {"path": f"{folder}/{name}", "abs": final, "kind": kind, "owner": owner,
+               "published": int(bool(published)), "created": _now(), "size": size, "sha256": digest,
+               "meta": _dumps(meta or {})}
+        staged.rows.append(row)
+        return row
+
+    def _stage_image(self, staged: _Staged, image: Any, *, kind: str, owner: str, published: bool = False,
+                     max_side: int | None = None, meta: Mapping | None = None) -> dict:
+        img = _as_image(image)
+        if max_side and max(img.size) > max_side:
+            img = img.copy()
+            img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        if img.mode not in ("RGB", "RGBA", "L", "LA", "P", "I;16", "1"):
+            img = img.convert("RGB")
+        m = {"width": img.width, "height": img.height, **(meta or {})}
+        return self._stage(staged, "images", ".png", lambda p: img.save(p, format="PNG"),
+                           kind=kind, owner=owner, published=published, meta=m)
+
+    @staticmethod
+    def _insert_file(c: sqlite3.Connection, row: dict) -> int:
+        cur = c.execute("INSERT INTO files(path, kind, owner, published, created, size, sha256, meta) "
+                        "VALUES (?,?,?,?,?,?,?,?)",
+                        (row["path"], row["kind"], row["owner"], row["published"], row["created"],
+                         row["size"], row["sha256"], row["meta"]))
+        row["id"] = cur.lastrowid
+        return cur.lastrowid
+
+    @contextlib.contextmanager
+    def _saving(self) -> Iterator[_Staged]:
+        """Stage files, then insert rows in one transaction; on any failure unlink staged files."""
+        staged = _Staged()
+        try:
+            yield staged
+        except BaseException:
+            staged.cleanup()
+            raise
+
+    def _commit_staged(self, staged: _Staged, body: Callable[[sqlite3.Connection], Any]) -> Any:
+        self._hook("files_placed")
+        with self._tx() as c:
+            for row in staged.rows:
+                self._insert_file(c, row)
+            result = body(c)
+            self._hook("before_commit")
+        staged.committed = True
+        self._hook("committed")
+        return result
+
+    def _file_from_row(self, r: sqlite3.Row) -> StoredFile:
+        return StoredFile(r["id"], self._abs(r["path"]), r["kind"], r["owner"], bool(r["published"]),
+                          r["created"], r["size"], r["sha256"], _loads(r["meta"]))
+
+    def save_image(self, image: Any, *, owner: str, kind: str = "output", published: bool = False,
+                   max_side: int | None = None, meta: Mapping | None = None) -> StoredFile:
+        """Save a PIL image / uint8 array / float tensor as PNG atomically and register it."""
+        with self._saving() as staged:
+            row = self._stage_image(staged, image, kind=kind, owner=owner, published=published,
+                                    max_side=max_side, meta=meta)
+            fid = self._commit_staged(staged, lambda c: row.get("id"))
+        return self.get_file(fid, ALL)
+
+    def save_thumbnail(self, image: Any, *, owner: str, size: int = THUMB_SIDE, **kw) -> StoredFile:
+        """`save_image` downsized to at most `size` pixels on the long side."""
+        return self.save_image(image, owner=owner, kind="thumbnail", max_side=size, **kw)
+
+    def save_images(self, images: Sequence[Any], *, owner: str, kind: str = "output",
+                    published: bool = False, max_side: int | None = None) -> list[StoredFile]:
+        """Several images in one transaction: all are registered or none."""
+        with self._saving() as staged:
+            rows = [self._stage_image(staged, im, kind=kind, owner=owner, published=published,
+                                      max_side=max_side) for im in images]
+            self._commit_staged(staged, lambda c: None)
+        return [self.get_file(r["id"], ALL) for r in rows]
+
+    def get_file(self, file_id: int, viewer: Any) -> StoredFile:
+        cond, args = self._visible(viewer)
+        rows = self._query(f"SELECT * FROM files WHERE id = ? AND {cond}", (file_id, *args))
+        if not rows:
+            raise UserError("That file was not found (it may have been deleted).")
+        return self._file_from_row(rows[0])
+
+    def list_files(self, viewer: Any, kind: str | None = None) -> list[StoredFile]:
+        cond, args = self._visible(viewer)
+        sql = f"SELECT * FROM files WHERE {cond}"
+        if kind is not None:
+            sql += " AND kind = ?"
+            args = (*args, kind)
+        return [self._file_from_row(r) for r in self._query(sql + " ORDER BY created DESC, id DESC", args)]
+
+    def delete_file(self, file_id: int, viewer: Any) -> None:
+        """Delete a file the viewer owns (and, by cascade, what needs it: sample, candidate)."""
+        f = self.get_file(file_id, viewer)
+        self._check_owner(f.owner, viewer, "file")
+        self._delete_files([file_id])
+
+    def _delete_files(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        with self._tx() as c:
+            q = ",".join("?" * len(ids))
+            paths = [r["path"] for r in c.execute(f"SELECT path FROM files WHERE id IN ({q})", ids)]
+            c.execute(f"DELETE FROM files WHERE id IN ({q})", ids)
+        for p in paths:  # after the commit: a crash here only leaves orphans for recover()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._abs(p))
+
+    # ---------------------------------------------------------------- image sets (caches)
+
+    def put_image_set(self, key: str, images: Sequence[Any], *, owner: str = SHARED_OWNER) -> list[Path]:
+        """Cache a list of images under `key` (e.g. DreamBooth class images by model/prompt/size).
+
+        Replaces a previous set with the same key. Shared sets (the default) are visible to all.
+        """
+        old = [r["file_id"] for r in self._query("SELECT file_id FROM image_sets WHERE key = ?", (key,))]
+        with self._saving() as staged:
+            rows = [self._stage_image(staged, im, kind="cache", owner=owner,
+                                      published=owner == SHARED_OWNER) for im in images]
+
+            def body(c):
+                c.execute("DELETE FROM image_sets WHERE key = ?", (key,))
+                for i, r in enumerate(rows):
+                    c.execute("INSERT INTO image_sets(key, position, file_id) VALUES (?,?,?)", (key, i, r["id"]))
+            self._commit_staged(staged, body)
+        self._delete_files(old)
+        return [r["abs"] for r in rows]
+
+    def get_image_set(self, key: str, viewer: Any = SHARED_OWNER) -> list[Path]:
+        """The cached images under `key` in order ([] when none)."""
+        cond, args = self._visible(viewer, "f")
+        rows = self._query("SELECT f.path FROM image_sets s JOIN files f ON f.id = s.file_id "
+                           f"WHERE s.key = ? AND {cond} ORDER BY s.position", (key, *args))
+        return [self._abs(r["path"]) for r in rows]
+
+    # ---------------------------------------------------------------- adapters
+
+    def save_adapter(self, *, owner: str, name: str, method: str, base_model: str,
+                     models: Mapping[str, torch.nn.Module] | None = None, adapter_name: str = "default",
+                     state_dict: Mapping[str, torch.Tensor] | None = None,
+                     configs: Mapping[str, Any] | None = None,
+                     arch: str = "", trigger_words: str | Sequence[str] = "", class_name: str = "",
+                     steps: int | None = None, hyperparameters: Mapping | None = None,
+                     extra: Mapping | None = None, parts: Mapping[str, Sequence[str]] | None = None,
+                     samples: Sequence[Any] = (), published: bool = False) -> Adapter:
+        """Save one adapter atomically: safetensors file + sample thumbnails + rows, or nothing.
+
+        Give either `models` ({"unet": unet, "text_encoder": te, ...} carrying the peft adapter
+        `adapter_name`; its LoraConfig comes from `model.peft_config` or from `configs`) or
+        `state_dict` (canonical keys, see core/lora_format.py) with
+        `configs` ({component: LoraConfig or its dict}). `parts` names key subsets by module
+        prefix, e.g. B-LoRA {"content": ["unet.up_blocks.0.attentions.0"], "style":
+        ["unet.up_blocks.0.attentions.1"]}; the resolved key lists are kept in `extra["parts"]`.
+        `samples` are images or (image, prompt) pairs, kept as thumbnails. The name is made
+        unique per owner by appending " (2)", " (3)", ...
+        """
+        if models is not None:
+            if state_dict is not None:
+                raise ValueError("give models or state_dict, not both")
+            sd: dict[str, torch.Tensor] = {}
+            cfgs: dict[str, Any] = {}
+            for comp, model in models.items():
+                cfg = (configs or {}).get(comp) or getattr(model, "peft_config", {}).get(adapter_name)
+                if model is None or cfg is None:
+                    continue
+                sd.update(lf.peft_state_dict(model, comp, adapter_name))
+                cfgs[comp] = lf.config_to_dict(cfg)
+        elif state_dict is not None:
+            sd = {k: v.detach().to("cpu") for k, v in state_dict.items()}
+            cfgs = {k: lf.config_to_dict(v) for k, v in (configs or {}).items() if v}
+        else:
+            raise ValueError("save_adapter needs models or state_dict")
+        if not sd:
+            raise UserError("There is no trained adapter to save (no LoRA weights found).")
+        lf.validate(sd)
+        cfgs = {c: v for c, v in cfgs.items() if any(k.startswith(c + ".") for k in sd)}
+        extra = dict(extra or {})
+        if parts:
+            extra["parts"] = self._resolve_parts(sd, parts)
+        ranks = [int(v.shape[0]) for k, v in sd.items() if k.endswith(".lora_A.weight")]
+        rank = max(set(ranks), key=ranks.count) if ranks else None
+        if not isinstance(trigger_words, str):
+            trigger_words = ", ".join(trigger_words)
+        header = lf.file_metadata(cfgs, {"studio.method": method, "studio.base_model": base_model,
+                                         "studio.name": name})
+        with self._saving() as staged:
+            frow = self._stage(staged, "adapters", ".safetensors",
+                               lambda p: lf.write_safetensors(p, sd, header),
+                               kind="adapter", owner=owner, published=published)
+            srows = []
+            for s in samples:
+                img, prompt = s if isinstance(s, tuple) else (s, "")
+                srows.append((self._stage_image(staged, img, kind="sample", owner=owner, published=published,
+                                                max_side=THUMB_SIDE), prompt))
+
+            def body(c):
+                unique = self._unique_name(c, owner, name)
+                cur = c.execute(
+                    "INSERT INTO adapters(name, method, base_model, arch, trigger_words, class_name, rank, steps,"
+                    " hyperparameters, extra, created, owner, published, file_id)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (unique, method, base_model, arch, trigger_words, class_name, rank, steps,
+                     _dumps(hyperparameters), _dumps(extra), _now(), owner, int(bool(published)), frow["id"]))
+                aid = cur.lastrowid
+                for i, (r, prompt) in enumerate(srows):
+                    c.execute("INSERT INTO adapter_samples(adapter_id, position, file_id, prompt) VALUES (?,?,?,?)",
+                              (aid, i, r["id"], prompt))
+                return aid
+            aid = self._commit_staged(staged, body)
+        return self.get_adapter(aid, ALL)
+
+    @staticmethod
+    def _resolve_parts(sd: Mapping[str, torch.Tensor], parts: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        seen: dict[str, str] = {}
+        for part, prefixes in parts.items():
+            keys = sorted(k for k in sd if any(k == p or k.startswith(p.rstrip(".") + ".") for p in prefixes))
+            if not keys:
+                raise ValueError(f"part {part!r} matches no key of the adapter: {list(prefixes)}")
+            for k in keys:
+                if k in seen:
+                    raise ValueError(f"key {k} is in both parts {seen[k]!r} and {part!r}")
+                seen[k] = part
+            out[part] = keys
+        return out
+
+    @staticmethod
+    def _unique_name(c: sqlite3.Connection, owner: str, name: str) -> str:
+        name = re.sub(r"[\x00-\x1f\x7f]+", " ", name or "").strip()[:100] or "adapter"
+        taken = {r[0] for r in c.execute("SELECT name FROM adapters WHERE owner = ? AND (name = ? OR name LIKE ?)",
+                                         (owner, name, name + " (%)"))}
+        if name not in taken:
+            return name
+        i = 2
+        while f"{name} ({i})" in taken:
+            i += 1
+        return f"{name} ({i})"
+
+    def _adapter_rows(self, where: str, args: Sequence) -> list[Adapter]:
+        rows = self._query(
+            "SELECT a.*, f.path AS fpath, f.size AS fsize, f.sha256 AS fsha FROM adapters a "
+            f"JOIN files f ON f.id = a.file_id WHERE {where} ORDER BY a.created DESC, a.id DESC", args)
+        if not rows:
+            return []
+        ids = [r["id"] for r in rows]
+        q = ",".join("?" * len(ids))
+        samples: dict[int, list[Sample]] = {}
+        for s in self._query(f"SELECT s.adapter_id, s.prompt, f.* FROM adapter_samples s JOIN files f "
+                             f"ON f.id = s.file_id WHERE s.adapter_id IN ({q}) ORDER BY s.position", ids):
+            samples.setdefault(s["adapter_id"], []).append(Sample(self._file_from_row(s), s["prompt"]))
+        return [Adapter(r["id"], r["name"], r["method"], r["base_model"], r["arch"], r["trigger_words"],
+                        r["class_name"], r["rank"], r["steps"], _loads(r["hyperparameters"]), _loads(r["extra"]),
+                        r["created"], r["owner"], bool(r["published"]), self._abs(r["fpath"]), r["fsize"],
+                        r["fsha"], tuple(samples.get(r["id"], ()))) for r in rows]
+
+    def get_adapter(self, adapter_id: int, viewer: Any) -> Adapter:
+        """One adapter the viewer may see, or `UserError` "not found"."""
+        cond, args = self._visible(viewer, "a")
+        found = self._adapter_rows(f"a.id = ? AND {cond}", (adapter_id, *args))
+        if not found:
+            raise UserError("That adapter was not found (it may have been deleted, or belong to someone else).")
+        return found[0]
+
+    def find_adapter(self, name: str, viewer: Any) -> Adapter:
+        """By name: the viewer's own first, else a published one."""
+        cond, args = self._visible(viewer, "a")
+        found = self._adapter_rows(f"a.name = ? AND {cond}", (name, *args))
+        if not found:
+            raise UserError(f"No adapter named {name!r} was found.")
+        own = [a for a in found if viewer is ALL or a.owner == viewer]
+        return (own or found)[0]
+
+    def list_adapters(self, viewer: Any, *, method: str | None = None, base_model: str | None = None,
+                      arch: str | None = None, include_published: bool = True) -> list[Adapter]:
+        """Adapters the viewer owns, plus published ones; newest first; optional filters."""
+        if include_published or viewer is ALL:
+            cond, args = self._visible(viewer, "a")
+        else:
+            cond, args = "a.owner = ?", (viewer,)
+        for col, val in (("method", method), ("base_model", base_model), ("arch", arch)):
+            if val is not None:
+                cond += f" AND a.{col} = ?"
+                args = (*args, val)
+        return self._adapter_rows(cond, args)
+
+    def update_adapter(self, adapter_id: int, viewer: Any, *, name: str | None = None,
+                       trigger_words: str | None = None, class_name: str | None = None,
+                       extra: Mapping | None = None) -> Adapter:
+        """Rename / edit text fields / merge into `extra` (owner only)."""
+        a = self.get_adapter(adapter_id, viewer)
+        self._check_owner(a.owner, viewer, "adapter")
+        with self._tx() as c:
+            if name is not None and name != a.name:
+                c.execute("UPDATE adapters SET name = ? WHERE id = ?", (self._unique_name(c, a.owner, name), a.id))
+            if trigger_words is not None:
+                c.execute("UPDATE adapters SET trigger_words = ? WHERE id = ?", (trigger_words, a.id))
+            if class_name is not None:
+                c.execute("UPDATE adapters SET class_name = ? WHERE id = ?", (class_name, a.id))
+            if extra:
+                c.execute("UPDATE adapters SET extra = ? WHERE id = ?", (_dumps({**a.extra, **extra}), a.id))
+        return self.get_adapter(adapter_id, viewer)
+
+    def publish_adapter(self, adapter_id: int, viewer: Any, published: bool = True) -> Adapter:
+        """Make an adapter (and its samples) visible to everyone, or private again (owner only)."""
+        a = self.get_adapter(adapter_id, viewer)
+        self._check_owner(a.owner, viewer, "adapter")
+        with self._tx() as c:
+            c.execute("UPDATE adapters SET published = ? WHERE id = ?", (int(published), a.id))
+            c.execute("UPDATE files SET published = ? WHERE id = (SELECT file_id FROM adapters WHERE id = ?) "
+                      "OR id IN (SELECT file_id FROM adapter_samples WHERE adapter_id = ?)",
+                      (int(published), a.id, a.id))
+        return self.get_adapter(adapter_id, viewer)
+
+    def delete_adapter(self, adapter_id: int, viewer: Any) -> None:
+        """Delete an adapter, its file and its samples (owner only). Rounds keep their metrics."""
+        a = self.get_adapter(adapter_id, viewer)
+        self._check_owner(a.owner, viewer, "adapter")
+        ids = [r["file_id"] for r in self._query(
+            "SELECT file_id FROM adapters WHERE id = ? UNION SELECT file_id FROM adapter_samples WHERE adapter_id = ?",
+            (a.id, a.id))]
+        self._delete_files(ids)
+
+    def load_adapter(self, adapter_id: int, viewer: Any, part: str | None = None
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+        """(canonical state dict, {component: LoraConfig dict}), optionally only one named part."""
+        a = self.get_adapter(adapter_id, viewer)
+        sd, header = lf.read_safetensors(a.path, max_bytes=1 << 62)
+        configs = lf.configs_from_header(header)
+        if part is not None:
+            keys = a.parts.get(part)
+            if keys is None:
+                raise UserError(f"The adapter {a.name!r} has no part {part!r} "
+                                f"(it has: {', '.join(a.parts) or 'none'}).")
+            sd = {k: sd[k] for k in keys}
+            configs = self._narrow_configs(sd, configs)
+        return sd, configs
+
+    @staticmethod
+    def _narrow_configs(sd: Mapping[str, torch.Tensor], configs: Mapping[str, dict]) -> dict[str, dict]:
+        out = {}
+        for comp, cfg in configs.items():
+            mods = [lf.normalize_module_name(comp, m[len(comp) + 1:]) for m in lf.modules_in(sd)
+                    if lf.component_of(m) == comp]
+            if mods:
+                out[comp] = {**cfg, "target_modules": sorted(mods)}
+        return out
+
+    def load_into(self, adapter_id: int, viewer: Any, *, adapter_name: str, unet: torch.nn.Module | None = None,
+                  text_encoder: torch.nn.Module | None = None, text_encoder_2: torch.nn.Module | None = None,
+                  part: str | None = None) -> None:
+        """Inject the adapter as the named peft adapter into the given models, through diffusers'
+        own loaders (the path `pipe.load_lora_weights` takes), with its stored rank/alpha config."""
+        from diffusers.loaders.lora_pipeline import StableDiffusionXLLoraLoaderMixin as Mixin
+
+        sd, configs = self.load_adapter(adapter_id, viewer, part)
+        meta = lf.pack_metadata(configs) or None
+        comps = {c for c in (lf.component_of(k) for k in sd)}
+        targets = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+        lacking = [c for c in comps if targets[c] is None]
+        if lacking:
+            raise UserError(f"This adapter also adapts {', '.join(sorted(lacking))}, which was not given.")
+        if unet is not None and "unet" in comps:
+            Mixin.load_lora_into_unet(sd, None, unet, adapter_name=adapter_name, metadata=meta)
+        for comp in ("text_encoder", "text_encoder_2"):
+            if targets[comp] is not None and comp in comps:
+                # peft directly, as diffusers does for the UNet: transformers' own `load_adapter`
+                # refuses the installed peft version (transformers 5.x wants peft >= 0.22).
+                from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+                model = targets[comp]
+                flat = not hasattr(model, "text_model")
+                part_sd = {}
+                for k, v in sd.items():
+                    if k.startswith(comp + "."):
+                        k = k[len(comp) + 1:]
+                        part_sd[lf._te_flat(k) if flat else k] = v
+                cfg = {k: v for k, v in configs.get(comp, {}).items()
+                       if k in LoraConfig.__dataclass_fields__ and LoraConfig.__dataclass_fields__[k].init}
+                if not cfg:
+                    cfg = lf.config_from_scales(comp, sd, lf.module_scales(sd, {}))
+                inject_adapter_in_model(LoraConfig(**cfg), model, adapter_name=adapter_name, state_dict=part_sd)
+                incompatible = set_peft_model_state_dict(model, part_sd, adapter_name=adapter_name)
+                unexpected = [k for k in getattr(incompatible, "unexpected_keys", []) or [] if "lora_" in k]
+                if unexpected:
+                    raise UserError(f"The adapter does not fit the {comp}: {lf._few(unexpected)}")
+
+    def import_lora(self, path: str | os.PathLike, *, owner: str, base_model: str,
+                    base_modules: Mapping[str, Any], name: str | None = None, arch: str = "",
+                    unet_config: Any = None, max_bytes: int = lf.DEFAULT_MAX_BYTES,
+                    trigger_words: str = "", published: bool = False) -> Adapter:
+        """Import a user's LoRA `.safetensors` (diffusers/peft or kohya), checked by content
+        (never unpickled) and against `base_modules` (see `lora_format.module_shapes`)."""
+        sd, configs, fmt = lf.read_lora(path, base_modules=base_modules, max_bytes=max_bytes,
+                                        unet_config=unet_config)
+        stem = Path(path).name
+        stem = stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem
+        return self.save_adapter(owner=owner, name=name or stem, method="imported", base_model=base_model,
+                                 state_dict=sd, configs=configs, arch=arch, trigger_words=trigger_words,
+                                 extra={"source_format": fmt, "original_filename": Path(path).name},
+                                 published=published)
+
+    def export(self, adapter_id: int, viewer: Any, *, fmt: str = "kohya", part: str | None = None,
+               te_style: str = "auto", dest_dir: str | os.PathLike | None = None) -> Path:
+        """Write a download copy: "kohya" (A1111/ComfyUI) or "diffusers"; whole or one part.
+
+        Files go to `<root>/exports/<random>/<name>.safetensors` by default (swept by `recover`).
+        """
+        a = self.get_adapter(adapter_id, viewer)
+        sd, configs = self.load_adapter(adapter_id, viewer, part)
+        if fmt == "kohya":
+            if te_style == "auto" and a.arch.lower().startswith(("sdxl", "xl")):
+                te_style = "te1"
+            out = lf.to_kohya(sd, configs, te_style=te_style)
+            header = {"ss_network_module": "networks.lora", "ss_output_name": a.name,
+                      "ss_network_dim": str(a.rank), "ss_base_model": a.base_model}
+        elif fmt == "diffusers":
+            out, header = sd, lf.file_metadata(configs)
+        else:
+            raise ValueError(f"unknown export format {fmt!r}")
+        if dest_dir is None:
+            self._sweep_exports()
+        folder = Path(dest_dir) if dest_dir is not None else self.root / "exports" / uuid.uuid4().hex
+        folder.mkdir(parents=True, exist_ok=True)
+        fname = _safe_filename(a.name + (f"-{part}" if part else "") + ("" if fmt == "kohya" else "-diffusers"))
+        final = folder / f"{fname}.safetensors"
+        tmp = folder / f".{fname}{TMP_MARK}{os.getpid()}"
+        try:
+            lf.write_safetensors(tmp, out, header)
+            os.replace(tmp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return final
+
+    def _sweep_exports(self, max_age_s: float = 3600.0) -> None:
+        """Remove download copies older than an hour (they are re-made on demand)."""
+        cutoff = _now() - max_age_s
+        for d in (self.root / "exports").iterdir():
+            with contextlib.suppress(OSError):
+                if d.stat().st_mtime < cutoff:
+                    for f in d.iterdir() if d.is_dir() else []:
+                        f.unlink()
+                    d.rmdir() if d.is_dir() else d.unlink()
+
+    # ---------------------------------------------------------------- feedback loops (StyleDrop)
+
+    def _loop_from_row(self, r: sqlite3.Row) -> Loop:
+        return Loop(r["id"], r["name"], r["owner"], bool(r["published"]), r["base_model"],
+                    self._abs(r["spath"]) if r["spath"] else None, r["content_description"],
+                    r["style_descriptor"], _loads(r["extra"]), r["created"])
+
+    def create_loop(self, *, owner: str, style_image: Any, name: str = "", content_description: str = "",
+                    style_descriptor: str = "", base_model: str = "", extra: Mapping | None = None,
+                    published: bool = False) -> Loop:
+        """A new feedback loop with its style image (stored full size, as PNG)."""
+        with self._saving() as staged:
+            row = self._stage_image(staged, style_image, kind="style", owner=owner, published=published)
+
+            def body(c):
+                return c.execute(
+                    "INSERT INTO loops(name, owner, published, base_model, style_file_id, content_description,"
+                    " style_descriptor, extra, created) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (name, owner, int(bool(published)), base_model, row["id"], content_description,
+                     style_descriptor, _dumps(extra), _now())).lastrowid
+            lid = self._commit_staged(staged, body)
+        return self.get_loop(lid, ALL)
+
+    def get_loop(self, loop_id: int, viewer: Any) -> Loop:
+        cond, args = self._visible(viewer, "l")
+        rows = self._query("SELECT l.*, f.path AS spath FROM loops l LEFT JOIN files f ON f.id = l.style_file_id "
+                           f"WHERE l.id = ? AND {cond}", (loop_id, *args))
+        if not rows:
+            raise UserError("That feedback loop was not found (it may have been deleted, or be private).")
+        return self._loop_from_row(rows[0])
+
+    def list_loops(self, viewer: Any) -> list[Loop]:
+        cond, args = self._visible(viewer, "l")
+        rows = self._query("SELECT l.*, f.path AS spath FROM loops l LEFT JOIN files f ON f.id = l.style_file_id "
+                           f"WHERE {cond} ORDER BY l.created DESC, l.id DESC", args)
+        return [self._loop_from_row(r) for r in rows]
+
+    def publish_loop(self, loop_id: int, viewer: Any, published: bool = True) -> Loop:
+        """Let everyone see (and rate) the loop, its style image and candidates (owner only)."""
+        lp = self.get_loop(loop_id, viewer)
+        self._check_owner(lp.owner, viewer, "feedback loop")
+        with self._tx() as c:
+            c.execute("UPDATE loops SET published = ? WHERE id = ?", (int(published), lp.id))
+            c.execute("UPDATE files SET published = ? WHERE id = (SELECT style_file_id FROM loops WHERE id = ?) "
+                      "OR id IN "
+                      "(SELECT c.file_id FROM candidates c JOIN rounds r ON r.id = c.round_id WHERE r.loop_id = ?)",
+                      (int(published), lp.id, lp.id))
+        return self.get_loop(loop_id, viewer)
+
+    def delete_loop(self, loop_id: int, viewer: Any, *, delete_adapters: bool = False) -> None:
+        """Delete a loop with its rounds, candidates, ratings and images (owner only)."""
+        lp = self.get_loop(loop_id, viewer)
+        self._check_owner(lp.owner, viewer, "feedback loop")
+        files = [r[0] for r in self._query(
+            "SELECT c.file_id FROM candidates c JOIN rounds r ON r.id = c.round_id WHERE r.loop_id = ? "
+            "UNION SELECT style_file_id FROM loops WHERE id = ? AND style_file_id IS NOT NULL", (lp.id, lp.id))]
+        adapters = [r[0] for r in self._query(
+            "SELECT adapter_id FROM rounds WHERE loop_id = ? AND adapter_id IS NOT NULL", (lp.id,))]
+        with self._tx() as c:
+            c.execute("DELETE FROM loops WHERE id = ?", (lp.id,))
+        self._delete_files(files)
+        if delete_adapters:
+            for aid in adapters:
+                with contextlib.suppress(UserError):
+                    self.delete_adapter(aid, viewer)
+
+    def _round_from_row(self, r: sqlite3.Row) -> Round:
+        return Round(r["id"], r["loop_id"], r["number"], r["adapter_id"], _loads(r["metrics"]),
+                     _loads(r["extra"]), r["created"])
+
+    def add_round(self, loop_id: int, viewer: Any, *, adapter_id: int | None = None,
+                  metrics: Mapping | None = None, extra: Mapping | None = None) -> Round:
+        """Append round number max+1 to a loop (owner only); `adapter_id` may be set later."""
+        lp = self.get_loop(loop_id, viewer)
+        self._check_owner(lp.owner, viewer, "feedback loop")
+        if adapter_id is not None:
+            self.get_adapter(adapter_id, viewer)
+        with self._tx() as c:
+            n = c.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM rounds WHERE loop_id = ?", (lp.id,)).fetchone()[0]
+            rid = c.execute("INSERT INTO rounds(loop_id, number, adapter_id, metrics, extra, created) "
+                            "VALUES (?,?,?,?,?,?)",
+                            (lp.id, n, adapter_id, _dumps(metrics), _dumps(extra), _now())).lastrowid
+        return self.get_round(rid, viewer)
+
+    def _round_loop(self, round_id: int, viewer: Any) -> tuple[sqlite3.Row, Loop]:
+        rows = self._query("SELECT * FROM rounds WHERE id = ?", (round_id,))
+        if not rows:
+            raise UserError("That round was not found.")
+        try:
+            lp = self.get_loop(rows[0]["loop_id"], viewer)
+        except UserError:
+            raise UserError("That round was not found.") from None
+        return rows[0], lp
+
+    def get_round(self, round_id: int, viewer: Any) -> Round:
+        return self._round_from_row(self._round_loop(round_id, viewer)[0])
+
+    def rounds(self, loop_id: int, viewer: Any) -> list[Round]:
+        """All rounds of a loop, in order, each with its adapter id and metrics."""
+        self.get_loop(loop_id, viewer)
+        return [self._round_from_row(r) for r in
+                self._query("SELECT * FROM rounds WHERE loop_id = ? ORDER BY number", (loop_id,))]
+
+    def update_round(self, round_id: int, viewer: Any, *, adapter_id: int | None = None,
+                     metrics: Mapping | None = None, extra: Mapping | None = None) -> Round:
+        """Set the round's adapter and/or merge into its metrics / extra (owner only)."""
+        row, lp = self._round_loop(round_id, viewer)
+        self._check_owner(lp.owner, viewer, "feedback loop")
+        if adapter_id is not None:
+            self.get_adapter(adapter_id, viewer)
+        with self._tx() as c:
+            cur = c.execute("SELECT metrics, extra FROM rounds WHERE id = ?", (round_id,)).fetchone()
+            if adapter_id is not None:
+                c.execute("UPDATE rounds SET adapter_id = ? WHERE id = ?", (adapter_id, round_id))
+            if metrics:
+                c.execute("UPDATE rounds SET metrics = ? WHERE id = ?",
+                          (_dumps({**_loads(cur["metrics"]), **metrics}), round_id))
+            if extra:
+                c.execute("UPDATE rounds SET extra = ? WHERE id = ?",
+                          (_dumps({**_loads(cur["extra"]), **extra}), round_id))
+        return self.get_round(round_id, viewer)
+
+    def add_candidates(self, round_id: int, viewer: Any, items: Sequence[Any]) -> list[Candidate]:
+        """Store a round's generated candidates atomically (owner only).
+
+        `items`: images, or (image, prompt) / (image, prompt, seed) tuples, or dicts with keys
+        image, prompt, seed, scores.
+        """
+        row, lp = self._round_loop(round_id, viewer)
+        self._check_owner(lp.owner, viewer, "feedback loop")
+        norm = []
+        for it in items:
+            if isinstance(it, dict):
+                norm.append((it["image"], it.get("prompt", ""), it.get("seed"), it.get("scores") or {}))
+            elif isinstance(it, tuple):
+                norm.append((it[0], it[1] if len(it) > 1 else "", it[2] if len(it) > 2 else None, {}))
+            else:
+                norm.append((it, "", None, {}))
+        with self._saving() as staged:
+            rows = [self._stage_image(staged, im, kind="candidate", owner=lp.owner, published=lp.published)
+                    for im, *_ in norm]
+
+            def body(c):
+                start = c.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM candidates WHERE round_id = ?",
+                                  (round_id,)).fetchone()[0]
+                ids = []
+                for i, (r, (_, prompt, seed, scores)) in enumerate(zip(rows, norm)):
+                    ids.append(c.execute(
+                        "INSERT INTO candidates(round_id, position, file_id, prompt, seed, scores, created) "
+                        "VALUES (?,?,?,?,?,?,?)",
+                        (round_id, start + i, r["id"], prompt, seed, _dumps(scores), _now())).lastrowid)
+                return ids
+            ids = self._commit_staged(staged, body)
+        byid = {c.id: c for c in self.candidates(round_id, viewer)}
+        return [byid[i] for i in ids]
+
+    def candidates(self, round_id: int, viewer: Any) -> list[Candidate]:
+        self._round_loop(round_id, viewer)
+        rows = self._query("SELECT c.*, f.path AS fpath FROM candidates c JOIN files f ON f.id = c.file_id "
+                           "WHERE c.round_id = ? ORDER BY c.position", (round_id,))
+        return [Candidate(r["id"], r["round_id"], r["position"], self._abs(r["fpath"]), r["prompt"], r["seed"],
+                          _loads(r["scores"]), r["created"]) for r in rows]
+
+    def _candidate_loop(self, candidate_id: int, viewer: Any) -> tuple[sqlite3.Row, Loop]:
+        rows = self._query("SELECT c.*, r.loop_id FROM candidates c JOIN rounds r ON r.id = c.round_id "
+                           "WHERE c.id = ?", (candidate_id,))
+        if not rows:
+            raise UserError("That candidate image was not found.")
+        try:
+            return rows[0], self.get_loop(rows[0]["loop_id"], viewer)
+        except UserError:
+            raise UserError("That candidate image was not found.") from None
+
+    def set_candidate_scores(self, candidate_id: int, viewer: Any, scores: Mapping[str, float]) -> None:
+        """Merge automatic scores (e.g. {"clip_text": .31, "clip_style": .72}) into a candidate."""
+        row, lp = self._candidate_loop(candidate_id, viewer)
+        self._check_owner(lp.owner, viewer, "feedback loop")
+        with self._tx() as c:
+            cur = c.execute("SELECT scores FROM candidates WHERE id = ?", (candidate_id,)).fetchone()
+            c.execute("UPDATE candidates SET scores = ? WHERE id = ?",
+                      (_dumps({**_loads(cur["scores"]), **scores}), candidate_id))
+
+    def rate(self, candidate_id: int, rater: str, value: int) -> None:
+        """Record `rater`'s thumbs up (+1) / down (-1) on a candidate; 0 withdraws it.
+
+        One rating per rater per candidate (upsert); other raters' ratings are untouched. Anyone
+        who can see the loop may rate (its owner; everyone once it is published). Automatic
+        pickers rate under their own key, e.g. "clip", so human and CLIP feedback combine.
+        """
+        if value not in (-1, 0, 1):
+            raise UserError("A rating is thumbs up (+1) or thumbs down (-1).")
+        if not isinstance(rater, str) or not rater:
+            raise ValueError("rater key required")
+        self._candidate_loop(candidate_id, rater)
+        with self._tx() as c:
+            if value == 0:
+                c.execute("DELETE FROM ratings WHERE candidate_id = ? AND rater = ?", (candidate_id, rater))
+            else:
+                c.execute("INSERT INTO ratings(candidate_id, rater, value, time) VALUES (?,?,?,?) "
+                          "ON CONFLICT(candidate_id, rater) DO UPDATE SET value = excluded.value, time = excluded.time",
+                          (candidate_id, rater, value, _now()))
+
+    def rate_many(self, ratings: Mapping[int, int], rater: str) -> None:
+        """Several of one rater's ratings in one transaction ({candidate_id: -1/0/+1})."""
+        for cid, v in ratings.items():
+            if v not in (-1, 0, 1):
+                raise UserError("A rating is thumbs up (+1) or thumbs down (-1).")
+            self._candidate_loop(cid, rater)
+        with self._tx() as c:
+            for cid, v in ratings.items():
+                if v == 0:
+                    c.execute("DELETE FROM ratings WHERE candidate_id = ? AND rater = ?", (cid, rater))
+                else:
+                    c.execute("INSERT INTO ratings(candidate_id, rater, value, time) VALUES (?,?,?,?) "
+                              "ON CONFLICT(candidate_id, rater) DO UPDATE SET value = excluded.value, "
+                              "time = excluded.time", (cid, rater, v, _now()))
+
+    def my_ratings(self, round_id: int, rater: str) -> dict[int, int]:
+        """{candidate_id: value} of this rater's ratings in a round (to redraw their thumbs)."""
+        self._round_loop(round_id, rater)
+        return {r[0]: r[1] for r in self._query(
+            "SELECT t.candidate_id, t.value FROM ratings t JOIN candidates c ON c.id = t.candidate_id "
+            "WHERE c.round_id = ? AND t.rater = ?", (round_id, rater))}
+
+    def scores(self, round_id: int, viewer: Any, *, raters: Iterable[str] | None = None,
+               exclude_raters: Iterable[str] = ()) -> dict[int, CandidateScore]:
+        """Combined ratings per candidate of a round (net-score rule; every candidate listed).
+
+        `raters` restricts to some raters (e.g. only "clip"), `exclude_raters` leaves some out.
+        Rater keys are never returned, only counts.
+        """
+        self._round_loop(round_id, viewer)
+        rows = self._query("SELECT t.candidate_id, t.rater, t.value FROM ratings t JOIN candidates c "
+                           "ON c.id = t.candidate_id WHERE c.round_id = ?", (round_id,))
+        allowed = set(raters) if raters is not None else None
+        excluded = set(exclude_raters)
+        combined = combine_ratings((r[0], r[1], r[2]) for r in rows
+                                   if (allowed is None or r[1] in allowed) and r[1] not in excluded)
+        ids = [r[0] for r in self._query("SELECT id FROM candidates WHERE round_id = ?", (round_id,))]
+        return {i: combined.get(i, CandidateScore(i, 0, 0)) for i in ids}
+
+    def liked(self, round_id: int, viewer: Any, *, min_net: int = 1, **kw) -> list[Candidate]:
+        """The candidates whose net score (ups - downs over all raters) is at least `min_net`:
+        the training set of the next round (with the style image). Default: more ups than downs."""
+        sc = self.scores(round_id, viewer, **kw)
+        return [c for c in self.candidates(round_id, viewer) if sc[c.id].net >= min_net]
+
+    # ---------------------------------------------------------------- recovery and checks
+
+    def _referenced(self) -> set[str]:
+        return {r[0] for r in self._query("SELECT path FROM files")}
+
+    def _disk_files(self) -> Iterator[tuple[str, Path]]:
+        for d in MANAGED_DIRS:
+            base = self.root / d
+            for dirpath, _, names in os.walk(base):
+                for n in names:
+                    p = Path(dirpath) / n
+                    yield p.relative_to(self.root).as_posix(), p
+
+    def recover(self, force: bool = False) -> RecoveryReport:
+        """After a crash: delete temp files and unreferenced files, drop rows whose file is missing.
+
+        Runs only when no other open store holds the folder (exclusive `flock`), unless `force`.
+        """
+        rep = RecoveryReport()
+        got = force or self._flock("LOCK_EX", nonblocking=True)
+        if not got:
+            return rep
+        try:
+            rep.ran = True
+            refs = self._referenced()
+            for rel, p in list(self._disk_files()):
+                if TMP_MARK in p.name:
+                    rep.temp_files_removed.append(rel)
+                elif rel.startswith("exports/") or rel not in refs:
+                    rep.orphan_files_removed.append(rel)
+                else:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+            for d in MANAGED_DIRS:  # empty export folders
+                for dirpath, dirnames, filenames in os.walk(self.root / d, topdown=False):
+                    if Path(dirpath) != self.root / d and not os.listdir(dirpath):
+                        with contextlib.suppress(OSError):
+                            os.rmdir(dirpath)
+            missing = [(r["id"], r["kind"], r["path"]) for r in self._query("SELECT id, kind, path FROM files")
+                       if not self._abs(r["path"]).is_file()]
+            if missing:
+                with self._tx() as c:
+                    for fid, _, _ in missing:
+                        c.execute("DELETE FROM files WHERE id = ?", (fid,))  # cascades to adapters, samples, ...
+                rep.rows_dropped = [f"{k} {i} {p}" for i, k, p in missing]
+            dependent = self._query(_DEPENDENT_UNUSED)  # e.g. thumbnails of a dropped adapter
+            if dependent:
+                self._delete_files([r["id"] for r in dependent])
+                rep.orphan_files_removed += [r["path"] for r in dependent]
+            if rep.temp_files_removed or rep.orphan_files_removed or rep.rows_dropped:
+                log.warning("store recovery in %s: %s", self.root, rep)
+        finally:
+            if not force:
+                self._flock("LOCK_SH")
+        return rep
+
+    def check(self, deep: bool = False) -> list[str]:
+        """Problems found, [] when healthy: SQLite integrity and foreign keys, rows whose file is
+        missing, temp and unreferenced files; `deep` also verifies every file's sha256."""
+        problems = []
+        ic = [r[0] for r in self._query("PRAGMA integrity_check")]
+        if ic != ["ok"]:
+            problems += [f"sqlite integrity: {x}" for x in ic]
+        for r in self._query("PRAGMA foreign_key_check"):
+            problems.append(f"foreign key: table {r[0]} row {r[1]} -> {r[2]}")
+        rows = self._query("SELECT id, kind, path, sha256 FROM files")
+        for r in rows:
+            p = self._abs(r["path"])
+            if not p.is_file():
+                problems.append(f"missing file: {r['kind']} {r['id']} {r['path']}")
+            elif deep and _sha256(p) != r["sha256"]:
+                problems.append(f"corrupt file (checksum): {r['kind']} {r['id']} {r['path']}")
+        for r in self._query(_DEPENDENT_UNUSED):
+            problems.append(f"file belongs to nothing: {r['path']}")
+        refs = {r["path"] for r in rows}
+        for rel, p in self._disk_files():
+            if TMP_MARK in p.name:
+                problems.append(f"temp file: {rel}")
+            elif rel not in refs and not rel.startswith("exports/"):
+                problems.append(f"unreferenced file: {rel}")
+        return problems
+
+    def stats(self) -> dict[str, int]:
+        """Row counts per table (for the UI footer and tests)."""
+        return {t: self._query(f"SELECT COUNT(*) FROM {t}")[0][0]
+                for t in ("files", "adapters", "adapter_samples", "loops", "rounds", "candidates", "ratings",
+                          "image_sets")}
