@@ -28,7 +28,36 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="where adapters, ratings and outputs are kept (env STUDIO_DATA_DIR; "
                         "/data/studio on a Space with persistent storage)")
     p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    p.add_argument("--auth", default=env("STUDIO_AUTH"),
+                   help="protect the instance with a login: 'user:password[,user2:password2]' (env STUDIO_AUTH)")
+    p.add_argument("--multi-user", action="store_true", default=bool(env("SPACE_ID")) or bool(env("STUDIO_MULTI_USER")),
+                   help="keep each visitor's uploads, adapters and ratings apart (on by default on a Space)")
     return p.parse_args(argv)
+
+
+def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
+    if not value:
+        return None
+    pairs = []
+    for item in value.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise SystemExit("--auth wants 'user:password[,user2:password2]'")
+        pairs.append((user, password))
+    return pairs
+
+
+def visitor_secret(data_dir: Path) -> str:
+    """A per-installation secret for the visitor id kept in the browser, stable across
+    restarts (so a reload or a restart finds the visitor's work again)."""
+    import secrets
+
+    path = data_dir / ".visitor-secret"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(secrets.token_hex(16))
+        os.replace(tmp, path)
+    return path.read_text().strip()
 
 
 def build_app(args: argparse.Namespace):
@@ -47,6 +76,8 @@ def build_app(args: argparse.Namespace):
                      metrics=Metrics(tiny=engine.offline, device=engine.device))
 
     with gr.Blocks(title="Style studio") as demo:
+        ctx.visitor = gr.BrowserState(None, storage_key="style-studio-visitor",
+                                      secret=visitor_secret(data_dir))
         gr.Markdown(f"# Style studio\nModel: `{engine.spec.source}` on `{engine.device}`"
                     + (" (offline tiny models: images are noise, the machinery is real)"
                        if engine.offline else ""))
@@ -54,6 +85,11 @@ def build_app(args: argparse.Namespace):
             module = importlib.import_module(name)
             with gr.Tab(module.TITLE):
                 module.build(ctx)
+        def assign_visitor(current):
+            import uuid
+
+            return current or uuid.uuid4().hex
+        demo.load(assign_visitor, ctx.visitor, ctx.visitor, api_visibility="private")
     demo.queue(default_concurrency_limit=4)
     demo.studio = ctx  # for tests and embedding
     return demo
@@ -62,9 +98,14 @@ def build_app(args: argparse.Namespace):
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
-    demo = build_app(args)
+    from core.errors import UserError
+
+    try:
+        demo = build_app(args)
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size="50mb")
+                auth=parse_auth(args.auth), max_file_size="50mb")
 
 
 if __name__ == "__main__":

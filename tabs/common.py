@@ -26,6 +26,15 @@ class AppContext:
     data_dir: Path
     args: argparse.Namespace
     metrics: Any = None  # core.metrics.Metrics
+    visitor: Any = None  # gr.BrowserState holding this browser's visitor id (shared instances)
+
+    @property
+    def shared(self) -> bool:
+        """A shared instance (a Space or --multi-user): visitors' work is kept apart."""
+        return bool(getattr(self.args, "multi_user", False))
+
+    def owner(self, request: gr.Request | None, visitor: str | None = None) -> str:
+        return owner_key(request, visitor, shared=self.shared)
 
 
 def status_text(event) -> str:
@@ -92,8 +101,46 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def session_key(request: gr.Request | None) -> str:
-    """Who is asking: the logged-in user, else the browser session."""
+    """This page load: the key a Stop button uses to reach its own running job."""
     if request is None:
         return "local"
     user = getattr(request, "username", None)
     return f"user:{user}" if user else f"session:{request.session_hash}"
+
+
+def owner_key(request: gr.Request | None, visitor: str | None = None, *, shared: bool = False) -> str:
+    """Who owns what a job makes (adapters, ratings, outputs).
+
+    A logged-in user owns their work under their name. On a private instance (the default:
+    one person on their own machine) everything belongs to "local", so a restart shows it all
+    again. On a shared instance (a Space, or --multi-user) each browser is its own owner: the
+    `visitor` id kept in the browser's localStorage (ctx.visitor), else the page session;
+    nobody sees another visitor's work unless it is published."""
+    user = getattr(request, "username", None) if request is not None else None
+    if user:
+        return f"user:{user}"
+    if not shared:
+        return "local"
+    if visitor:
+        return f"visitor:{visitor}"
+    return session_key(request)
+
+
+def gpu(duration: int = 60) -> Callable[[Callable], Callable]:
+    """Mark an event handler as a GPU job for Hugging Face ZeroGPU Spaces (`spaces.GPU` with
+    a duration fitted to the job, in seconds); a no-op where the `spaces` package is absent
+    or the Space has no ZeroGPU."""
+    def decorate(fn: Callable) -> Callable:
+        if not _zero_gpu():
+            return fn
+        import spaces  # type: ignore[import-not-found]
+
+        return spaces.GPU(duration=duration)(fn)
+    return decorate
+
+
+def _zero_gpu() -> bool:
+    import importlib.util
+    import os
+
+    return bool(os.environ.get("SPACES_ZERO_GPU")) and importlib.util.find_spec("spaces") is not None

@@ -7,7 +7,7 @@ from core.events import Notice, Progress, Result
 from core.images import load_image
 from core.style_aligned import MAX_SET, SharingOptions, style_aligned_set
 
-from .common import GPU, AppContext, session_key, status_text, user_errors
+from .common import GPU, AppContext, gpu, session_key, status_text, user_errors
 
 TITLE = "Style-Aligned Set"
 
@@ -88,6 +88,7 @@ def build(ctx: AppContext) -> None:
         return None if path is None else load_image(path, what="reference image", max_side=1024)
 
     @user_errors
+    @gpu(duration=120)
     def generate(prompt_text, style_text, seed_v, steps_v, guidance_v, w, h, neg, ref_path, ref_text,
                  aq, ak, av, gn, full, shift_v, scale_v, frac, request: gr.Request):
         options = SharingOptions(adain_queries=aq, adain_keys=ak, adain_values=av,
@@ -101,7 +102,7 @@ def build(ctx: AppContext) -> None:
             engine, (prompt_text or "").splitlines(), style_text, options=options, seed=int(seed_v),
             steps=int(steps_v), guidance=float(guidance_v), width=int(w), height=int(h),
             negative_prompt=neg or "", reference_image=ref, reference_prompt=ref_text or "",
-            metrics=ctx.metrics, owner=session_key(request))
+            metrics=ctx.metrics, owner=session_key(request))  # Stop reaches this page's job
         notes = []
         for event in events:
             if isinstance(event, Notice):
