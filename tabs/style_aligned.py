@@ -44,7 +44,8 @@ def build(ctx: AppContext) -> None:
                                elem_id="sa-style")
             with gr.Row():
                 seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
-                steps = gr.Slider(1, 100, value=4 if engine.offline else 50, step=1, label="Steps")
+                steps = gr.Slider(1, 100, value=4 if engine.offline else 50, step=1, label="Steps",
+                                  elem_id="sa-steps")
                 guidance = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance (1 or less: off)")
             with gr.Row():
                 width = gr.Slider(64 if engine.offline else 512, 256 if engine.offline else 2048,
@@ -124,6 +125,7 @@ def build(ctx: AppContext) -> None:
                           api_name="style_aligned", **GPU)
 
     def cancel(request: gr.Request):
-        engine.cancel(session_key(request))
+        stopped = engine.cancel(session_key(request))
+        return "**Stopped.** The set was not finished." if stopped else "Nothing is running."
 
-    stop.click(cancel, None, None, cancels=[gen_event], queue=False, api_name="style_aligned_stop")
+    stop.click(cancel, None, status, cancels=[gen_event], queue=False, api_name="style_aligned_stop")

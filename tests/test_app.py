@@ -2,6 +2,8 @@
 Chromium as a user would."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from gradio_client import Client, handle_file
 
@@ -83,3 +85,25 @@ def test_browser_style_aligned_set(live_app, page):
     metrics = page.locator("#sa-metrics").inner_text()
     assert "CLIP text score" in metrics and "A sailboat" in metrics
     screenshot(page, "style-aligned")
+
+
+@pytest.mark.browser
+def test_browser_progress_visible_and_stop(live_app, page):
+    """A long job shows its step count and previews while it runs, and Stop ends it."""
+    page.goto(live_app.url)
+    page.locator("#sa-prompts textarea").fill("A guitar\nA sailboat")
+    steps = page.locator("#sa-steps input[type=number]")
+    steps.fill("100")
+    steps.press("Enter")
+    page.locator("#sa-generate").click()
+    page.wait_for_function("() => /Style-aligned set \\d+\\/100/.test(document.querySelector('#sa-status').innerText)",
+                           timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('#sa-gallery img').length >= 2", timeout=60_000)
+    screenshot(page, "style-aligned-progress")
+    running = page.locator("#sa-status").inner_text()
+    page.locator("#sa-stop").click()
+    time.sleep(3)
+    after = page.locator("#sa-status").inner_text()
+    time.sleep(2)
+    assert page.locator("#sa-status").inner_text() == after  # nothing moves after Stop
+    assert "Stopped" in after and "/100" in running
