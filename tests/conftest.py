@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def start_app(data_dir: Path, *extra: str, timeout: float = 240) -> LiveApp:
             with urllib.request.urlopen(url + "gradio_api/info", timeout=2) as r:
                 if r.status == 200:
                     return LiveApp(url, proc, data_dir, log)
+        except urllib.error.HTTPError:  # answering, behind a login
+            return LiveApp(url, proc, data_dir, log)
         except OSError:
             time.sleep(0.5)
     proc.kill()
