@@ -1,0 +1,269 @@
+"""LIVE: layer-wise image vectorization (Ma et al. 2022), as VectorFusion uses it.
+
+Paths are added in stages (a path schedule such as 1, 1, 2, 4, 8, 16 ...). Each new path is a
+closed 4-segment cubic circle placed at the largest connected component of the current error
+(`sparse_coord_init`), filled with the target color there, alpha 1. Every stage optimizes all
+paths so far (earlier layers keep training) with
+
+    loss = mean(w * sum_c (render - target)^2) + xing_weight * xing_loss
+
+where w is the UDF weight: 1 on the outline of the newest paths, falling linearly to 0 at
+`udf_reach` px, added to the previous stage's weight and clipped to [0, 1]. We add a small
+uniform floor (`uniform_weight`, 0 gives LIVE exactly) so the interior colour of a large
+path keeps a gradient after its outline weight has moved away. The xing loss penalises
+self-intersecting cubics. Adam with betas (0.9, 0.9), eps 1e-6; point learning rate 1.0 at
+240 px (scaled with the canvas), color 0.01, the point rate decaying to 0.4x over each stage.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..events import Progress
+from .rasterizer import flatten, render, to_pil
+from .scene import Scene, Shape, circle_shape
+from .svg_io import scene_to_svg
+
+
+@dataclass
+class VectorProgress(Progress):
+    """A `Progress` that also carries the current SVG text (`svg`) and path count.
+
+    `preview` holds the current render (PIL); `metrics` has 'loss', 'psnr' and 'paths'.
+    """
+
+    svg: str = ""
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.detach() - b.detach()) ** 2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def path_schedule(num_paths: int, kind: str = "exp", first: int = 1, max_per_stage: int = 32) -> list[int]:
+    """Paths added per stage: 'exp' gives 1, 2, 4, 8 ... (each capped at `max_per_stage`);
+    'repeat' gives [first] * k. The sum is `num_paths`."""
+    out, total, k = [], 0, 0
+    while total < num_paths:
+        n = first if kind == "repeat" else min(2 ** k * first, max_per_stage)
+        n = min(n, num_paths - total)
+        out.append(n)
+        total += n
+        k += 1
+    return out
+
+
+# ----------------------------------------------------------------------------- init
+
+def connected_components(mask: torch.Tensor, max_iter: int | None = None) -> torch.Tensor:
+    """4-connected labels of a bool [H, W] mask (0 = background), by min-label propagation."""
+    H, W = mask.shape
+    big = H * W + 1
+    lab = torch.where(mask, torch.arange(1, H * W + 1, device=mask.device).reshape(H, W),
+                      torch.full((H, W), big, device=mask.device))
+    for _ in range(max_iter or 4 * (H + W)):
+        p = torch.nn.functional.pad(lab[None, None].float(), (1, 1, 1, 1), value=big)[0, 0].long()
+        n = torch.minimum(torch.minimum(p[:-2, 1:-1], p[2:, 1:-1]),
+                          torch.minimum(p[1:-1, :-2], p[1:-1, 2:]))
+        new = torch.where(mask, torch.minimum(lab, n), lab)
+        if torch.equal(new, lab):
+            break
+        lab = new
+    return torch.where(mask, lab, torch.zeros_like(lab))
+
+
+class SparseCoordInit:
+    """Where to start new paths: the largest 4-connected components of the current error.
+
+    The error map sum_c (pred - target)^2 is zeroed below `threshold`, quantised into up to
+    `bins` quantile levels (the lowest level dropped); each call takes the most populated
+    level, its largest component, and returns the component pixel nearest its centroid, then
+    removes that component so the next path goes elsewhere.
+    """
+
+    def __init__(self, pred: torch.Tensor, target: torch.Tensor, bins: int = 200,
+                 threshold: float = 0.1, seed: int = 0):
+        err = ((pred.detach() - target.detach()) ** 2).sum(0).cpu().numpy()
+        err[err < threshold] = 0
+        levels = np.unique(np.quantile(err, np.linspace(0, 1, bins)))[1:-1]
+        self.map = np.digitize(err, levels) if len(levels) else (err > 0).astype(np.int64)
+        ids, counts = np.unique(self.map, return_counts=True)
+        self.count = dict(zip(ids.tolist(), counts.tolist()))
+        self.count.pop(min(self.count), None)     # the lowest level: no error
+        self.H, self.W = err.shape
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self) -> tuple[float, float]:
+        while self.count:
+            level = max(self.count, key=self.count.get)
+            mask = torch.as_tensor(self.map == level)
+            lab = connected_components(mask).numpy()
+            ids, sizes = np.unique(lab[lab > 0], return_counts=True)
+            if len(ids) == 0:
+                self.count.pop(level)
+                continue
+            comp = lab == ids[np.argmax(sizes)]
+            ys, xs = np.nonzero(comp)
+            cy, cx = ys.mean(), xs.mean()
+            i = np.argmin((ys - cy) ** 2 + (xs - cx) ** 2)
+            self.count[level] -= int(comp.sum())
+            if self.count[level] <= 0:
+                self.count.pop(level)
+            self.map[comp] = -1
+            return float(xs[i]) + 0.5, float(ys[i]) + 0.5
+        return float(self.rng.uniform(0, self.W)), float(self.rng.uniform(0, self.H))
+
+
+def new_path(center, radius: float, target: torch.Tensor) -> Shape:
+    """LIVE's initial path: a 4-segment circle, filled with the target color at its centre."""
+    H, W = target.shape[1:]
+    x = min(max(int(center[0]), 0), W - 1)
+    y = min(max(int(center[1]), 0), H - 1)
+    color = target[:, y, x].detach().cpu().tolist() + [1.0]
+    return circle_shape(center, radius, fill=color, segments=4, device=target.device)
+
+
+# ----------------------------------------------------------------------------- losses
+
+def udf_weight(shapes: list[Shape], H: int, W: int, reach: float, device) -> torch.Tensor:
+    """1 - d/reach clipped to [0, 1], d = distance from each pixel centre to the outlines."""
+    ys, xs = torch.meshgrid(torch.arange(H, device=device) + 0.5,
+                            torch.arange(W, device=device) + 0.5, indexing="ij")
+    q = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
+    best = torch.full((H * W,), math.inf, device=device)
+    one = torch.ones(2, device=device)
+    with torch.no_grad():
+        for s in shapes:
+            A, B, _, _ = flatten(s, one, tol=0.2)
+            for i in range(0, len(A), 64):
+                a, d = A[i:i + 64], (B - A)[i:i + 64]
+                rel = q[:, None] - a[None]
+                t = ((rel * d).sum(2) / (d * d).sum(1).clamp_min(1e-12)).clamp(0, 1)
+                dist = ((rel - t[..., None] * d) ** 2).sum(2).min(1).values
+                best = torch.minimum(best, dist)
+    return ((reach - best.sqrt()) / reach).clamp(0, 1).reshape(H, W)
+
+
+def xing_loss(shapes: list[Shape]) -> torch.Tensor:
+    """Self-intersection penalty per cubic: P0P1 and P2P3 should turn the way P0P1, P1P2 does."""
+    losses = []
+    for s in shapes:
+        seg = s.segments()
+        u, m, v = seg[:, 1] - seg[:, 0], seg[:, 2] - seg[:, 1], seg[:, 3] - seg[:, 2]
+
+        def sin(a, b):
+            return (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+
+        D = (sin(u, m) >= 0).to(seg.dtype)
+        s13 = sin(u, v)
+        losses.append((D * torch.relu(-s13) + (1 - D) * torch.relu(s13)).mean())
+    if not losses:
+        return torch.zeros(())
+    return torch.stack(losses).mean()
+
+
+# ----------------------------------------------------------------------------- optimization
+
+class Fitter:
+    """Adam over the scene's points and colors, LIVE's settings; colors clamped to [0, 1]."""
+
+    def __init__(self, point_lr: float, color_lr: float = 0.01, width_lr: float = 0.1):
+        self.point_lr, self.color_lr, self.width_lr = point_lr, color_lr, width_lr
+        self.opt = None
+
+    def add(self, shapes: list[Shape]):
+        groups = [{"params": [s.points for s in shapes], "lr": self.point_lr, "kind": "points"},
+                  {"params": [s.fill for s in shapes if s.fill is not None], "lr": self.color_lr,
+                   "kind": "color"}]
+        strokes = [s for s in shapes if s.stroke is not None]
+        if strokes:
+            groups += [{"params": [s.stroke for s in strokes], "lr": self.color_lr, "kind": "color"},
+                       {"params": [s.stroke_width for s in strokes], "lr": self.width_lr, "kind": "width"}]
+        for s in shapes:
+            for p in s.parameters():
+                p.requires_grad_(True)
+        groups = [g for g in groups if g["params"]]
+        if self.opt is None:
+            self.opt = torch.optim.Adam(groups, betas=(0.9, 0.9), eps=1e-6)
+        else:
+            for g in groups:
+                self.opt.add_param_group(g)
+
+    def set_point_scale(self, factor: float):
+        for g in self.opt.param_groups:
+            if g["kind"] == "points":
+                g["lr"] = self.point_lr * factor
+
+    def step(self, loss: torch.Tensor, shapes: list[Shape]):
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():
+            for s in shapes:
+                if s.fill is not None:
+                    s.fill.clamp_(0, 1)
+                if s.stroke is not None:
+                    s.stroke.clamp_(0, 1)
+                    s.stroke_width.clamp_(min=0)
+
+
+def progress_event(step, total, scene, img, loss, target, message, with_svg=True):
+    return VectorProgress(step=step, total=total, message=message, preview=[to_pil(img)],
+                          metrics={"loss": float(loss), "psnr": psnr(img, target),
+                                   "paths": float(len(scene.shapes))},
+                          svg=scene_to_svg(scene) if with_svg else "")
+
+
+def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None = None,
+         steps: int = 500, radius: float | None = None, udf_reach: float | None = None,
+         uniform_weight: float = 0.1, xing_weight: float = 0.01, point_lr: float | None = None,
+         color_lr: float = 0.01, preview_every: int = 25, seed: int = 0):
+    """Fit `target` ([3, H, W] in [0, 1], on white) with LIVE; a generator of VectorProgress.
+
+    `steps` is the total optimization budget, split across the stages of `schedule`
+    (default: 'exp' schedule for `num_paths`). Returns (StopIteration value) the Scene.
+    """
+    torch.manual_seed(seed)
+    _, H, W = target.shape
+    size = max(H, W)
+    radius = radius if radius is not None else max(2.0, 5.0 * size / 240)
+    reach = udf_reach if udf_reach is not None else max(3.0, 10.0 * size / 240)
+    point_lr = point_lr if point_lr is not None else 1.0 * size / 240
+    schedule = schedule or path_schedule(num_paths)
+    per_stage = [max(1, steps // len(schedule))] * len(schedule)
+    per_stage[-1] += steps - sum(per_stage)
+    scene = Scene(W, H, [])
+    fitter = Fitter(point_lr, color_lr)
+    weight = torch.zeros(H, W, device=target.device)
+    step = 0
+    img = torch.ones_like(target)
+    for stage, (count, n_steps) in enumerate(zip(schedule, per_stage)):
+        init = SparseCoordInit(img, target, seed=seed + stage)
+        added = [new_path(init(), radius, target) for _ in range(count)]
+        scene.shapes.extend(added)
+        fitter.add(added)
+        weight = (weight + udf_weight(added, H, W, reach, target.device)).clamp(0, 1)
+        w = weight + uniform_weight
+        for i in range(n_steps):
+            frac = i / max(1, n_steps)
+            fitter.set_point_scale(1.0 if frac < 0.2 else 1.0 - 0.6 * (frac - 0.2) / 0.8)
+            img = render(scene, W, H)
+            loss = (w * ((img - target) ** 2).sum(0)).mean()
+            if xing_weight:
+                loss = loss + xing_weight * xing_loss(scene.shapes)
+            fitter.step(loss, scene.shapes)
+            step += 1
+            if step % preview_every == 0 or i == n_steps - 1:
+                with torch.no_grad():
+                    img = render(scene, W, H)
+                yield progress_event(step, steps, scene, img, loss.item(), target,
+                             f"LIVE stage {stage + 1}/{len(schedule)}: {len(scene.shapes)} paths")
+        with torch.no_grad():
+            img = render(scene, W, H)
+    for s in scene.shapes:
+        for p in s.parameters():
+            p.requires_grad_(False)
+    return scene
