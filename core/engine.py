@@ -113,7 +113,8 @@ class Engine:
         base = self.pipe
         if cls is None and not components:
             return base
-        key = (cls, tuple(sorted((k, type(v).__name__) for k, v in components.items())))
+        key = (cls, tuple(sorted((k, type(v).__name__, repr(getattr(v, "config", None)))
+                                 for k, v in components.items())))
         if key not in self._derived:
             cls = cls or type(base)
             derived = cls.from_pipe(base, **components)
