@@ -1,0 +1,461 @@
+"""AdaIN Transfer tab: real-time arbitrary style transfer (Huang & Belongie 2017).
+
+Widgets and wiring only; the method lives in core/adain.py. Three panels:
+
+- Transfer (api_name="adain"): content images (a batch), style images with a weight each,
+  alpha, colour preservation, optional regions painted in a mask editor (one layer per style),
+  output size with a safe maximum, and the decoder to use (published/tiny, or one you trained).
+- Webcam: streamed frames styled live, with the measured frames per second.
+- Train your own decoder: uploads or server folders, the paper's recipe, a streamed loss
+  curve and sample transfers, Stop (the state so far is checkpointed; nothing half-written).
+
+Weights: in the tiny family (offline, tests) a tiny random network of the paper's
+architecture; otherwise `args.adain_weights` if the app defines that flag, else
+$STUDIO_ADAIN_WEIGHTS (a folder with vgg_normalised.pth and decoder.pth, or a Hub repo id),
+else core.adain.DEFAULT_HUB_REPO; in other offline families (random-weight benchmarks) the
+paper's full-size network with random weights.
+"""
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import torch
+
+from core import adain
+from core.errors import UserError
+from core.events import Progress, Result
+from tabs.common import GPU, AppContext, session_key, user_errors
+
+TITLE = "AdaIN Transfer"
+
+DEFAULT_DECODER = "built-in"
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _paths(files) -> list:
+    """Whatever gr.File hands over (None, a path, a list of paths or file objects) -> paths."""
+    if files is None:
+        return []
+    if not isinstance(files, (list, tuple)):
+        files = [files]
+    out = []
+    for f in files:
+        if f is None:
+            continue
+        if isinstance(f, dict):
+            f = f.get("path") or f.get("name")
+        out.append(getattr(f, "name", f) if not isinstance(f, (str, Path)) else f)
+    return out
+
+
+def parse_weights(text: str | None, n: int) -> list[float] | None:
+    """'1, 2' -> [1.0, 2.0]; empty -> None (equal weights)."""
+    if text is None or not str(text).strip():
+        return None
+    parts = [p for p in re.split(r"[,\s;]+", str(text).strip()) if p]
+    try:
+        w = [float(p) for p in parts]
+    except ValueError:
+        raise UserError(f"Style weights must be numbers separated by commas, e.g. '0.7, 0.3' "
+                        f"(got {text!r}).") from None
+    if len(w) != n:
+        raise UserError(f"Give one weight per style: {n} style image(s) but {len(w)} weight(s).")
+    return w
+
+
+def masks_from_editor(value, n_styles: int) -> list | None:
+    """Regions painted in the editor -> one mask per style.
+
+    Layer k's painted pixels are the region of style k (an empty layer leaves its style
+    unused). If there are fewer layers than styles, the unpainted area takes the next style;
+    styles beyond that are unused."""
+    if not value:
+        return None
+    layers = value.get("layers") if isinstance(value, dict) else None
+    regions = []
+    for layer in layers or []:
+        if layer is None:
+            regions.append(None)
+            continue
+        if hasattr(layer, "shape"):
+            arr = np.asarray(layer)
+            region = arr[..., 3] > 0 if arr.ndim == 3 and arr.shape[-1] == 4 else (
+                (arr if arr.ndim == 2 else arr.max(-1)) > 0)
+        else:
+            region = np.asarray(adain.load_image(layer, what="mask layer").convert("L")) > 0
+        regions.append(region if region.any() else None)
+    while regions and regions[-1] is None:
+        regions.pop()
+    if not regions:
+        raise UserError("Region mode is on but nothing is painted: paint one layer per style "
+                        "over the content image (layer 1 = style 1, ...), or turn regions off.")
+    if len(regions) > n_styles:
+        raise UserError(f"Layers up to {len(regions)} are painted but there are only {n_styles} "
+                        "style image(s): give one style per painted layer.")
+    painted = [r for r in regions if r is not None]
+    shape = painted[0].shape
+    if any(r.shape != shape for r in painted):
+        raise UserError("The painted layers have different sizes; clear them and paint again.")
+    masks = [np.zeros(shape, np.float32) if r is None else r.astype(np.float32) for r in regions]
+    if len(masks) < n_styles:
+        masks.append((~np.any(np.stack(painted), axis=0)).astype(np.float32))
+    while len(masks) < n_styles:
+        masks.append(np.zeros(shape, dtype=np.float32))
+    return masks
+
+
+def loss_frame(history: list[dict], max_points: int = 500) -> pd.DataFrame:
+    """Long-format loss curve for gr.LinePlot: step, value, term (at most `max_points`
+    steps, evenly thinned, the latest always kept)."""
+    if len(history) > max_points:
+        stride = -(-len(history) // max_points)
+        history = history[::-1][::stride][::-1]
+    rows = []
+    for r in history:
+        rows.append({"step": r["step"], "value": r["loss"], "term": "total"})
+        rows.append({"step": r["step"], "value": r["loss_c"], "term": "content"})
+        rows.append({"step": r["step"], "value": r["loss_s"], "term": "style"})
+    frame = pd.DataFrame(rows, columns=["step", "value", "term"])
+    # explicit dtypes: an empty first frame must not make the plot's axes categorical
+    return frame.astype({"step": "int64", "value": "float64", "term": "string"})
+
+
+class AdaINTab:
+    """The handlers, bound to one app context (tests call them directly)."""
+
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+        self.stops: dict[str, threading.Event] = {}
+        self._style_cache: dict[tuple, list] = {}
+        self._lock = threading.Lock()
+
+    # --- model choice ------------------------------------------------------------------
+    @property
+    def tiny(self) -> bool:
+        return str(getattr(self.ctx.engine, "family", "")).startswith("tiny")
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(getattr(self.ctx.engine, "device", "cpu"))
+
+    @property
+    def max_side(self) -> int:
+        return adain.MAX_SIDE_CPU if self.device.type == "cpu" else adain.MAX_SIDE
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.ctx.data_dir) / "adain" / "runs"
+
+    def weights_spec(self) -> str:
+        """--adain-weights, else $STUDIO_ADAIN_WEIGHTS, else the default Hub repo; in an
+        offline non-tiny family (random-weight benchmarks) the full network, random."""
+        spec = (getattr(self.ctx.args, "adain_weights", None)
+                or os.environ.get("STUDIO_ADAIN_WEIGHTS"))
+        if spec:
+            return spec
+        if getattr(self.ctx.engine, "offline", False):
+            return adain.RANDOM_WEIGHTS
+        return adain.DEFAULT_HUB_REPO
+
+    def decoder_choices(self) -> list[str]:
+        runs = sorted(p.parent.name for p in self.runs_dir.glob(f"*/{adain.DECODER_NAME}"))
+        return [DEFAULT_DECODER] + runs
+
+    def model(self, decoder: str | None = None) -> adain.AdaINNet:
+        path = None
+        if decoder and decoder != DEFAULT_DECODER:
+            if not _RUN_NAME.match(str(decoder)):
+                raise UserError(f"{decoder!r} is not a decoder name; pick one from the list.")
+            path = self.runs_dir / decoder / adain.DECODER_NAME
+            if not path.is_file():
+                raise UserError(f"The trained decoder {decoder!r} was not found; pick another.")
+        return adain.get_model(None if self.tiny else self.weights_spec(), self.device,
+                               getattr(self.ctx.engine, "dtype", torch.float32), tiny=self.tiny,
+                               decoder=path)
+
+    # --- transfer ------------------------------------------------------------------------
+    @user_errors
+    def transfer(self, content_files, style_files, weights_text, alpha, preserve_color,
+                 use_regions, regions, size, decoder):
+        contents, styles = _paths(content_files), _paths(style_files)
+        if not contents:
+            raise UserError("Upload at least one content image.")
+        if not styles:
+            raise UserError("Upload at least one style image.")
+        weights = parse_weights(weights_text, len(styles))
+        masks = masks_from_editor(regions, len(styles)) if use_regions else None
+        req = adain.TransferRequest(contents, styles, weights, float(alpha), bool(preserve_color),
+                                    masks, int(size) if size else None, self.max_side)
+        model = self.model(decoder)
+        done: list = []
+        for ev in adain.run_transfer(model, req):
+            if isinstance(ev, Progress):
+                done.extend(ev.preview or [])
+                yield done, f"Styled {ev.step}/{ev.total}..."
+            elif isinstance(ev, Result):
+                per = ev.info["seconds"] / max(len(ev.images), 1)
+                w, h = ev.images[0].size
+                text = (f"Done: {len(ev.images)} image(s) at {w}x{h}, "
+                        f"{per * 1000:.0f} ms each on {self.device.type}.")
+                if masks is not None:
+                    text += " Regions: " + ", ".join(
+                        f"style {i + 1} {100 * float(m.mean()):.0f}%" for i, m in enumerate(masks))
+                yield ev.images, text
+
+    @user_errors
+    def preview(self, files):
+        """Thumbnails of the uploads, with a clear error for anything that is not an image."""
+        out = []
+        for i, p in enumerate(_paths(files)):
+            out.append(adain.load_image(p, what=f"image {i + 1} ({Path(str(p)).name})",
+                                        max_side=256))
+        return out
+
+    @user_errors
+    def regions_background(self, content_files):
+        """Put the first content image under the mask editor."""
+        paths = _paths(content_files)
+        if not paths:
+            return None
+        im = adain.load_image(paths[0], what="content image", max_side=768)
+        return {"background": im, "layers": [], "composite": im}
+
+    def refresh_decoders(self, current):
+        choices = self.decoder_choices()
+        return gr.update(choices=choices, value=current if current in choices else DEFAULT_DECODER)
+
+    # --- webcam --------------------------------------------------------------------------
+    def _style_feats(self, model, styles: list, size: int) -> list:
+        key = (id(model), tuple(str(s) for s in styles), size)
+        with self._lock:
+            if key not in self._style_cache:
+                tens = [adain.to_tensor(adain.prepare(s, size, what=f"style image {i + 1}",
+                                                      max_side=self.max_side))
+                        for i, s in enumerate(styles)]
+                if len(self._style_cache) > 16:
+                    self._style_cache.clear()
+                self._style_cache[key] = adain.encode_styles(model, tens)
+            return self._style_cache[key]
+
+    @user_errors
+    def webcam(self, frame, style_files, weights_text, alpha, size, decoder, state):
+        state = dict(state or {})
+        if frame is None:
+            return None, "Waiting for the webcam...", state
+        styles = _paths(style_files)
+        if not styles:
+            raise UserError("Upload at least one style image (in the Transfer panel) first.")
+        size = int(size)
+        weights = parse_weights(weights_text, len(styles))
+        model = self.model(decoder)
+        img = adain.prepare(frame, size, what="webcam frame", max_side=self.max_side)
+        feats = self._style_feats(model, styles, size)
+        x = adain.to_tensor(img)
+        t0 = time.perf_counter()
+        out = adain.stylize_frame(model, x, feats, weights, float(alpha))
+        if out.device.type == "cuda":
+            torch.cuda.synchronize(out.device)
+        model_s = time.perf_counter() - t0
+        now = time.time()
+        times = [t for t in state.get("times", []) if now - t < 3.0] + [now]
+        state["times"] = times
+        stream_fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+        ema = state.get("model_ms")
+        state["model_ms"] = model_s * 1000 if ema is None else 0.8 * ema + 0.2 * model_s * 1000
+        text = (f"**{stream_fps:.1f} FPS** on screen · model {1000 / state['model_ms']:.1f} FPS "
+                f"({state['model_ms']:.0f} ms per {img.width}x{img.height} frame, "
+                f"{self.device.type})")
+        return adain.to_image(out), text, state
+
+    # --- training ------------------------------------------------------------------------
+    def _stage(self, files, folder: Path, what: str) -> Path:
+        """Copy uploads into the run folder (validating each) and return that folder."""
+        paths = _paths(files)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, p in enumerate(paths):
+            adain.load_image(p, what=f"{what} image {i + 1} ({Path(str(p)).name})")
+            src = Path(str(p))
+            shutil.copyfile(src, folder / f"{i:05d}{src.suffix.lower() or '.png'}")
+        return folder
+
+    @user_errors
+    def train(self, content_files, style_files, content_dir, style_dir, run_name, steps,
+              batch_size, resize, crop, sample_every, save_every, resume, request: gr.Request):
+        name = (run_name or "").strip() or time.strftime("decoder-%Y%m%d-%H%M%S")
+        if not _RUN_NAME.match(name):
+            raise UserError("The run name may hold letters, digits, '-', '_' and '.' (max 64).")
+        run = self.runs_dir / name
+        if content_files:
+            cdir = self._stage(content_files, run / "content", "content")
+        elif content_dir and str(content_dir).strip():
+            cdir = Path(str(content_dir).strip()).expanduser()
+        else:
+            raise UserError("Upload content images or give a content folder on the server.")
+        if style_files:
+            sdir = self._stage(style_files, run / "style", "style")
+        elif style_dir and str(style_dir).strip():
+            sdir = Path(str(style_dir).strip()).expanduser()
+        else:
+            raise UserError("Upload style images or give a style folder on the server.")
+        cfg = adain.TrainConfig(
+            content_dir=str(cdir), style_dir=str(sdir), out_dir=str(run), steps=int(steps),
+            batch_size=int(batch_size), resize=int(resize), crop=int(crop),
+            sample_every=max(1, int(sample_every)), save_every=max(1, int(save_every)),
+            log_every=max(1, min(10, int(sample_every))), resume=bool(resume),
+            tiny=self.tiny, weights=None if self.tiny else self.weights_spec(),
+            device=str(self.device))
+        # offline full-size family: the paper's network with random weights
+        start_model = (adain.tiny_model(seed=0, width=1.0)
+                       if not self.tiny and cfg.weights == adain.RANDOM_WEIGHTS else None)
+        key = session_key(request)
+        stop = threading.Event()
+        self.stops[key] = stop
+        history: list[dict] = []
+        try:
+            for ev in adain.train_decoder(cfg, model=start_model, should_stop=stop.is_set):
+                if isinstance(ev, Progress):
+                    if ev.metrics:
+                        history.append({"step": ev.step, **ev.metrics})
+                    # no empty frame: the plot would fix an empty colour domain and draw no
+                    # lines; samples are only sent when new ones were made
+                    yield (loss_frame(history) if history else gr.update(),
+                           ev.preview if ev.preview else gr.update(),
+                           ev.message or "training...", gr.update())
+                elif isinstance(ev, Result):
+                    history = [r for r in ev.info["history"]
+                               if r["step"] % cfg.log_every == 0 or r["step"] == ev.info["step"]]
+                    word = "Stopped" if ev.info["cancelled"] else "Finished"
+                    if not Path(ev.info["decoder"]).is_file():
+                        yield (gr.update(), ev.images,
+                               f"{word} before the first step; nothing was saved.", gr.update())
+                        return
+                    yield (loss_frame(history) if history else gr.update(), ev.images,
+                           f"{word} at step {ev.info['step']}; decoder saved as run '{name}' "
+                           f"({ev.info['decoder']}). Pick it in the Decoder list to use it.",
+                           gr.update(choices=self.decoder_choices(), value=name))
+        finally:
+            if self.stops.get(key) is stop:
+                del self.stops[key]
+
+    def stop(self, request: gr.Request):
+        ev = self.stops.get(session_key(request))
+        if ev is None:
+            return "Nothing is training."
+        ev.set()
+        return "Stopping after this step; the checkpoint is being written..."
+
+
+def build(ctx: AppContext) -> None:
+    # one container with an id, so browser tests (and CSS) can find this tab's widgets
+    with gr.Column(elem_id="adain-tab"):
+        _build(ctx)
+
+
+def _build(ctx: AppContext) -> None:
+    tab = AdaINTab(ctx)
+    gr.Markdown("Real-time arbitrary style transfer with **AdaIN** (Huang & Belongie 2017): the "
+                "content's VGG features take each style's channel mean and spread, and a learned "
+                "decoder turns them back into an image." +
+                (" *Tiny offline mode: random weights, the output is noise-like.*"
+                 if tab.tiny else ""))
+    with gr.Tab("Transfer"):
+        with gr.Row():
+            with gr.Column():
+                contents = gr.File(label="Content image(s) - several for a batch",
+                                   file_count="multiple", file_types=["image"], type="filepath")
+                contents_pv = gr.Gallery(label="Contents", columns=4, height=140,
+                                         interactive=False)
+                styles = gr.File(label="Style image(s)", file_count="multiple",
+                                 file_types=["image"], type="filepath")
+                styles_pv = gr.Gallery(label="Styles", columns=4, height=140, interactive=False)
+                weights = gr.Textbox(label="Style weights (one per style, e.g. 0.7, 0.3; "
+                                     "empty = equal)", placeholder="equal")
+                alpha = gr.Slider(0, 1, value=1.0, step=0.05,
+                                  label="alpha: content (0) to style (1)")
+                preserve = gr.Checkbox(label="Preserve the content's colours")
+                size = gr.Slider(64, tab.max_side, value=512, step=32,
+                                 label=f"Output size, longer side (max {tab.max_side})")
+                decoder = gr.Dropdown(tab.decoder_choices(), value=DEFAULT_DECODER,
+                                      label="Decoder", allow_custom_value=False)
+                with gr.Accordion("Regions: a style per painted area", open=False):
+                    use_regions = gr.Checkbox(label="Use painted regions")
+                    gr.Markdown("Paint layer 1 where style 1 goes, layer 2 for style 2, ...; "
+                                "the unpainted area takes the next style.")
+                    regions = gr.ImageEditor(label="Regions", type="numpy", sources=(),
+                                             layers=gr.LayerOptions(layers=["Style 1"]),
+                                             transforms=(), height=360)
+                run_btn = gr.Button("Stylize", variant="primary")
+            with gr.Column():
+                gallery = gr.Gallery(label="Stylized", columns=2, format="png")
+                info = gr.Markdown()
+    with gr.Tab("Webcam"):
+        gr.Markdown("Streams your webcam through the model with the styles from the Transfer "
+                    "panel.")
+        with gr.Row():
+            cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam")
+            cam_out = gr.Image(label="Stylized", type="pil", format="jpeg")
+        with gr.Row():
+            cam_size = gr.Slider(64, min(tab.max_side, 768), value=256, step=32,
+                                 label="Frame size")
+            fps = gr.Markdown("FPS appears here once the stream runs.")
+        cam_state = gr.State({})
+    with gr.Tab("Train your own decoder"):
+        with gr.Row():
+            with gr.Column():
+                t_contents = gr.File(label="Content images (e.g. photos)", file_count="multiple",
+                                     file_types=["image"], type="filepath")
+                t_styles = gr.File(label="Style images (e.g. paintings)", file_count="multiple",
+                                   file_types=["image"], type="filepath")
+                with gr.Accordion("...or folders on the server", open=False):
+                    t_cdir = gr.Textbox(label="Content folder (e.g. MS-COCO train2014)")
+                    t_sdir = gr.Textbox(label="Style folder (e.g. WikiArt)")
+                run_name = gr.Textbox(label="Run name (a new one, or an old one to resume)")
+                with gr.Row():
+                    steps = gr.Number(value=200 if tab.tiny else 160_000, precision=0,
+                                      label="Steps", minimum=1)
+                    batch = gr.Number(value=8, precision=0, label="Batch", minimum=1)
+                with gr.Accordion("Recipe (the paper's defaults)", open=False):
+                    resize = gr.Number(value=512, precision=0, label="Resize shorter side to")
+                    crop = gr.Number(value=256, precision=0, label="Random crop")
+                    sample_every = gr.Number(value=20 if tab.tiny else 500, precision=0,
+                                             label="Samples every N steps")
+                    save_every = gr.Number(value=50 if tab.tiny else 1000, precision=0,
+                                           label="Checkpoint every N steps")
+                    resume = gr.Checkbox(value=True, label="Resume from the run's checkpoint")
+                    gr.Markdown("Loss = content (on the AdaIN target) + 10 x style (mean/std at "
+                                "relu1_1..relu4_1); Adam, lr 1e-4 / (1 + 5e-5 x step).")
+                with gr.Row():
+                    train_btn = gr.Button("Train", variant="primary")
+                    stop_btn = gr.Button("Stop", variant="stop")
+            with gr.Column():
+                curve = gr.LinePlot(x="step", y="value", color="term", label="Loss",
+                                    height=320)
+                t_samples = gr.Gallery(label="content / style / transfer", columns=3,
+                                       height=220)
+                t_status = gr.Markdown()
+
+    private = dict(api_visibility="private", show_progress="hidden")
+    contents.change(tab.preview, contents, contents_pv, api_name="adain_contents", **private)
+    contents.change(tab.regions_background, contents, regions, api_name="adain_regions",
+                    **private)
+    styles.change(tab.preview, styles, styles_pv, api_name="adain_styles", **private)
+    # decoders trained in other sessions (or before a restart) show up when the list opens
+    decoder.focus(tab.refresh_decoders, decoder, decoder, api_name="adain_decoders", **private)
+    run_btn.click(tab.transfer,
+                  [contents, styles, weights, alpha, preserve, use_regions, regions, size, decoder],
+                  [gallery, info], api_name="adain", **GPU)
+    cam.stream(tab.webcam, [cam, styles, weights, alpha, cam_size, decoder, cam_state],
+               [cam_out, fps, cam_state], stream_every=0.1, time_limit=300,
+               show_progress="hidden", api_name="adain_webcam", **GPU)
+    train_btn.click(tab.train,
+                    [t_contents, t_styles, t_cdir, t_sdir, run_name, steps, batch, resize, crop,
+                     sample_every, save_every, resume],
+                    [curve, t_samples, t_status, decoder], api_name="adain_train", **GPU)
+    stop_btn.click(tab.stop, None, t_status, api_name="adain_stop", queue=False,
+                   api_visibility="private")

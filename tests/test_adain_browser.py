@@ -1,0 +1,186 @@
+"""The AdaIN tab in headless Chromium (Debian's /usr/bin/chromium), tiny mode, on CPU.
+
+Serves the tab on its own (the app shell lists tabs in tabs.TAB_MODULES; this test does not
+depend on that list) and drives it like a person: upload, Stylize, a bad upload, the webcam
+stream (Chromium's fake camera) with its FPS read-out, and a training run stopped with Stop.
+"""
+import argparse
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def adain_url(request, tmp_path_factory):
+    """The real app (conftest's live_app) once tabs.TAB_MODULES lists this tab; until then
+    the tab served on its own, inside a tab of the same title, with the same tiny engine
+    attributes."""
+    gr = pytest.importorskip("gradio")
+    import tabs
+    from tabs import adain as tab_mod
+    from tabs.common import AppContext
+
+    if "tabs.adain" in tabs.TAB_MODULES:
+        yield request.getfixturevalue("live_app").url
+        return
+    engine = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, family="tiny",
+                             offline=True)
+    ctx = AppContext(engine=engine, data_dir=tmp_path_factory.mktemp("adain_browser"),
+                     args=argparse.Namespace())
+    with gr.Blocks() as demo:
+        with gr.Tab(tab_mod.TITLE):
+            tab_mod.build(ctx)
+    demo.queue()
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def cam_browser():
+    """Like conftest's browser, plus Chromium's fake camera for the webcam stream."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def adain_page(cam_browser, adain_url):
+    ctx = cam_browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["camera"])
+    pg = ctx.new_page()
+    pg.set_default_timeout(60_000)  # generous: CI machines can be busy
+    pg.goto(adain_url)
+    pg.get_by_role("tab", name="AdaIN Transfer", exact=True).click()
+    pg.locator("#adain-tab").get_by_role("button", name="Stylize").wait_for()
+    yield pg
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adain_images")
+    out = {}
+    for name, seed in (("content", 0), ("style", 1), ("style2", 2)):
+        arr = (np.random.default_rng(seed).random((60, 80, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / f"{name}.png")
+        out[name] = str(root / f"{name}.png")
+    (root / "broken.png").write_bytes(b"not really a png")
+    out["broken"] = str(root / "broken.png")
+    return out
+
+
+def test_stylize_and_bad_upload(adain_page, images):
+    page, tab = adain_page, adain_page.locator("#adain-tab")
+    files = tab.locator("input[type=file][multiple]")
+    files.nth(0).set_input_files(images["content"])
+    files.nth(1).set_input_files([images["style"], images["style2"]])
+    tab.get_by_label("Style weights").fill("0.7, 0.3")
+    tab.get_by_role("button", name="Stylize").click()
+    page.wait_for_selector("text=Done: 1 image(s) at 512x384")
+    # the stylized image is shown at its full 512 px width (the previews are 80 px)
+    page.wait_for_function("() => [...document.images].some("
+                           "i => i.src.includes('/file=') && i.naturalWidth === 512)")
+    # a file that is not an image: a clear error, and the page keeps working
+    files.nth(0).set_input_files(images["broken"])
+    page.wait_for_selector("text=/could not be read as an image/")
+
+
+def test_painted_regions(adain_page, images):
+    page, tab = adain_page, adain_page.locator("#adain-tab")
+    tab.get_by_text("Regions: a style per painted area").click()
+    zoom = tab.locator("text=/^\\d+%$/").first  # the editor's zoom read-out
+    empty_zoom = zoom.inner_text()
+    files = tab.locator("input[type=file][multiple]")
+    files.nth(0).set_input_files(images["content"])
+    files.nth(1).set_input_files([images["style"], images["style2"]])
+    # the content arrives under the editor (zoom changes to fit it) before we paint on it
+    deadline = time.monotonic() + 60
+    while zoom.inner_text() == empty_zoom:
+        assert time.monotonic() < deadline, "the content never appeared in the region editor"
+        time.sleep(0.2)
+    tab.get_by_role("button", name="Brush", exact=True).click()
+    box = tab.locator("canvas").first.bounding_box()
+    x0, y0 = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for i in range(10):
+        page.mouse.move(x0 + 4 * i, y0 + 6 * i)
+    page.mouse.up()
+    size = tab.get_by_label("Output size", exact=False).and_(tab.locator("input[type=number]"))
+    size.fill("128")
+    size.press("Enter")
+    tab.get_by_label("Use painted regions").check()
+    tab.get_by_role("button", name="Stylize").click()
+    done = page.wait_for_selector("text=/at 128x96.*Regions: style 1 \\d+%, style 2 \\d+%/"
+                                  ).inner_text()
+    shares = [int(x) for x in __import__("re").findall(r"style \d (\d+)%", done)]
+    assert 0 < shares[0] < 100 and shares[0] + shares[1] in (99, 100, 101)
+
+
+def test_webcam_stream_shows_fps(adain_page, images):
+    page, tab = adain_page, adain_page.locator("#adain-tab")
+    tab.locator("input[type=file][multiple]").nth(1).set_input_files(images["style"])
+    tab.get_by_role("tab", name="Webcam").click()
+    tab.get_by_text("Click to Access Webcam").click()
+    tab.locator("button", has_text="Record").filter(has_not_text="Stop").first.click()
+    page.wait_for_selector("text=/FPS on screen/")
+    # several frames: the on-screen rate is measured from their arrival times
+    time.sleep(2)
+    text = tab.locator("text=/FPS on screen/").first.inner_text()
+    assert "model" in text and "256x192" in text
+
+
+def test_train_then_stop(adain_page, images):
+    page, tab = adain_page, adain_page.locator("#adain-tab")
+    tab.get_by_role("tab", name="Train your own decoder").click()
+    files = tab.locator("input[type=file][multiple]")
+    n = files.count()
+    files.nth(n - 2).set_input_files([images["content"], images["style2"]])
+    files.nth(n - 1).set_input_files([images["style"]])
+    tab.get_by_label("Run name").fill("browser-run")
+    tab.get_by_label("Steps").fill("5000")
+    tab.get_by_text("Recipe (the paper's defaults)").click()
+    tab.get_by_label("Resize shorter side to").fill("48")
+    tab.get_by_label("Random crop").fill("32")
+    tab.get_by_label("Samples every N steps").fill("2")
+    tab.get_by_role("button", name="Train", exact=True).click()
+    page.wait_for_selector("text=/step \\d+\\/5000/")
+    stopped = "text=/Stopped at step \\d+; decoder saved as run 'browser-run'/"
+    for _ in range(3):  # a click can land while the panel re-renders on a busy machine
+        tab.get_by_role("button", name="Stop", exact=True).click()
+        try:
+            page.wait_for_selector(stopped, timeout=30_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError; click again
+            continue
+    else:
+        shot = Path(__file__).resolve().parents[1] / "test-artifacts" / "adain_train_stop.png"
+        shot.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
+        pytest.fail(f"Stop did not end the run; status: "
+                    f"{tab.locator('text=/step|Stop|Nothing/').all_inner_texts()}; see {shot}")
+    # the loss curve was drawn: its legend names the terms
+    tab.locator("text=/^total$/").first.wait_for()

@@ -1,0 +1,201 @@
+"""The AdaIN tab's handlers, called directly (no server), in tiny mode on CPU."""
+import argparse
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from tabs import adain as tab_mod
+from tabs.common import AppContext
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    engine = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, family="tiny")
+    return AppContext(engine=engine, data_dir=tmp_path / "data", args=argparse.Namespace())
+
+
+@pytest.fixture
+def tab(ctx):
+    return tab_mod.AdaINTab(ctx)
+
+
+def save_image(path: Path, seed: int, size=(48, 40)) -> str:
+    arr = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+def request():
+    return SimpleNamespace(username=None, session_hash="test-session")
+
+
+def test_transfer_handler_styles_a_batch(tab, tmp_path):
+    contents = [save_image(tmp_path / "a.png", 0), save_image(tmp_path / "b.jpg", 1, (30, 60))]
+    styles = [save_image(tmp_path / "s1.png", 2), save_image(tmp_path / "s2.png", 3)]
+    outs = list(tab.transfer(contents, styles, "0.7, 0.3", 0.8, True, False, None, 64,
+                             tab_mod.DEFAULT_DECODER))
+    images, info = outs[-1]
+    assert [im.size for im in images] == [(64, 56), (32, 64)]
+    assert info.startswith("Done: 2 image(s)")
+
+
+def test_bad_upload_gives_gr_error(tab, tmp_path):
+    bad = tmp_path / "holiday.png"
+    bad.write_bytes(b"\x89PNG but truncated")
+    style = save_image(tmp_path / "s.png", 2)
+    with pytest.raises(gr.Error, match="content image 1 could not be read"):
+        list(tab.transfer([str(bad)], [style], "", 1.0, False, False, None, 64, "built-in"))
+    with pytest.raises(gr.Error, match="holiday.png"):
+        tab.preview([str(bad)])
+    with pytest.raises(gr.Error, match="at least one style"):
+        list(tab.transfer([style], None, "", 1.0, False, False, None, 64, "built-in"))
+    with pytest.raises(gr.Error, match="one weight per style"):
+        list(tab.transfer([style], [style], "1, 2", 1.0, False, False, None, 64, "built-in"))
+    with pytest.raises(gr.Error, match="numbers separated by commas"):
+        list(tab.transfer([style], [style], "a lot", 1.0, False, False, None, 64, "built-in"))
+    with pytest.raises(gr.Error, match="safe maximum"):
+        list(tab.transfer([style], [style], "", 1.0, False, False, None, 4096, "built-in"))
+    with pytest.raises(gr.Error, match="nothing is painted"):
+        list(tab.transfer([style], [style], "", 1.0, False, True,
+                          {"background": None, "layers": [], "composite": None}, 64, "built-in"))
+
+
+def test_regions_from_editor_layers():
+    layer = np.zeros((20, 30, 4), dtype=np.uint8)
+    layer[:, :10, 3] = 255  # painted left third
+    masks = tab_mod.masks_from_editor({"background": None, "layers": [layer], "composite": None}, 2)
+    assert len(masks) == 2
+    assert masks[0][:, :10].all() and not masks[0][:, 10:].any()
+    assert masks[1][:, 10:].all() and not masks[1][:, :10].any()  # unpainted -> next style
+    with pytest.raises(Exception, match="only 1 style"):
+        tab_mod.masks_from_editor({"layers": [layer, layer]}, 1)
+    # an empty first layer keeps the numbering: layer 2 is still style 2
+    empty = np.zeros_like(layer)
+    masks = tab_mod.masks_from_editor({"layers": [empty, layer, empty]}, 3)
+    assert not masks[0].any() and masks[1][:, :10].all() and masks[2][:, 10:].all()
+
+
+def test_region_transfer_runs(tab, tmp_path):
+    content = save_image(tmp_path / "c.png", 0, (64, 64))
+    styles = [save_image(tmp_path / "s1.png", 1), save_image(tmp_path / "s2.png", 2)]
+    layer = np.zeros((64, 64, 4), dtype=np.uint8)
+    layer[:32, :, 3] = 255
+    images, info = list(tab.transfer([content], styles, "", 1.0, False, True,
+                                  {"background": None, "layers": [layer], "composite": None},
+                                  64, "built-in"))[-1]
+    assert images[0].size == (64, 64)
+    assert info.endswith("Regions: style 1 50%, style 2 50%")
+
+
+def test_webcam_handler_reports_fps(tab, tmp_path):
+    style = save_image(tmp_path / "s.png", 2)
+    frame = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    state = {}
+    for _ in range(3):
+        img, text, state = tab.webcam(frame, [style], "", 1.0, 64, "built-in", state)
+    assert img.size == (64, 48)
+    assert "FPS" in text and "model" in text and len(state["times"]) == 3
+    assert tab.webcam(None, [style], "", 1.0, 64, "built-in", {})[0] is None
+    with pytest.raises(gr.Error, match="style image"):
+        tab.webcam(frame, None, "", 1.0, 64, "built-in", {})
+
+
+def test_train_panel_streams_and_stops(tab, tmp_path):
+    contents = [save_image(tmp_path / f"c{i}.png", i, (48, 48)) for i in range(3)]
+    styles = [save_image(tmp_path / f"s{i}.png", 10 + i, (48, 48)) for i in range(2)]
+    gen = tab.train(contents, styles, "", "", "myrun", 50, 2, 40, 32, 2, 3, True, request())
+    first = next(gen)
+    second = next(gen)
+    frame, samples, status, _ = second
+    assert isinstance(frame, pd.DataFrame) and set(frame["term"]) == {"total", "content", "style"}
+    assert not isinstance(first[0], pd.DataFrame)  # no empty frame (the plot would break)
+    assert len(first[1]) == 3  # the first samples, before training
+    assert pd.api.types.is_numeric_dtype(frame["value"]) and frame["step"].dtype == "int64"
+    assert len(samples) == 3 and "step 2/50" in status  # sample_every=2: new samples
+    assert tab.stop(request()).startswith("Stopping")
+    *_, last = gen
+    frame, samples, status, dropdown = last
+    assert status.startswith("Stopped at step 2")
+    assert dropdown["choices"] == ["built-in", "myrun"] and dropdown["value"] == "myrun"
+    run = tab.runs_dir / "myrun"
+    assert (run / "decoder.safetensors").is_file() and (run / "checkpoint.safetensors").is_file()
+    assert tab.stop(request()) == "Nothing is training."
+    assert tab_mod.AdaINTab(tab.ctx).refresh_decoders("gone")["choices"] == ["built-in", "myrun"]
+    # the trained decoder is usable in the transfer panel
+    images, _ = list(tab.transfer(contents[:1], styles[:1], "", 1.0, False, False, None, 32,
+                                  "myrun"))[-1]
+    assert images[0].size == (32, 32)
+    with pytest.raises(gr.Error, match="was not found"):
+        list(tab.transfer(contents[:1], styles[:1], "", 1.0, False, False, None, 32, "nope"))
+    with pytest.raises(gr.Error, match="not a decoder name"):
+        list(tab.transfer(contents[:1], styles[:1], "", 1.0, False, False, None, 32, "../../x"))
+
+
+def test_train_panel_bad_input(tab, tmp_path):
+    with pytest.raises(gr.Error, match="Upload content images"):
+        list(tab.train(None, None, "", "", "r", 5, 2, 40, 32, 2, 3, True, request()))
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"nope")
+    with pytest.raises(gr.Error, match="content image 1"):
+        list(tab.train([str(bad)], [str(bad)], "", "", "r", 5, 2, 40, 32, 2, 3, True, request()))
+    with pytest.raises(gr.Error, match="run name"):
+        list(tab.train(None, None, "", "", "../escape", 5, 2, 40, 32, 2, 3, True, request()))
+
+
+def test_build_registers_the_adain_endpoint(ctx):
+    with gr.Blocks() as demo:
+        with gr.Tab(tab_mod.TITLE):
+            tab_mod.build(ctx)
+    names = {fn.api_name for fn in demo.fns.values()}
+    assert {"adain", "adain_webcam", "adain_train"} <= names
+    stream = next(fn for fn in demo.fns.values() if fn.api_name == "adain_webcam")
+    assert stream.concurrency_id == "gpu"
+
+
+def test_weights_choice(tmp_path, monkeypatch):
+    monkeypatch.delenv("STUDIO_ADAIN_WEIGHTS", raising=False)
+
+    def make(family, offline, **args):
+        engine = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, family=family,
+                                 offline=offline)
+        return tab_mod.AdaINTab(AppContext(engine, tmp_path, argparse.Namespace(**args)))
+
+    assert make("tiny", True).tiny
+    assert make("sdxl", False).weights_spec() == tab_mod.adain.DEFAULT_HUB_REPO
+    assert make("sdxl", False, adain_weights="/w").weights_spec() == "/w"
+    monkeypatch.setenv("STUDIO_ADAIN_WEIGHTS", "me/my-adain")
+    assert make("sdxl", False).weights_spec() == "me/my-adain"
+    monkeypatch.delenv("STUDIO_ADAIN_WEIGHTS")
+    full = make("sdxl-arch", True)  # offline full-size family: the paper's network, random
+    assert full.weights_spec() == "random" and full.model().width == 1.0
+
+
+def test_loss_curve_is_thinned():
+    hist = [{"step": i, "loss": 1.0, "loss_c": 0.5, "loss_s": 0.05} for i in range(1, 2001)]
+    frame = tab_mod.loss_frame(hist, max_points=100)
+    steps = sorted(set(frame["step"]))
+    assert len(steps) <= 100 and steps[-1] == 2000
+
+
+def test_stop_before_the_first_step_saves_nothing(tab, tmp_path):
+    contents = [save_image(tmp_path / "c.png", 0, (48, 48))]
+    gen = tab.train(contents, contents, "", "", "early", 50, 2, 40, 32, 2, 3, True, request())
+    next(gen)  # the first samples, before any step
+    tab.stop(request())
+    *_, last = gen
+    assert last[2] == "Stopped before the first step; nothing was saved."
+    assert tab.decoder_choices() == ["built-in"]
