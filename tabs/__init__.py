@@ -12,4 +12,5 @@ engine, the data folder and the parsed command-line flags.
 TAB_MODULES = [
     "tabs.style_aligned",
     "tabs.adain",
+    "tabs.personalize",
 ]

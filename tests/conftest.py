@@ -62,7 +62,8 @@ class LiveApp:
 def start_app(data_dir: Path, *extra: str, timeout: float = 240) -> LiveApp:
     port = free_port()
     log = data_dir / "app.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # one torch thread: the app shares 2 cores with Chromium and the test process
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), "--model", "tiny", "--port", str(port),
          "--data-dir", str(data_dir), *extra],

@@ -1,0 +1,270 @@
+"""DreamBooth (Ruiz et al., CVPR 2023) as a recipe of the shared trainer (core/train.py).
+
+A few photos of a subject are bound to a rare identifier [V]: the model is tuned on the
+instance prompt "a [V] [class]", and the class-specific prior-preservation loss keeps the class
+itself from drifting, using class images the frozen model generated from "a [class]":
+
+    loss = E||eps - eps_theta(x_t, c_inst)||^2 + lambda * E||eps - eps_theta(x'_t, c_class)||^2
+
+with lambda = 1 by default. LoRA on the UNet by default (SDXL: the Style-Aligned paper's
+DB-LoRA baseline, 400 steps); full fine-tuning on SD 1.5 as an option.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import replace
+from typing import Any, Iterator, Sequence
+
+from PIL import Image
+
+from . import library
+from .errors import UserError
+from .events import Result
+from .images import center_crop_resize, load_image
+from .train import AdapterSpec, Example, Recipe, TrainConfig, train
+
+MIN_IMAGES, MAX_IMAGES = 1, 20
+MAX_CLASS_IMAGES = 400
+RARE_MIN_ID = 40000  # CLIP BPE ids are roughly merge order: high ids are rare merges
+
+# Presets shown in the UI: (description, TrainConfig fields, recipe fields)
+PRESETS: dict[str, dict[str, Any]] = {
+    "SDXL LoRA (DB-LoRA, 400 steps)": dict(
+        steps=400, learning_rate=1e-4, rank=8, batch_size=1, grad_accum=1, gradient_checkpointing=True,
+        prior=True, num_class_images=100, prior_weight=1.0, full=False, sample_every=100, sample_steps=25),
+    "SD 1.5 LoRA (800 steps with prior)": dict(
+        steps=800, learning_rate=1e-4, rank=8, batch_size=1, grad_accum=1, gradient_checkpointing=False,
+        prior=True, num_class_images=200, prior_weight=1.0, full=False, sample_every=200, sample_steps=25),
+    "SD 1.5 full fine-tune (paper)": dict(
+        steps=800, learning_rate=5e-6, rank=32, batch_size=1, grad_accum=1, gradient_checkpointing=True,
+        prior=True, num_class_images=200, prior_weight=1.0, full=True, sample_every=200, sample_steps=25),
+    "Quick test (tiny models)": dict(
+        steps=12, learning_rate=1e-3, rank=4, batch_size=1, grad_accum=1, gradient_checkpointing=False,
+        prior=True, num_class_images=4, prior_weight=1.0, full=False, sample_every=6, sample_steps=3),
+}
+
+# The paper's prompt families (section 4.3): {v} is the identifier, {c} the class noun.
+PROMPT_FAMILIES: dict[str, list[str]] = {
+    "Recontextualization": ["a {v} {c} on the beach", "a {v} {c} in the jungle", "a {v} {c} in the snow",
+                            "a {v} {c} on top of a wooden table", "a {v} {c} with the Eiffel Tower in the background"],
+    "Property modification": ["a red {v} {c}", "a shiny {v} {c}", "a {v} {c} made of crystal",
+                              "a wet {v} {c}", "a purple {v} {c}"],
+    "Novel views": ["a {v} {c} seen from the back", "a {v} {c} seen from above", "a {v} {c} seen from below",
+                    "a {v} {c} seen from the side"],
+    "Art renditions": ["a painting of a {v} {c} in the style of Vincent van Gogh",
+                       "a {v} {c} in the style of Johannes Vermeer", "a watercolor painting of a {v} {c}",
+                       "a pencil sketch of a {v} {c}"],
+    "Accessorization": ["a {v} {c} wearing a chef outfit", "a {v} {c} wearing a santa hat",
+                        "a {v} {c} in a firefighter outfit"],
+}
+
+
+def default_preset(engine) -> str:
+    if engine.offline:
+        return "Quick test (tiny models)"
+    return "SDXL LoRA (DB-LoRA, 400 steps)" if engine.xl else "SD 1.5 LoRA (800 steps with prior)"
+
+
+# --------------------------------------------------------------------------- identifier
+
+def _tok(engine_or_tokenizer):
+    return getattr(engine_or_tokenizer, "pipe", None).tokenizer if hasattr(engine_or_tokenizer, "pipe") \
+        else engine_or_tokenizer
+
+
+def rare_tokens(tokenizer, n: int = 8, seed: int = 0) -> list[str]:
+    """Short rare single tokens of the tokenizer's vocabulary (the paper's recommendation: a
+    rare token with a weak prior), e.g. "sks"-like: 3-4 letters, no vowel, a rare merge."""
+    vocab = tokenizer.get_vocab()
+    cands = sorted(s[:-4] for s, i in vocab.items()
+                   if i >= RARE_MIN_ID and s.endswith("</w>") and re.fullmatch(r"[a-z]{3,4}", s[:-4])
+                   and not re.search(r"[aeiouy]", s[:-4]))
+    rng = random.Random(seed)
+    rng.shuffle(cands)
+    return cands[:n]
+
+
+def check_identifier(tokenizer, word: str) -> list[str]:
+    """Warnings about an identifier: several tokens, a common word, not one word."""
+    word = (word or "").strip()
+    if not word:
+        raise UserError("Choose an identifier for the subject (a rare token such as \"sks\").")
+    if len(word) > 40 or not re.fullmatch(r"[\w-]+", word):
+        raise UserError("The identifier must be one short word without spaces or punctuation.")
+    warnings = []
+    ids = tokenizer(word.lower(), add_special_tokens=False).input_ids
+    if len(ids) > 1:
+        pieces = " + ".join(tokenizer.convert_ids_to_tokens(ids)).replace("</w>", "")
+        warnings.append(f"\"{word}\" splits into {len(ids)} tokens ({pieces}); a single rare token binds "
+                        "the subject better.")
+    elif ids and ids[0] < 20000:
+        warnings.append(f"\"{word}\" is a common token (vocabulary rank {ids[0]}): the model already "
+                        "knows a meaning for it, which the subject has to overwrite. Prefer a rare token.")
+    return warnings
+
+
+def instance_prompt(identifier: str, class_noun: str) -> str:
+    return f"a {identifier.strip()} {class_noun.strip()}"
+
+
+def class_prompt(class_noun: str) -> str:
+    return f"a {class_noun.strip()}"
+
+
+# --------------------------------------------------------------------------- images
+
+def subject_images(files: Sequence[Any] | None, size: int) -> list[Image.Image]:
+    """1-20 uploads, each checked, centre-cropped and resized to the model's resolution."""
+    files = [f for f in (files or []) if f is not None]
+    if not MIN_IMAGES <= len(files) <= MAX_IMAGES:
+        raise UserError(f"Upload between {MIN_IMAGES} and {MAX_IMAGES} photos of the subject "
+                        f"(3-5 work well); got {len(files)}.")
+    out = []
+    for i, f in enumerate(files):
+        path = f if not isinstance(f, dict) else f.get("path")
+        img = load_image(getattr(path, "name", path), what=f"subject image {i + 1}", max_side=4096)
+        if min(img.size) < 32:
+            raise UserError(f"Subject image {i + 1} is only {img.width}x{img.height} pixels; use photos of "
+                            "at least 256 pixels a side.")
+        out.append(center_crop_resize(img, size, size))
+    return out
+
+
+def class_set_key(engine, prompt: str, steps: int, guidance: float, seed: int) -> str:
+    return (f"dreambooth-class|{engine.spec.source}|{engine.dtype}|{engine.resolution}|{steps}|"
+            f"{guidance}|{seed}|{prompt}")
+
+
+def class_images(engine, ctx, prompt: str, count: int, *, steps: int, guidance: float, seed: int = 0,
+                 batch: int = 4) -> list[Image.Image]:
+    """`count` images of the class prompt by the frozen model, cached in the store by model,
+    prompt and settings: a later run reuses them and only generates what is missing."""
+    store = library.get_store(engine)
+    key = class_set_key(engine, prompt, steps, guidance, seed)
+    have = [load_image(p, what="cached class image") for p in store.get_image_set(key)]
+    if len(have) >= count:
+        ctx.notice(f"Reusing {count} cached class images of \"{prompt}\".")
+        return have[:count]
+    library.disable_all(engine.pipe.unet)  # the frozen model: no adapter active
+    images = list(have)
+    while len(images) < count:
+        n = min(batch, count - len(images))
+        images += engine.text_to_image(ctx, [prompt] * n, seed=seed + len(images), steps=steps,
+                                       guidance=guidance,
+                                       message=f"Class images {len(images) + 1}-{len(images) + n} of {count}:")
+    store.put_image_set(key, images)
+    return images
+
+
+# --------------------------------------------------------------------------- the recipe
+
+def make_recipe(engine, images: Sequence[Image.Image], *, identifier: str, class_noun: str,
+                prior: bool = True, num_class_images: int = 100, prior_weight: float = 1.0,
+                rank: int = 8, full: bool = False, name: str = "", sample_prompts: Sequence[str] | None = None,
+                class_steps: int | None = None, class_guidance: float = 5.0, class_seed: int = 0,
+                target_modules: Sequence[str] | None = None) -> Recipe:
+    tok = engine.pipe.tokenizer
+    warnings = check_identifier(tok, identifier)
+    class_noun = re.sub(r"\s+", " ", (class_noun or "")).strip()
+    if not class_noun:
+        raise UserError("Name the subject's class (a single noun such as \"dog\", \"backpack\", \"vase\").")
+    if len(class_noun) > 60:
+        raise UserError("The class should be a short noun phrase (at most 60 characters).")
+    if prior and not 1 <= int(num_class_images) <= MAX_CLASS_IMAGES:
+        raise UserError(f"The number of class images must be between 1 and {MAX_CLASS_IMAGES}.")
+    if not 0 <= float(prior_weight) <= 10:
+        raise UserError("The prior-preservation weight lambda must be between 0 and 10.")
+    if not 1 <= int(rank) <= 256:
+        raise UserError("The LoRA rank must be between 1 and 256.")
+    inst, cls = instance_prompt(identifier, class_noun), class_prompt(class_noun)
+    spec = AdapterSpec(rank=int(rank), full=bool(full), full_extract_rank=int(rank))
+    if target_modules:
+        spec.target_modules = list(target_modules)
+    steps = class_steps or (4 if engine.offline else 30)
+
+    def prepare(engine, ctx, recipe: Recipe) -> None:
+        if prior and prior_weight > 0:
+            imgs = class_images(engine, ctx, cls, int(num_class_images), steps=steps, guidance=class_guidance,
+                                seed=class_seed)
+            recipe.prior = [Example(im, cls) for im in imgs]
+        for w in warnings:
+            ctx.notice(w)
+
+    return Recipe(method="dreambooth", name=name.strip() or f"{identifier} {class_noun}",
+                  examples=[Example(im, inst) for im in images], adapter=spec,
+                  prior_weight=float(prior_weight) if prior else 0.0, trigger_words=identifier,
+                  class_name=class_noun,
+                  sample_prompts=list(sample_prompts) if sample_prompts is not None else [inst, f"{inst} on the beach"],
+                  extra={"instance_prompt": inst, "class_prompt": cls, "prior_preservation": bool(prior),
+                         "num_class_images": int(num_class_images) if prior else 0,
+                         "identifier_warnings": warnings},
+                  prepare=prepare)
+
+
+def train_dreambooth(engine, recipe: Recipe, config: TrainConfig, *, owner: str = "local", **kw) -> Iterator:
+    return train(engine, recipe, config, owner=owner, **kw)
+
+
+# --------------------------------------------------------------------------- after training
+
+def fill(template: str, identifier: str, class_noun: str) -> str:
+    return template.replace("{v}", identifier).replace("{c}", class_noun)
+
+
+def language_drift(engine, adapter_id: int, *, viewer: Any, metrics, seeds: Sequence[int] = (0, 1, 2, 3),
+                   steps: int = 25, guidance: float = 5.0, weight: float = 1.0, owner: str = "local") -> Iterator:
+    """The class prompt with the adapter on and with the frozen model, same seeds; CLIP image
+    similarity per seed (1 = no drift). Streams; ends with a Result (frozen images, then adapted)."""
+    a = library.get_store(engine).get_adapter(adapter_id, viewer)
+    prompt = a.extra.get("class_prompt") or (class_prompt(a.class_name) if a.class_name else "")
+    if not prompt:
+        raise UserError("This adapter has no class noun recorded, so there is no class prompt to measure.")
+    seeds = [int(s) for s in seeds][:8]
+
+    def work(ctx) -> Result:
+        res = library.adapters(engine)
+        frozen, adapted = [], []
+        for s in seeds:
+            with res.active({}):
+                frozen += engine.text_to_image(ctx, [prompt], seed=s, steps=steps, guidance=guidance,
+                                               message=f"Frozen model, seed {s}:")
+            with res.active({adapter_id: weight}, viewer):
+                adapted += engine.text_to_image(ctx, [prompt], seed=s, steps=steps, guidance=guidance,
+                                                message=f"With the adapter, seed {s}:")
+        emb_f = metrics.clip_image_embeddings(frozen)
+        emb_a = metrics.clip_image_embeddings(adapted)
+        sims = [round(float(x), 4) for x in (emb_f * emb_a).sum(-1)]
+        return Result(images=frozen + adapted,
+                      info={"prompt": prompt, "seeds": seeds, "similarity": sims,
+                            "mean_similarity": round(sum(sims) / len(sims), 4), "note": metrics.note})
+    return engine.run(work, owner=owner, kind="drift")
+
+
+# --------------------------------------------------------------------------- CLI
+
+def add_cli_args(p) -> None:
+    p.add_argument("--model", default="sdxl")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--owner", default="local", help="library owner of the new adapter")
+    p.add_argument("--images", nargs="+", required=True, help="1-20 photos of the subject")
+    p.add_argument("--identifier", default="sks")
+    p.add_argument("--class", dest="class_noun", required=True)
+    p.add_argument("--name", default="")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--full", action="store_true", help="full fine-tuning (SD 1.5 only)")
+    p.add_argument("--no-prior", action="store_true")
+    p.add_argument("--class-images", type=int, default=100)
+    p.add_argument("--prior-weight", type=float, default=1.0)
+    p.add_argument("--export", default="", help="also write a kohya-format copy to this path")
+
+
+def from_cli(engine, a, cfg: TrainConfig) -> tuple[Recipe, TrainConfig]:
+    engine.load()
+    imgs = subject_images(a.images, engine.resolution)
+    recipe = make_recipe(engine, imgs, identifier=a.identifier, class_noun=a.class_noun, prior=not a.no_prior,
+                         num_class_images=a.class_images, prior_weight=a.prior_weight, rank=a.rank,
+                         full=a.full, name=a.name, class_steps=cfg.sample_steps if engine.offline else None)
+    return recipe, replace(cfg)

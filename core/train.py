@@ -1,0 +1,784 @@
+"""The one adapter trainer: DreamBooth, StyleDrop and B-LoRA are recipes of it.
+
+A `Recipe` says *what* to learn: the training examples (image + prompt), an optional
+prior-preservation set with its weight lambda, and an `AdapterSpec` saying which UNet modules get
+LoRA (peft target names or a regex over module names, optionally split into named parts) or
+that the whole UNet is fine-tuned. `TrainConfig` holds the hyperparameters. The trainer does the
+rest the same way for every method:
+
+* the adapter is injected **in place** into the engine's resident UNet as a named peft adapter
+  (`unet.add_adapter`), only its parameters require grad, and after training it stays there:
+  the library entry is `adopt`ed by `core.library.adapters(engine)`, so it generates at once,
+  with no reload and no second copy; outside a request that activates it, it is disabled, so
+  other tabs see the base model bit for bit. On cancel or error it is deleted again.
+* full fine-tuning (SD 1.5 only) trains every UNet weight *temporarily*: the original weights
+  are copied to the CPU first and restored bit for bit afterwards; what was learned is kept as
+  a LoRA extracted from the weight change by SVD (rank `full_extract_rank`; the kept share of
+  the change is reported), so the resident model is never left altered.
+* accelerate underneath: `Accelerator(mixed_precision, gradient_accumulation_steps)` for
+  autocast, loss scaling and accumulation (and DDP under `accelerate launch` from the CLI);
+  gradient checkpointing on request; VAE latents and text embeddings are computed once up front;
+  AdamW, 8-bit through bitsandbytes when CUDA has it; optional min-SNR-gamma weighting.
+* it streams `TrainStep` (step, loss, instance/prior loss, lr) every optimizer step,
+  `TrainSamples` every `sample_every` steps and `Progress` while preparing; writes an atomic
+  checkpoint every `checkpoint_every` steps (a cancelled run keeps its last one) and resumes a
+  run with the same inputs and settings from its latest checkpoint.
+
+Recipes, as small as they are meant to be (DreamBooth is in core/dreambooth.py):
+
+    # B-LoRA (issue 6): LoRA on the attention projections of two SDXL blocks only
+    AdapterSpec(target_modules=r"up_blocks\\.0\\.attentions\\.[01]\\..*\\.(to_q|to_k|to_v|to_out\\.0)",
+                rank=64, parts={"content": ["unet.up_blocks.0.attentions.0"],
+                                "style": ["unet.up_blocks.0.attentions.1"]})
+    # StyleDrop (issue 7): a low-rank adapter at the output of every transformer block's
+    # feed-forward (peft LoRA on `ff.net.2`, so it works with set_adapters and the store)
+    AdapterSpec(target_modules=r".*transformer_blocks\\.\\d+\\.ff\\.net\\.2", rank=4)
+
+Headless: `python -m core.train --help` (same code, no gradio).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import library
+from .errors import Cancelled, UserError
+from .events import Notice, Progress, Result
+
+log = logging.getLogger(__name__)
+
+MAX_STEPS = 20_000
+
+
+# --------------------------------------------------------------------------- events
+
+@dataclass
+class TrainStep:
+    """One optimizer step (never coalesced, so a loss plot sees every point)."""
+
+    step: int
+    total: int
+    loss: float
+    lr: float
+    instance_loss: float
+    prior_loss: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def message(self) -> str:
+        return f"Training step {self.step}/{self.total}: loss {self.loss:.4f}"
+
+
+@dataclass
+class TrainSamples:
+    """Validation samples generated with the adapter being trained."""
+
+    step: int
+    images: list[Image.Image]
+    prompts: list[str]
+
+
+@dataclass
+class Checkpointed:
+    step: int
+    path: str
+
+
+# --------------------------------------------------------------------------- what to train
+
+@dataclass
+class Example:
+    image: Image.Image
+    prompt: str
+
+
+@dataclass
+class AdapterSpec:
+    """Which UNet weights learn. `target_modules`: peft's meaning (a list of module-name suffixes
+    such as ["to_q", "to_k"], or one regex string matched against full module names).
+    `parts`: named key prefixes kept by the store (B-LoRA's content/style halves).
+    `full=True`: fine-tune the whole UNet (SD 1.5 only), kept as an SVD-extracted LoRA."""
+
+    target_modules: list[str] | str = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    rank: int = 4
+    alpha: float | None = None  # None: = rank (scale 1)
+    init: str = "gaussian"
+    dropout: float = 0.0
+    parts: dict[str, list[str]] | None = None
+    full: bool = False
+    full_extract_rank: int = 32
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=int(self.rank), lora_alpha=float(self.alpha or self.rank),
+                          init_lora_weights=self.init, lora_dropout=float(self.dropout),
+                          target_modules=self.target_modules)
+
+
+@dataclass
+class Recipe:
+    """A method's training set-up. `prepare(engine, ctx, recipe)` (optional) runs inside the job
+    before training, e.g. DreamBooth generating its class images into `recipe.prior`."""
+
+    method: str
+    name: str
+    examples: list[Example]
+    adapter: AdapterSpec = field(default_factory=AdapterSpec)
+    prior: list[Example] = field(default_factory=list)
+    prior_weight: float = 1.0
+    trigger_words: str = ""
+    class_name: str = ""
+    sample_prompts: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    prepare: Callable[[Any, Any, "Recipe"], None] | None = None
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 400
+    learning_rate: float = 1e-4
+    batch_size: int = 1
+    grad_accum: int = 1
+    lr_scheduler: str = "constant"  # diffusers.optimization names: constant, cosine, linear, ...
+    lr_warmup_steps: int = 0
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"   # auto (from the engine's dtype), no, fp16, bf16
+    gradient_checkpointing: bool = False
+    use_8bit_adam: bool = True      # only when CUDA and bitsandbytes are there
+    snr_gamma: float | None = None  # min-SNR-gamma weighting (5 is the usual value)
+    noise_offset: float = 0.0
+    seed: int = 0
+    sample_every: int = 0           # 0: samples only at the end
+    sample_steps: int = 25
+    sample_guidance: float = 5.0
+    sample_seed: int = 0
+    checkpoint_every: int = 0       # 0: no checkpoints
+    resume: bool = True
+    keep_checkpoints: bool = False  # after a finished run
+    eval_draws: int = 8             # fixed (noise, t) draws for the before/after instance loss
+
+    def check(self) -> "TrainConfig":
+        if not 1 <= int(self.steps) <= MAX_STEPS:
+            raise UserError(f"Steps must be between 1 and {MAX_STEPS} (got {self.steps}).")
+        if not (0 < float(self.learning_rate) <= 1e-1) or not math.isfinite(float(self.learning_rate)):
+            raise UserError(f"The learning rate must be above 0 and at most 0.1 (got {self.learning_rate}).")
+        if not 1 <= int(self.batch_size) <= 64:
+            raise UserError("The batch size must be between 1 and 64.")
+        if not 1 <= int(self.grad_accum) <= 256:
+            raise UserError("Gradient accumulation must be between 1 and 256 steps.")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise UserError(f"Mixed precision must be auto, no, fp16 or bf16 (got {self.mixed_precision!r}).")
+        if self.snr_gamma is not None and not float(self.snr_gamma) > 0:
+            self.snr_gamma = None
+        return self
+
+
+@dataclass
+class Outcome:
+    """What a finished run leaves: the peft adapter on the UNet (or an extracted state dict)."""
+
+    adapter_name: str | None
+    state_dict: dict[str, torch.Tensor] | None
+    configs: dict[str, Any] | None
+    history: list[dict]
+    samples: list[tuple[Image.Image, str]]
+    trainable_params: int
+    loss_before: float
+    loss_after: float
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _mixed_precision(engine, wanted: str) -> str:
+    if engine.device.type != "cuda":
+        return "no"
+    if wanted != "auto":
+        return wanted
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(engine.dtype, "no")
+
+
+def _accelerator(engine, cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    kwargs = dict(mixed_precision=_mixed_precision(engine, cfg.mixed_precision),
+                  gradient_accumulation_steps=int(cfg.grad_accum), cpu=engine.device.type == "cpu")
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as exc:  # the process-wide state was set up with other flags earlier
+        if "already been initialized" not in str(exc):
+            raise
+        AcceleratorState._reset_state(True)
+        return Accelerator(**kwargs)
+
+
+def _optimizer(params, cfg: TrainConfig, device: torch.device, notes: list[str]):
+    if cfg.use_8bit_adam and device.type == "cuda":
+        try:
+            import bitsandbytes as bnb  # optional
+
+            return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        except Exception as exc:  # noqa: BLE001 - not installed or no CUDA build
+            notes.append(f"8-bit Adam unavailable ({type(exc).__name__}); using torch AdamW.")
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _tensor_digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """One training run of `recipe` on `engine`'s resident UNet. `run(ctx)` inside a job."""
+
+    def __init__(self, engine, recipe: Recipe, config: TrainConfig, *, run_root: Path | None = None,
+                 step_hook: Callable[[int], None] | None = None):
+        self.engine = engine
+        self.recipe = recipe
+        self.cfg = config.check()
+        self.run_root = Path(run_root) if run_root else Path(engine.data_dir) / "training"
+        self.step_hook = step_hook  # tests: called after every optimizer step
+        self.notes: list[str] = []
+        self.adapter_name = f"train-{uuid.uuid4().hex[:8]}"
+        self._gc_was: bool | None = None
+
+    # ------------------------------------------------------------- caching
+    @torch.no_grad()
+    def _encode_prompts(self, prompts: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
+        pipe, dev = self.engine.pipe, self.engine.device
+        out = {}
+        library.disable_all(pipe.unet)
+        for p in dict.fromkeys(prompts):
+            if self.engine.xl:
+                emb, _, pooled, _ = pipe.encode_prompt(prompt=p, device=dev, num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=False)
+                out[p] = {"emb": emb[0], "pooled": pooled[0]}
+            else:
+                emb, _ = pipe.encode_prompt(p, dev, 1, False)
+                out[p] = {"emb": emb[0]}
+        return out
+
+    def _cache(self, ctx) -> None:
+        res = self.engine.resolution
+        ex, pr = self.recipe.examples, self.recipe.prior
+        total = len(ex) + len(pr)
+        lat = []
+        for i, e in enumerate(list(ex) + list(pr)):
+            ctx.progress(i, total, f"Encoding training images {i + 1}/{total}")
+            lat.append(self.engine.encode_image(e.image, res, res)[0])
+        self.latents = torch.stack(lat[:len(ex)])
+        self.prior_latents = torch.stack(lat[len(ex):]) if pr else None
+        self.prompts = [e.prompt for e in ex]
+        self.prior_prompts = [e.prompt for e in pr]
+        self.text = self._encode_prompts(self.prompts + self.prior_prompts)
+
+    def fingerprint(self) -> str:
+        spec = asdict(self.recipe.adapter)
+        cfg = {k: v for k, v in asdict(self.cfg).items()
+               if k not in ("steps", "sample_every", "sample_steps", "sample_guidance", "sample_seed",
+                            "checkpoint_every", "resume", "keep_checkpoints", "eval_draws")}
+        parts = [self.recipe.method, json.dumps(spec, sort_keys=True, default=str),
+                 json.dumps(cfg, sort_keys=True, default=str), self.engine.spec.source,
+                 str(self.engine.dtype), json.dumps(self.prompts), json.dumps(self.prior_prompts),
+                 str(float(self.recipe.prior_weight) if self.prior_latents is not None else 0.0),
+                 _tensor_digest(self.latents, *([self.prior_latents] if self.prior_latents is not None else []))]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+    # ------------------------------------------------------------- conditioning and loss
+    def _cond(self, prompts: Sequence[str]):
+        emb = torch.stack([self.text[p]["emb"] for p in prompts])
+        kw = {}
+        if self.engine.xl:
+            res = self.engine.resolution
+            pooled = torch.stack([self.text[p]["pooled"] for p in prompts])
+            time_ids = torch.tensor([[res, res, 0, 0, res, res]] * len(prompts), device=emb.device,
+                                    dtype=emb.dtype)
+            kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        return emb, kw
+
+    def _losses(self, model, latents, prompts, gen, weights_snr: bool) -> torch.Tensor:
+        """Per-sample epsilon (or v) MSE at random timesteps."""
+        sched = self.noise_scheduler
+        dev = latents.device
+        noise = torch.randn(latents.shape, generator=gen).to(dev, latents.dtype)
+        if self.cfg.noise_offset:
+            noise = noise + self.cfg.noise_offset * torch.randn(
+                (latents.shape[0], latents.shape[1], 1, 1), generator=gen).to(dev, latents.dtype)
+        t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(dev)
+        noisy = sched.add_noise(latents, noise, t)
+        emb, kw = self._cond(prompts)
+        pred = model(noisy, t, encoder_hidden_states=emb, return_dict=False, **kw)[0]
+        if sched.config.prediction_type == "v_prediction":
+            target = sched.get_velocity(latents, noise, t)
+        else:
+            target = noise
+        per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if weights_snr and self.cfg.snr_gamma:
+            from diffusers.training_utils import compute_snr
+
+            snr = compute_snr(sched, t)
+            w = torch.clamp(snr, max=float(self.cfg.snr_gamma)) / snr
+            if sched.config.prediction_type == "v_prediction":
+                w = w + 1
+            per = per * w.to(per.dtype)
+        return per
+
+    @torch.no_grad()
+    def eval_loss(self, prior: bool = False, draws: int | None = None) -> float:
+        """Mean loss over fixed (noise, timestep) draws: comparable before and after training."""
+        lat = self.prior_latents if prior else self.latents
+        prompts = self.prior_prompts if prior else self.prompts
+        if lat is None:
+            return float("nan")
+        gen = torch.Generator().manual_seed(1234)
+        vals = []
+        unet = self.engine.pipe.unet
+        was_training = unet.training
+        unet.eval()
+        try:
+            for _ in range(int(draws or self.cfg.eval_draws)):
+                vals.append(self._losses(unet, lat, prompts, gen, False).mean().item())
+        finally:
+            unet.train(was_training)
+        return sum(vals) / len(vals)
+
+    # ------------------------------------------------------------- adapter set-up / tear-down
+    def _attach(self) -> list[torch.nn.Parameter]:
+        unet = self.engine.pipe.unet
+        spec = self.recipe.adapter
+        if spec.full:
+            if self.engine.xl:
+                raise UserError("Full fine-tuning is offered for SD 1.5 only (SDXL's 2.6 B weights need "
+                                "far more memory); use LoRA on SDXL.")
+            library.adapters(self.engine).unload_all()  # library adapters reload on demand
+            self._full_backup = {k: v.detach().to("cpu", copy=True) for k, v in unet.state_dict().items()}
+            self._full_dtype = unet.dtype
+            if unet.dtype != torch.float32:
+                unet.to(torch.float32)  # Adam on fp16 weights diverges; the backup restores the original
+            params = list(unet.parameters())
+        else:
+            try:
+                with torch.random.fork_rng(devices=[]):  # the LoRA init follows the run's seed
+                    torch.manual_seed(int(self.cfg.seed))
+                    unet.add_adapter(spec.lora_config(), adapter_name=self.adapter_name)
+            except ValueError as exc:
+                raise UserError(f"The adapter targets do not fit this model: {exc}") from None
+            unet.set_adapter(self.adapter_name)
+            unet.enable_adapters()
+            params = [p for n, p in unet.named_parameters() if f".{self.adapter_name}." in n]
+            if not params:
+                self._detach(failed=True)
+                raise UserError("The adapter targets matched no module of this model.")
+        unet.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+            if p.dtype != torch.float32:
+                p.data = p.data.float()  # trainable weights in fp32; frozen ones stay as they are
+        return params
+
+    def _detach(self, failed: bool) -> None:
+        """Leave the resident UNet as other tabs expect it: frozen, eval, adapters disabled;
+        on failure without the training adapter; after full fine-tuning, the original weights."""
+        unet = self.engine.pipe.unet
+        unet.requires_grad_(False)
+        unet.eval()
+        if self._gc_was is not None and unet.is_gradient_checkpointing != self._gc_was:
+            unet.disable_gradient_checkpointing() if not self._gc_was else unet.enable_gradient_checkpointing()
+        if self.recipe.adapter.full:
+            if getattr(self, "_full_backup", None) is not None:
+                unet.to(self._full_dtype)
+                unet.load_state_dict(self._full_backup)
+                self._full_backup = None
+            return
+        if self.adapter_name in library.peft_names(unet):
+            if failed:
+                unet.delete_adapters(self.adapter_name)
+                if not library.peft_names(unet):
+                    library.unload_peft(unet)
+            else:
+                for n, p in unet.named_parameters():
+                    if f".{self.adapter_name}." in n and p.dtype != self.engine.dtype:
+                        p.data = p.data.to(self.engine.dtype)
+        library.disable_all(unet)
+
+    def _extract_lora(self) -> tuple[dict[str, torch.Tensor], dict, float]:
+        """Full fine-tuning -> LoRA: truncated SVD of each Linear weight's change."""
+        unet = self.engine.pipe.unet
+        r = int(self.recipe.adapter.full_extract_rank)
+        sd, kept, total, targets = {}, 0.0, 0.0, []
+        for name, mod in unet.named_modules():
+            if not isinstance(mod, torch.nn.Linear):
+                continue
+            delta = mod.weight.detach().float().cpu() - self._full_backup[f"{name}.weight"].float()
+            n2 = float((delta ** 2).sum())
+            total += n2
+            if n2 == 0.0:
+                continue
+            U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+            k = min(r, S.numel())
+            kept += float((S[:k] ** 2).sum())
+            sq = S[:k].sqrt()
+            sd[f"unet.{name}.lora_B.weight"] = (U[:, :k] * sq).contiguous()
+            sd[f"unet.{name}.lora_A.weight"] = (sq[:, None] * Vh[:k]).contiguous()
+            targets.append(name)
+        configs = {"unet": {"r": r, "lora_alpha": r, "target_modules": sorted(targets)}}
+        return sd, configs, (kept / total if total else 1.0)
+
+    # ------------------------------------------------------------- checkpoints
+    def _run_dir(self) -> Path:
+        return self.run_root / f"{self.recipe.method}-{self._key}"
+
+    def _save_checkpoint(self, step, params_named, optimizer, lr_sched, gen, history) -> Path:
+        from safetensors.torch import save_file
+
+        run = self._run_dir()
+        run.mkdir(parents=True, exist_ok=True)
+        final = run / f"ckpt-{step:06d}"
+        tmp = run / f".tmp-ckpt-{step:06d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({self._portable(n): p.detach().to("cpu").contiguous() for n, p in params_named},
+                  str(tmp / "weights.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict(),
+                    "generator": gen.get_state()}, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "history": history, "key": self._key,
+                                                   "method": self.recipe.method, "time": time.time()}))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _atomic_write(run / "latest", final.name.encode())
+        for old in run.glob("ckpt-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _portable(self, name: str) -> str:
+        """A parameter name without this run's random adapter name (checkpoints outlive it)."""
+        return name.replace(f".{self.adapter_name}.", ".adapter.")
+
+    def latest_checkpoint(self) -> Path | None:
+        run = self._run_dir()
+        try:
+            name = (run / "latest").read_text().strip()
+        except OSError:
+            return None
+        path = run / name
+        return path if (path / "meta.json").is_file() else None
+
+    def _load_checkpoint(self, path: Path, params_named, optimizer, lr_sched, gen):
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / "weights.safetensors"))
+        names = {self._portable(n) for n, _ in params_named}
+        if set(weights) != names:
+            raise UserError(f"The checkpoint {path} does not match this run's adapter; start afresh.")
+        with torch.no_grad():
+            for n, p in params_named:
+                p.copy_(weights[self._portable(n)].to(p.device, p.dtype))
+        state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+        optimizer.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_scheduler"])
+        gen.set_state(state["generator"])
+        meta = json.loads((path / "meta.json").read_text())
+        return int(meta["step"]), list(meta.get("history", []))
+
+    # ------------------------------------------------------------- sampling
+    def _samples(self, ctx, step: int) -> list[tuple[Image.Image, str]]:
+        prompts = self.recipe.sample_prompts
+        if not prompts:
+            return []
+        unet = self.engine.pipe.unet
+        unet.eval()
+        try:
+            images = self.engine.text_to_image(ctx, prompts, seed=self.cfg.sample_seed,
+                                               steps=self.cfg.sample_steps, guidance=self.cfg.sample_guidance,
+                                               message=f"Samples at step {step}:")
+        finally:
+            unet.train()
+        ctx.emit(TrainSamples(step, images, list(prompts)))
+        return list(zip(images, prompts))
+
+    # ------------------------------------------------------------- the run
+    def run(self, ctx) -> Outcome:
+        from diffusers import DDPMScheduler
+        from diffusers.optimization import get_scheduler
+
+        started = time.monotonic()
+        engine, cfg, recipe = self.engine, self.cfg, self.recipe
+        unet = engine.pipe.unet
+        if recipe.prepare is not None:
+            recipe.prepare(engine, ctx, recipe)
+        if not recipe.examples:
+            raise UserError("There are no training images.")
+        self._cache(ctx)
+        self._key = self.fingerprint()
+        self.noise_scheduler = DDPMScheduler.from_config(engine.pipe.scheduler.config)
+        accelerator = _accelerator(engine, cfg)
+        self._gc_was = unet.is_gradient_checkpointing
+        params: list[torch.nn.Parameter] = []
+        finished = False
+        try:
+            loss_before = self.eval_loss()
+            params = self._attach()
+            params_named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+            n_params = library.count_params(params)
+            if cfg.gradient_checkpointing:
+                unet.enable_gradient_checkpointing()
+            optimizer = _optimizer(params, cfg, engine.device, self.notes)
+            lr_sched = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
+                                     num_warmup_steps=int(cfg.lr_warmup_steps), num_training_steps=int(cfg.steps))
+            gen = torch.Generator().manual_seed(int(cfg.seed))
+            start, history = 0, []
+            ckpt = self.latest_checkpoint() if cfg.resume else None
+            if ckpt is not None:
+                start, history = self._load_checkpoint(ckpt, params_named, optimizer, lr_sched, gen)
+                if start >= cfg.steps:
+                    start = min(start, cfg.steps)
+                ctx.notice(f"Resumed from the checkpoint at step {start}.")
+            for note in self.notes:
+                ctx.notice(note)
+            optimizer = accelerator.prepare_optimizer(optimizer)
+            model = accelerator.prepare_model(unet) if accelerator.num_processes > 1 else unet
+            unet.train()
+            n_inst, bs = self.latents.shape[0], int(cfg.batch_size)
+            prior = self.prior_latents is not None and float(recipe.prior_weight) > 0
+            samples: list[tuple[Image.Image, str]] = []
+            for step in range(start + 1, int(cfg.steps) + 1):
+                t0 = time.monotonic()
+                inst_vals, prior_vals = [], []
+                for _ in range(int(cfg.grad_accum)):
+                    with accelerator.accumulate(model):
+                        idx = torch.randint(0, n_inst, (bs,), generator=gen)
+                        with accelerator.autocast():
+                            inst = self._losses(model, self.latents[idx], [self.prompts[i] for i in idx], gen, True)
+                            loss = inst.mean()
+                            if prior:
+                                pidx = torch.randint(0, self.prior_latents.shape[0], (bs,), generator=gen)
+                                pl = self._losses(model, self.prior_latents[pidx],
+                                                  [self.prior_prompts[i] for i in pidx], gen, False).mean()
+                                loss = loss + float(recipe.prior_weight) * pl
+                                prior_vals.append(pl.item())
+                        if not torch.isfinite(loss):
+                            raise UserError(f"The loss became {loss.item()} at step {step}: lower the learning "
+                                            "rate or use bf16/fp32.")
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and cfg.max_grad_norm:
+                            accelerator.clip_grad_norm_(params, float(cfg.max_grad_norm))
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        inst_vals.append(inst.mean().item())
+                lr = float(lr_sched.get_last_lr()[0])
+                lr_sched.step()
+                il = sum(inst_vals) / len(inst_vals)
+                plv = sum(prior_vals) / len(prior_vals) if prior_vals else None
+                total_loss = il + (float(recipe.prior_weight) * plv if plv is not None else 0.0)
+                point = TrainStep(step, int(cfg.steps), total_loss, lr, il, plv, time.monotonic() - t0)
+                history.append({k: v for k, v in asdict(point).items()})
+                ctx.check()
+                ctx.emit(point)
+                if self.step_hook is not None:
+                    self.step_hook(step)
+                if cfg.checkpoint_every and step % int(cfg.checkpoint_every) == 0 and step < cfg.steps \
+                        and accelerator.is_main_process:
+                    path = self._save_checkpoint(step, params_named, optimizer, lr_sched, gen, history)
+                    ctx.emit(Checkpointed(step, str(path)))
+                if cfg.sample_every and step % int(cfg.sample_every) == 0 and step < cfg.steps:
+                    samples = self._samples(ctx, step)
+            samples = self._samples(ctx, int(cfg.steps))
+            unet.eval()
+            loss_after = self.eval_loss()
+            extra = {"resumed_from": start, "mixed_precision": accelerator.mixed_precision}
+            sd = configs = None
+            if recipe.adapter.full:
+                sd, configs, share = self._extract_lora()
+                extra["extracted_energy"] = round(share, 4)
+            finished = True
+            return Outcome(None if recipe.adapter.full else self.adapter_name, sd, configs, history, samples,
+                           n_params, loss_before, loss_after, time.monotonic() - started, extra)
+        finally:
+            if not finished:
+                log.info("training stopped; the last checkpoint (if any) is kept in %s", self._run_dir())
+            self._detach(failed=not finished)
+            accelerator.free_memory()
+            if finished and not cfg.keep_checkpoints:
+                shutil.rmtree(self._run_dir(), ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- save + stream
+
+def save_outcome(engine, recipe: Recipe, cfg: TrainConfig, out: Outcome, *, owner: str):
+    """Put the trained adapter in the library and make it resident under its library id."""
+    store = library.get_store(engine)
+    hyper = {k: v for k, v in asdict(cfg).items()}
+    hyper.update(rank=recipe.adapter.rank, alpha=recipe.adapter.alpha or recipe.adapter.rank,
+                 targets=recipe.adapter.target_modules, prior_weight=recipe.prior_weight,
+                 prior_images=len(recipe.prior), instance_images=len(recipe.examples),
+                 full_finetune=recipe.adapter.full, trainable_params=out.trainable_params)
+    extra = {**recipe.extra, **out.extra, "loss_before": out.loss_before, "loss_after": out.loss_after,
+             "seconds": round(out.seconds, 2), "history": out.history[-2000:],
+             "instance_prompts": sorted(set(e.prompt for e in recipe.examples))}
+    common = dict(owner=owner, name=recipe.name, method=recipe.method, base_model=library.base_model_id(engine),
+                  arch=library.arch_of(engine), trigger_words=recipe.trigger_words,
+                  class_name=recipe.class_name, steps=cfg.steps, hyperparameters=hyper, extra=extra,
+                  parts=recipe.adapter.parts, samples=[(img, p) for img, p in out.samples])
+    if out.adapter_name is not None:
+        unet = engine.pipe.unet
+        try:
+            a = store.save_adapter(models={"unet": unet}, adapter_name=out.adapter_name, **common)
+        except BaseException:
+            unet.delete_adapters(out.adapter_name)
+            if not library.peft_names(unet):
+                library.unload_peft(unet)
+            raise
+        library.adapters(engine).adopt(a.id, out.adapter_name)
+    else:
+        a = store.save_adapter(state_dict=out.state_dict, configs=out.configs, **common)
+        library.adapters(engine).ensure(a.id, owner)
+    return a
+
+
+def train(engine, recipe: Recipe, config: TrainConfig, *, owner: str = "local",
+          run_root: Path | None = None, step_hook=None) -> Iterator[Any]:
+    """Stream a training job (holding the engine's GPU slot); ends with a `Result` whose info
+    has the library entry ("adapter_id", "adapter_name") and the loss figures."""
+    trainer = Trainer(engine, recipe, config, run_root=run_root, step_hook=step_hook)
+
+    def work(ctx) -> Result:
+        out = trainer.run(ctx)
+        ctx.progress(config.steps, config.steps, "Saving the adapter to the library")
+        a = save_outcome(engine, recipe, config, out, owner=owner)
+        return Result(images=[im for im, _ in out.samples],
+                      info={"adapter_id": a.id, "adapter_name": a.name, "loss_before": out.loss_before,
+                            "loss_after": out.loss_after, "trainable_params": out.trainable_params,
+                            "history": out.history, "seconds": round(out.seconds, 2),
+                            "sample_prompts": [p for _, p in out.samples], **out.extra})
+    return engine.run(work, owner=owner, kind=f"train-{recipe.method}")
+
+
+# --------------------------------------------------------------------------- CLI
+
+def cli_config_args(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--lr", type=float, default=d.learning_rate)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    p.add_argument("--lr-scheduler", default=d.lr_scheduler)
+    p.add_argument("--warmup", type=int, default=d.lr_warmup_steps)
+    p.add_argument("--mixed-precision", default=d.mixed_precision, choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--no-8bit-adam", action="store_true")
+    p.add_argument("--snr-gamma", type=float, default=None)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--sample-every", type=int, default=d.sample_every)
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--no-resume", action="store_true")
+
+
+def config_from_args(a) -> TrainConfig:
+    return TrainConfig(steps=a.steps, learning_rate=a.lr, batch_size=a.batch_size, grad_accum=a.grad_accum,
+                       lr_scheduler=a.lr_scheduler, lr_warmup_steps=a.warmup, mixed_precision=a.mixed_precision,
+                       gradient_checkpointing=a.gradient_checkpointing, use_8bit_adam=not a.no_8bit_adam,
+                       snr_gamma=a.snr_gamma, seed=a.seed, sample_every=a.sample_every,
+                       sample_steps=a.sample_steps, checkpoint_every=a.checkpoint_every,
+                       resume=not a.no_resume)
+
+
+def consume(events: Iterator[Any], out=sys.stdout) -> Result | None:
+    """Print a headless run's events; returns the final Result."""
+    result = None
+    for ev in events:
+        if isinstance(ev, TrainStep):
+            prior = f" prior {ev.prior_loss:.4f}" if ev.prior_loss is not None else ""
+            print(f"step {ev.step}/{ev.total} loss {ev.loss:.4f} (instance {ev.instance_loss:.4f}{prior}) "
+                  f"lr {ev.lr:.2e} {ev.seconds:.2f}s", file=out, flush=True)
+        elif isinstance(ev, Checkpointed):
+            print(f"checkpoint at step {ev.step}: {ev.path}", file=out, flush=True)
+        elif isinstance(ev, TrainSamples):
+            print(f"samples at step {ev.step}: {len(ev.images)} images", file=out, flush=True)
+        elif isinstance(ev, Notice):
+            print(f"note: {ev.message}", file=out, flush=True)
+        elif isinstance(ev, Progress) and not ev.message.startswith("Samples"):
+            print(ev.message, file=out, flush=True)
+        elif isinstance(ev, Result):
+            result = ev
+    return result
+
+
+def main(argv=None) -> int:
+    """`python -m core.train dreambooth ...` (the only recipe so far; see core/dreambooth.py)."""
+    from . import dreambooth
+
+    p = argparse.ArgumentParser(prog="python -m core.train", description=main.__doc__)
+    sub = p.add_subparsers(dest="recipe", required=True)
+    db = sub.add_parser("dreambooth", help="DreamBooth a subject from 1-20 images")
+    dreambooth.add_cli_args(db)
+    cli_config_args(db)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from .engine import Engine
+
+    engine = Engine(a.model, device=a.device, dtype=a.dtype, data_dir=a.data_dir)
+    try:
+        recipe, cfg = dreambooth.from_cli(engine, a, config_from_args(a))
+        result = consume(dreambooth.train_dreambooth(engine, recipe, cfg, owner=a.owner))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("stopped; the last checkpoint is kept (run again to resume)", file=sys.stderr)
+        return 130
+    info = result.info if result else {}
+    print(json.dumps({k: info[k] for k in ("adapter_id", "adapter_name", "loss_before", "loss_after",
+                                           "trainable_params", "seconds") if k in info}))
+    if a.export:
+        path = library.get_store(engine).export(info["adapter_id"], a.owner, fmt="kohya",
+                                                dest_dir=Path(a.export).parent)
+        target = Path(a.export)
+        os.replace(path, target)
+        print(f"exported (kohya) to {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    # run the imported module's main, so that its event classes are the ones the recipes use
+    from core.train import main as _main
+
+    sys.exit(_main())
