@@ -13,4 +13,5 @@ TAB_MODULES = [
     "tabs.style_aligned",
     "tabs.adain",
     "tabs.personalize",
+    "tabs.styledrop",
 ]

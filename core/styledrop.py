@@ -1,0 +1,591 @@
+"""StyleDrop (Sohn et al., NeurIPS 2023) on the shared trainer: adapter tuning on one style
+image, then feedback rounds.
+
+The paper's base model (Muse) is not public; like the Style-Aligned paper's SDRP-SDXL baseline we
+tune a small adapter on the SDXL (or SD 1.5) UNet.
+
+**The adapter.** A low-rank residual layer after the feed-forward of every transformer block,
+
+    out' = out + U (D out),      D: r x d (truncated normal, std 0.02),   U: d x r (zeros)
+
+trained alone. The feed-forward's last layer is the Linear `ff.net.2` (out = W2 h + b), so the
+adapter is a rank-r update of that Linear: W2' = W2 + U (D W2), b' = b + U D b. We train exactly
+the paper's parameters D and U (2 r d per block) with the standard LoRA of `ff.net.2`
+re-parametrised as lora_A = D W2 (W2 frozen), lora_B = U, and we drop the bias term U D b
+(during training too, so what is saved is exactly what was trained): the adapter acts on the
+FF output without its constant bias, out' = out + U D (out - b). It is saved as a standard LoRA
+on `ff.net.2` (lora_A = D W2, lora_B = U), so diffusers (`load_lora_weights`), AUTOMATIC1111 and
+ComfyUI load it. A plain LoRA on `ff.net.2` would NOT be the same function class: its A is any
+r x d_ff matrix (r (d_ff + d) parameters, 2.5x more with SDXL's 4x feed-forward), while the
+adapter's A = D W2 is confined to the row space of W2. As in the Style-Aligned paper's
+baseline the layer is linear (the paper's GELU between D and U cannot be written as a LoRA).
+
+**Training text** "[content description] in [style descriptor] style" (the paper found it key to
+separate content from style); sampling prompts "[new content] in [style descriptor] style".
+
+**Feedback rounds.** Round 1 trains on the style image. Its adapter generates a grid of
+candidates over a list of content prompts; people (thumbs up/down) and CLIP (top-k or threshold
+on a mix of CLIP text score and CLIP style score) rate them in the store, each under its own rater
+key ("clip" for CLIP). Rule: a candidate is *liked* when its net score (thumbs up minus thumbs
+down over all raters, CLIP counting as one rater) is at least 1. The next round trains a fresh
+adapter on the liked images (each with its own sampling prompt as training text) plus the
+original style image(s). Every round keeps its adapter, candidates, ratings and metrics (mean
+CLIP text score, mean CLIP style score) in the store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from PIL import Image
+
+from . import library
+from .errors import UserError
+from .events import Result
+from .images import center_crop_resize, load_image
+from .train import AdapterSpec, Example, Recipe, TrainConfig, Trainer, save_outcome
+
+METHOD = "styledrop"
+CLIP_RATER = "clip"
+TARGETS = r".*transformer_blocks\.\d+\.ff\.net\.2"
+MAX_STYLE_IMAGES = 8
+MAX_CANDIDATES = 64
+MAX_PROMPTS = 32
+
+# a varied set of objects, scenes and animals (editable in the UI)
+DEFAULT_CONTENT_PROMPTS = [
+    "a cat", "a house", "a bicycle", "a tree", "a cup of coffee", "a robot", "a flower", "a mountain lake",
+    "a sailboat", "a guitar", "an owl", "a city street",
+]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the Style-Aligned paper's SDRP-SDXL baseline: 400 steps; lr 1e-4 (the paper's 3e-5 is for Muse + Adam,
+    # 1000 steps, batch 8)
+    "SDXL (SDRP-SDXL baseline, 400 steps)": dict(steps=400, learning_rate=1e-4, rank=4, batch_size=1,
+                                                  gradient_checkpointing=True, sample_steps=30, guidance=5.0,
+                                                  samples_per_prompt=1, prompts=8),
+    "SD 1.5 (400 steps)": dict(steps=400, learning_rate=1e-4, rank=4, batch_size=1, gradient_checkpointing=False,
+                               sample_steps=30, guidance=7.0, samples_per_prompt=1, prompts=8),
+    "Quick test (tiny models)": dict(steps=8, learning_rate=1e-3, rank=4, batch_size=1, gradient_checkpointing=False,
+                                     sample_steps=3, guidance=5.0, samples_per_prompt=1, prompts=4),
+}
+
+
+def default_preset(engine) -> str:
+    if engine.offline:
+        return "Quick test (tiny models)"
+    return "SDXL (SDRP-SDXL baseline, 400 steps)" if engine.xl else "SD 1.5 (400 steps)"
+
+
+# --------------------------------------------------------------------------- text
+
+def _clean(text: str, what: str, limit: int = 200) -> str:
+    text = re.sub(r"\s+", " ", re.sub(r"[\x00-\x1f\x7f]", " ", text or "")).strip()
+    if not text:
+        raise UserError(f"Write the {what}.")
+    if len(text) > limit:
+        raise UserError(f"The {what} is too long (at most {limit} characters).")
+    return text
+
+
+def style_phrase(style_descriptor: str) -> str:
+    """"in [style descriptor] style" (no doubled "style style")."""
+    s = _clean(style_descriptor, "style descriptor (e.g. \"watercolor painting\")", 120)
+    s = re.sub(r"^in\s+", "", s, flags=re.I) if re.search(r"\bstyle$", s, re.I) else s
+    return f"in {s}" if re.search(r"\bstyle$", s, re.I) else f"in {s} style"
+
+
+def training_text(content: str, style_descriptor: str) -> str:
+    """The paper's training text: "[content description] in [style descriptor] style"."""
+    return f"{_clean(content, 'content description of the style image', 150)} {style_phrase(style_descriptor)}"
+
+
+sampling_prompt = training_text  # "[new content] in [style descriptor] style"
+
+
+def content_of(prompt: str, style_descriptor: str) -> str:
+    """The content part of a sampling prompt (what the CLIP text score compares against)."""
+    suffix = " " + style_phrase(style_descriptor)
+    return prompt[: -len(suffix)] if prompt.endswith(suffix) else prompt
+
+
+def parse_prompts(text_or_list: str | Sequence[str]) -> list[str]:
+    items = text_or_list.splitlines() if isinstance(text_or_list, str) else list(text_or_list)
+    items = [re.sub(r"\s+", " ", p).strip() for p in items]
+    items = [p for p in items if p]
+    if not items:
+        raise UserError("Write at least one content prompt (one per line, e.g. \"a cat\").")
+    if len(items) > MAX_PROMPTS:
+        raise UserError(f"{len(items)} content prompts given; at most {MAX_PROMPTS}.")
+    return [_clean(p, "content prompt", 150) for p in items]
+
+
+# --------------------------------------------------------------------------- the adapter
+
+def adapter_spec(rank: int = 4) -> AdapterSpec:
+    if not 1 <= int(rank) <= 128:
+        raise UserError("The adapter rank must be between 1 and 128.")
+    return AdapterSpec(target_modules=TARGETS, rank=int(rank), init="gaussian")
+
+
+def ff_out_layers(unet) -> dict[str, torch.nn.Linear]:
+    """The FF output Linear (`ff.net.2`) of every transformer block, by module name (base layers)."""
+    out = {}
+    for name, mod in unet.named_modules():
+        if re.fullmatch(TARGETS, name):
+            base = mod.get_base_layer() if hasattr(mod, "get_base_layer") else mod
+            if isinstance(base, torch.nn.Linear):
+                out[name] = base
+    return out
+
+
+def param_count(unet, rank: int) -> int:
+    """The stated formula: sum over transformer blocks of 2 r d (D: r x d, U: d x r)."""
+    return sum(2 * int(rank) * lin.out_features for lin in ff_out_layers(unet).values())
+
+
+def lora_numbers(unet, rank: int) -> int:
+    """Numbers in the saved LoRA file: sum of r (d_ff + d) (lora_A = D W2 is r x d_ff)."""
+    return sum(int(rank) * (lin.in_features + lin.out_features) for lin in ff_out_layers(unet).values())
+
+
+class DownThroughW2(torch.nn.Module):
+    """Parametrization of a LoRA down-projection: lora_A.weight = D @ W2, W2 the frozen FF weight.
+    The trainable tensor is D (r x d); W2 is read from the base layer, not copied or trained."""
+
+    def __init__(self, base: torch.nn.Linear, generator: torch.Generator | None = None):
+        super().__init__()
+        self._base = (base,)  # a tuple: not a submodule, so no second copy and no gradient
+        self._gen = generator
+
+    def forward(self, D: torch.Tensor) -> torch.Tensor:
+        return D @ self._base[0].weight.to(D.dtype)
+
+    def right_inverse(self, A: torch.Tensor) -> torch.Tensor:
+        # the paper's initialisation of the down-projection: truncated normal, std 0.02
+        D = torch.empty(A.shape[0], self._base[0].out_features, dtype=torch.float32)
+        torch.nn.init.trunc_normal_(D, std=0.02, a=-0.04, b=0.04, generator=self._gen)
+        return D.to(A.device, A.dtype)
+
+
+class StyleDropTrainer(Trainer):
+    """The shared trainer with the LoRA on `ff.net.2` re-parametrised as the paper's adapter:
+    only D and U train; the LoRA's down weight is D W2 throughout and is materialised (a plain
+    LoRA) when training ends, before the trainer saves it."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._parametrized: list[torch.nn.Module] = []
+
+    def _attach(self) -> list[torch.nn.Parameter]:
+        from torch.nn.utils import parametrize
+
+        super()._attach()
+        unet = self.engine.pipe.unet
+        gen = torch.Generator().manual_seed(int(self.cfg.seed))
+        for name, mod in unet.named_modules():
+            lora_a = getattr(mod, "lora_A", None)
+            if isinstance(lora_a, torch.nn.ModuleDict) and self.adapter_name in lora_a and hasattr(mod, "get_base_layer"):
+                a = lora_a[self.adapter_name]
+                parametrize.register_parametrization(a, "weight", DownThroughW2(mod.get_base_layer(), gen))
+                self._parametrized.append(a)
+        if not self._parametrized:
+            raise UserError("This model has no transformer-block feed-forward layers (ff.net.2) to adapt.")
+        params = [p for n, p in unet.named_parameters() if f".{self.adapter_name}." in n]
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def _detach(self, failed: bool) -> None:
+        from torch.nn.utils import parametrize
+
+        for a in self._parametrized:
+            if parametrize.is_parametrized(a, "weight"):
+                with torch.no_grad():
+                    parametrize.remove_parametrizations(a, "weight", leave_parametrized=True)
+        self._parametrized = []
+        super()._detach(failed)
+
+
+# --------------------------------------------------------------------------- recipe
+
+def make_recipe(engine, style: Sequence[tuple[Image.Image, str]], liked: Sequence[tuple[Image.Image, str]] = (),
+                *, rank: int = 4, name: str = "", style_descriptor: str = "", round_number: int = 1,
+                loop_id: int | None = None, liked_ids: Sequence[int] = ()) -> Recipe:
+    """StyleDrop as a recipe: examples = style image(s) with "[content] in [style] style", plus
+    (rounds >= 2) the liked candidates, each with its own sampling prompt."""
+    if not style:
+        raise UserError("A StyleDrop round needs the style image.")
+    res = engine.resolution
+    examples = [Example(center_crop_resize(im.convert("RGB"), res, res), text) for im, text in style]
+    examples += [Example(center_crop_resize(im.convert("RGB"), res, res), text) for im, text in liked]
+    return Recipe(method=METHOD, name=name or f"StyleDrop round {round_number}", examples=examples,
+                  adapter=adapter_spec(rank), trigger_words=style_phrase(style_descriptor) if style_descriptor else "",
+                  sample_prompts=[],
+                  extra={"loop_id": loop_id, "round": round_number, "style_images": len(style),
+                         "liked_candidates": list(liked_ids), "adapter_form": "paper adapter U(D out) on ff.net.2, "
+                         "saved as LoRA lora_A = D W2, lora_B = U (bias term U D b dropped)"})
+
+
+def store_of(engine):
+    return library.get_store(engine)
+
+
+def style_images(store, loop, viewer) -> list[Image.Image]:
+    """The loop's style image(s): the main one, then any extra ones."""
+    imgs = []
+    if loop.style_image is not None:
+        imgs.append(load_image(loop.style_image, what="style image"))
+    for p in store.get_image_set(_extra_style_key(loop.id), viewer):
+        imgs.append(load_image(p, what="style image"))
+    return imgs
+
+
+def _extra_style_key(loop_id: int) -> str:
+    return f"styledrop-style|{int(loop_id)}"
+
+
+def create_loop(engine, images: Sequence[Image.Image], *, owner: str, content_description: str,
+                style_descriptor: str, name: str = ""):
+    """A new feedback loop (no rounds yet) with its style image(s) in the store."""
+    images = [im for im in images if im is not None]
+    if not images:
+        raise UserError("Upload a style image (one is enough; up to 8).")
+    if len(images) > MAX_STYLE_IMAGES:
+        raise UserError(f"{len(images)} style images; at most {MAX_STYLE_IMAGES}.")
+    text = training_text(content_description, style_descriptor)
+    store = store_of(engine)
+    loop = store.create_loop(owner=owner, style_image=images[0].convert("RGB"),
+                             name=(name or "").strip()[:100] or _clean(style_descriptor, "style descriptor"),
+                             content_description=_clean(content_description, "content description"),
+                             style_descriptor=_clean(style_descriptor, "style descriptor"),
+                             base_model=library.base_model_id(engine),
+                             extra={"training_text": text, "style_images": len(images)})
+    if len(images) > 1:
+        store.put_image_set(_extra_style_key(loop.id), [im.convert("RGB") for im in images[1:]], owner=owner)
+    return loop
+
+
+def training_set(store, loop_id: int, viewer: str) -> tuple[list[tuple[Image.Image, str]],
+                                                         list[tuple[Image.Image, str]], list[int], int]:
+    """(style examples, liked examples, liked candidate ids, next round number) for the next round:
+    round 1 trains on the style image(s) alone; round n+1 on the liked candidates of round n (net
+    score >= 1 over all raters) plus the style image(s)."""
+    loop = store.get_loop(loop_id, viewer)
+    text = training_text(loop.content_description, loop.style_descriptor)
+    style = [(im, text) for im in style_images(store, loop, viewer)]
+    rounds = store.rounds(loop.id, viewer)
+    if not rounds:
+        return style, [], [], 1
+    last = rounds[-1]
+    liked = store.liked(last.id, viewer, min_net=1)
+    if not liked:
+        raise UserError(f"No candidate of round {last.number} is liked yet: give thumbs up to the images in the "
+                        "style you want (or use CLIP feedback), then train the next round.")
+    ex = [(load_image(c.path, what="candidate image"), c.prompt) for c in liked]
+    return style, ex, [c.id for c in liked], last.number + 1
+
+
+# --------------------------------------------------------------------------- candidates and scores
+
+def _generate_grid(engine, ctx, adapter_id: int | None, viewer, loop, contents: Sequence[str], *,
+                   samples_per_prompt: int, seed: int, steps: int, guidance: float):
+    prompts = [sampling_prompt(c, loop.style_descriptor) for c in contents]
+    items = []
+    total = len(prompts) * samples_per_prompt
+    with library.adapters(engine).active({adapter_id: 1.0} if adapter_id else {}, viewer):
+        for i, (c, p) in enumerate(zip(contents, prompts)):
+            imgs = engine.text_to_image(ctx, [p] * samples_per_prompt, seed=seed, steps=steps, guidance=guidance,
+                                        message=f"Candidates {i * samples_per_prompt + 1}-"
+                                                f"{(i + 1) * samples_per_prompt} of {total}:")
+            items += [dict(image=im, prompt=p, seed=seed + j) for j, im in enumerate(imgs)]
+    return items
+
+
+def score_items(items: list[dict], contents_of: Sequence[str], style: Sequence[Image.Image], metrics) -> None:
+    """CLIP text score (image vs its content prompt) and CLIP style score (image vs the style image)."""
+    if metrics is None or not items:
+        return
+    imgs = [it["image"] for it in items]
+    text = metrics.clip_text_scores(imgs, list(contents_of))
+    sty = metrics.clip_style_scores(imgs, list(style))
+    for it, t, s in zip(items, text, sty):
+        it["scores"] = {"clip_text": float(t), "clip_style": float(s)}
+
+
+def round_metrics(cands) -> dict:
+    """Mean CLIP text and style scores over a round's candidates."""
+    t = [c.scores["clip_text"] for c in cands if "clip_text" in c.scores]
+    s = [c.scores["clip_style"] for c in cands if "clip_style" in c.scores]
+    out = {"candidates": len(cands)}
+    if t:
+        out["clip_text"] = round(sum(t) / len(t), 4)
+    if s:
+        out["clip_style"] = round(sum(s) / len(s), 4)
+    return out
+
+
+def _add_candidates(store, engine, round_id, viewer, loop, items, metrics):
+    style = style_images(store, loop, viewer)
+    score_items(items, [content_of(it["prompt"], loop.style_descriptor) for it in items], style, metrics)
+    store.add_candidates(round_id, viewer, items)
+    cands = store.candidates(round_id, viewer)
+    return store.update_round(round_id, viewer, metrics=round_metrics(cands))
+
+
+def check_grid(contents, samples_per_prompt, steps):
+    contents = parse_prompts(contents)
+    n = int(samples_per_prompt or 1)
+    if not 1 <= n <= 16:
+        raise UserError("Samples per prompt must be between 1 and 16.")
+    if len(contents) * n > MAX_CANDIDATES:
+        raise UserError(f"{len(contents)} prompts x {n} samples = {len(contents) * n} candidates; at most "
+                        f"{MAX_CANDIDATES} per grid.")
+    if not 1 <= int(steps) <= 150:
+        raise UserError("Sampling steps must be between 1 and 150.")
+    return contents, n
+
+
+# --------------------------------------------------------------------------- a round
+
+def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, job_owner: str | None = None,
+                rank: int = 4, contents: str | Sequence[str] = DEFAULT_CONTENT_PROMPTS, samples_per_prompt: int = 1,
+                seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None,
+                step_hook=None, recipe_hook=None) -> Iterator:
+    """Train the loop's next round (a fresh adapter) and generate its candidate grid, in one job.
+    Streams the trainer's events; ends with a Result (candidate images; info: round, adapter,
+    trainable parameters, metrics)."""
+    store = store_of(engine)
+    loop = store.get_loop(loop_id, owner)
+    if loop.owner != owner:
+        raise UserError("Only the loop's owner can train its rounds; you can rate its candidates.")
+    contents, n = check_grid(contents, samples_per_prompt, sample_steps)
+    style, liked, liked_ids, number = training_set(store, loop.id, owner)
+    recipe = make_recipe(engine, style, liked, rank=rank, name=f"{loop.name} · StyleDrop round {number}",
+                         style_descriptor=loop.style_descriptor, round_number=number, loop_id=loop.id,
+                         liked_ids=liked_ids)
+    if recipe_hook is not None:  # tests: see exactly what the trainer gets
+        recipe_hook(recipe)
+    trainer = StyleDropTrainer(engine, recipe, config, step_hook=step_hook)
+
+    def work(ctx) -> Result:
+        out = trainer.run(ctx)
+        ctx.progress(config.steps, config.steps, "Saving the adapter to the library")
+        a = save_outcome(engine, recipe, config, out, owner=owner)
+        rnd = store.add_round(loop.id, owner, adapter_id=a.id, extra={
+            "trained_on": {"style_images": len(style), "liked_candidates": liked_ids},
+            "trainable_params": out.trainable_params, "rank": int(rank),
+            "lora_numbers": lora_numbers(engine.pipe.unet, rank), "steps": int(config.steps),
+            "learning_rate": float(config.learning_rate), "loss_before": out.loss_before,
+            "loss_after": out.loss_after, "seconds": round(out.seconds, 2),
+            "content_prompts": list(contents), "samples_per_prompt": n, "seed": int(seed),
+            "sample_steps": int(sample_steps), "guidance": float(guidance)})
+        items = _generate_grid(engine, ctx, a.id, owner, loop, contents, samples_per_prompt=n, seed=seed,
+                               steps=sample_steps, guidance=guidance)
+        rnd = _add_candidates(store, engine, rnd.id, owner, loop, items, metrics)
+        return Result(images=[it["image"] for it in items],
+                      info={"loop_id": loop.id, "round_id": rnd.id, "round": rnd.number, "adapter_id": a.id,
+                            "adapter_name": a.name, "trainable_params": out.trainable_params,
+                            "lora_numbers": rnd.extra["lora_numbers"], "loss_before": out.loss_before,
+                            "loss_after": out.loss_after, "metrics": rnd.metrics,
+                            "trained_on": rnd.extra["trained_on"], "seconds": round(out.seconds, 2)})
+    return engine.run(work, owner=job_owner or owner, kind="train-styledrop")
+
+
+def generate_candidates(engine, round_id: int, *, owner: str, job_owner: str | None = None,
+                        contents: str | Sequence[str] = DEFAULT_CONTENT_PROMPTS, samples_per_prompt: int = 1,
+                        seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None) -> Iterator:
+    """More candidates for a round (its adapter active), appended to its grid and scored."""
+    store = store_of(engine)
+    rnd = store.get_round(round_id, owner)
+    loop = store.get_loop(rnd.loop_id, owner)
+    if loop.owner != owner:
+        raise UserError("Only the loop's owner can generate candidates; you can rate them.")
+    if rnd.adapter_id is None:
+        raise UserError("This round's adapter was deleted from the library; train a new round.")
+    store.get_adapter(rnd.adapter_id, owner)
+    contents, n = check_grid(contents, samples_per_prompt, sample_steps)
+
+    def work(ctx) -> Result:
+        items = _generate_grid(engine, ctx, rnd.adapter_id, owner, loop, contents, samples_per_prompt=n,
+                               seed=seed, steps=sample_steps, guidance=guidance)
+        r2 = _add_candidates(store, engine, rnd.id, owner, loop, items, metrics)
+        return Result(images=[it["image"] for it in items],
+                      info={"loop_id": loop.id, "round_id": rnd.id, "round": rnd.number, "metrics": r2.metrics,
+                            "added": len(items)})
+    return engine.run(work, owner=job_owner or owner, kind="styledrop-generate")
+
+
+# --------------------------------------------------------------------------- feedback
+
+def rate(engine, candidate_id: int, rater: str, value: int) -> None:
+    """A person's thumbs up (+1), down (-1) or withdrawal (0), under their own rater key."""
+    if rater == CLIP_RATER:
+        raise UserError("That rater key is reserved for CLIP feedback.")
+    store_of(engine).rate(int(candidate_id), rater, int(value))
+
+
+def pick_score(scores: Mapping[str, float], text_weight: float) -> float | None:
+    """The CLIP feedback score: w * CLIP text score + (1 - w) * CLIP style score."""
+    if "clip_text" not in scores or "clip_style" not in scores:
+        return None
+    w = float(text_weight)
+    return w * float(scores["clip_text"]) + (1 - w) * float(scores["clip_style"])
+
+
+def clip_picks(cands, *, mode: str = "top_k", k: int = 4, threshold: float = 0.5, text_weight: float = 0.5,
+               per_prompt: bool = False) -> list[int]:
+    """Candidate ids CLIP picks: the k best by `pick_score` (per content prompt when
+    `per_prompt`, as the paper's CLIP feedback keeps the best image per prompt), or every
+    candidate whose score is at least `threshold`. Ties keep the earlier candidate."""
+    if mode not in ("top_k", "threshold"):
+        raise UserError("CLIP feedback is by top-k or by threshold.")
+    if not 0 <= float(text_weight) <= 1:
+        raise UserError("The text weight must be between 0 and 1.")
+    scored = [(pick_score(c.scores, text_weight), c.position, c) for c in cands]
+    scored = [s for s in scored if s[0] is not None]
+    if not scored:
+        raise UserError("These candidates have no CLIP scores.")
+    if mode == "threshold":
+        return [c.id for s, _, c in scored if s >= float(threshold)]
+    k = int(k)
+    if k < 1:
+        raise UserError("Top-k needs k of at least 1.")
+    groups: dict[str, list] = {}
+    for s in scored:
+        groups.setdefault(s[2].prompt if per_prompt else "", []).append(s)
+    picked = []
+    for g in groups.values():
+        picked += [c.id for _, _, c in sorted(g, key=lambda x: (-x[0], x[1]))[:k]]
+    return picked
+
+
+def _rate_as_clip(store, ratings: Mapping[int, int]) -> None:
+    """CLIP's ratings under the rater key "clip". `Store.rate_many` checks visibility with the rater
+    key as viewer, so "clip" could rate only published loops; the caller has checked that the
+    loop's owner is asking, and this writes the same upsert in one transaction of the store.
+    (Wanted in core/store.py: `rate_many(..., viewer=owner)`.)"""
+    with store._tx() as c:
+        for cid, v in ratings.items():
+            if v == 0:
+                c.execute("DELETE FROM ratings WHERE candidate_id = ? AND rater = ?", (cid, CLIP_RATER))
+            else:
+                c.execute("INSERT INTO ratings(candidate_id, rater, value, time) VALUES (?,?,?,?) "
+                          "ON CONFLICT(candidate_id, rater) DO UPDATE SET value = excluded.value, "
+                          "time = excluded.time", (cid, CLIP_RATER, int(v), time.time()))
+
+
+def clip_feedback(engine, round_id: int, *, owner: str, mode: str = "top_k", k: int = 4, threshold: float = 0.5,
+                  text_weight: float = 0.5, per_prompt: bool = False) -> dict:
+    """Apply CLIP feedback to a round: thumbs up under the rater "clip" on the picks, CLIP's earlier
+    picks withdrawn elsewhere (so changing k or the threshold re-picks). Owner only."""
+    store = store_of(engine)
+    rnd = store.get_round(round_id, owner)
+    loop = store.get_loop(rnd.loop_id, owner)
+    if loop.owner != owner:
+        raise UserError("Only the loop's owner can apply CLIP feedback.")
+    cands = store.candidates(rnd.id, owner)
+    picked = clip_picks(cands, mode=mode, k=k, threshold=threshold, text_weight=text_weight, per_prompt=per_prompt)
+    _rate_as_clip(store, {c.id: (1 if c.id in set(picked) else 0) for c in cands})
+    store.update_round(rnd.id, owner, extra={"clip_feedback": {"mode": mode, "k": int(k), "threshold": float(threshold),
+                                                                "text_weight": float(text_weight),
+                                                                "per_prompt": bool(per_prompt),
+                                                                "picked": picked}})
+    return {"picked": picked, "mode": mode, "k": int(k), "threshold": float(threshold),
+            "text_weight": float(text_weight)}
+
+
+def candidate_votes(engine, candidate_id: int, viewer: str) -> dict:
+    """One candidate's combined counts and the viewer's own rating (after an API rating)."""
+    store = store_of(engine)
+    row, _ = store._candidate_loop(int(candidate_id), viewer)  # visibility-checked lookup of its round
+    rid = row["round_id"]
+    s = store.scores(rid, viewer)[int(candidate_id)]
+    return {"candidate": int(candidate_id), "round_id": rid, "up": s.up, "down": s.down, "net": s.net,
+            "liked": s.net >= 1, "mine": store.my_ratings(rid, viewer).get(int(candidate_id), 0)}
+
+
+# --------------------------------------------------------------------------- what the tab shows
+
+@dataclasses.dataclass
+class Tile:
+    id: int
+    position: int
+    path: str
+    prompt: str
+    content: str
+    seed: int | None
+    clip_text: float | None
+    clip_style: float | None
+    up: int
+    down: int
+    net: int
+    mine: int
+    clip: bool
+    liked: bool
+
+
+def round_view(engine, round_id: int, viewer: str) -> dict:
+    """A round's grid as the tab draws it: each candidate with scores, combined counts, the
+    viewer's own rating and whether CLIP picked it."""
+    store = store_of(engine)
+    rnd = store.get_round(round_id, viewer)
+    loop = store.get_loop(rnd.loop_id, viewer)
+    cands = store.candidates(rnd.id, viewer)
+    sc = store.scores(rnd.id, viewer)
+    clip = store.scores(rnd.id, viewer, raters=[CLIP_RATER])
+    mine = store.my_ratings(rnd.id, viewer)
+    tiles = [Tile(c.id, c.position, str(c.path), c.prompt, content_of(c.prompt, loop.style_descriptor), c.seed,
+                  c.scores.get("clip_text"), c.scores.get("clip_style"), sc[c.id].up, sc[c.id].down, sc[c.id].net,
+                  mine.get(c.id, 0), clip[c.id].up > 0, sc[c.id].net >= 1) for c in cands]
+    return {"round": rnd, "loop": loop, "tiles": tiles, "liked": sum(t.liked for t in tiles),
+            "up": sum(t.up for t in tiles), "down": sum(t.down for t in tiles),
+            "clip_picked": sum(t.clip for t in tiles)}
+
+
+def rounds_table(engine, loop_id: int, viewer: str) -> list[dict]:
+    """One row per round, side by side: adapter, training set, candidates, liked, metrics."""
+    store = store_of(engine)
+    rows = []
+    for r in store.rounds(loop_id, viewer):
+        liked = len(store.liked(r.id, viewer))
+        name = ""
+        if r.adapter_id is not None:
+            try:
+                name = store.get_adapter(r.adapter_id, viewer).name
+            except UserError:
+                name = "(deleted)"
+        t = r.extra.get("trained_on", {})
+        rows.append({"round": r.number, "round_id": r.id, "adapter_id": r.adapter_id, "adapter": name,
+                     "trained_on": f"{t.get('style_images', 1)} style + {len(t.get('liked_candidates', []))} liked",
+                     "params": r.extra.get("trainable_params"), "steps": r.extra.get("steps"),
+                     "candidates": r.metrics.get("candidates", 0), "liked": liked,
+                     "clip_text": r.metrics.get("clip_text"), "clip_style": r.metrics.get("clip_style"),
+                     "loss_before": r.extra.get("loss_before"), "loss_after": r.extra.get("loss_after")})
+    return rows
+
+
+# --------------------------------------------------------------------------- StyleDrop + DreamBooth
+
+def subject_style_prompt(subject_adapter, style_descriptor: str) -> str:
+    """"a [V] [class] in [style] style" for a Personalize (DreamBooth) subject."""
+    v = (subject_adapter.trigger_words or "").strip()
+    c = (subject_adapter.class_name or "").strip()
+    subject = " ".join(x for x in (v, c) if x) or subject_adapter.name
+    return f"a {subject} {style_phrase(style_descriptor)}"
+
+
+def generate_with_subject(engine, *, style_adapter_id: int, subject_adapter_id: int | None, prompts: Sequence[str],
+                          style_weight: float = 1.0, subject_weight: float = 1.0, viewer: str,
+                          job_owner: str | None = None, **kwargs) -> Iterator:
+    """Both adapters active at once (peft set_adapters, a weight each): the style adapter on the
+    FF outputs, the subject's LoRA on its own modules."""
+    weights = {int(style_adapter_id): float(style_weight)}
+    if subject_adapter_id is not None:
+        if int(subject_adapter_id) == int(style_adapter_id):
+            raise UserError("Pick a subject adapter different from the style adapter.")
+        weights[int(subject_adapter_id)] = float(subject_weight)
+    return library.generate(engine, prompts, weights, viewer=viewer, owner=job_owner or viewer, **kwargs)
