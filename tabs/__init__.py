@@ -14,4 +14,5 @@ TAB_MODULES = [
     "tabs.adain",
     "tabs.personalize",
     "tabs.styledrop",
+    "tabs.blora",
 ]
