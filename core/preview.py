@@ -20,16 +20,17 @@ def fit_latent_rgb_map(vae, samples: int = 4, size: int = 16, seed: int = 0) -> 
     gen = torch.Generator().manual_seed(seed)
     c = vae.config.latent_channels
     z = torch.randn(samples, c, size, size, generator=gen)
-    dtype = torch.float32
     param = next(vae.parameters())
+    device, orig = param.device, param.dtype  # read before casting: .to() changes params in place
     scaling = vae.config.scaling_factor
-    with torch.autocast(param.device.type, enabled=False):
-        decoder = vae.to(torch.float32) if param.dtype != torch.float32 else vae
+    with torch.autocast(device.type, enabled=False):
+        if orig != torch.float32:
+            vae.to(torch.float32)
         try:
-            rgb = decoder.decode(z.to(param.device, dtype) / scaling).sample.float().cpu()
+            rgb = vae.decode(z.to(device, torch.float32) / scaling).sample.float().cpu()
         finally:
-            if param.dtype != torch.float32:
-                vae.to(param.dtype)
+            if orig != torch.float32:
+                vae.to(orig)
     rgb = F.adaptive_avg_pool2d(rgb, size)
     x = torch.cat([z, torch.ones(samples, 1, size, size)], 1)
     x = x.permute(0, 2, 3, 1).reshape(-1, c + 1).double()

@@ -156,3 +156,13 @@ def test_from_pipe_shares_components(tiny_engine):
     assert inv.unet is tiny_engine.pipe.unet and inv.vae is tiny_engine.pipe.vae
     assert inv.scheduler is not tiny_engine.pipe.scheduler
     assert tiny_engine.pipeline(scheduler=DDIMInverseScheduler.from_config(inv.scheduler.config)) is inv
+
+
+def test_preview_fit_leaves_the_vae_dtype(tmp_path):
+    """Fitting the preview map casts the VAE to fp32 for a moment and back."""
+    from core.preview import fit_latent_rgb_map
+    from core.tiny import tiny_sdxl
+
+    vae = tiny_sdxl().vae.to(torch.bfloat16)
+    fit_latent_rgb_map(vae)
+    assert {p.dtype for p in vae.parameters()} == {torch.bfloat16}
