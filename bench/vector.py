@@ -10,6 +10,8 @@
    random RGB fill with alpha 0.5-1 (the icon-like scenes LIVE/VectorFusion optimise). CPU with
    --threads (default 2), and CUDA when available. Reference (the issue): diffvg's CPU build,
    2x2 samples: 0.83 s, 6.5 s, 16.1 s; goal <= half of that on CPU, <= 20 ms for 256@600 on an H100.
+4. (--part sds) VectorFusion's SDS loop per iteration and per run, for 64/128/256 paths, on
+   the --model family (tiny on CPU; sdxl-arch on a GPU; --sds-input 512 for the paper's sizes).
 3. (--part parity) PSNR of our rasterizer against cairosvg at 256 px over the committed icons, or
    over a whole Iconify JSON set (--iconify-json, e.g. icons.json of the npm package
    @iconify-json/flat-color-icons fetched with `npm pack`).
@@ -170,9 +172,52 @@ def bench_parity(size: int, icons: list[str], iconify_json: str | None):
         print(f"   lowest: {name:28s} {s:6.2f} dB")
 
 
+def bench_sds(model: str, paths: list[int], steps: int, input_size: int | None, threads: int):
+    """VectorFusion's SDS loop (core/vectorfusion.sds_loop, the real one): seconds per iteration
+    (render at 600/512 of the input size, CLIPDraw augmentation, fp32 VAE encode with grad, UNet
+    in the engine's dtype under CFG, backward to the paths, Adam) and the whole loop."""
+    import queue
+    import tempfile
+
+    from core import vectorfusion as vf
+    from core.engine import Engine
+    from core.jobs import Job, JobContext
+
+    torch.set_num_threads(threads)
+    engine = Engine(model, data_dir=tempfile.mkdtemp())
+    engine.load()
+    R, S = vf.sizes(engine, input_size)
+    print(f"\n== SDS iterations: {model} on {engine.device} ({str(engine.dtype).replace('torch.', '')} UNet, "
+          f"fp32 encoder), render {R} px, encode {S} px, {steps} iterations per row")
+    print(f"{'paths':>5s} {'s/iter':>8s} {'loop':>8s} {'1000 iters (est.)':>18s}  peak")
+    for n in paths:
+        o = vf.VFOptions(num_paths=n, steps=steps, preview_every=10**9, reinit_every=50, input_size=S, seed=0)
+        scene = vf.initial_scene("iconographic", n, R, np.random.default_rng(0))
+        files = vf.SvgFiles(tempfile.mkdtemp(), "bench", png_size=R)
+        ctx = JobContext(Job("bench", "bench"), queue.Queue())
+        # warm-up (first-call costs), then the timed loop
+        vf.sds_loop(engine, ctx, "a lighthouse", scene, vf.VFOptions(**{**o.__dict__, "steps": 2}), files)
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        vf.sds_loop(engine, ctx, "a lighthouse", scene, o, files)
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        peak = (f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MB (CUDA)" if engine.device.type == "cuda"
+                else f"{peak_rss_mb():.0f} MB RSS so far")
+        print(f"{n:5d} {dt / steps:7.3f}s {dt:7.1f}s {1000 * dt / steps / 60:15.1f} min  {peak}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["all", "raster", "vectorize", "parity"], default="all")
+    ap.add_argument("--part", choices=["all", "raster", "vectorize", "parity", "sds"], default="all")
+    ap.add_argument("--model", default="tiny", help="--part sds: tiny, tiny-sd, sdxl-arch (GPU), sd15, sdxl")
+    ap.add_argument("--sds-steps", type=int, default=10, help="--part sds: timed iterations per row")
+    ap.add_argument("--sds-input", type=int, default=None,
+                    help="--part sds: model input size (default the model's resolution; the paper: 512)")
+    ap.add_argument("--sds-paths", default="64,128,256")
     ap.add_argument("--iconify-json", default=None, help="parity over a whole Iconify icon set")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=128)
@@ -187,6 +232,9 @@ def main():
     if a.part in ("all", "parity"):
         torch.set_num_threads(1)
         bench_parity(256, sorted(glob.glob(a.icons)), a.iconify_json)
+    if a.part == "sds":
+        bench_sds(a.model, [int(v) for v in a.sds_paths.split(",")], a.sds_steps, a.sds_input, a.threads)
+        return
     if a.part in ("all", "vectorize"):
         torch.set_num_threads(1)   # small images: one thread avoids OpenMP wake-up overheads
         bench_vectorize(a.size, a.steps, a.live_steps, a.live_paths, sorted(glob.glob(a.icons)))

@@ -15,4 +15,5 @@ TAB_MODULES = [
     "tabs.personalize",
     "tabs.styledrop",
     "tabs.blora",
+    "tabs.svg",
 ]

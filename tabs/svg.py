@@ -1,0 +1,247 @@
+"""The Text-to-SVG tab: VectorFusion (Jain et al., CVPR 2023), image vectorization and icon sets.
+
+Three parts, each a streaming handler with its own Stop:
+- From text (api_name="svg_generate"): baseline (K samples ranked by CLIP, LIVE on the best)
+  then score distillation through our rasterizer; candidates with their CLIP scores, then
+  frames and the loss; the current SVG and PNG can be downloaded at any moment.
+- From an image (api_name="vectorize"): LIVE, or vtracer's tracing refined, with a path budget.
+- Icon set (api_name="svg_icon_set"): a Style-Aligned set of prompts, each vectorized.
+
+The preview is the PNG that cairosvg renders from the very SVG file offered for download.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from core import vectorfusion as vf
+from core.events import Notice, Progress, Result
+from core.images import load_image
+
+from .common import GPU, AppContext, gpu, session_key, status_text, user_errors
+
+TITLE = "Text-to-SVG"
+
+START_CHOICES = [("Baseline: sample K, rank with CLIP, LIVE, then SDS", "baseline"),
+                 ("From scratch: random paths, SDS only", "scratch")]
+
+
+def _status(event, extra: str = "") -> str:
+    line = status_text(event)
+    m = getattr(event, "metrics", None) or {}
+    bits = []
+    if "loss" in m:
+        bits.append(f"loss {m['loss']:.4g}")
+    if "psnr" in m:
+        bits.append(f"PSNR {m['psnr']:.1f} dB")
+    if "paths" in m:
+        bits.append(f"{int(m['paths'])} paths")
+    if bits:
+        line += " · " + " · ".join(bits)
+    return line + extra
+
+
+def _candidates(result: Result) -> list:
+    scores, best = result.info["clip_scores"], result.info["best"]
+    return [(img, f"CLIP {s:.3f}" + (" (best)" if i == best else ""))
+            for i, (img, s) in enumerate(zip(result.images, scores))]
+
+
+def build(ctx: AppContext) -> None:
+    engine = ctx.engine
+    tiny = engine.offline
+
+    def owner_of(request) -> str:
+        return ctx.owner(request)
+
+    gr.Markdown("**VectorFusion**: SVG icons from text. The model samples K images of the prompt + "
+                f"\"{vf.SUFFIX}\", CLIP picks the best, LIVE vectorizes it layer by layer, then score "
+                "distillation through our differentiable rasterizer refines the paths. The preview is "
+                "the download: cairosvg renders the very SVG file offered below.")
+    with gr.Tab("From text"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", value="a red panda eating bamboo", elem_id="svg-prompt")
+                style = gr.Radio(list(vf.STYLES), value="iconographic", label="Style "
+                                 "(iconographic: filled paths · pixel art: grid of squares · sketch: strokes)",
+                                 elem_id="svg-style")
+                start = gr.Radio(START_CHOICES, value="baseline", label="Start from", elem_id="svg-start")
+                with gr.Row():
+                    paths = gr.Slider(1, vf.MAX_PATHS, value=16 if tiny else 64, step=1,
+                                      label="Paths (pixel art: squares in the grid)", elem_id="svg-paths")
+                    k = gr.Slider(1, vf.MAX_K, value=2 if tiny else 4, step=1, label="K samples to rank",
+                                  elem_id="svg-k")
+                with gr.Row():
+                    steps = gr.Slider(0, vf.MAX_SDS_STEPS, value=6 if tiny else 500, step=1, label="SDS steps",
+                                      elem_id="svg-steps")
+                    guidance = gr.Slider(0, 200, value=100, step=1, label="SDS guidance (the paper: 100)",
+                                         elem_id="svg-guidance")
+                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="svg-seed")
+                with gr.Accordion("Advanced", open=False):
+                    sample_steps = gr.Slider(1, 100, value=2 if tiny else 30, step=1, label="Sampling steps (baseline)")
+                    live_steps = gr.Slider(1, 5000, value=6 if tiny else 500, step=1,
+                                           label="LIVE steps (baseline vectorization)")
+                    negative = gr.Textbox(label="Negative prompt", value="")
+                with gr.Row():
+                    run = gr.Button("Generate SVG", variant="primary", elem_id="svg-generate")
+                    stop = gr.Button("Stop (keeps the last SVG)", variant="stop", elem_id="svg-stop")
+            with gr.Column(scale=1):
+                status = gr.Markdown("", elem_id="svg-status")
+                candidates = gr.Gallery(label="Candidates (CLIP score)", columns=4, height=180,
+                                        elem_id="svg-candidates")
+                preview = gr.Image(label="Current SVG (rendered by cairosvg)", type="filepath",
+                                   interactive=False, height=360, elem_id="svg-preview")
+                with gr.Row():
+                    svg_file = gr.File(label="SVG", interactive=False, elem_id="svg-file")
+                    png_file = gr.File(label="PNG", interactive=False, elem_id="svg-png")
+                info = gr.JSON(label="Details", visible=False)
+
+    with gr.Tab("From an image"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.File(label="Raster image (PNG, JPEG, WebP ...)", file_types=["image"],
+                                type="filepath", elem_id="vec-image")
+                image_view = gr.Image(label="As read", interactive=False, height=160, elem_id="vec-image-view")
+                method = gr.Radio([("LIVE (layer by layer)", "live"), ("vtracer + refinement", "vtracer")],
+                                  value="live", label="Method", elem_id="vec-method")
+                with gr.Row():
+                    v_paths = gr.Slider(1, 512, value=16, step=1, label="Path budget", elem_id="vec-paths")
+                    v_steps = gr.Slider(0, 5000, value=100 if tiny else 500, step=1, label="Steps",
+                                        elem_id="vec-steps")
+                    v_size = gr.Slider(32, 600, value=64 if tiny else 256, step=8,
+                                       label="Working size (px)", elem_id="vec-size")
+                with gr.Row():
+                    v_run = gr.Button("Vectorize", variant="primary", elem_id="vec-run")
+                    v_stop = gr.Button("Stop (keeps the last SVG)", variant="stop", elem_id="vec-stop")
+            with gr.Column(scale=1):
+                v_status = gr.Markdown("", elem_id="vec-status")
+                v_preview = gr.Image(label="Current SVG (rendered by cairosvg)", type="filepath",
+                                     interactive=False, height=360, elem_id="vec-preview")
+                with gr.Row():
+                    v_svg = gr.File(label="SVG", interactive=False, elem_id="vec-file")
+                    v_png = gr.File(label="PNG", interactive=False, elem_id="vec-png")
+                v_info = gr.JSON(label="Details", visible=False)
+
+    with gr.Tab("Icon set"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                set_prompts = gr.Textbox(label="One icon per line (a Style-Aligned set: one shared style)",
+                                         lines=4, value="a guitar\na hot air balloon\na sailboat\na mountain",
+                                         elem_id="set-prompts")
+                with gr.Row():
+                    s_paths = gr.Slider(1, 256, value=8 if tiny else 32, step=1, label="Paths per icon",
+                                        elem_id="set-paths")
+                    s_live = gr.Slider(1, 5000, value=6 if tiny else 300, step=1, label="LIVE steps per icon")
+                    s_size = gr.Slider(32, 600, value=64 if tiny else 256, step=8, label="Working size (px)")
+                with gr.Row():
+                    s_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+                    s_steps = gr.Slider(1, 100, value=2 if tiny else 30, step=1, label="Sampling steps")
+                    s_guid = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance")
+                with gr.Row():
+                    s_run = gr.Button("Make the icon set", variant="primary", elem_id="set-run")
+                    s_stop = gr.Button("Stop", variant="stop", elem_id="set-stop")
+            with gr.Column(scale=1):
+                s_status = gr.Markdown("", elem_id="set-status")
+                s_gallery = gr.Gallery(label="Icons (rendered by cairosvg from the SVGs)", columns=4,
+                                       height="auto", elem_id="set-gallery")
+                s_files = gr.File(label="SVG and PNG files", file_count="multiple", interactive=False,
+                                  elem_id="set-files")
+                s_info = gr.JSON(label="Details", visible=False)
+
+    # ------------------------------------------------------------------ handlers
+    def _seed(value) -> int:
+        if value is None or int(value) < 0:
+            raise gr.Error("The seed must be a whole number of 0 or more.")
+        return int(value)
+
+    @user_errors
+    @gpu(duration=600)
+    def generate(prompt_v, style_v, start_v, paths_v, k_v, steps_v, guidance_v, seed_v, sample_v, live_v,
+                 negative_v, request: gr.Request):
+        options = vf.VFOptions(style=style_v, num_paths=int(paths_v), steps=int(steps_v),
+                               guidance=float(guidance_v), seed=_seed(seed_v), negative_prompt=negative_v or "",
+                               preview_every=max(1, min(10, int(steps_v) // 40)))
+        events = vf.text_to_svg(engine, prompt_v, options, init=start_v, k=int(k_v), sample_steps=int(sample_v),
+                                live_steps=int(live_v), metrics=ctx.metrics, data_dir=ctx.data_dir,
+                                owner=owner_of(request), job_owner=session_key(request))
+        notes: list[str] = []
+        shown: list = []            # the candidates, repeated in the last update (API callers see only it)
+        for event in events:
+            if isinstance(event, Notice):
+                notes.append(event.message)
+                yield gr.skip(), gr.skip(), "\n\n".join(notes), gr.skip(), gr.skip(), gr.skip()
+            elif isinstance(event, Result) and event.info.get("stage") == "candidates":
+                shown = _candidates(event)
+                yield (shown, gr.skip(), "\n\n".join(notes + ["**Candidates ranked by CLIP.**"]),
+                       gr.skip(), gr.skip(), gr.skip())
+            elif isinstance(event, vf.SvgProgress):
+                svg_path, png_path = event.files
+                yield (gr.skip(), png_path, "\n\n".join(notes + [_status(event)]), svg_path, png_path, gr.skip())
+            elif isinstance(event, Progress):
+                preview_v = event.preview if event.preview else gr.skip()
+                yield preview_v, gr.skip(), "\n\n".join(notes + [_status(event)]), gr.skip(), gr.skip(), gr.skip()
+            elif isinstance(event, Result):
+                svg_path, png_path = event.files
+                done = f"**Done.** {event.info['paths']} paths."
+                yield shown, png_path, "\n\n".join(notes + [done]), svg_path, png_path, event.info
+
+    @user_errors
+    @gpu(duration=300)
+    def vectorize(image_v, method_v, paths_v, steps_v, size_v, request: gr.Request):
+        if not image_v:
+            raise gr.Error("Upload an image to vectorize.")
+        steps_n = int(steps_v)
+        events = vf.image_to_svg(engine, image_v, num_paths=int(paths_v), init=method_v, steps=steps_n,
+                                 size=int(size_v), data_dir=ctx.data_dir, owner=owner_of(request),
+                                 job_owner=session_key(request), preview_every=max(1, min(10, steps_n // 40)))
+        for event in events:
+            if isinstance(event, vf.SvgProgress):
+                svg_path, png_path = event.files
+                yield png_path, _status(event), svg_path, png_path, gr.skip()
+            elif isinstance(event, Result):
+                svg_path, png_path = event.files
+                done = (f"**Done.** {event.info['paths']} paths · PSNR {event.info['psnr']:.1f} dB "
+                        f"at {event.info['size'][0]}x{event.info['size'][1]}")
+                yield png_path, done, svg_path, png_path, event.info
+            elif isinstance(event, (Progress, Notice)):
+                yield gr.skip(), status_text(event), gr.skip(), gr.skip(), gr.skip()
+
+    @user_errors
+    @gpu(duration=600)
+    def make_set(prompts_v, paths_v, live_v, size_v, seed_v, steps_v, guid_v, request: gr.Request):
+        events = vf.icon_set(engine, (prompts_v or "").splitlines(), num_paths=int(paths_v),
+                             live_steps=int(live_v), live_size=int(size_v), seed=_seed(seed_v),
+                             steps=int(steps_v), guidance=float(guid_v), metrics=ctx.metrics,
+                             data_dir=ctx.data_dir, owner=owner_of(request), job_owner=session_key(request))
+        for event in events:
+            if isinstance(event, Result) and event.info.get("stage") == "set":
+                yield event.images, "**Style-aligned set done; vectorizing.**", gr.skip(), gr.skip()
+            elif isinstance(event, vf.SvgProgress):
+                yield gr.skip(), _status(event), gr.skip(), gr.skip()
+            elif isinstance(event, Progress):
+                yield (event.preview if event.preview else gr.skip()), _status(event), gr.skip(), gr.skip()
+            elif isinstance(event, Notice):
+                yield gr.skip(), f"Note: {event.message}", gr.skip(), gr.skip()
+            elif isinstance(event, Result):
+                yield (event.images, f"**Done.** {len(event.info['svgs'])} icons.", event.files,
+                       {k: v for k, v in event.info.items() if k != "svgs"})
+
+    @user_errors
+    def show_image(path):
+        return None if path is None else load_image(path, what="image to vectorize", max_side=1024)
+
+    image.change(show_image, image, image_view, api_name=False)
+    gen_event = run.click(generate, [prompt, style, start, paths, k, steps, guidance, seed, sample_steps,
+                                     live_steps, negative],
+                          [candidates, preview, status, svg_file, png_file, info], api_name="svg_generate", **GPU)
+    vec_event = v_run.click(vectorize, [image, method, v_paths, v_steps, v_size],
+                            [v_preview, v_status, v_svg, v_png, v_info], api_name="vectorize", **GPU)
+    set_event = s_run.click(make_set, [set_prompts, s_paths, s_live, s_size, s_seed, s_steps, s_guid],
+                            [s_gallery, s_status, s_files, s_info], api_name="svg_icon_set", **GPU)
+
+    def cancel(request: gr.Request):
+        stopped = engine.cancel(session_key(request))
+        return ("**Stopped.** The last SVG is kept: download it (SVG or PNG) from the files." if stopped else "Nothing is running.")
+
+    stop.click(cancel, None, status, cancels=[gen_event], queue=False, api_name="svg_stop")
+    v_stop.click(cancel, None, v_status, cancels=[vec_event], queue=False, api_name="vectorize_stop")
+    s_stop.click(cancel, None, s_status, cancels=[set_event], queue=False, api_name="svg_icon_set_stop")
