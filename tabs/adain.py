@@ -457,5 +457,7 @@ def _build(ctx: AppContext) -> None:
                     [t_contents, t_styles, t_cdir, t_sdir, run_name, steps, batch, resize, crop,
                      sample_every, save_every, resume],
                     [curve, t_samples, t_status, decoder], api_name="adain_train", **GPU)
-    stop_btn.click(tab.stop, None, t_status, api_name="adain_stop", queue=False,
+    # no output: the training run itself reports "Stopped at step N" (a reply from this
+    # handler could land after that line and overwrite it)
+    stop_btn.click(tab.stop, None, None, api_name="adain_stop", queue=False,
                    api_visibility="private")
