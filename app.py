@@ -30,6 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     p.add_argument("--adain-weights", default=env("STUDIO_ADAIN_WEIGHTS"),
                    help="AdaIN weights: a folder with vgg_normalised.pth and decoder.pth, or a Hub repo id")
+    p.add_argument("--allow-server-paths", action="store_true",
+                   help="let the UI read folders on this machine by path (AdaIN training sets); off by "
+                        "default, never on a shared instance")
     p.add_argument("--auth", default=env("STUDIO_AUTH"),
                    help="protect the instance with a login: 'user:password[,user2:password2]' (env STUDIO_AUTH)")
     p.add_argument("--multi-user", action="store_true", default=bool(env("SPACE_ID")) or bool(env("STUDIO_MULTI_USER")),

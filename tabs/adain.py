@@ -30,7 +30,7 @@ import torch
 from core import adain
 from core.errors import UserError
 from core.events import Progress, Result
-from tabs.common import GPU, AppContext, session_key, user_errors
+from tabs.common import GPU, AppContext, gpu, session_key, user_errors
 
 TITLE = "AdaIN Transfer"
 
@@ -291,6 +291,10 @@ class AdaINTab:
         if not _RUN_NAME.match(name):
             raise UserError("The run name may hold letters, digits, '-', '_' and '.' (max 64).")
         run = self.runs_dir / name
+        if (content_dir or style_dir) and not getattr(self.ctx.args, "allow_server_paths", False) \
+                and not (content_files and style_files):
+            raise UserError("Reading folders on the server is off: upload the images, or start the "
+                            "app with --allow-server-paths (never on a shared instance).")
         if content_files:
             cdir = self._stage(content_files, run / "content", "content")
         elif content_dir and str(content_dir).strip():
@@ -412,7 +416,8 @@ def _build(ctx: AppContext) -> None:
                                      file_types=["image"], type="filepath")
                 t_styles = gr.File(label="Style images (e.g. paintings)", file_count="multiple",
                                    file_types=["image"], type="filepath")
-                with gr.Accordion("...or folders on the server", open=False):
+                with gr.Accordion("...or folders on the server", open=False,
+                                  visible=bool(getattr(ctx.args, "allow_server_paths", False))):
                     t_cdir = gr.Textbox(label="Content folder (e.g. MS-COCO train2014)")
                     t_sdir = gr.Textbox(label="Style folder (e.g. WikiArt)")
                 run_name = gr.Textbox(label="Run name (a new one, or an old one to resume)")
@@ -447,13 +452,13 @@ def _build(ctx: AppContext) -> None:
     styles.change(tab.preview, styles, styles_pv, api_name="adain_styles", **private)
     # decoders trained in other sessions (or before a restart) show up when the list opens
     decoder.focus(tab.refresh_decoders, decoder, decoder, api_name="adain_decoders", **private)
-    run_btn.click(tab.transfer,
+    run_btn.click(gpu(duration=60)(tab.transfer),
                   [contents, styles, weights, alpha, preserve, use_regions, regions, size, decoder],
                   [gallery, info], api_name="adain", **GPU)
-    cam.stream(tab.webcam, [cam, styles, weights, alpha, cam_size, decoder, cam_state],
+    cam.stream(gpu(duration=30)(tab.webcam), [cam, styles, weights, alpha, cam_size, decoder, cam_state],
                [cam_out, fps, cam_state], stream_every=0.1, time_limit=300,
                show_progress="hidden", api_name="adain_webcam", **GPU)
-    train_btn.click(tab.train,
+    train_btn.click(gpu(duration=1800)(tab.train),
                     [t_contents, t_styles, t_cdir, t_sdir, run_name, steps, batch, resize, crop,
                      sample_every, save_every, resume],
                     [curve, t_samples, t_status, decoder], api_name="adain_train", **GPU)

@@ -199,3 +199,13 @@ def test_stop_before_the_first_step_saves_nothing(tab, tmp_path):
     *_, last = gen
     assert last[2] == "Stopped before the first step; nothing was saved."
     assert tab.decoder_choices() == ["built-in"]
+
+
+def test_server_folders_are_refused_unless_allowed(tab, tmp_path):
+    """Nothing reads a server path typed by a user, unless the operator started the app with
+    --allow-server-paths."""
+    secret = tmp_path / "secret-folder"
+    secret.mkdir()
+    with pytest.raises(gr.Error, match="--allow-server-paths"):
+        list(tab.train(None, None, str(secret), str(secret), "r", 5, 2, 40, 32, 2, 3, True, request()))
+    assert not (tab.runs_dir / "r").exists()
