@@ -25,15 +25,25 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS")
 
 
-def test_eight_concurrent_users(live_app):
-    """8 clients at once: every job completes with its own prompts, the GPU slot runs one
-    at a time (so some wait, and the queue tells them their position)."""
+def test_eight_concurrent_users(live_app, tmp_path):
+    """8 clients at once on two tabs: every job completes with its own inputs (prompts,
+    image sizes), the GPU slot runs one at a time (so some wait, and the queue tells them
+    their position)."""
     results, ranks, errors = {}, {}, []
 
     def user(i):
         try:
             client = Client(live_app.url, verbose=False)
-            job = client.submit(*sa_args(f"user {i} first\nuser {i} second"), api_name="/style_aligned")
+            if i % 2:  # the AdaIN tab: each user's own content size must come back
+                from gradio_client import handle_file
+                from PIL import Image
+                content, style = tmp_path / f"content{i}.png", tmp_path / f"style{i}.png"
+                Image.new("RGB", (64, 8 * (i // 2 + 2)), (200, 10, 10)).save(content)
+                Image.new("RGB", (40, 40), (10, 10, 200)).save(style)
+                job = client.submit([handle_file(str(content))], [handle_file(str(style))], "", 1.0,
+                                    False, False, None, 64, "built-in", api_name="/adain")
+            else:
+                job = client.submit(*sa_args(f"user {i} first\nuser {i} second"), api_name="/style_aligned")
             seen = []
             while not job.done():
                 st = job.status()
@@ -52,7 +62,12 @@ def test_eight_concurrent_users(live_app):
         t.join(timeout=600)
     assert not errors, errors
     assert len(results) == 8
-    for i, (gallery, status, _, info) in results.items():
+    for i, result in results.items():
+        if i % 2:
+            gallery, message = result
+            assert len(gallery) == 1 and f"at 64x{8 * (i // 2 + 2)}" in message, message
+            continue
+        gallery, status, _, info = result
         assert info["prompts"] == [f"user {i} first, in watercolor style", f"user {i} second, in watercolor style"]
         assert len(gallery) == 2 and "Done" in status
     assert any(r > 0 for seen in ranks.values() for r in seen), ranks  # someone queued behind others
