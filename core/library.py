@@ -166,10 +166,27 @@ class ResidentAdapters:
             disable_all(self.unet)
 
 
+def peft_wrapped(unet) -> list[str]:
+    """Names of the modules that are peft wrappers (`BaseTunerLayer`), with or without adapters."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [n for n, m in unet.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
 def unload_peft(unet) -> None:
-    """Remove peft wrappers (if any) so the UNet's modules are the plain original ones."""
-    if getattr(unet, "_hf_peft_config_loaded", None) or hasattr(unet, "peft_config"):
-        unet.unload_lora()
+    """Remove peft wrappers (if any) so the UNet's modules are the plain original ones.
+
+    Looks at the modules themselves, not at `peft_config`: diffusers' `delete_adapters` drops
+    `peft_config` with the last adapter but leaves the (now empty) wrappers in place."""
+    if not (peft_wrapped(unet) or hasattr(unet, "peft_config")
+            or getattr(unet, "_hf_peft_config_loaded", None)):
+        return
+    unet.unload_lora()  # every wrapper back to its base layer, peft bookkeeping dropped
+    for name in sorted(peft_wrapped(unet), key=len, reverse=True):  # whatever it did not reach
+        parent, _, child = name.rpartition(".")
+        setattr(unet.get_submodule(parent) if parent else unet, child, unet.get_submodule(name).get_base_layer())
+    if hasattr(unet, "peft_config"):
+        del unet.peft_config
 
 
 def _keys_of(path) -> list[str]:

@@ -24,19 +24,21 @@ METHODS = ["LoRA", "Full fine-tune (SD 1.5 only)"]
 PLOT_EVERY_S = 0.4
 
 
-def _empty_plot() -> pd.DataFrame:
-    return pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64"),
-                         "curve": pd.Series(dtype="str")})
+def _plot(history: list[dict]) -> pd.DataFrame | None:
+    """The run's loss curves: "total", and with prior preservation "instance" and "prior" too.
 
-
-def _plot(history: list[dict]) -> pd.DataFrame:
+    Gradio 6.31's LinePlot fixes its colour domain when it first draws a value and later values
+    only update the data: a series not in that first value is not drawn (no stroke), and after an
+    empty frame nothing is. So never an empty frame (None instead), and each run starts from None
+    (see run_train), which makes the plot draw afresh with this run's series from its first step
+    (every step has the same series)."""
     rows = []
     for h in history:
         rows.append({"step": h["step"], "loss": h["loss"], "curve": "total"})
         if h.get("prior_loss") is not None:
             rows.append({"step": h["step"], "loss": h["instance_loss"], "curve": "instance"})
             rows.append({"step": h["step"], "loss": h["prior_loss"], "curve": "prior"})
-    return pd.DataFrame(rows) if rows else _empty_plot()
+    return pd.DataFrame(rows) if rows else None
 
 
 def _label(a) -> str:
@@ -153,6 +155,14 @@ def build(ctx: AppContext) -> None:
             import_btn = gr.Button("Import", elem_id="pz-import-btn")
         lib_status = gr.Markdown("", elem_id="pz-lib-status")
 
+    # Who owns the adapters: "local" on a private instance (a reload or a restart shows them
+    # again), the visitor id kept in the browser on a shared one; a logged-in user by name.
+    # session_key(request) is only the key that Stop reaches this page's running job by.
+    visitor = ctx.visitor if ctx.visitor is not None else gr.State(None)
+
+    def owner_of(request, visitor_v) -> str:
+        return ctx.owner(request, visitor_v)
+
     # ------------------------------------------------------------------ handlers
     @user_errors
     def show_crops(paths):
@@ -187,16 +197,16 @@ def build(ctx: AppContext) -> None:
                 q["prior_weight"], q["num_class_images"], q["batch_size"], q["grad_accum"],
                 q["gradient_checkpointing"], q["sample_every"])
 
-    def refresh_lists(c1, c2, c3, request: gr.Request):
+    def refresh_lists(c1, c2, c3, visitor_v, request: gr.Request):
         current = [c1, c2, c3]
-        choices = adapter_choices(engine, session_key(request))
+        choices = adapter_choices(engine, owner_of(request, visitor_v))
         valid = {v for _, v in choices}
         return [gr.update(choices=choices, value=c if c in valid else None) for c in current[:SLOTS]]
 
     @user_errors
     def run_train(paths, word, cls, method_v, steps_v, lr_v, rank_v, prior_v, lam_v, n_class_v, batch_v, accum_v,
-                  gc_v, snr_v, sample_every_v, ckpt_v, resume_v, seed_v, name_v, request: gr.Request):
-        owner = session_key(request)
+                  gc_v, snr_v, sample_every_v, ckpt_v, resume_v, seed_v, name_v, visitor_v, request: gr.Request):
+        owner = owner_of(request, visitor_v)
         images = db.subject_images(paths, res)
         full = method_v == METHODS[1]
         if full and engine.xl:
@@ -218,8 +228,8 @@ def build(ctx: AppContext) -> None:
         gallery_items: list[tuple] = []
         last_plot = 0.0
         line = "**Starting**"
-        yield "**Starting**", gr.skip(), [], None
-        for ev in db.train_dreambooth(engine, recipe, cfg, owner=owner):
+        yield "**Starting**", None, [], None  # None: a fresh plot for this run's curves (see _plot)
+        for ev in db.train_dreambooth(engine, recipe, cfg, owner=owner, job_owner=session_key(request)):
             if isinstance(ev, TrainStep):
                 history.append({"step": ev.step, "loss": ev.loss, "instance_loss": ev.instance_loss,
                                 "prior_loss": ev.prior_loss})
@@ -246,9 +256,9 @@ def build(ctx: AppContext) -> None:
                         f"{info['trainable_params']:,} trained parameters; {info['seconds']:.0f} s.")
                 yield "\n\n".join(notes + [done]), _plot(history), gallery_items[:24], info
 
-    def after_train(info, c1, c2, c3, request: gr.Request):
+    def after_train(info, c1, c2, c3, visitor_v, request: gr.Request):
         current = [c1, c2, c3]
-        choices = adapter_choices(engine, session_key(request))
+        choices = adapter_choices(engine, owner_of(request, visitor_v))
         valid = {v for _, v in choices}
         new = str(info["adapter_id"]) if isinstance(info, dict) and "adapter_id" in info else None
         out = []
@@ -267,9 +277,9 @@ def build(ctx: AppContext) -> None:
         return weights
 
     @user_errors
-    def run_generate(text, seed_v, steps_v, guid_v, a1, w1, a2, w2, a3, w3, request: gr.Request):
+    def run_generate(text, seed_v, steps_v, guid_v, a1, w1, a2, w2, a3, w3, visitor_v, request: gr.Request):
         slot_values = [a1, w1, a2, w2, a3, w3]
-        owner = session_key(request)
+        owner = owner_of(request, visitor_v)
         weights = _weights(slot_values)
         store = library.get_store(engine)
         lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
@@ -280,8 +290,8 @@ def build(ctx: AppContext) -> None:
             filled.append(db.fill(ln, a.trigger_words, a.class_name) if a else ln.replace("{v} ", "").replace("{c}", "object"))
         if seed_v is None or int(seed_v) < 0:
             raise UserError("The seed must be a whole number of 0 or more.")
-        events = library.generate(engine, filled, weights, viewer=owner, owner=owner, seed=int(seed_v),
-                                  steps=int(steps_v), guidance=float(guid_v))
+        events = library.generate(engine, filled, weights, viewer=owner, owner=session_key(request),
+                                  seed=int(seed_v), steps=int(steps_v), guidance=float(guid_v))
         for ev in events:
             if isinstance(ev, Progress):
                 yield ev.preview or gr.skip(), status_text(ev)
@@ -293,8 +303,8 @@ def build(ctx: AppContext) -> None:
                        f"**Done.** Adapters: {act}.")
 
     @user_errors
-    def run_drift(a1, w1, seed_v, steps_v, guid_v, request: gr.Request):
-        owner = session_key(request)
+    def run_drift(a1, w1, seed_v, steps_v, guid_v, visitor_v, request: gr.Request):
+        owner = owner_of(request, visitor_v)
         aid = _adapter_id(a1)
         if aid is None:
             raise UserError("Choose an adapter in slot 1 to measure its language drift.")
@@ -302,7 +312,8 @@ def build(ctx: AppContext) -> None:
             raise UserError("Scoring models are not available in this app.")
         seeds = [int(seed_v or 0) + i for i in range(4)]
         for ev in db.language_drift(engine, aid, viewer=owner, metrics=ctx.metrics, seeds=seeds,
-                                    steps=int(steps_v), guidance=float(guid_v), weight=float(w1 or 1.0), owner=owner):
+                                    steps=int(steps_v), guidance=float(guid_v), weight=float(w1 or 1.0),
+                                    owner=session_key(request)):
             if isinstance(ev, Progress):
                 yield ev.preview or gr.skip(), status_text(ev), gr.skip()
             elif isinstance(ev, Result):
@@ -316,21 +327,21 @@ def build(ctx: AppContext) -> None:
                 yield list(zip(ev.images, labels))[: 2 * n], "**Done.**", md
 
     @user_errors
-    def run_export(a1, request: gr.Request):
+    def run_export(a1, visitor_v, request: gr.Request):
         aid = _adapter_id(a1)
         if aid is None:
             raise UserError("Choose an adapter in slot 1 to export.")
-        path = library.get_store(engine).export(aid, session_key(request), fmt="kohya")
+        path = library.get_store(engine).export(aid, owner_of(request, visitor_v), fmt="kohya")
         return str(path), f"Exported **{path.name}** in the kohya format (loads in AUTOMATIC1111 and ComfyUI)."
 
     @user_errors
-    def run_import(path, request: gr.Request):
+    def run_import(path, visitor_v, request: gr.Request):
         if not path:
             raise UserError("Choose a .safetensors LoRA file to import.")
         pipe = engine.pipe
         store = library.get_store(engine)
         base_modules = library_module_shapes(pipe)
-        a = store.import_lora(path, owner=session_key(request), base_model=library.base_model_id(engine),
+        a = store.import_lora(path, owner=owner_of(request, visitor_v), base_model=library.base_model_id(engine),
                               base_modules=base_modules, arch=library.arch_of(engine),
                               unet_config=pipe.unet.config)
         return f"Imported **{a.name}** (#{a.id}, {a.extra.get('source_format', '?')} format, rank {a.rank})."
@@ -343,23 +354,23 @@ def build(ctx: AppContext) -> None:
     preset.change(apply_preset, preset, [method, steps, lr, rank, prior, lam, n_class, batch, accum, gc, sample_every])
     dropdowns = slots[0::2]
     train_inputs = [files, identifier, class_noun, method, steps, lr, rank, prior, lam, n_class, batch, accum, gc,
-                    snr, sample_every, ckpt_every, resume, seed, name]
+                    snr, sample_every, ckpt_every, resume, seed, name, visitor]
     train_event = train_btn.click(run_train, train_inputs, [status, loss_plot, samples, train_info],
                                   api_name="personalize_train", **GPU)
-    train_event.success(after_train, [train_info, *dropdowns], dropdowns, api_name=False)
-    gen_event = gen_btn.click(run_generate, [prompts, g_seed, g_steps, g_guid, *slots], [gallery, g_status],
+    train_event.success(after_train, [train_info, *dropdowns, visitor], dropdowns, api_name=False)
+    gen_event = gen_btn.click(run_generate, [prompts, g_seed, g_steps, g_guid, *slots, visitor], [gallery, g_status],
                               api_name="personalize_generate", **GPU)
-    drift_event = drift_btn.click(run_drift, [slots[0], slots[1], g_seed, g_steps, g_guid],
+    drift_event = drift_btn.click(run_drift, [slots[0], slots[1], g_seed, g_steps, g_guid, visitor],
                                   [gallery, g_status, drift_md], api_name="personalize_drift", **GPU)
-    refresh.click(refresh_lists, dropdowns, dropdowns, api_name="personalize_library", queue=False)
+    refresh.click(refresh_lists, [*dropdowns, visitor], dropdowns, api_name="personalize_library", queue=False)
     family.change(lambda f: "\n".join(db.PROMPT_FAMILIES.get(f, [])), family, prompts, queue=False)
-    export_btn.click(run_export, slots[0], [export_file, lib_status], api_name="personalize_export")
-    import_btn.click(run_import, import_file, lib_status, api_name="personalize_import").success(
-        refresh_lists, dropdowns, dropdowns, api_name=False)
+    export_btn.click(run_export, [slots[0], visitor], [export_file, lib_status], api_name="personalize_export")
+    import_btn.click(run_import, [import_file, visitor], lib_status, api_name="personalize_import").success(
+        refresh_lists, [*dropdowns, visitor], dropdowns, api_name=False)
 
     root = getattr(gr.context.Context, "root_block", None)
     if root is not None and hasattr(root, "load"):  # fill the adapter lists when a page opens
-        root.load(refresh_lists, dropdowns, dropdowns, queue=False)
+        root.load(refresh_lists, [*dropdowns, visitor], dropdowns, queue=False)
 
     def cancel(request: gr.Request):
         engine.cancel(session_key(request))

@@ -3,6 +3,7 @@ through gradio_client, and the page in headless Chromium."""
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import pytest
@@ -24,16 +25,25 @@ def subject_files(tmp_path, n=2, size=(90, 70)):
     return paths
 
 
-def train_args(files, steps=4, prior=True, name="api dog"):
+def train_args(files, steps=4, prior=True, name="api dog", visitor="alice"):
     # files, identifier, class, method, steps, lr, rank, prior, lambda, class images, batch, accumulation,
-    # gradient checkpointing, snr gamma, sample every, checkpoint every, resume, seed, name
+    # gradient checkpointing, snr gamma, sample every, checkpoint every, resume, seed, name, visitor id
+    # (the browser's; on a private instance like this one everything belongs to "local" anyway)
     return [[handle_file(f) for f in files], "sks", "dog", "LoRA", steps, 1e-3, 4, prior, 1.0, 2, 1, 1, False,
-            0, 2, 0, True, 0, name]
+            0, 2, 0, True, 0, name, visitor]
 
 
-def gen_args(prompts, *slots):
+def gen_args(prompts, *slots, visitor="alice"):
     slots = list(slots) + [None, 1.0] * 3
-    return [prompts, 0, 3, 5.0, *slots[:6]]
+    return [prompts, 0, 3, 5.0, *slots[:6], visitor]
+
+
+def drawn_lines(page, selector) -> list[tuple[str, int]]:
+    """(stroke colour, number of points) of each line the plot's SVG draws."""
+    found = page.evaluate("""sel => [...document.querySelectorAll(sel + ' g.mark-line path')].map(
+        p => [p.getAttribute('stroke') || '', p.getAttribute('d') || ''])""", selector)
+    return [(stroke, len(re.findall(r"[ML]", d))) for stroke, d in found
+            if stroke and stroke != "none" and re.search(r"L", d)]
 
 
 def arrays(gallery):
@@ -87,7 +97,7 @@ def test_api_train_streams_and_saves(trained):
     assert len(data) >= 4 and {"total", "instance", "prior"} <= {row[-1] for row in data}
 
 
-def test_api_generate_export_import_round_trip(client, trained, tmp_path):
+def test_api_generate_export_import_round_trip(client, pz_app, trained, tmp_path):
     aid = str(trained[3]["adapter_id"])
     prompts = "a sks dog on the beach\na sks dog"
     plain, st = client.predict(*gen_args(prompts), api_name="/personalize_generate")
@@ -96,9 +106,16 @@ def test_api_generate_export_import_round_trip(client, trained, tmp_path):
     assert len(adapted) == 2
     assert np.abs(arrays(adapted) - arrays(plain)).mean() > 1.0
 
-    path, msg = client.predict(aid, api_name="/personalize_export")
+    # another page load (a reload: a new session, and here another visitor id) still has it: on a
+    # private instance the library belongs to "local", not to the page that trained it
+    other = Client(pz_app.url, verbose=False)
+    again, st3 = other.predict(*gen_args(prompts, aid, 1.0, visitor="bob"), api_name="/personalize_generate")
+    assert "Done" in st3 and f"#{aid}" in st3
+    np.testing.assert_array_equal(arrays(again), arrays(adapted))
+
+    path, msg = client.predict(aid, "alice", api_name="/personalize_export")
     assert "kohya" in msg and str(path).endswith(".safetensors")
-    msg = client.predict(handle_file(path), api_name="/personalize_import")
+    msg = client.predict(handle_file(path), "alice", api_name="/personalize_import")
     m = re.search(r"#(\d+), kohya format", msg)
     assert m, msg
     reimported, _ = client.predict(*gen_args(prompts, m.group(1), 1.0), api_name="/personalize_generate")
@@ -136,12 +153,12 @@ def test_bad_imports_are_clear_errors(client, tmp_path):
     pickle = tmp_path / "model.safetensors"
     torch.save({"a": torch.zeros(2)}, pickle)
     with pytest.raises(AppError, match="pickle"):
-        client.predict(handle_file(str(pickle)), api_name="/personalize_import")
+        client.predict(handle_file(str(pickle)), None, api_name="/personalize_import")
     wrong = tmp_path / "other.safetensors"
     save_file({"unet.mid_block.nothing_here.to_q.lora_A.weight": torch.zeros(4, 32),
                "unet.mid_block.nothing_here.to_q.lora_B.weight": torch.zeros(32, 4)}, str(wrong))
     with pytest.raises(AppError, match="does not fit"):
-        client.predict(handle_file(str(wrong)), api_name="/personalize_import")
+        client.predict(handle_file(str(wrong)), None, api_name="/personalize_import")
     with pytest.raises(AppError, match="adapter"):
         client.predict(*gen_args("a cat", "999999", 1.0), api_name="/personalize_generate")
 
@@ -156,11 +173,35 @@ def test_browser_personalize(pz_app, page, tmp_path):
     page.locator("#pz-class textarea, #pz-class input").first.fill("teapot")
     page.wait_for_function("() => document.querySelector('#pz-idnote').innerText.includes('a sks teapot')",
                            timeout=20_000)
+    # a short run without prior preservation first (one curve), then the default run with it:
+    # the plot must draw the new run's three curves, not only the first run's "total"
+    page.get_by_text("Training settings").filter(visible=True).first.click()
+    page.locator("#pz-prior input[type=checkbox]").uncheck()
+    page.locator("#pz-steps input").fill("2")
+    page.locator("#pz-steps input").press("Tab")
     page.locator("#pz-train").click()
     page.wait_for_function("() => document.querySelector('#pz-status').innerText.includes('Done')",
                            timeout=240_000)
+    assert len(drawn_lines(page, "#pz-loss")) == 1
+    page.locator("#pz-prior input[type=checkbox]").check()
+    page.locator("#pz-steps input").fill("12")  # the preset's: samples at steps 6 and 12
+    page.locator("#pz-steps input").press("Tab")
+    page.locator("#pz-train").click()
+    page.wait_for_function("() => !document.querySelector('#pz-status').innerText.includes('Done')",
+                           timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#pz-status').innerText.includes('Done')",
+                           timeout=240_000)
     assert page.locator("#pz-samples img").count() >= 2
-    assert page.locator("#pz-loss canvas, #pz-loss svg").count() >= 1
+    # the three loss curves are really drawn (not just the axes): one SVG line path each, over
+    # several steps, in three colours
+    deadline = time.monotonic() + 15
+    while len(drawn_lines(page, "#pz-loss")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    lines = drawn_lines(page, "#pz-loss")
+    assert len(lines) == 3 and len({stroke for stroke, _ in lines}) == 3, lines
+    assert all(points >= 2 for _, points in lines), lines
+    legend = page.locator("#pz-loss").inner_text()
+    assert all(name in legend for name in ("total", "instance", "prior")), legend
     status = page.locator("#pz-status").inner_text()
     assert "sks teapot" in status
     screenshot(page, "personalize-trained")
@@ -174,3 +215,36 @@ def test_browser_personalize(pz_app, page, tmp_path):
     assert "a sks teapot on the beach" in page.locator("#pz-gallery").inner_html() or \
         page.locator("#pz-gallery img").count() >= 2
     screenshot(page, "personalize-generated")
+    # a reload is a new session: the subject is still in the library lists (owner "local")
+    page.reload()
+    page.get_by_role("tab", name="Personalize").click()
+    page.locator("#pz-adapter-1 input").click()
+    page.wait_for_function("() => [...document.querySelectorAll('ul[role=listbox] li, [role=option]')]"
+                           ".some(o => o.innerText.includes('sks teapot'))", timeout=30_000)
+
+
+def test_shared_instance_keeps_each_visitors_adapters(tmp_path_factory, tmp_path):
+    """--multi-user: the adapter belongs to the visitor id that trained it (kept in the browser,
+    so it survives reloads), not to the page session; another visitor cannot use it."""
+    import subprocess
+
+    app = start_app(tmp_path_factory.mktemp("pz-shared"), "--multi-user")
+    try:
+        files = subject_files(tmp_path, 1)
+        _, _, _, info = Client(app.url, verbose=False).predict(
+            *train_args(files, steps=1, prior=False, name="alice dog", visitor="alice"),
+            api_name="/personalize_train")
+        aid = str(info["adapter_id"])
+        _, st = Client(app.url, verbose=False).predict(*gen_args("a sks dog", aid, 1.0, visitor="alice"),
+                                                       api_name="/personalize_generate")
+        assert "Done" in st and f"#{aid}" in st  # alice again, from a new session
+        with pytest.raises(AppError, match="adapter was not found"):
+            Client(app.url, verbose=False).predict(*gen_args("a sks dog", aid, 1.0, visitor="bob"),
+                                                   api_name="/personalize_generate")
+        assert app.alive()
+    finally:
+        app.proc.terminate()
+        try:
+            app.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            app.proc.kill()

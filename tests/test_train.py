@@ -72,7 +72,29 @@ def one_thread():
 def engine(tmp_path_factory):
     e = Engine("tiny", data_dir=tmp_path_factory.mktemp("train-engine"))
     e.load()
+    e.pristine_layout = layout(e.pipe.unet)  # the never-adapted UNet, before any test touches it
     return e
+
+
+def wrapped(unet):
+    """Modules that are peft wrappers (with or without adapters in them)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [n for n, m in unet.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def layout(unet):
+    """Module names and types, and state_dict keys: what peft wrapping changes."""
+    return {n: type(m) for n, m in unet.named_modules()}, sorted(unet.state_dict())
+
+
+def assert_pristine(engine):
+    unet = engine.pipe.unet
+    assert wrapped(unet) == []  # no peft.BaseTunerLayer left, not even an empty one
+    modules, keys = layout(unet)
+    assert modules == engine.pristine_layout[0]
+    assert keys == engine.pristine_layout[1]
+    assert not hasattr(unet, "peft_config") and library.peft_names(unet) == []
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +159,9 @@ def test_only_adapter_params_train_and_base_is_untouched(engine, subjects):
     assert set(after) == set(before)
     assert all(torch.equal(after[k], before[k]) for k in before)  # base weights bit-identical
     unet.delete_adapters(name)
+    assert not hasattr(unet, "peft_config") and wrapped(unet)  # diffusers leaves empty wrappers
     library.unload_peft(unet)
+    assert_pristine(engine)
 
 
 def test_dreambooth_drives_instance_loss_down(engine, subjects):
@@ -153,8 +177,9 @@ def test_dreambooth_drives_instance_loss_down(engine, subjects):
 
 def test_adapter_usable_at_once_and_removal_restores_bit_identical(engine, subjects):
     unet = engine.pipe.unet
+    library.adapters(engine).unload_all()
+    assert_pristine(engine)
     plain = pixels(engine, ["a dog", "a sks dog"])
-    modules_before = {n: type(m) for n, m in unet.named_modules()}
     r = recipe(engine, subjects, sample_prompts=["a sks dog"], target_modules=WIDE)
     result, events = run(train(engine, r, TrainConfig(steps=4, learning_rate=1e-2, sample_every=2,
                                                       sample_steps=2)))
@@ -165,13 +190,17 @@ def test_adapter_usable_at_once_and_removal_restores_bit_identical(engine, subje
     assert np.array_equal(pixels(engine, ["a dog", "a sks dog"]), plain)  # disabled outside requests
     half = pixels(engine, ["a dog", "a sks dog"], weights={aid: 0.5})
     assert not np.array_equal(half, with_adapter) and not np.array_equal(half, plain)
-    library.adapters(engine).unload_all()
-    assert {n: type(m) for n, m in unet.named_modules()} == modules_before  # no peft wrapper left
+    assert wrapped(unet)
+    library.adapters(engine).remove(aid)  # the last adapter: its wrappers go with it
+    assert_pristine(engine)
     assert np.array_equal(pixels(engine, ["a dog", "a sks dog"]), plain)
     # the library copy loads back and gives the same images as the in-place adapter did
     again = pixels(engine, ["a dog", "a sks dog"], weights={aid: 1.0})
     np.testing.assert_allclose(again, with_adapter, atol=1.0)
+    assert wrapped(unet)
     library.adapters(engine).unload_all()
+    assert_pristine(engine)
+    assert np.array_equal(pixels(engine, ["a dog", "a sks dog"]), plain)
 
 
 def test_several_adapters_at_once(engine, subjects):
