@@ -144,10 +144,6 @@ def _fmt(x, nd=3):
     return "–" if x is None else f"{x:.{nd}f}"
 
 
-def _empty_plot() -> pd.DataFrame:
-    return pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64")})
-
-
 def _id(value) -> int | None:
     if value in (None, "", "new", []):
         return None
@@ -223,7 +219,7 @@ def build(ctx: AppContext) -> None:
                 publish = gr.Checkbox(label="Shared for rating (others can rate)", value=False, elem_id="sd-publish",
                                       scale=1)
             status = gr.Markdown("", elem_id="sd-status")
-            loss_plot = gr.LinePlot(_empty_plot(), x="step", y="loss", title="Training loss", height=180,
+            loss_plot = gr.LinePlot(None, x="step", y="loss", title="Training loss", height=180,
                                     elem_id="sd-loss")
             counts = gr.Markdown("", elem_id="sd-counts")
             grid = gr.HTML({"tiles": [], "message": "No loop yet: upload a style image and start one."},
@@ -461,7 +457,8 @@ def build(ctx: AppContext) -> None:
         history: list[dict] = []
         last_plot = 0.0
         skip6 = (gr.skip(),) * 6
-        yield ("\n\n".join(notes + ["**Starting**"]), _empty_plot(), *render(owner, lid), gr.skip())
+        # None, not an empty frame: Gradio's plot fixes its domain on the first value it draws
+        yield ("\n\n".join(notes + ["**Starting**"]), None, *render(owner, lid), gr.skip())
         for ev in events:
             if isinstance(ev, TrainStep):
                 history.append({"step": ev.step, "loss": ev.loss})
@@ -480,7 +477,7 @@ def build(ctx: AppContext) -> None:
                         f"{len(info['trained_on']['liked_candidates'])} liked images · adapter **{info['adapter_name']}** "
                         f"(#{info['adapter_id']}) · {info['trainable_params']:,} trained parameters · "
                         f"{len(ev.images)} candidates. Rate them, then train the next round.")
-                yield ("\n\n".join(notes + [done]), pd.DataFrame(history) if history else _empty_plot(),
+                yield ("\n\n".join(notes + [done]), pd.DataFrame(history) if history else None,
                        *render(owner, lid, info["round_id"]), info)
 
     @user_errors

@@ -160,6 +160,10 @@ def test_browser_loop_two_rounds_then_restart(app, page, style_png):
     assert "1 style + 0 liked" in rounds and "1 style + 2 liked" in rounds
     assert "CLIP text" in rounds and "CLIP style" in rounds
     assert "Round 2" in page.locator("#sd-counts").inner_text()
+    # the round's loss curve is really drawn (an SVG line over several points), not just axes
+    points = page.evaluate("""() => [...document.querySelectorAll('#sd-loss g.mark-line path')]
+        .map(p => (p.getAttribute('d') || '').split(/[ML]/).length - 1)""")
+    assert points and max(points) >= 2, points
     screenshot(page, "styledrop-round2")
     # restart the server on the same data folder; the same browser reloads the page
     app.stop()
