@@ -57,7 +57,7 @@ from .events import Result
 from .jobs import JobContext
 from .vector.live import VectorProgress, live, xing_loss
 from .vector.rasterizer import render
-from .vector.scene import Scene, Shape, circle_shape, polygon_shape
+from .vector.scene import Scene, Shape, circle_shape, polygon_shape, shape_area
 from .vector.svg_io import scene_to_svg
 from .vector.vectorize import scaled
 
@@ -292,13 +292,7 @@ def grid_cells(num_paths: int) -> int:
 
 def path_area(shape: Shape) -> float:
     """Area (px^2) of the control polygon of each subpath, summed (shoelace)."""
-    p = shape.points.detach().double().cpu().numpy()
-    total, o = 0.0, 0
-    for n, closed in shape.subpaths:
-        q = p[o:o + 3 * n + (0 if closed else 1)]
-        total += abs(0.5 * np.sum(q[:, 0] * np.roll(q[:, 1], -1) - np.roll(q[:, 0], -1) * q[:, 1]))
-        o += len(q)
-    return total
+    return shape_area(shape)
 
 
 def reinitialize(shapes: Sequence[Shape], size: float, rng: np.random.Generator,

@@ -127,3 +127,14 @@ def polygon_shape(vertices, fill=(0, 0, 0, 1), closed: bool = True, stroke=None,
                  stroke=None if stroke is None else _t(stroke, device),
                  stroke_width=None if stroke_width is None else _t(stroke_width, device),
                  fill_rule=fill_rule)
+
+
+def shape_area(shape: Shape) -> float:
+    """Area (px^2) of the control polygon of each subpath, summed (shoelace formula)."""
+    p = shape.points.detach().double().cpu().numpy()
+    total, o = 0.0, 0
+    for n, closed in shape.subpaths:
+        q = p[o:o + 3 * n + (0 if closed else 1)]
+        total += abs(0.5 * np.sum(q[:, 0] * np.roll(q[:, 1], -1) - np.roll(q[:, 0], -1) * q[:, 1]))
+        o += len(q)
+    return total

@@ -20,7 +20,7 @@ from ..events import Result
 from ..images import load_image
 from .live import Fitter, live, progress_event, psnr, xing_loss
 from .rasterizer import render, to_pil
-from .scene import Scene, Shape
+from .scene import Scene, Shape, shape_area
 from .svg_io import parse_svg, scene_to_svg
 
 log = logging.getLogger(__name__)
@@ -39,16 +39,6 @@ def image_tensor(image, size: int, device=None) -> tuple[torch.Tensor, tuple[int
     img = img.resize((w, h), Image.Resampling.LANCZOS)
     arr = torch.as_tensor(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return arr.contiguous().to(device or "cpu"), orig
-
-
-def _area(shape: Shape) -> float:
-    p = shape.points.detach().cpu().numpy()
-    total, o = 0.0, 0
-    for n, closed in shape.subpaths:
-        q = p[o:o + 3 * n + (0 if closed else 1)]
-        total += abs(0.5 * np.sum(q[:, 0] * np.roll(q[:, 1], -1) - np.roll(q[:, 0], -1) * q[:, 1]))
-        o += len(q)
-    return total
 
 
 def vtracer_svg(target: torch.Tensor, **options) -> str:
@@ -80,7 +70,7 @@ def vtracer_scene(target: torch.Tensor, num_paths: int | None = None) -> Scene:
         if num_paths is None or len(scene.shapes) <= num_paths:
             break
     if num_paths is not None and len(scene.shapes) > num_paths:
-        keep = sorted(np.argsort([-_area(s) for s in scene.shapes])[:num_paths].tolist())
+        keep = sorted(np.argsort([-shape_area(s) for s in scene.shapes])[:num_paths].tolist())
         scene.shapes = [scene.shapes[i] for i in keep]
     return scaled(scene, W, H).to(target.device)
 
