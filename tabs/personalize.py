@@ -16,7 +16,7 @@ from core.errors import UserError
 from core.events import Notice, Progress, Result
 from core.train import Checkpointed, TrainConfig, TrainSamples, TrainStep
 
-from .common import GPU, AppContext, session_key, status_text, user_errors
+from .common import GPU, AppContext, gpu, session_key, status_text, user_errors
 
 TITLE = "Personalize"
 SLOTS = 3  # adapters active at once, a weight each
@@ -355,12 +355,12 @@ def build(ctx: AppContext) -> None:
     dropdowns = slots[0::2]
     train_inputs = [files, identifier, class_noun, method, steps, lr, rank, prior, lam, n_class, batch, accum, gc,
                     snr, sample_every, ckpt_every, resume, seed, name, visitor]
-    train_event = train_btn.click(run_train, train_inputs, [status, loss_plot, samples, train_info],
+    train_event = train_btn.click(gpu(duration=1800)(run_train), train_inputs, [status, loss_plot, samples, train_info],
                                   api_name="personalize_train", **GPU)
     train_event.success(after_train, [train_info, *dropdowns, visitor], dropdowns, api_name=False)
-    gen_event = gen_btn.click(run_generate, [prompts, g_seed, g_steps, g_guid, *slots, visitor], [gallery, g_status],
+    gen_event = gen_btn.click(gpu(duration=120)(run_generate), [prompts, g_seed, g_steps, g_guid, *slots, visitor], [gallery, g_status],
                               api_name="personalize_generate", **GPU)
-    drift_event = drift_btn.click(run_drift, [slots[0], slots[1], g_seed, g_steps, g_guid, visitor],
+    drift_event = drift_btn.click(gpu(duration=120)(run_drift), [slots[0], slots[1], g_seed, g_steps, g_guid, visitor],
                                   [gallery, g_status, drift_md], api_name="personalize_drift", **GPU)
     refresh.click(refresh_lists, [*dropdowns, visitor], dropdowns, api_name="personalize_library", queue=False)
     family.change(lambda f: "\n".join(db.PROMPT_FAMILIES.get(f, [])), family, prompts, queue=False)

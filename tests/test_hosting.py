@@ -79,3 +79,35 @@ def test_no_unsafe_loading_in_the_code():
         assert "trust_remote_code=True" not in text, path
         if path.parts[-2] == "core" or "core" in path.relative_to(ROOT).parts[:1]:
             assert not re.search(r"^\s*(import gradio|from gradio)", text, re.M), path
+
+
+def test_zero_gpu_decorator(monkeypatch):
+    """On a ZeroGPU Space the GPU handlers go through spaces.GPU with their duration; elsewhere
+    they are left as they are."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from tabs.common import gpu
+
+    def handler(x):
+        return x + 1
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert gpu(30)(handler) is handler
+
+    seen = []
+    fake = types.ModuleType("spaces")
+    fake.__spec__ = importlib.machinery.ModuleSpec("spaces", None)
+
+    def GPU(duration):  # noqa: N802 - the package's name
+        def wrap(fn):
+            seen.append(duration)
+            return lambda *a, **k: ("on-gpu", fn(*a, **k))
+        return wrap
+
+    fake.GPU = GPU
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    wrapped = gpu(45)(handler)
+    assert wrapped(1) == ("on-gpu", 2) and seen == [45]
