@@ -1124,32 +1124,25 @@ class Store:
             c.execute("UPDATE candidates SET scores = ? WHERE id = ?",
                       (_dumps({**_loads(cur["scores"]), **scores}), candidate_id))
 
-    def rate(self, candidate_id: int, rater: str, value: int) -> None:
+    def rate(self, candidate_id: int, rater: str, value: int, *, viewer: Any = None) -> None:
         """Record `rater`'s thumbs up (+1) / down (-1) on a candidate; 0 withdraws it.
 
         One rating per rater per candidate (upsert); other raters' ratings are untouched. Anyone
         who can see the loop may rate (its owner; everyone once it is published). Automatic
-        pickers rate under their own key, e.g. "clip", so human and CLIP feedback combine.
+        pickers rate under their own key, e.g. "clip", so human and CLIP feedback combine;
+        `viewer` (default: the rater) is whose visibility is checked, so a loop's owner can
+        record an automatic picker's votes on a private loop.
         """
-        if value not in (-1, 0, 1):
-            raise UserError("A rating is thumbs up (+1) or thumbs down (-1).")
+        self.rate_many({candidate_id: value}, rater, viewer=viewer)
+
+    def rate_many(self, ratings: Mapping[int, int], rater: str, *, viewer: Any = None) -> None:
+        """Several of one rater's ratings in one transaction ({candidate_id: -1/0/+1})."""
         if not isinstance(rater, str) or not rater:
             raise ValueError("rater key required")
-        self._candidate_loop(candidate_id, rater)
-        with self._tx() as c:
-            if value == 0:
-                c.execute("DELETE FROM ratings WHERE candidate_id = ? AND rater = ?", (candidate_id, rater))
-            else:
-                c.execute("INSERT INTO ratings(candidate_id, rater, value, time) VALUES (?,?,?,?) "
-                          "ON CONFLICT(candidate_id, rater) DO UPDATE SET value = excluded.value, time = excluded.time",
-                          (candidate_id, rater, value, _now()))
-
-    def rate_many(self, ratings: Mapping[int, int], rater: str) -> None:
-        """Several of one rater's ratings in one transaction ({candidate_id: -1/0/+1})."""
         for cid, v in ratings.items():
             if v not in (-1, 0, 1):
                 raise UserError("A rating is thumbs up (+1) or thumbs down (-1).")
-            self._candidate_loop(cid, rater)
+            self._candidate_loop(cid, rater if viewer is None else viewer)
         with self._tx() as c:
             for cid, v in ratings.items():
                 if v == 0:
@@ -1157,7 +1150,7 @@ class Store:
                 else:
                     c.execute("INSERT INTO ratings(candidate_id, rater, value, time) VALUES (?,?,?,?) "
                               "ON CONFLICT(candidate_id, rater) DO UPDATE SET value = excluded.value, "
-                              "time = excluded.time", (cid, rater, v, _now()))
+                              "time = excluded.time", (cid, rater, int(v), _now()))
 
     def my_ratings(self, round_id: int, rater: str) -> dict[int, int]:
         """{candidate_id: value} of this rater's ratings in a round (to redraw their thumbs)."""

@@ -463,19 +463,9 @@ def clip_picks(cands, *, mode: str = "top_k", k: int = 4, threshold: float = 0.5
     return picked
 
 
-def _rate_as_clip(store, ratings: Mapping[int, int]) -> None:
-    """CLIP's ratings under the rater key "clip". `Store.rate_many` checks visibility with the rater
-    key as viewer, so "clip" could rate only published loops; the caller has checked that the
-    loop's owner is asking, and this writes the same upsert in one transaction of the store.
-    (Wanted in core/store.py: `rate_many(..., viewer=owner)`.)"""
-    with store._tx() as c:
-        for cid, v in ratings.items():
-            if v == 0:
-                c.execute("DELETE FROM ratings WHERE candidate_id = ? AND rater = ?", (cid, CLIP_RATER))
-            else:
-                c.execute("INSERT INTO ratings(candidate_id, rater, value, time) VALUES (?,?,?,?) "
-                          "ON CONFLICT(candidate_id, rater) DO UPDATE SET value = excluded.value, "
-                          "time = excluded.time", (cid, CLIP_RATER, int(v), time.time()))
+def _rate_as_clip(store, ratings: Mapping[int, int], owner: str) -> None:
+    """CLIP's ratings, under the rater key "clip", recorded by the loop's owner."""
+    store.rate_many(ratings, CLIP_RATER, viewer=owner)
 
 
 def clip_feedback(engine, round_id: int, *, owner: str, mode: str = "top_k", k: int = 4, threshold: float = 0.5,
@@ -489,7 +479,7 @@ def clip_feedback(engine, round_id: int, *, owner: str, mode: str = "top_k", k: 
         raise UserError("Only the loop's owner can apply CLIP feedback.")
     cands = store.candidates(rnd.id, owner)
     picked = clip_picks(cands, mode=mode, k=k, threshold=threshold, text_weight=text_weight, per_prompt=per_prompt)
-    _rate_as_clip(store, {c.id: (1 if c.id in set(picked) else 0) for c in cands})
+    _rate_as_clip(store, {c.id: (1 if c.id in set(picked) else 0) for c in cands}, owner)
     store.update_round(rnd.id, owner, extra={"clip_feedback": {"mode": mode, "k": int(k), "threshold": float(threshold),
                                                                 "text_weight": float(text_weight),
                                                                 "per_prompt": bool(per_prompt),

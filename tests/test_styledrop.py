@@ -192,9 +192,9 @@ def test_round2_trains_on_exactly_the_liked_images_plus_style(engine, round1, me
     sd.rate(engine, c[2].id, "local", 1)
     sd.rate(engine, c[2].id, "visitor:b", -1)            # ... and disliked by another: net 0, not liked
     sd.rate(engine, c[3].id, "local", -1)                # disliked
-    sd._rate_as_clip(store, {c[4].id: 1})               # CLIP pick + a person's thumbs down: net 0
+    sd._rate_as_clip(store, {c[4].id: 1}, "local")             # CLIP pick + a person's thumbs down: net 0
     sd.rate(engine, c[4].id, "local", -1)
-    sd._rate_as_clip(store, {c[5].id: 1})               # CLIP pick alone: liked
+    sd._rate_as_clip(store, {c[5].id: 1}, "local")             # CLIP pick alone: liked
     style, liked, ids, number = sd.training_set(store, loop.id, "local")
     assert number == 2 and ids == [c[0].id, c[1].id, c[5].id]
     seen = {}
