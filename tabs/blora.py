@@ -6,7 +6,6 @@ halves loaded by block into the resident UNet); the library is core/library.py.
 """
 from __future__ import annotations
 
-import time
 
 import gradio as gr
 import pandas as pd
@@ -14,12 +13,11 @@ import pandas as pd
 from core import blora
 from core.errors import UserError
 from core.events import Notice, Progress, Result
-from core.train import Checkpointed, TrainConfig, TrainSamples, TrainStep
+from core.train import TrainConfig
 
-from .common import GPU, AppContext, gpu, session_key, status_text, user_errors
+from .common import GPU, AppContext, gpu, session_key, status_text, stream_training, user_errors
 
 TITLE = "B-LoRA Mix"
-PLOT_EVERY_S = 0.4
 CUSTOM = "Custom prompts"
 WEIGHT_INFO = "Linear: 0.5 = half this half's LoRA update of 1.0."
 WEIGHT_NOTE = ("Weights scale each half's LoRA update **linearly** (0.5 gives exactly half the change of 1.0); "
@@ -185,40 +183,22 @@ def build(ctx: AppContext) -> None:
                           gradient_checkpointing=bool(gc_v), seed=int(seed_v), sample_every=int(sample_every_v or 0),
                           checkpoint_every=int(ckpt_v or 0), resume=bool(resume_v),
                           sample_steps=3 if engine.offline else 30, sample_guidance=7.5)
-        history: list[dict] = []
-        notes: list[str] = []
-        shown: list[tuple] = []
-        image_no, last_plot, line = 1, 0.0, "**Starting**"
-        yield line, None, [], None
+        yield "**Starting**", None, [], None
         events = blora.train_blora(engine, images, cfg, owner=owner, job_owner=session_key(request), trigger=(trig or "").strip() or None,
                                    name=name_v or "", rank=int(rank_v), joint=bool(joint_v))
-        for ev in events:
-            if isinstance(ev, TrainStep):
-                if history and ev.step < history[-1]["step"]:
-                    image_no += 1
-                history.append({"step": ev.step, "loss": ev.loss, "image": image_no})
-                line = f"**{ev.message}** · lr {ev.lr:.1e} · {ev.seconds:.2f} s/step"
-                now = time.monotonic()
-                if now - last_plot >= PLOT_EVERY_S or ev.step == ev.total:
-                    last_plot = now
-                    yield "\n\n".join(notes + [line]), _plot(history), gr.skip(), gr.skip()
-            elif isinstance(ev, TrainSamples):
-                shown = [(im, f"step {ev.step}: {p}") for im, p in zip(ev.images, ev.prompts)] + shown
-                yield gr.skip(), gr.skip(), shown[:24], gr.skip()
-            elif isinstance(ev, Checkpointed):
-                notes = [n for n in notes if not n.startswith("Checkpoint")] + [f"Checkpoint saved at step {ev.step}."]
-            elif isinstance(ev, Notice):
-                notes.append(ev.message)
-                yield "\n\n".join(notes + [line]), gr.skip(), gr.skip(), gr.skip()
-            elif isinstance(ev, Progress):
-                yield "\n\n".join(notes + [status_text(ev)]), gr.skip(), gr.skip(), gr.skip()
-            elif isinstance(ev, Result):
-                info = {"adapters": ev.info["adapters"]}
-                done = "; ".join(f"**{a['adapter_name']}** (#{a['adapter_id']}, trigger `{a['trigger']}`, loss on fixed "
-                                 f"draws {a['loss_before']:.4f} → {a['loss_after']:.4f})" for a in ev.info["adapters"])
-                n_params = ev.info["adapters"][0]["trainable_params"]
-                yield ("\n\n".join(notes + [f"**Done.** Saved {done}; {n_params:,} trained parameters each."]),
-                       _plot(history), shown[:24], info)
+
+        def row(ev, history):  # one curve per image: a new image restarts the step count
+            image = 1 if not history else history[-1]["image"] + (ev.step < history[-1]["step"])
+            return {"step": ev.step, "loss": ev.loss, "image": image}
+
+        def finish(ev):
+            info = {"adapters": ev.info["adapters"]}
+            done = "; ".join(f"**{a['adapter_name']}** (#{a['adapter_id']}, trigger `{a['trigger']}`, loss on fixed "
+                             f"draws {a['loss_before']:.4f} → {a['loss_after']:.4f})" for a in ev.info["adapters"])
+            n_params = ev.info["adapters"][0]["trainable_params"]
+            return f"**Done.** Saved {done}; {n_params:,} trained parameters each.", info
+
+        yield from stream_training(events, plot=_plot, row=row, finish=finish)
 
     def after_train(info, cur_c, cur_s, request: gr.Request):
         new = None

@@ -14,14 +14,13 @@ from core import dreambooth as db
 from core import library
 from core.errors import UserError
 from core.events import Notice, Progress, Result
-from core.train import Checkpointed, TrainConfig, TrainSamples, TrainStep
+from core.train import TrainConfig
 
-from .common import GPU, AppContext, gpu, session_key, status_text, user_errors
+from .common import GPU, AppContext, gpu, session_key, status_text, stream_training, user_errors
 
 TITLE = "Personalize"
 SLOTS = 3  # adapters active at once, a weight each
 METHODS = ["LoRA", "Full fine-tune (SD 1.5 only)"]
-PLOT_EVERY_S = 0.4
 
 
 def _plot(history: list[dict]) -> pd.DataFrame | None:
@@ -223,38 +222,20 @@ def build(ctx: AppContext) -> None:
                           snr_gamma=float(snr_v) if snr_v else None, seed=int(seed_v),
                           sample_every=int(sample_every_v or 0), checkpoint_every=int(ckpt_v or 0),
                           resume=bool(resume_v), sample_steps=4 if engine.offline else 25)
-        history: list[dict] = []
-        notes: list[str] = []
-        gallery_items: list[tuple] = []
-        last_plot = 0.0
-        line = "**Starting**"
         yield "**Starting**", None, [], None  # None: a fresh plot for this run's curves (see _plot)
-        for ev in db.train_dreambooth(engine, recipe, cfg, owner=owner, job_owner=session_key(request)):
-            if isinstance(ev, TrainStep):
-                history.append({"step": ev.step, "loss": ev.loss, "instance_loss": ev.instance_loss,
-                                "prior_loss": ev.prior_loss})
-                line = f"**{ev.message}** · lr {ev.lr:.1e} · {ev.seconds:.2f} s/step"
-                now = time.monotonic()
-                if now - last_plot >= PLOT_EVERY_S or ev.step == ev.total:
-                    last_plot = now
-                    yield "\n\n".join(notes + [line]), _plot(history), gr.skip(), gr.skip()
-            elif isinstance(ev, TrainSamples):
-                gallery_items = [(im, f"step {ev.step}: {p}") for im, p in zip(ev.images, ev.prompts)] + gallery_items
-                yield gr.skip(), gr.skip(), gallery_items[:24], gr.skip()
-            elif isinstance(ev, Checkpointed):
-                notes = [n for n in notes if not n.startswith("Checkpoint")] + [f"Checkpoint saved at step {ev.step}."]
-            elif isinstance(ev, Notice):
-                notes.append(ev.message)
-                yield "\n\n".join(notes + [line]), gr.skip(), gr.skip(), gr.skip()
-            elif isinstance(ev, Progress):
-                yield "\n\n".join(notes + [status_text(ev)]), gr.skip(), gr.skip(), gr.skip()
-            elif isinstance(ev, Result):
-                info = dict(ev.info)
-                info.pop("history", None)
-                done = (f"**Done.** Saved to the library as **{info['adapter_name']}** (#{info['adapter_id']}); "
-                        f"instance loss on fixed draws {info['loss_before']:.4f} → {info['loss_after']:.4f}; "
-                        f"{info['trainable_params']:,} trained parameters; {info['seconds']:.0f} s.")
-                yield "\n\n".join(notes + [done]), _plot(history), gallery_items[:24], info
+
+        def row(ev, history):
+            return {"step": ev.step, "loss": ev.loss, "instance_loss": ev.instance_loss, "prior_loss": ev.prior_loss}
+
+        def finish(ev):
+            info = dict(ev.info)
+            info.pop("history", None)
+            return (f"**Done.** Saved to the library as **{info['adapter_name']}** (#{info['adapter_id']}); "
+                    f"instance loss on fixed draws {info['loss_before']:.4f} → {info['loss_after']:.4f}; "
+                    f"{info['trainable_params']:,} trained parameters; {info['seconds']:.0f} s."), info
+
+        yield from stream_training(db.train_dreambooth(engine, recipe, cfg, owner=owner, job_owner=session_key(request)),
+                                   plot=_plot, row=row, finish=finish)
 
     def after_train(info, c1, c2, c3, visitor_v, request: gr.Request):
         current = [c1, c2, c3]

@@ -23,10 +23,9 @@ from core.events import Notice, Progress, Result
 from core.images import load_image
 from core.train import TrainConfig, TrainStep
 
-from .common import GPU, AppContext, gpu, session_key, status_text, user_errors
+from .common import GPU, PLOT_EVERY_S, AppContext, gpu, session_key, status_text, user_errors
 
 TITLE = "StyleDrop Loop"
-PLOT_EVERY_S = 0.4
 THUMB = 256
 
 GRID_TEMPLATE = """

@@ -58,6 +58,13 @@ class LiveApp:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
 
 def start_app(data_dir: Path, *extra: str, timeout: float = 240) -> LiveApp:
     port = free_port()
@@ -90,11 +97,7 @@ def live_app(tmp_path_factory):
     """`python app.py --model tiny` running in a subprocess for the whole session."""
     app = start_app(tmp_path_factory.mktemp("live-app"))
     yield app
-    app.proc.terminate()
-    try:
-        app.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        app.proc.kill()
+    app.stop()
 
 
 @pytest.fixture(scope="session")

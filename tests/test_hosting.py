@@ -15,8 +15,7 @@ from .conftest import ROOT, start_app
 def private_app(tmp_path_factory):
     app = start_app(tmp_path_factory.mktemp("private"), "--auth", "ada:s3cret")
     yield app
-    app.proc.terminate()
-    app.proc.wait(timeout=20)
+    app.stop()
 
 
 def test_login_protects_a_private_instance(private_app):

@@ -54,26 +54,11 @@ def arrays(gallery):
 
 @pytest.fixture(scope="module")
 def pz_app(tmp_path_factory):
-    """The app for this module, with one intra-op thread: training beside a browser on two
-    shared cores otherwise oversubscribes OpenMP (measured: 20 s/step instead of 1 s/step)."""
-    import os
-    import subprocess
-
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        app = start_app(tmp_path_factory.mktemp("pz-app"))
-    finally:
-        if old is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = old
+    """The app for this module (start_app gives it one intra-op thread: training beside a
+    browser on two shared cores otherwise oversubscribes OpenMP, 20 s/step instead of 1 s)."""
+    app = start_app(tmp_path_factory.mktemp("pz-app"))
     yield app
-    app.proc.terminate()
-    try:
-        app.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        app.proc.kill()
+    app.stop()
 
 
 @pytest.fixture(scope="module")
@@ -226,8 +211,6 @@ def test_browser_personalize(pz_app, page, tmp_path):
 def test_shared_instance_keeps_each_visitors_adapters(tmp_path_factory, tmp_path):
     """--multi-user: the adapter belongs to the visitor id that trained it (kept in the browser,
     so it survives reloads), not to the page session; another visitor cannot use it."""
-    import subprocess
-
     app = start_app(tmp_path_factory.mktemp("pz-shared"), "--multi-user")
     try:
         files = subject_files(tmp_path, 1)
@@ -243,8 +226,4 @@ def test_shared_instance_keeps_each_visitors_adapters(tmp_path_factory, tmp_path
                                                    api_name="/personalize_generate")
         assert app.alive()
     finally:
-        app.proc.terminate()
-        try:
-            app.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            app.proc.kill()
+        app.stop()
