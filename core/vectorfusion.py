@@ -547,6 +547,24 @@ def sds_loop(engine, ctx: JobContext, prompt: str, scene: Scene, o: VFOptions, f
 
 # ----------------------------------------------------------------------------- the jobs
 
+def live_streamed(ctx: JobContext, files: "SvgFiles", image: Image.Image, size: int, device, *, num_paths: int,
+                  steps: int, seed: int, preview_every: int, total: int, offset: int = 0, label: str = "") -> Scene:
+    """LIVE on `image` (resized to size x size) inside a job: every frame's SVG is written to the
+    run's files and streamed; returns the final scene. Stops at the next frame on Cancel."""
+    target = torch.as_tensor(np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS),
+                                        np.float32) / 255).permute(2, 0, 1).contiguous().to(device)
+    gen = live(target, num_paths=num_paths, steps=steps, seed=seed, preview_every=preview_every)
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        ctx.check()
+        img = files.write(ev.svg)
+        ctx.emit(SvgProgress(step=offset + ev.step, total=total, message=label + ev.message, preview=[img],
+                             metrics=ev.metrics, svg=ev.svg, files=files.paths))
+
+
 def check_options(prompt: str, o: VFOptions, k: int, init: str) -> None:
     if not (prompt or "").strip():
         raise UserError("Write a prompt: what the icon should show.")
@@ -599,21 +617,9 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
                                                  "best": best}))
             baseline = images[best]
         if baseline is not None and o.style == "iconographic":
-            L = int(live_size or min(R, 256))
-            target = torch.as_tensor(np.asarray(baseline.convert("RGB").resize((L, L), Image.Resampling.LANCZOS),
-                                                np.float32) / 255).permute(2, 0, 1).contiguous().to(engine.device)
-            gen = live(target, num_paths=int(o.num_paths), steps=max(1, int(live_steps)), seed=o.seed,
-                       preview_every=max(1, o.preview_every))
-            while True:
-                try:
-                    ev = next(gen)
-                except StopIteration as stop:
-                    live_scene = stop.value
-                    break
-                ctx.check()
-                img = files.write(ev.svg)
-                ctx.emit(SvgProgress(step=ev.step, total=total, message=ev.message, preview=[img],
-                                     metrics=ev.metrics, svg=ev.svg, files=files.paths))
+            live_scene = live_streamed(ctx, files, baseline, int(live_size or min(R, 256)), engine.device,
+                                       num_paths=int(o.num_paths), steps=max(1, int(live_steps)), seed=o.seed,
+                                       preview_every=max(1, o.preview_every), total=total)
             scene = scaled(live_scene.to("cpu"), R, R)
             info["baseline_svg"] = scene_to_svg(scene)
             atomic_write(folder / "baseline.svg", info["baseline_svg"].encode("utf-8"))
@@ -691,22 +697,10 @@ def icon_set(engine, prompts: Sequence[str], *, num_paths: int = 16, live_steps:
         n = len(images)
         for idx, (prompt, image) in enumerate(zip(prompts, images)):
             files = SvgFiles(folder, f"{idx + 1:02d}-{prompt}", png_size=max(256, live_size))
-            L = int(live_size)
-            target = torch.as_tensor(np.asarray(image.convert("RGB").resize((L, L), Image.Resampling.LANCZOS),
-                                                np.float32) / 255).permute(2, 0, 1).contiguous().to(engine.device)
-            gen = live(target, num_paths=int(num_paths), steps=max(1, int(live_steps)), seed=seed + idx,
-                       preview_every=max(1, int(live_steps) // 5))
-            while True:
-                try:
-                    ev = next(gen)
-                except StopIteration as stop:
-                    scene = stop.value
-                    break
-                ctx.check()
-                img = files.write(ev.svg)
-                ctx.emit(SvgProgress(step=idx * live_steps + ev.step, total=n * live_steps,
-                                     message=f"Icon {idx + 1}/{n}: {ev.message}", preview=[img],
-                                     metrics=ev.metrics, svg=ev.svg, files=files.paths))
+            scene = live_streamed(ctx, files, image, int(live_size), engine.device, num_paths=int(num_paths),
+                                  steps=max(1, int(live_steps)), seed=seed + idx,
+                                  preview_every=max(1, int(live_steps) // 5), total=n * live_steps,
+                                  offset=idx * live_steps, label=f"Icon {idx + 1}/{n}: ")
             svg = scene_to_svg(scene)
             pngs.append(files.write(svg))
             svgs.append(svg)
