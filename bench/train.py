@@ -126,8 +126,7 @@ def main():
         recipe = blora.make_recipe(engine, subject[0], trigger="v1", rank=64, sample_prompts=[])
         rows.append(("B-LoRA rank 64", run_row(engine, "B-LoRA rank 64", recipe, cfg(), Trainer)))
     recipe = styledrop.make_recipe(engine, [(subject[0], "a dog in watercolor style")], rank=4)
-    rows.append(("StyleDrop adapter rank 4", run_row(engine, "StyleDrop adapter rank 4", recipe, cfg(),
-                                                      styledrop.StyleDropTrainer)))
+    rows.append(("StyleDrop adapter rank 4", run_row(engine, "StyleDrop adapter rank 4", recipe, cfg(), Trainer)))
     base = rows[0][1]
     for name, t in rows[1:]:
         print(f"ratio {name} / {rows[0][0]}: {t / base:.2f}")

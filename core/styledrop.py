@@ -128,7 +128,9 @@ def parse_prompts(text_or_list: str | Sequence[str]) -> list[str]:
 def adapter_spec(rank: int = 4) -> AdapterSpec:
     if not 1 <= int(rank) <= 128:
         raise UserError("The adapter rank must be between 1 and 128.")
-    return AdapterSpec(target_modules=TARGETS, rank=int(rank), init="gaussian")
+    # trained as the paper's adapter (only D and U), saved as a plain LoRA on ff.net.2
+    return AdapterSpec(target_modules=TARGETS, rank=int(rank), init="gaussian",
+                       down_parametrization=DownThroughW2)
 
 
 def ff_out_layers(unet) -> dict[str, torch.nn.Linear]:
@@ -169,45 +171,6 @@ class DownThroughW2(torch.nn.Module):
         D = torch.empty(A.shape[0], self._base[0].out_features, dtype=torch.float32)
         torch.nn.init.trunc_normal_(D, std=0.02, a=-0.04, b=0.04, generator=self._gen)
         return D.to(A.device, A.dtype)
-
-
-class StyleDropTrainer(Trainer):
-    """The shared trainer with the LoRA on `ff.net.2` re-parametrised as the paper's adapter:
-    only D and U train; the LoRA's down weight is D W2 throughout and is materialised (a plain
-    LoRA) when training ends, before the trainer saves it."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self._parametrized: list[torch.nn.Module] = []
-
-    def _attach(self) -> list[torch.nn.Parameter]:
-        from torch.nn.utils import parametrize
-
-        super()._attach()
-        unet = self.engine.pipe.unet
-        gen = torch.Generator().manual_seed(int(self.cfg.seed))
-        for name, mod in unet.named_modules():
-            lora_a = getattr(mod, "lora_A", None)
-            if isinstance(lora_a, torch.nn.ModuleDict) and self.adapter_name in lora_a and hasattr(mod, "get_base_layer"):
-                a = lora_a[self.adapter_name]
-                parametrize.register_parametrization(a, "weight", DownThroughW2(mod.get_base_layer(), gen))
-                self._parametrized.append(a)
-        if not self._parametrized:
-            raise UserError("This model has no transformer-block feed-forward layers (ff.net.2) to adapt.")
-        params = [p for n, p in unet.named_parameters() if f".{self.adapter_name}." in n]
-        for p in params:
-            p.requires_grad_(True)
-        return params
-
-    def _detach(self, failed: bool) -> None:
-        from torch.nn.utils import parametrize
-
-        for a in self._parametrized:
-            if parametrize.is_parametrized(a, "weight"):
-                with torch.no_grad():
-                    parametrize.remove_parametrizations(a, "weight", leave_parametrized=True)
-        self._parametrized = []
-        super()._detach(failed)
 
 
 # --------------------------------------------------------------------------- recipe
@@ -369,7 +332,7 @@ def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, job_ow
                          liked_ids=liked_ids)
     if recipe_hook is not None:  # tests: see exactly what the trainer gets
         recipe_hook(recipe)
-    trainer = StyleDropTrainer(engine, recipe, config, step_hook=step_hook)
+    trainer = Trainer(engine, recipe, config, step_hook=step_hook)
 
     def work(ctx) -> Result:
         out = trainer.run(ctx)

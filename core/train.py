@@ -30,9 +30,10 @@ Recipes, as small as they are meant to be (DreamBooth is in core/dreambooth.py):
     AdapterSpec(target_modules=r"up_blocks\\.0\\.attentions\\.[01]\\..*\\.(to_q|to_k|to_v|to_out\\.0)",
                 rank=64, parts={"content": ["unet.up_blocks.0.attentions.0"],
                                 "style": ["unet.up_blocks.0.attentions.1"]})
-    # StyleDrop (issue 7): a low-rank adapter at the output of every transformer block's
-    # feed-forward (peft LoRA on `ff.net.2`, so it works with set_adapters and the store)
-    AdapterSpec(target_modules=r".*transformer_blocks\\.\\d+\\.ff\\.net\\.2", rank=4)
+    # StyleDrop (issue 7): the paper's adapter after every transformer block's feed-forward,
+    # trained as D, U with lora_A = D W2 and saved as a plain LoRA on `ff.net.2`
+    AdapterSpec(target_modules=r".*transformer_blocks\\.\\d+\\.ff\\.net\\.2", rank=4,
+                down_parametrization=DownThroughW2)
 
 Headless: `python -m core.train --help` (same code, no gradio).
 """
@@ -123,6 +124,11 @@ class AdapterSpec:
     parts: dict[str, list[str]] | None = None
     full: bool = False
     full_extract_rank: int = 32
+    # Optional re-parametrisation of each LoRA down weight during training: a factory
+    # (base Linear, seeded generator) -> torch parametrization module. The parametrization's
+    # own tensor is what trains; at the end the weight is materialised, so the saved adapter is
+    # a plain LoRA (StyleDrop: lora_A = D W2, only D and U train).
+    down_parametrization: Callable[[torch.nn.Linear, torch.Generator], torch.nn.Module] | None = None
 
     def lora_config(self):
         from peft import LoraConfig
@@ -274,6 +280,7 @@ class Trainer:
         self.notes: list[str] = []
         self.adapter_name = f"train-{uuid.uuid4().hex[:8]}"
         self._gc_was: bool | None = None
+        self._parametrized: list[torch.nn.Module] = []  # LoRA down layers under a parametrization
 
     # ------------------------------------------------------------- caching
     @torch.no_grad()
@@ -398,6 +405,8 @@ class Trainer:
                 raise UserError(f"The adapter targets do not fit this model: {exc}") from None
             unet.set_adapter(self.adapter_name)
             unet.enable_adapters()
+            if spec.down_parametrization is not None:
+                self._parametrize_down(unet, spec.down_parametrization)
             params = [p for n, p in unet.named_parameters() if f".{self.adapter_name}." in n]
             if not params:
                 self._detach(failed=True)
@@ -409,9 +418,31 @@ class Trainer:
                 p.data = p.data.float()  # trainable weights in fp32; frozen ones stay as they are
         return params
 
+    def _parametrize_down(self, unet, factory) -> None:
+        from torch.nn.utils import parametrize
+
+        gen = torch.Generator().manual_seed(int(self.cfg.seed))
+        for mod in unet.modules():
+            lora_a = getattr(mod, "lora_A", None)
+            if isinstance(lora_a, torch.nn.ModuleDict) and self.adapter_name in lora_a:
+                down = lora_a[self.adapter_name]
+                parametrize.register_parametrization(down, "weight", factory(mod.get_base_layer(), gen))
+                self._parametrized.append(down)
+
+    def _unparametrize_down(self) -> None:
+        """Materialise re-parametrised down weights: the adapter becomes a plain LoRA."""
+        from torch.nn.utils import parametrize
+
+        for down in self._parametrized:
+            if parametrize.is_parametrized(down, "weight"):
+                with torch.no_grad():
+                    parametrize.remove_parametrizations(down, "weight", leave_parametrized=True)
+        self._parametrized = []
+
     def _detach(self, failed: bool) -> None:
         """Leave the resident UNet as other tabs expect it: frozen, eval, adapters disabled;
         on failure without the training adapter; after full fine-tuning, the original weights."""
+        self._unparametrize_down()
         unet = self.engine.pipe.unet
         unet.requires_grad_(False)
         unet.eval()
