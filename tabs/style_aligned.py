@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from core.errors import Cancelled
 from core.events import Notice, Progress, Result
 from core.images import load_image
 from core.style_aligned import MAX_SET, SharingOptions, style_aligned_set
@@ -105,27 +106,30 @@ def build(ctx: AppContext) -> None:
             negative_prompt=neg or "", reference_image=ref, reference_prompt=ref_text or "",
             metrics=ctx.metrics, owner=session_key(request))  # Stop reaches this page's job
         notes = []
-        for event in events:
-            if isinstance(event, Notice):
-                notes.append(event.message)
-                yield gr.skip(), "\n\n".join(notes), gr.skip(), gr.skip()
-            elif isinstance(event, Progress):
-                line = status_text(event)
-                yield (event.preview if event.preview else gr.skip(),
-                       "\n\n".join(notes + [line]), gr.skip(), gr.skip())
-            elif isinstance(event, Result):
-                info = {k: v for k, v in event.info.items()}
-                yield (event.images, "\n\n".join(notes + ["**Done.**"]),
-                       _metrics_markdown(info, ctx.metrics.note if ctx.metrics else ""), info)
+        try:
+            for event in events:
+                if isinstance(event, Notice):
+                    notes.append(event.message)
+                    yield gr.skip(), "\n\n".join(notes), gr.skip(), gr.skip()
+                elif isinstance(event, Progress):
+                    line = status_text(event)
+                    yield (event.preview if event.preview else gr.skip(),
+                           "\n\n".join(notes + [line]), gr.skip(), gr.skip())
+                elif isinstance(event, Result):
+                    info = {k: v for k, v in event.info.items()}
+                    yield (event.images, "\n\n".join(notes + ["**Done.**"]),
+                           _metrics_markdown(info, ctx.metrics.note if ctx.metrics else ""), info)
+        except Cancelled:
+            # the job's own last word, so no progress line that was already on its way can
+            # overwrite it (a reply from the Stop handler could be)
+            yield gr.skip(), "\n\n".join(notes + ["**Stopped.** The set was not finished."]), gr.skip(), gr.skip()
 
     ref_file.change(show_reference, ref_file, ref_view)
     inputs = [prompts, style, seed, steps, guidance, width, height, negative, ref_file, ref_prompt,
               adain_q, adain_k, adain_v, share_gn, full_share, shift, scale, fraction]
-    gen_event = run.click(generate, inputs, [gallery, status, metrics_md, metrics_json],
-                          api_name="style_aligned", **GPU)
+    run.click(generate, inputs, [gallery, status, metrics_md, metrics_json], api_name="style_aligned", **GPU)
 
     def cancel(request: gr.Request):
-        stopped = engine.cancel(session_key(request))
-        return "**Stopped.** The set was not finished." if stopped else "Nothing is running."
+        engine.cancel(session_key(request))  # the running job stops within one step and says so
 
-    stop.click(cancel, None, status, cancels=[gen_event], queue=False, api_name="style_aligned_stop")
+    stop.click(cancel, None, None, queue=False, api_name="style_aligned_stop")
