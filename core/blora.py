@@ -45,7 +45,7 @@ from PIL import Image
 from . import library
 from . import lora_format as lf
 from .errors import UserError
-from .events import Result
+from .events import Progress, Result
 from .images import center_crop_resize, load_image
 from .train import AdapterSpec, Example, Recipe, TrainConfig, Trainer, save_outcome
 
@@ -206,7 +206,9 @@ def train_blora(engine, images: Sequence[Image.Image], config: TrainConfig, *, o
             out = trainer.run(ctx)
             # the training image first, as the entry's thumbnail (the trainer keeps samples only)
             out.samples = [(recipe.examples[0].image, "training image")] + list(out.samples)
-            ctx.progress(config.steps, config.steps, "Saving the B-LoRA to the library")
+            # no cancel check: the run is finished (its checkpoints are gone), so its adapter is saved
+            # rather than left on the UNet; a Stop now takes effect at the next step, if there is one
+            ctx.emit(Progress(config.steps, config.steps, "Saving the B-LoRA to the library"))
             a = save_outcome(engine, recipe, config, out, owner=owner)
             made.append({"adapter_id": a.id, "adapter_name": a.name, "trigger": recipe.trigger_words,
                          "loss_before": out.loss_before, "loss_after": out.loss_after,
@@ -264,8 +266,6 @@ def half_state_dict(engine, adapter_id: int, part: str, viewer: Any
 def load_half(engine, half: Half, viewer: Any) -> str:
     """Inject one half as its own named peft adapter into the resident UNet; checks afterwards
     that its weights landed only in its own block."""
-    from diffusers.loaders.lora_pipeline import StableDiffusionXLLoraLoaderMixin as Mixin
-
     unet = engine.pipe.unet
     sd, configs, _ = half_state_dict(engine, half.adapter_id, half.part, viewer)
     name = half.peft_name
@@ -273,7 +273,7 @@ def load_half(engine, half: Half, viewer: Any) -> str:
         unet.delete_adapters(name)
     with warnings.catch_warnings():  # peft warns whenever a second adapter joins the model
         warnings.filterwarnings("ignore", message=".*multiple adapters.*")
-        Mixin.load_lora_into_unet(sd, None, unet, adapter_name=name, metadata=lf.pack_metadata(configs))
+        library.load_into_unet(unet, sd, name, lf.pack_metadata(configs))
     placed = adapter_modules(unet, name)
     wrong = [m for m in placed if block_of(m) != half.part]
     if wrong or not placed:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from . import devices, models
-from .errors import UserError
+from .errors import Cancelled, UserError
 from .events import Notice, Progress, Result
 from .jobs import Job, JobContext, JobRegistry, stream
 from .preview import fit_latent_rgb_map, latents_to_previews
@@ -125,10 +125,19 @@ class Engine:
     # ------------------------------------------------------------------ jobs
     def run(self, work: Callable[[JobContext], Result], *, owner: str = "local",
             kind: str = "job", needs_model: bool = True) -> Iterator[Progress | Notice | Result]:
-        """Stream `work` as a job on the accelerator (one at a time)."""
-        if needs_model:
-            yield from self.wait_loaded()
-        yield from stream(work, Job(owner, kind), self.jobs, lock=self.gpu_lock)
+        """Stream `work` as a job on the accelerator (one at a time). The job is registered
+        from the start, so a Stop reaches it while the model is still loading, too."""
+        job = Job(owner, kind)
+        self.jobs.add(job)
+        try:
+            if needs_model:
+                for event in self.wait_loaded():
+                    if job.cancelled.is_set():
+                        raise Cancelled(f"{kind} stopped")
+                    yield event
+            yield from stream(work, job, self.jobs, lock=self.gpu_lock)
+        finally:
+            self.jobs.remove(job)
 
     def cancel(self, owner: str) -> int:
         """Stop the owner's running jobs (each stops within one step)."""

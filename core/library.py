@@ -1,17 +1,19 @@
 """The adapter library as the app uses it: one store per engine, and the named peft adapters
-that live on the engine's resident UNet.
+that live on the engine's resident UNet (and text encoders).
 
 `get_store(engine)` is the one `Store` every tab shares (rooted at `<data_dir>/library`).
 `adapters(engine)` is the engine's `ResidentAdapters`: which library adapters are loaded into
-the shared UNet (as peft adapters named `lib-<id>`), loading them on demand and activating a
-set of them with a weight each for the length of one request:
+the shared UNet (as peft adapters named `lib-<id>`; an adapter with text-encoder weights also
+goes into `text_encoder` / `text_encoder_2` under the same name), loading them on demand and
+activating a set of them with a weight each for the length of one request:
 
     with adapters(engine).active({7: 1.0, 9: 0.6}):
         engine.text_to_image(ctx, ...)
 
-Outside such a block every adapter is disabled, so other tabs see the base model exactly
-(peft's disabled path calls the base layer alone: bit-identical outputs). `unload_all`
-removes the peft wrappers altogether and leaves the UNet's modules as they were loaded.
+Outside such a block every adapter is disabled, on the UNet and on the text encoders alike, so
+other tabs see the base model exactly (peft's disabled path calls the base layer alone:
+bit-identical outputs). `unload_all` removes the peft wrappers altogether and leaves the UNet's
+and the text encoders' modules as they were loaded.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from .errors import UserError
-from .store import Store
+from .lora_format import TEXT_ENCODERS
+from .store import Store, load_into_text_encoder
 
 _LOCK = threading.Lock()
 MAX_RESIDENT = 8  # library adapters kept loaded on the UNet (least recently used go first)
@@ -58,13 +61,77 @@ def arch_of(engine) -> str:
 
 
 def peft_names(unet) -> list[str]:
+    """Named peft adapters on a model (the UNet, or a text encoder: both keep `peft_config`)."""
     return list(getattr(unet, "peft_config", {}) or {})
 
 
+def text_encoders(engine_or_pipe) -> dict[str, torch.nn.Module]:
+    """{"text_encoder": ..., "text_encoder_2": ...} of the resident pipeline (those it has)."""
+    pipe = getattr(engine_or_pipe, "pipe", engine_or_pipe)
+    return {c: m for c in TEXT_ENCODERS if (m := getattr(pipe, c, None)) is not None}
+
+
+def _diffusers_model(model) -> bool:
+    """A diffusers model (its own peft methods), not a transformers text encoder (peft injected
+    directly: transformers' adapter methods refuse the installed peft)."""
+    from diffusers.models.modeling_utils import ModelMixin
+
+    return isinstance(model, ModelMixin)
+
+
 def disable_all(unet) -> None:
-    """Leave every peft adapter on `unet` disabled (base outputs), if there are any."""
-    if peft_names(unet):
+    """Leave every peft adapter on `unet` (or a text encoder) disabled (base outputs), if there are any."""
+    if not peft_names(unet):
+        return
+    if _diffusers_model(unet):  # a diffusers model
         unet.disable_adapters()
+    else:  # a transformers text encoder with peft injected directly: layer by layer, as diffusers does
+        from diffusers.utils.peft_utils import set_adapter_layers
+
+        set_adapter_layers(unet, enabled=False)
+
+
+def disable_everywhere(engine) -> None:
+    """Every peft adapter on the UNet and on the text encoders disabled: the base model."""
+    for model in (engine.pipe.unet, *text_encoders(engine).values()):
+        disable_all(model)
+
+
+def activate(model, names: list[str], weights: list[float]) -> None:
+    """Make `names` (with a weight each) the active adapters of a text encoder, enabled; names
+    the model does not hold are skipped, and with none left its adapters are disabled."""
+    from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
+
+    have = set(peft_names(model))
+    pairs = [(n, w) for n, w in zip(names, weights) if n in have]
+    if not pairs:
+        disable_all(model)
+        return
+    set_weights_and_activate_adapters(model, [n for n, _ in pairs], [w for _, w in pairs])
+    set_adapter_layers(model, enabled=True)
+
+
+def delete_adapter(model, name: str) -> None:
+    """Take the named adapter off a model (UNet or text encoder); with none left, the peft
+    wrappers go too, so the model's modules are the plain original ones."""
+    if name in peft_names(model):
+        if _diffusers_model(model):
+            model.delete_adapters(name)
+        else:
+            from diffusers.utils.peft_utils import delete_adapter_layers
+
+            delete_adapter_layers(model, name)
+            model.peft_config.pop(name, None)
+            if not model.peft_config:
+                del model.peft_config
+    if not peft_names(model):
+        unload_peft(model)
+
+
+def delete_everywhere(engine, name: str) -> None:
+    """`delete_adapter` on the UNet and on each text encoder."""
+    for model in (engine.pipe.unet, *text_encoders(engine).values()):
+        delete_adapter(model, name)
 
 
 class ResidentAdapters:
@@ -79,6 +146,10 @@ class ResidentAdapters:
     def unet(self):
         return self.engine.pipe.unet
 
+    @property
+    def text_encoders(self) -> dict[str, torch.nn.Module]:
+        return text_encoders(self.engine)
+
     def name_of(self, adapter_id: int) -> str:
         return f"lib-{int(adapter_id)}"
 
@@ -86,12 +157,13 @@ class ResidentAdapters:
         return dict(self._loaded)
 
     def adopt(self, adapter_id: int, peft_name: str) -> None:
-        """Register an adapter already on the UNet (a freshly trained one) under a library id,
-        so it is used as is: no reload, no second copy."""
+        """Register an adapter already on the UNet (a freshly trained one, with its text-encoder
+        part if it has one, under the same peft name) under a library id, so it is used as is:
+        no reload, no second copy."""
         self._loaded[int(adapter_id)] = peft_name
         self._loaded.move_to_end(int(adapter_id))
         self._evict(keep={int(adapter_id)})
-        disable_all(self.unet)
+        disable_everywhere(self.engine)
 
     def ensure(self, adapter_id: int, viewer: Any) -> str:
         """Load library adapter `adapter_id` into the UNet if it is not there yet."""
@@ -102,20 +174,23 @@ class ResidentAdapters:
             self._loaded.move_to_end(adapter_id)
             return self._loaded[adapter_id]
         name = self.name_of(adapter_id)
-        if name in peft_names(self.unet):
-            self.unet.delete_adapters(name)
-        self._inject(store, a, viewer, name)
+        for model in (self.unet, *self.text_encoders.values()):
+            if name in peft_names(model):
+                delete_adapter(model, name)
+        try:
+            self._inject(store, a, viewer, name)
+        except BaseException:
+            delete_everywhere(self.engine, name)  # no half-loaded adapter left behind
+            raise
         self._loaded[adapter_id] = name
         self._evict(keep={adapter_id})
-        disable_all(self.unet)
+        disable_everywhere(self.engine)
         return name
 
     def _inject(self, store, a, viewer, name: str) -> None:
-        """The UNet part of a library adapter as peft adapter `name` (diffusers' own loader).
-        Text-encoder parts of imported files are left out: a text-encoder adapter would be
-        active for every tab, and this app applies adapters per request on the UNet only."""
-        from diffusers.loaders.lora_pipeline import StableDiffusionXLLoraLoaderMixin as Mixin
-
+        """A library adapter as peft adapter `name`: its UNet part by diffusers' own loader, its
+        text-encoder parts (if any) into the resident text encoders under the same name. Like
+        the UNet's, a text-encoder adapter is enabled only inside `active`."""
         from . import lora_format as lf
 
         sd, configs = store.load_adapter(a.id, viewer)
@@ -124,8 +199,17 @@ class ResidentAdapters:
             raise UserError(f"The adapter {a.name!r} has no UNet weights (text encoders only); it cannot be "
                             "applied here.")
         meta = lf.pack_metadata({k: v for k, v in configs.items() if k == "unet"}) or None
-        Mixin.load_lora_into_unet(unet_sd, None, self.unet, adapter_name=name, metadata=meta)
-        self.skipped_text_encoder = len(unet_sd) < len(sd)
+        load_into_unet(self.unet, unet_sd, name, meta)
+        tes = self.text_encoders
+        for comp in TEXT_ENCODERS:
+            part = {k: v for k, v in sd.items() if k.startswith(comp + ".")}
+            if not part:
+                continue
+            if comp not in tes:
+                raise UserError(f"The adapter {a.name!r} adapts a {comp}, which this model does not have.")
+            load_into_text_encoder(tes[comp], comp, part, configs, name)
+            tes[comp].train(tes[comp].training)  # new LoRA modules take the encoder's (eval) mode
+            tes[comp].requires_grad_(False)
 
     def _evict(self, keep: set[int]) -> None:
         while len(self._loaded) > MAX_RESIDENT:
@@ -135,35 +219,50 @@ class ResidentAdapters:
             self.remove(victim)
 
     def remove(self, adapter_id: int) -> None:
-        """Take one adapter off the UNet; with none left, the peft wrappers go too."""
+        """Take one adapter off the UNet and the text encoders; a model left with none loses its
+        peft wrappers too."""
         name = self._loaded.pop(int(adapter_id), None)
-        if name is not None and name in peft_names(self.unet):
-            self.unet.delete_adapters(name)
-        if not peft_names(self.unet):
-            unload_peft(self.unet)
-        else:
-            disable_all(self.unet)
+        for model in (self.unet, *self.text_encoders.values()):
+            if name is not None and name in peft_names(model):
+                delete_adapter(model, name)
+            if not peft_names(model):
+                unload_peft(model)
+            else:
+                disable_all(model)
 
     def unload_all(self) -> None:
         for i in list(self._loaded):
             self.remove(i)
-        unload_peft(self.unet)
+        for model in (self.unet, *self.text_encoders.values()):
+            unload_peft(model)
 
     @contextlib.contextmanager
     def active(self, weights: Mapping[int, float], viewer: Any = None) -> Iterator[list[str]]:
         """Activate these library adapters with a weight each for the block; all off after."""
         weights = {int(k): float(v) for k, v in weights.items() if v is not None}
         if not weights:
-            disable_all(self.unet)
+            disable_everywhere(self.engine)
             yield []
             return
         names = [self.ensure(i, viewer) for i in weights]
         try:
             self.unet.set_adapters(names, weights=[weights[i] for i in weights])
             self.unet.enable_adapters()
+            for te in self.text_encoders.values():  # the text-encoder parts of these adapters, if any
+                activate(te, names, [weights[i] for i in weights])
             yield names
         finally:
-            disable_all(self.unet)
+            disable_everywhere(self.engine)
+
+
+def load_into_unet(unet, state_dict: Mapping[str, torch.Tensor], adapter_name: str, metadata=None) -> None:
+    """A LoRA state dict ("unet."-prefixed keys) as peft adapter `adapter_name`, by diffusers' own
+    loader; its new modules take the UNet's mode (they are made in training mode, where an
+    adapter saved with dropout would drop out at inference)."""
+    from diffusers.loaders.lora_pipeline import StableDiffusionXLLoraLoaderMixin as Mixin
+
+    Mixin.load_lora_into_unet(dict(state_dict), None, unet, adapter_name=adapter_name, metadata=metadata)
+    unet.train(unet.training)
 
 
 def peft_wrapped(unet) -> list[str]:
@@ -174,14 +273,22 @@ def peft_wrapped(unet) -> list[str]:
 
 
 def unload_peft(unet) -> None:
-    """Remove peft wrappers (if any) so the UNet's modules are the plain original ones.
+    """Remove peft wrappers (if any) so the UNet's (or a text encoder's) modules are the plain
+    original ones.
 
     Looks at the modules themselves, not at `peft_config`: diffusers' `delete_adapters` drops
     `peft_config` with the last adapter but leaves the (now empty) wrappers in place."""
     if not (peft_wrapped(unet) or hasattr(unet, "peft_config")
             or getattr(unet, "_hf_peft_config_loaded", None)):
         return
-    unet.unload_lora()  # every wrapper back to its base layer, peft bookkeeping dropped
+    if _diffusers_model(unet):
+        unet.unload_lora()  # every wrapper back to its base layer, peft bookkeeping dropped
+    else:  # a text encoder: diffusers' own helper, as its pipelines' `unload_lora_weights` use
+        from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+        recurse_remove_peft_layers(unet)
+        if getattr(unet, "_hf_peft_config_loaded", None):
+            unet._hf_peft_config_loaded = False
     for name in sorted(peft_wrapped(unet), key=len, reverse=True):  # whatever it did not reach
         parent, _, child = name.rpartition(".")
         setattr(unet.get_submodule(parent) if parent else unet, child, unet.get_submodule(name).get_base_layer())

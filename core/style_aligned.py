@@ -17,7 +17,7 @@ import contextlib
 import math
 import types
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -251,12 +251,19 @@ def build_prompts(prompts: Sequence[str], style: str) -> list[str]:
     return [f"{p}, {style}" if style else p for p in prompts]
 
 
-def style_aligned_set(engine, prompts: Sequence[str], style: str = "", *,
-                      options: SharingOptions | None = None, seed: int = 0, steps: int = 50,
-                      guidance: float = 5.0, width: int | None = None, height: int | None = None,
-                      negative_prompt: str = "", reference_image=None, reference_prompt: str = "",
-                      inversion_guidance: float = 2.0, metrics=None, owner: str = "local"):
-    """Generate a style-aligned set; a generator of progress events ending in a Result.
+def style_aligned_set(engine, prompts: Sequence[str], style: str = "", *, owner: str = "local", **settings):
+    """Generate a style-aligned set as a job (settings: those of `set_work`); a generator of
+    progress events ending in a Result."""
+    return engine.run(set_work(engine, prompts, style, **settings), owner=owner, kind="style_aligned")
+
+
+def set_work(engine, prompts: Sequence[str], style: str = "", *,
+             options: SharingOptions | None = None, seed: int = 0, steps: int = 50,
+             guidance: float = 5.0, width: int | None = None, height: int | None = None,
+             negative_prompt: str = "", reference_image=None, reference_prompt: str = "",
+             inversion_guidance: float = 2.0, metrics=None) -> Callable[[JobContext], Result]:
+    """A style-aligned set as the work of a job (the inputs are checked now): `work(ctx)`
+    returns the set's Result; run it alone (style_aligned_set) or as part of a larger job.
 
     Without `reference_image` the first prompt's image is the reference. With one, the
     reference is that image (described by `reference_prompt`) and every prompt is a target.
@@ -299,4 +306,4 @@ def style_aligned_set(engine, prompts: Sequence[str], style: str = "", *,
             info["style_consistency"] = metrics.dino_consistency(images)
         return Result(images=images, info=info)
 
-    return engine.run(work, owner=owner, kind="style_aligned")
+    return work

@@ -44,7 +44,7 @@ from PIL import Image
 
 from . import library
 from .errors import UserError
-from .events import Result
+from .events import Progress, Result
 from .images import center_crop_resize, load_image
 from .train import AdapterSpec, Example, Recipe, TrainConfig, Trainer, save_outcome
 
@@ -336,7 +336,9 @@ def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, job_ow
 
     def work(ctx) -> Result:
         out = trainer.run(ctx)
-        ctx.progress(config.steps, config.steps, "Saving the adapter to the library")
+        # no cancel check: the run is finished (its checkpoints are gone), so its adapter is saved
+        # rather than left on the UNet; a Stop now takes effect at the next step, if there is one
+        ctx.emit(Progress(config.steps, config.steps, "Saving the adapter to the library"))
         a = save_outcome(engine, recipe, config, out, owner=owner)
         rnd = store.add_round(loop.id, owner, adapter_id=a.id, extra={
             "trained_on": {"style_images": len(style), "liked_candidates": liked_ids},

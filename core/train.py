@@ -7,7 +7,9 @@ that the whole UNet is fine-tuned. `TrainConfig` holds the hyperparameters. The 
 rest the same way for every method:
 
 * the adapter is injected **in place** into the engine's resident UNet as a named peft adapter
-  (`unet.add_adapter`), only its parameters require grad, and after training it stays there:
+  (`unet.add_adapter`) and, when `AdapterSpec.text_encoder_rank` > 0, into the text encoders
+  (`text_encoder`, and `text_encoder_2` on SDXL) under the same name (peft's
+  `inject_adapter_in_model`); only their LoRA parameters require grad, and after training it stays there:
   the library entry is `adopt`ed by `core.library.adapters(engine)`, so it generates at once,
   with no reload and no second copy; outside a request that activates it, it is disabled, so
   other tabs see the base model bit for bit. On cancel or error it is deleted again.
@@ -17,7 +19,10 @@ rest the same way for every method:
   the change is reported), so the resident model is never left altered.
 * accelerate underneath: `Accelerator(mixed_precision, gradient_accumulation_steps)` for
   autocast, loss scaling and accumulation (and DDP under `accelerate launch` from the CLI);
-  gradient checkpointing on request; VAE latents and text embeddings are computed once up front;
+  gradient checkpointing on request (UNet); VAE latents and text embeddings are computed once up
+  front, except that with text-encoder LoRA the prompts (tokenized once) go through the text
+  encoders at every step, exactly as the pipeline's `encode_prompt` does, so the gradient reaches
+  their LoRA;
   AdamW, 8-bit through bitsandbytes when CUDA has it; optional min-SNR-gamma weighting.
 * it streams `TrainStep` (step, loss, instance/prior loss, lr) every optimizer step,
   `TrainSamples` every `sample_every` steps and `Progress` while preparing; writes an atomic
@@ -114,7 +119,9 @@ class AdapterSpec:
     """Which UNet weights learn. `target_modules`: peft's meaning (a list of module-name suffixes
     such as ["to_q", "to_k"], or one regex string matched against full module names).
     `parts`: named key prefixes kept by the store (B-LoRA's content/style halves).
-    `full=True`: fine-tune the whole UNet (SD 1.5 only), kept as an SVD-extracted LoRA."""
+    `full=True`: fine-tune the whole UNet (SD 1.5 only), kept as an SVD-extracted LoRA.
+    `text_encoder_rank` > 0: LoRA of that rank (alpha = rank) on `text_encoder_targets` of the
+    text encoder(s) too, trained with the UNet's (DreamBooth's `--train_text_encoder`, as LoRA)."""
 
     target_modules: list[str] | str = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     rank: int = 4
@@ -129,6 +136,10 @@ class AdapterSpec:
     # own tensor is what trains; at the end the weight is materialised, so the saved adapter is
     # a plain LoRA (StyleDrop: lora_A = D W2, only D and U train).
     down_parametrization: Callable[[torch.nn.Linear, torch.Generator], torch.nn.Module] | None = None
+    # Text-encoder LoRA: 0 = off (the text encoders stay frozen, their embeddings cached).
+    text_encoder_rank: int = 0
+    text_encoder_targets: list[str] | str = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])  # CLIP attention
 
     def lora_config(self):
         from peft import LoraConfig
@@ -136,6 +147,13 @@ class AdapterSpec:
         return LoraConfig(r=int(self.rank), lora_alpha=float(self.alpha or self.rank),
                           init_lora_weights=self.init, lora_dropout=float(self.dropout),
                           target_modules=self.target_modules)
+
+    def text_encoder_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=int(self.text_encoder_rank), lora_alpha=float(self.text_encoder_rank),
+                          init_lora_weights=self.init, lora_dropout=float(self.dropout),
+                          target_modules=self.text_encoder_targets)
 
 
 @dataclass
@@ -268,7 +286,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------- the trainer
 
 class Trainer:
-    """One training run of `recipe` on `engine`'s resident UNet. `run(ctx)` inside a job."""
+    """One training run of `recipe` on `engine`'s resident UNet (and, with text-encoder LoRA, its
+    text encoders). `run(ctx)` inside a job."""
 
     def __init__(self, engine, recipe: Recipe, config: TrainConfig, *, run_root: Path | None = None,
                  step_hook: Callable[[int], None] | None = None):
@@ -281,13 +300,15 @@ class Trainer:
         self.adapter_name = f"train-{uuid.uuid4().hex[:8]}"
         self._gc_was: bool | None = None
         self._parametrized: list[torch.nn.Module] = []  # LoRA down layers under a parametrization
+        self._te_lora: dict[str, torch.nn.Module] = {}  # text encoders carrying the training adapter
+        self.tokens: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     # ------------------------------------------------------------- caching
     @torch.no_grad()
     def _encode_prompts(self, prompts: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
         pipe, dev = self.engine.pipe, self.engine.device
         out = {}
-        library.disable_all(pipe.unet)
+        library.disable_everywhere(self.engine)
         for p in dict.fromkeys(prompts):
             if self.engine.xl:
                 emb, _, pooled, _ = pipe.encode_prompt(prompt=p, device=dev, num_images_per_prompt=1,
@@ -311,9 +332,57 @@ class Trainer:
         self.prompts = [e.prompt for e in ex]
         self.prior_prompts = [e.prompt for e in pr]
         self.text = self._encode_prompts(self.prompts + self.prior_prompts)
+        if self.recipe.adapter.text_encoder_rank:
+            self.tokens = self._tokenize(self.prompts + self.prior_prompts)
+
+    def _tokenize(self, prompts: Sequence[str]) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """{prompt: {text encoder: (input ids, attention mask)}}, tokenized as `encode_prompt` does."""
+        pipe = self.engine.pipe
+        pairs = [("text_encoder", "tokenizer")] + ([("text_encoder_2", "tokenizer_2")] if self.engine.xl else [])
+        out: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        for p in dict.fromkeys(prompts):
+            out[p] = {}
+            for comp, tok_name in pairs:
+                tok = getattr(pipe, tok_name, None)
+                if tok is None or getattr(pipe, comp, None) is None:
+                    continue
+                text = pipe.maybe_convert_prompt(p, tok) if hasattr(pipe, "maybe_convert_prompt") else p
+                enc = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                          return_tensors="pt")
+                out[p][comp] = (enc.input_ids[0], enc.attention_mask[0])
+        return out
+
+    def _encode_live(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompt embeddings, pooled or None) through the text encoders as they are now (with the
+        training adapter, with grad): `StableDiffusionXLPipeline.encode_prompt` (penultimate
+        hidden states of both encoders concatenated, pooled from the one that pools) or
+        `StableDiffusionPipeline.encode_prompt` (last hidden state), from the cached ids."""
+        pipe, dev = self.engine.pipe, self.engine.device
+        ref = self.text[prompts[0]]
+
+        def ids(comp: str, i: int = 0) -> torch.Tensor:
+            return torch.stack([self.tokens[p][comp][i] for p in prompts]).to(dev)
+
+        if self.engine.xl:
+            embs, pooled = [], None
+            for comp in ("text_encoder", "text_encoder_2"):
+                te = getattr(pipe, comp, None)
+                if te is None:
+                    continue
+                out = te(ids(comp), output_hidden_states=True)
+                if pooled is None and out[0].ndim == 2:  # only the projection model pools
+                    pooled = out[0]
+                embs.append(out.hidden_states[-2])
+            return torch.cat(embs, dim=-1).to(ref["emb"].dtype), pooled.to(ref["pooled"].dtype)
+        te = pipe.text_encoder
+        mask = ids("text_encoder", 1) if getattr(te.config, "use_attention_mask", False) else None
+        return te(ids("text_encoder"), attention_mask=mask)[0].to(ref["emb"].dtype), None
 
     def fingerprint(self) -> str:
         spec = asdict(self.recipe.adapter)
+        if not spec["text_encoder_rank"]:  # UNet-only runs keep the keys they had before the option
+            spec.pop("text_encoder_rank")
+            spec.pop("text_encoder_targets")
         cfg = {k: v for k, v in asdict(self.cfg).items()
                if k not in ("steps", "sample_every", "sample_steps", "sample_guidance", "sample_seed",
                             "checkpoint_every", "resume", "keep_checkpoints", "eval_draws")}
@@ -326,11 +395,14 @@ class Trainer:
 
     # ------------------------------------------------------------- conditioning and loss
     def _cond(self, prompts: Sequence[str]):
-        emb = torch.stack([self.text[p]["emb"] for p in prompts])
+        if self._te_lora:  # text-encoder LoRA is training: encode now, with grad
+            emb, pooled = self._encode_live(prompts)
+        else:
+            emb = torch.stack([self.text[p]["emb"] for p in prompts])
+            pooled = torch.stack([self.text[p]["pooled"] for p in prompts]) if self.engine.xl else None
         kw = {}
         if self.engine.xl:
             res = self.engine.resolution
-            pooled = torch.stack([self.text[p]["pooled"] for p in prompts])
             time_ids = torch.tensor([[res, res, 0, 0, res, res]] * len(prompts), device=emb.device,
                                     dtype=emb.dtype)
             kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
@@ -373,19 +445,27 @@ class Trainer:
         gen = torch.Generator().manual_seed(1234)
         vals = []
         unet = self.engine.pipe.unet
-        was_training = unet.training
-        unet.eval()
+        was_training = {m: m.training for m in (unet, *self._te_lora.values())}
+        self._train_mode(False)
         try:
             for _ in range(int(draws or self.cfg.eval_draws)):
                 vals.append(self._losses(unet, lat, prompts, gen, False).mean().item())
         finally:
-            unet.train(was_training)
+            for m, mode in was_training.items():
+                m.train(mode)
         return sum(vals) / len(vals)
+
+    def _train_mode(self, on: bool) -> None:
+        """The UNet and the text encoders being adapted in training (dropout) or eval mode."""
+        for m in (self.engine.pipe.unet, *self._te_lora.values()):
+            m.train(on)
 
     # ------------------------------------------------------------- adapter set-up / tear-down
     def _attach(self) -> list[torch.nn.Parameter]:
         unet = self.engine.pipe.unet
         spec = self.recipe.adapter
+        if spec.full and spec.text_encoder_rank:
+            raise UserError("Text-encoder LoRA goes with LoRA training; full fine-tuning trains the UNet only.")
         if spec.full:
             if self.engine.xl:
                 raise UserError("Full fine-tuning is offered for SD 1.5 only (SDXL's 2.6 B weights need "
@@ -411,11 +491,42 @@ class Trainer:
             if not params:
                 self._detach(failed=True)
                 raise UserError("The adapter targets matched no module of this model.")
+            if spec.text_encoder_rank:
+                params += self._attach_text_encoders()
         unet.requires_grad_(False)
+        for te in self._te_lora.values():
+            te.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
             if p.dtype != torch.float32:
                 p.data = p.data.float()  # trainable weights in fp32; frozen ones stay as they are
+        return params
+
+    def _attach_text_encoders(self) -> list[torch.nn.Parameter]:
+        """The training adapter (same name as the UNet's) injected in place into each text
+        encoder, seeded like the UNet's, the only adapter active there; its LoRA parameters."""
+        from peft import inject_adapter_in_model
+
+        spec = self.recipe.adapter
+        tes = library.text_encoders(self.engine)
+        if not tes:
+            raise UserError("This model has no text encoder for a text-encoder LoRA.")
+        with torch.random.fork_rng(devices=[]):  # the LoRA init follows the run's seed
+            torch.manual_seed(int(self.cfg.seed))
+            for comp, te in tes.items():
+                self._te_lora[comp] = te  # before injecting: a failure is cleaned up too
+                try:
+                    # transformers' own `add_adapter` refuses peft < 0.22: peft directly
+                    inject_adapter_in_model(spec.text_encoder_config(), te, adapter_name=self.adapter_name)
+                except ValueError as exc:
+                    raise UserError(f"The text-encoder LoRA targets do not fit the {comp}: {exc}") from None
+        params = []
+        for comp, te in self._te_lora.items():
+            library.activate(te, [self.adapter_name], [1.0])
+            own = [p for n, p in te.named_parameters() if f".{self.adapter_name}." in n]
+            if not own:
+                raise UserError(f"The text-encoder LoRA targets matched no module of the {comp}.")
+            params += own
         return params
 
     def _parametrize_down(self, unet, factory) -> None:
@@ -443,6 +554,20 @@ class Trainer:
         """Leave the resident UNet as other tabs expect it: frozen, eval, adapters disabled;
         on failure without the training adapter; after full fine-tuning, the original weights."""
         self._unparametrize_down()
+        for te in self._te_lora.values():
+            te.requires_grad_(False)
+            te.eval()
+            if self.adapter_name in library.peft_names(te):
+                if failed:
+                    library.delete_adapter(te, self.adapter_name)  # the wrappers too, if it was the last
+                else:
+                    for n, p in te.named_parameters():
+                        if f".{self.adapter_name}." in n and p.dtype != self.engine.dtype:
+                            p.data = p.data.to(self.engine.dtype)
+            elif not library.peft_names(te):
+                library.unload_peft(te)
+            library.disable_all(te)
+        self._te_lora = {}
         unet = self.engine.pipe.unet
         unet.requires_grad_(False)
         unet.eval()
@@ -554,14 +679,13 @@ class Trainer:
         prompts = self.recipe.sample_prompts
         if not prompts:
             return []
-        unet = self.engine.pipe.unet
-        unet.eval()
+        self._train_mode(False)
         try:
             images = self.engine.text_to_image(ctx, prompts, seed=self.cfg.sample_seed,
                                                steps=self.cfg.sample_steps, guidance=self.cfg.sample_guidance,
                                                message=f"Samples at step {step}:")
         finally:
-            unet.train()
+            self._train_mode(True)
         ctx.emit(TrainSamples(step, images, list(prompts)))
         return list(zip(images, prompts))
 
@@ -581,6 +705,9 @@ class Trainer:
         self._key = self.fingerprint()
         self.noise_scheduler = DDPMScheduler.from_config(engine.pipe.scheduler.config)
         accelerator = _accelerator(engine, cfg)
+        if recipe.adapter.text_encoder_rank and accelerator.num_processes > 1:
+            raise UserError("Text-encoder LoRA trains in one process only (its gradients are not "
+                            "synchronised across processes); drop it or run without `accelerate launch`.")
         self._gc_was = unet.is_gradient_checkpointing
         params: list[torch.nn.Parameter] = []
         finished = False
@@ -588,6 +715,8 @@ class Trainer:
             loss_before = self.eval_loss()
             params = self._attach()
             params_named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+            params_named += [(f"{comp}.{n}", p) for comp, te in self._te_lora.items()
+                             for n, p in te.named_parameters() if p.requires_grad]
             n_params = library.count_params(params)
             if cfg.gradient_checkpointing:
                 unet.enable_gradient_checkpointing()
@@ -606,7 +735,7 @@ class Trainer:
                 ctx.notice(note)
             optimizer = accelerator.prepare_optimizer(optimizer)
             model = accelerator.prepare_model(unet) if accelerator.num_processes > 1 else unet
-            unet.train()
+            self._train_mode(True)
             n_inst, bs = self.latents.shape[0], int(cfg.batch_size)
             prior = self.prior_latents is not None and float(recipe.prior_weight) > 0
             samples: list[tuple[Image.Image, str]] = []
@@ -652,9 +781,11 @@ class Trainer:
                 if cfg.sample_every and step % int(cfg.sample_every) == 0 and step < cfg.steps:
                     samples = self._samples(ctx, step)
             samples = self._samples(ctx, int(cfg.steps))
-            unet.eval()
+            self._train_mode(False)
             loss_after = self.eval_loss()
             extra = {"resumed_from": start, "mixed_precision": accelerator.mixed_precision}
+            if self._te_lora:
+                extra["text_encoder_lora"] = sorted(self._te_lora)
             sd = configs = None
             if recipe.adapter.full:
                 sd, configs, share = self._extract_lora()
@@ -678,7 +809,10 @@ def save_outcome(engine, recipe: Recipe, cfg: TrainConfig, out: Outcome, *, owne
     store = library.get_store(engine)
     hyper = {k: v for k, v in asdict(cfg).items()}
     hyper.update(rank=recipe.adapter.rank, alpha=recipe.adapter.alpha or recipe.adapter.rank,
-                 targets=recipe.adapter.target_modules, prior_weight=recipe.prior_weight,
+                 targets=recipe.adapter.target_modules,
+                 text_encoder_rank=int(recipe.adapter.text_encoder_rank),
+                 text_encoder_targets=recipe.adapter.text_encoder_targets if recipe.adapter.text_encoder_rank else None,
+                 prior_weight=recipe.prior_weight,
                  prior_images=len(recipe.prior), instance_images=len(recipe.examples),
                  full_finetune=recipe.adapter.full, trainable_params=out.trainable_params)
     extra = {**recipe.extra, **out.extra, "loss_before": out.loss_before, "loss_after": out.loss_after,
@@ -689,13 +823,12 @@ def save_outcome(engine, recipe: Recipe, cfg: TrainConfig, out: Outcome, *, owne
                   class_name=recipe.class_name, steps=cfg.steps, hyperparameters=hyper, extra=extra,
                   parts=recipe.adapter.parts, samples=[(img, p) for img, p in out.samples])
     if out.adapter_name is not None:
-        unet = engine.pipe.unet
+        # the UNet's adapter, and the text encoders' under the same name when it has them
+        models = {"unet": engine.pipe.unet, **library.text_encoders(engine)}
         try:
-            a = store.save_adapter(models={"unet": unet}, adapter_name=out.adapter_name, **common)
+            a = store.save_adapter(models=models, adapter_name=out.adapter_name, **common)
         except BaseException:
-            unet.delete_adapters(out.adapter_name)
-            if not library.peft_names(unet):
-                library.unload_peft(unet)
+            library.delete_everywhere(engine, out.adapter_name)
             raise
         library.adapters(engine).adopt(a.id, out.adapter_name)
     else:
@@ -713,7 +846,8 @@ def train(engine, recipe: Recipe, config: TrainConfig, *, owner: str = "local", 
 
     def work(ctx) -> Result:
         out = trainer.run(ctx)
-        ctx.progress(config.steps, config.steps, "Saving the adapter to the library")
+        # no cancel check here: the run is finished, a late Stop must not drop it unsaved
+        ctx.emit(Progress(config.steps, config.steps, "Saving the adapter to the library"))
         a = save_outcome(engine, recipe, config, out, owner=owner)
         return Result(images=[im for im, _ in out.samples],
                       info={"adapter_id": a.id, "adapter_name": a.name, "loss_before": out.loss_before,

@@ -674,25 +674,22 @@ def icon_set(engine, prompts: Sequence[str], *, num_paths: int = 16, live_steps:
              live_size: int = 128, seed: int = 0, steps: int = 30, guidance: float = 5.0,
              metrics=None, data_dir=None, owner: str = "local", job_owner: str | None = None):
     """A consistent icon family: a Style-Aligned set of the prompts (with the VectorFusion
-    suffix as the shared style), each image then vectorized with LIVE. Streams the set's
-    progress, then each icon's frames; the Result has one SVG and one PNG per prompt."""
-    from .style_aligned import build_prompts, style_aligned_set
+    suffix as the shared style), each image then vectorized with LIVE, in one job (so a Stop
+    reaches it at any point). Streams the set's progress and its Result (info stage "set"),
+    then each icon's frames; the final Result has one SVG and one PNG per prompt."""
+    from .style_aligned import build_prompts, set_work
 
     prompts = [p.strip() for p in prompts if p and p.strip()]
     build_prompts(prompts, SUFFIX)          # same limits and messages as the Style-Aligned tab
     if not 1 <= int(num_paths) <= MAX_PATHS:
         raise UserError(f"The number of paths must be between 1 and {MAX_PATHS}.")
     folder = run_folder(data_dir or engine.data_dir, owner)
-    images, set_info = None, {}
-    for ev in style_aligned_set(engine, prompts, SUFFIX, seed=seed, steps=steps, guidance=guidance,
-                                metrics=metrics, owner=job_owner or owner):
-        if isinstance(ev, Result):
-            images, set_info = ev.images, ev.info
-            yield Result(images=images, info={"stage": "set", **set_info})
-        else:
-            yield ev
+    make_set = set_work(engine, prompts, SUFFIX, seed=seed, steps=steps, guidance=guidance, metrics=metrics)
 
     def work(ctx: JobContext) -> Result:
+        the_set = make_set(ctx)
+        images, set_info = the_set.images, the_set.info
+        ctx.emit(Result(images=images, info={"stage": "set", **set_info}))
         svgs, pngs, paths = [], [], []
         n = len(images)
         for idx, (prompt, image) in enumerate(zip(prompts, images)):
@@ -709,4 +706,4 @@ def icon_set(engine, prompts: Sequence[str], *, num_paths: int = 16, live_steps:
                                          **{k: v for k, v in set_info.items() if k != "prompts"}},
                       files=paths)
 
-    yield from engine.run(work, owner=job_owner or owner, kind="icon_set", needs_model=False)
+    return engine.run(work, owner=job_owner or owner, kind="icon_set")

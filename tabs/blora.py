@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from core import blora
-from core.errors import UserError
+from core.errors import Cancelled, UserError
 from core.events import Notice, Progress, Result
 from core.train import TrainConfig
 
@@ -198,7 +198,9 @@ def build(ctx: AppContext) -> None:
             n_params = ev.info["adapters"][0]["trainable_params"]
             return f"**Done.** Saved {done}; {n_params:,} trained parameters each.", info
 
-        yield from stream_training(events, plot=_plot, row=row, finish=finish)
+        yield from stream_training(events, plot=_plot, row=row, finish=finish, stopped=(
+            "**Stopped.** B-LoRAs finished before the Stop are in the library; the last checkpoint of "
+            "the unfinished one (if any) is kept: train again with Resume on to continue."))
 
     def after_train(info, cur_c, cur_s, request: gr.Request):
         new = None
@@ -222,16 +224,19 @@ def build(ctx: AppContext) -> None:
                                 style=(_id(sid), sw) if _id(sid) is not None else None, prompts=lines,
                                 viewer=owner, owner=session_key(request), seed=int(seed_v), steps=int(steps_v),
                                 guidance=float(guid_v))
-        for ev in events:
-            if isinstance(ev, Progress):
-                yield ev.preview or gr.skip(), status_text(ev), gr.skip()
-            elif isinstance(ev, Notice):
-                yield gr.skip(), f"Note: {ev.message}", gr.skip()
-            elif isinstance(ev, Result):
-                halves = ", ".join(f"{h['part']} #{h['adapter_id']} × {h['weight']:g}" for h in ev.info["halves"]) \
-                    or "none (base model)"
-                yield ([(im, p) for im, p in zip(ev.images, ev.info["prompts"])],
-                       f"**Done.** {ev.info['use']}: {halves}.", ev.info)
+        try:
+            for ev in events:
+                if isinstance(ev, Progress):
+                    yield ev.preview or gr.skip(), status_text(ev), gr.skip()
+                elif isinstance(ev, Notice):
+                    yield gr.skip(), f"Note: {ev.message}", gr.skip()
+                elif isinstance(ev, Result):
+                    halves = ", ".join(f"{h['part']} #{h['adapter_id']} × {h['weight']:g}"
+                                       for h in ev.info["halves"]) or "none (base model)"
+                    yield ([(im, p) for im, p in zip(ev.images, ev.info["prompts"])],
+                           f"**Done.** {ev.info['use']}: {halves}.", ev.info)
+        except Cancelled:  # the job's own last word (see tabs/style_aligned.py)
+            yield gr.skip(), "**Stopped.** The images were not finished.", gr.skip()
 
     @user_errors
     @gpu(duration=120)
@@ -257,17 +262,16 @@ def build(ctx: AppContext) -> None:
     library_gallery.select(pick, [ids_state, pick_as], [content, style], queue=False)
     gen_inputs = [content, content_w, style, style_w, prompts, g_seed, g_steps, g_guid]
     gen_outputs = [gallery, g_status, gen_info]
-    gen_events = [gen_btn.click(run_generate, [use_dd, *gen_inputs], gen_outputs, api_name="blora_generate", **GPU)]
+    gen_btn.click(run_generate, [use_dd, *gen_inputs], gen_outputs, api_name="blora_generate", **GPU)
     for btn, use_name in zip(use_btns, blora.USES):
-        gen_events.append(btn.click(use_handler(use_name), gen_inputs, gen_outputs, api_name=False, **GPU))
+        btn.click(use_handler(use_name), gen_inputs, gen_outputs, api_name=False, **GPU)
 
     root = getattr(gr.context.Context, "root_block", None)
     if root is not None and hasattr(root, "load"):  # fill the gallery when a page opens
         root.load(refresh_library, [content, style], lib_outputs, queue=False, api_visibility="private")
 
     def cancel(request: gr.Request):
-        stopped = engine.cancel(session_key(request))
-        return "**Stopped.**" if stopped else "Nothing is running."
+        engine.cancel(session_key(request))  # the running job stops within one step and says so
 
-    stop_train.click(cancel, None, status, cancels=[train_event], queue=False, api_name="blora_train_stop")
-    stop_gen.click(cancel, None, g_status, cancels=gen_events, queue=False, api_name="blora_stop")
+    stop_train.click(cancel, None, None, queue=False, api_name="blora_train_stop")
+    stop_gen.click(cancel, None, None, queue=False, api_name="blora_stop")

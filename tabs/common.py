@@ -152,12 +152,14 @@ PLOT_EVERY_S = 0.4
 
 def stream_training(events, *, plot: Callable[[list[dict]], Any],
                     row: Callable[[Any, list[dict]], dict],
-                    finish: Callable[[Any], tuple[str, Any]]):
+                    finish: Callable[[Any], tuple[str, Any]], stopped: str):
     """Turn the shared trainer's events into (status, loss plot, samples, info) updates.
 
     `row(step_event, history)` gives the plot row of a step, `plot(history)` the plot value,
-    `finish(result)` the closing status line and the info value. Plots are redrawn at most
-    every PLOT_EVERY_S (and at the last step); samples are shown newest first."""
+    `finish(result)` the closing status line and the info value, `stopped` the closing status
+    line after a Stop (the job's own last update, so no progress line can overwrite it; the
+    curve and samples so far stay). Plots are redrawn at most every PLOT_EVERY_S (and at the
+    last step); samples are shown newest first."""
     import time
 
     from core.events import Notice, Progress, Result
@@ -167,24 +169,27 @@ def stream_training(events, *, plot: Callable[[list[dict]], Any],
     notes: list[str] = []
     shown: list[tuple] = []
     last_plot, line = 0.0, "**Starting**"
-    for ev in events:
-        if isinstance(ev, TrainStep):
-            history.append(row(ev, history))
-            line = f"**{ev.message}** · lr {ev.lr:.1e} · {ev.seconds:.2f} s/step"
-            now = time.monotonic()
-            if now - last_plot >= PLOT_EVERY_S or ev.step == ev.total:
-                last_plot = now
-                yield "\n\n".join(notes + [line]), plot(history), gr.skip(), gr.skip()
-        elif isinstance(ev, TrainSamples):
-            shown = [(im, f"step {ev.step}: {p}") for im, p in zip(ev.images, ev.prompts)] + shown
-            yield gr.skip(), gr.skip(), shown[:24], gr.skip()
-        elif isinstance(ev, Checkpointed):
-            notes = [n for n in notes if not n.startswith("Checkpoint")] + [f"Checkpoint saved at step {ev.step}."]
-        elif isinstance(ev, Notice):
-            notes.append(ev.message)
-            yield "\n\n".join(notes + [line]), gr.skip(), gr.skip(), gr.skip()
-        elif isinstance(ev, Progress):
-            yield "\n\n".join(notes + [status_text(ev)]), gr.skip(), gr.skip(), gr.skip()
-        elif isinstance(ev, Result):
-            message, info = finish(ev)
-            yield "\n\n".join(notes + [message]), plot(history), shown[:24], info
+    try:
+        for ev in events:
+            if isinstance(ev, TrainStep):
+                history.append(row(ev, history))
+                line = f"**{ev.message}** · lr {ev.lr:.1e} · {ev.seconds:.2f} s/step"
+                now = time.monotonic()
+                if now - last_plot >= PLOT_EVERY_S or ev.step == ev.total:
+                    last_plot = now
+                    yield "\n\n".join(notes + [line]), plot(history), gr.skip(), gr.skip()
+            elif isinstance(ev, TrainSamples):
+                shown = [(im, f"step {ev.step}: {p}") for im, p in zip(ev.images, ev.prompts)] + shown
+                yield gr.skip(), gr.skip(), shown[:24], gr.skip()
+            elif isinstance(ev, Checkpointed):
+                notes = [n for n in notes if not n.startswith("Checkpoint")] + [f"Checkpoint saved at step {ev.step}."]
+            elif isinstance(ev, Notice):
+                notes.append(ev.message)
+                yield "\n\n".join(notes + [line]), gr.skip(), gr.skip(), gr.skip()
+            elif isinstance(ev, Progress):
+                yield "\n\n".join(notes + [status_text(ev)]), gr.skip(), gr.skip(), gr.skip()
+            elif isinstance(ev, Result):
+                message, info = finish(ev)
+                yield "\n\n".join(notes + [message]), plot(history), shown[:24], info
+    except Cancelled:
+        yield "\n\n".join(notes + [stopped]), plot(history) if history else gr.skip(), shown[:24], gr.skip()

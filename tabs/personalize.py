@@ -12,7 +12,7 @@ import pandas as pd
 
 from core import dreambooth as db
 from core import library
-from core.errors import UserError
+from core.errors import Cancelled, UserError
 from core.events import Notice, Progress, Result
 from core.train import TrainConfig
 
@@ -90,6 +90,8 @@ def build(ctx: AppContext) -> None:
                     steps = gr.Number(label="Steps", value=p["steps"], precision=0, minimum=1, elem_id="pz-steps")
                     lr = gr.Number(label="Learning rate", value=p["learning_rate"], elem_id="pz-lr")
                     rank = gr.Number(label="LoRA rank", value=p["rank"], precision=0, minimum=1)
+                    te_rank = gr.Number(label="Text-encoder LoRA rank (0 = off)", value=0, precision=0, minimum=0,
+                                        info="DreamBooth also tunes the text encoder; LoRA only")
                 with gr.Row():
                     prior = gr.Checkbox(label="Prior preservation", value=p["prior"], elem_id="pz-prior")
                     lam = gr.Number(label="Prior weight lambda", value=p["prior_weight"], minimum=0)
@@ -204,7 +206,8 @@ def build(ctx: AppContext) -> None:
 
     @user_errors
     def run_train(paths, word, cls, method_v, steps_v, lr_v, rank_v, prior_v, lam_v, n_class_v, batch_v, accum_v,
-                  gc_v, snr_v, sample_every_v, ckpt_v, resume_v, seed_v, name_v, visitor_v, request: gr.Request):
+                  gc_v, snr_v, sample_every_v, ckpt_v, resume_v, seed_v, name_v, te_rank_v, visitor_v,
+                  request: gr.Request):
         owner = owner_of(request, visitor_v)
         images = db.subject_images(paths, res)
         full = method_v == METHODS[1]
@@ -216,7 +219,7 @@ def build(ctx: AppContext) -> None:
         recipe = db.make_recipe(engine, images, identifier=word, class_noun=cls, prior=bool(prior_v),
                                 num_class_images=int(n_class_v or 1), prior_weight=float(lam_v or 0),
                                 rank=int(rank_v), full=full, name=name_v or "",
-                                class_steps=4 if engine.offline else None)
+                                class_steps=4 if engine.offline else None, text_encoder_rank=int(te_rank_v or 0))
         cfg = TrainConfig(steps=int(steps_v), learning_rate=float(lr_v), batch_size=int(batch_v or 1),
                           grad_accum=int(accum_v or 1), gradient_checkpointing=bool(gc_v),
                           snr_gamma=float(snr_v) if snr_v else None, seed=int(seed_v),
@@ -235,7 +238,9 @@ def build(ctx: AppContext) -> None:
                     f"{info['trainable_params']:,} trained parameters; {info['seconds']:.0f} s."), info
 
         yield from stream_training(db.train_dreambooth(engine, recipe, cfg, owner=owner, job_owner=session_key(request)),
-                                   plot=_plot, row=row, finish=finish)
+                                   plot=_plot, row=row, finish=finish, stopped=(
+                                       "**Stopped.** Nothing was saved to the library; the last checkpoint (if "
+                                       "any) is kept: train again with Resume on to continue."))
 
     def after_train(info, c1, c2, c3, visitor_v, request: gr.Request):
         current = [c1, c2, c3]
@@ -273,15 +278,18 @@ def build(ctx: AppContext) -> None:
             raise UserError("The seed must be a whole number of 0 or more.")
         events = library.generate(engine, filled, weights, viewer=owner, owner=session_key(request),
                                   seed=int(seed_v), steps=int(steps_v), guidance=float(guid_v))
-        for ev in events:
-            if isinstance(ev, Progress):
-                yield ev.preview or gr.skip(), status_text(ev)
-            elif isinstance(ev, Notice):
-                yield gr.skip(), f"Note: {ev.message}"
-            elif isinstance(ev, Result):
-                act = ", ".join(f"#{i} × {w:g}" for i, w in weights.items()) or "none (base model)"
-                yield ([(im, p) for im, p in zip(ev.images, ev.info["prompts"])],
-                       f"**Done.** Adapters: {act}.")
+        try:
+            for ev in events:
+                if isinstance(ev, Progress):
+                    yield ev.preview or gr.skip(), status_text(ev)
+                elif isinstance(ev, Notice):
+                    yield gr.skip(), f"Note: {ev.message}"
+                elif isinstance(ev, Result):
+                    act = ", ".join(f"#{i} × {w:g}" for i, w in weights.items()) or "none (base model)"
+                    yield ([(im, p) for im, p in zip(ev.images, ev.info["prompts"])],
+                           f"**Done.** Adapters: {act}.")
+        except Cancelled:  # the job's own last word (see tabs/style_aligned.py)
+            yield gr.skip(), "**Stopped.** The images were not finished."
 
     @user_errors
     def run_drift(a1, w1, seed_v, steps_v, guid_v, visitor_v, request: gr.Request):
@@ -292,20 +300,23 @@ def build(ctx: AppContext) -> None:
         if ctx.metrics is None:
             raise UserError("Scoring models are not available in this app.")
         seeds = [int(seed_v or 0) + i for i in range(4)]
-        for ev in db.language_drift(engine, aid, viewer=owner, metrics=ctx.metrics, seeds=seeds,
-                                    steps=int(steps_v), guidance=float(guid_v), weight=float(w1 or 1.0),
-                                    owner=session_key(request)):
-            if isinstance(ev, Progress):
-                yield ev.preview or gr.skip(), status_text(ev), gr.skip()
-            elif isinstance(ev, Result):
-                info = ev.info
-                n = len(info["seeds"])
-                labels = [f"frozen, seed {s}" for s in info["seeds"]] + [f"adapter, seed {s}" for s in info["seeds"]]
-                rows = "\n".join(f"| {s} | {v:.3f} |" for s, v in zip(info["seeds"], info["similarity"]))
-                md = (f"**Language drift of \"{info['prompt']}\"**: CLIP image similarity between the frozen model "
-                      f"and the adapter, same seeds (1 = no drift). Mean **{info['mean_similarity']:.3f}**.\n\n"
-                      f"| seed | similarity |\n|---|---|\n{rows}\n\n<small>Scored with {info['note']}.</small>")
-                yield list(zip(ev.images, labels))[: 2 * n], "**Done.**", md
+        events = db.language_drift(engine, aid, viewer=owner, metrics=ctx.metrics, seeds=seeds, steps=int(steps_v),
+                                   guidance=float(guid_v), weight=1.0 if w1 is None else float(w1), owner=session_key(request))
+        try:
+            for ev in events:
+                if isinstance(ev, Progress):
+                    yield ev.preview or gr.skip(), status_text(ev), gr.skip()
+                elif isinstance(ev, Result):
+                    info = ev.info
+                    n = len(info["seeds"])
+                    labels = [f"{who}, seed {s}" for who in ("frozen", "adapter") for s in info["seeds"]]
+                    rows = "\n".join(f"| {s} | {v:.3f} |" for s, v in zip(info["seeds"], info["similarity"]))
+                    md = (f"**Language drift of \"{info['prompt']}\"**: CLIP image similarity between the frozen "
+                          f"model and the adapter, same seeds (1 = no drift). Mean **{info['mean_similarity']:.3f}**."
+                          f"\n\n| seed | similarity |\n|---|---|\n{rows}\n\n<small>Scored with {info['note']}.</small>")
+                    yield list(zip(ev.images, labels))[: 2 * n], "**Done.**", md
+        except Cancelled:  # the job's own last word (see tabs/style_aligned.py)
+            yield gr.skip(), "**Stopped.** The drift was not measured.", gr.skip()
 
     @user_errors
     def run_export(a1, visitor_v, request: gr.Request):
@@ -335,14 +346,14 @@ def build(ctx: AppContext) -> None:
     preset.change(apply_preset, preset, [method, steps, lr, rank, prior, lam, n_class, batch, accum, gc, sample_every])
     dropdowns = slots[0::2]
     train_inputs = [files, identifier, class_noun, method, steps, lr, rank, prior, lam, n_class, batch, accum, gc,
-                    snr, sample_every, ckpt_every, resume, seed, name, visitor]
+                    snr, sample_every, ckpt_every, resume, seed, name, te_rank, visitor]
     train_event = train_btn.click(gpu(duration=1800)(run_train), train_inputs, [status, loss_plot, samples, train_info],
                                   api_name="personalize_train", **GPU)
     train_event.success(after_train, [train_info, *dropdowns, visitor], dropdowns, api_name=False)
-    gen_event = gen_btn.click(gpu(duration=120)(run_generate), [prompts, g_seed, g_steps, g_guid, *slots, visitor], [gallery, g_status],
-                              api_name="personalize_generate", **GPU)
-    drift_event = drift_btn.click(gpu(duration=120)(run_drift), [slots[0], slots[1], g_seed, g_steps, g_guid, visitor],
-                                  [gallery, g_status, drift_md], api_name="personalize_drift", **GPU)
+    gen_btn.click(gpu(duration=120)(run_generate), [prompts, g_seed, g_steps, g_guid, *slots, visitor],
+                  [gallery, g_status], api_name="personalize_generate", **GPU)
+    drift_btn.click(gpu(duration=120)(run_drift), [slots[0], slots[1], g_seed, g_steps, g_guid, visitor],
+                    [gallery, g_status, drift_md], api_name="personalize_drift", **GPU)
     refresh.click(refresh_lists, [*dropdowns, visitor], dropdowns, api_name="personalize_library", queue=False)
     family.change(lambda f: "\n".join(db.PROMPT_FAMILIES.get(f, [])), family, prompts, queue=False)
     export_btn.click(run_export, [slots[0], visitor], [export_file, lib_status], api_name="personalize_export")
@@ -354,10 +365,9 @@ def build(ctx: AppContext) -> None:
         root.load(refresh_lists, [*dropdowns, visitor], dropdowns, queue=False)
 
     def cancel(request: gr.Request):
-        engine.cancel(session_key(request))
+        engine.cancel(session_key(request))  # the running job stops within one step and says so
 
-    stop_btn.click(cancel, None, None, cancels=[train_event, gen_event, drift_event], queue=False,
-                   api_name="personalize_stop")
+    stop_btn.click(cancel, None, None, queue=False, api_name="personalize_stop")
 
 
 def library_module_shapes(pipe) -> dict:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import gradio as gr
 
 from core import vectorfusion as vf
+from core.errors import Cancelled
 from core.events import Notice, Progress, Result
 from core.images import load_image
 
 from .common import GPU, AppContext, gpu, session_key, status_text, user_errors
 
 TITLE = "Text-to-SVG"
+
+STOPPED_KEPT = "**Stopped.** The last SVG is kept: download it (SVG or PNG) from the files."
 
 START_CHOICES = [("Baseline: sample K, rank with CLIP, LIVE, then SDS", "baseline"),
                  ("From scratch: random paths, SDS only", "scratch")]
@@ -165,24 +168,32 @@ def build(ctx: AppContext) -> None:
                                 owner=owner_of(request), job_owner=session_key(request))
         notes: list[str] = []
         shown: list = []            # the candidates, repeated in the last update (API callers see only it)
-        for event in events:
-            if isinstance(event, Notice):
-                notes.append(event.message)
-                yield gr.skip(), gr.skip(), "\n\n".join(notes), gr.skip(), gr.skip(), gr.skip()
-            elif isinstance(event, Result) and event.info.get("stage") == "candidates":
-                shown = _candidates(event)
-                yield (shown, gr.skip(), "\n\n".join(notes + ["**Candidates ranked by CLIP.**"]),
-                       gr.skip(), gr.skip(), gr.skip())
-            elif isinstance(event, vf.SvgProgress):
-                svg_path, png_path = event.files
-                yield (gr.skip(), png_path, "\n\n".join(notes + [_status(event)]), svg_path, png_path, gr.skip())
-            elif isinstance(event, Progress):
-                preview_v = event.preview if event.preview else gr.skip()
-                yield preview_v, gr.skip(), "\n\n".join(notes + [_status(event)]), gr.skip(), gr.skip(), gr.skip()
-            elif isinstance(event, Result):
-                svg_path, png_path = event.files
-                done = f"**Done.** {event.info['paths']} paths."
-                yield shown, png_path, "\n\n".join(notes + [done]), svg_path, png_path, event.info
+        files: list[str] = []       # the current SVG and PNG, once there is one
+        try:
+            for event in events:
+                if isinstance(event, Notice):
+                    notes.append(event.message)
+                    yield gr.skip(), gr.skip(), "\n\n".join(notes), gr.skip(), gr.skip(), gr.skip()
+                elif isinstance(event, Result) and event.info.get("stage") == "candidates":
+                    shown = _candidates(event)
+                    yield (shown, gr.skip(), "\n\n".join(notes + ["**Candidates ranked by CLIP.**"]),
+                           gr.skip(), gr.skip(), gr.skip())
+                elif isinstance(event, vf.SvgProgress):
+                    files = event.files
+                    svg_path, png_path = files
+                    yield (gr.skip(), png_path, "\n\n".join(notes + [_status(event)]), svg_path, png_path, gr.skip())
+                elif isinstance(event, Progress):
+                    preview_v = event.preview if event.preview else gr.skip()
+                    yield preview_v, gr.skip(), "\n\n".join(notes + [_status(event)]), gr.skip(), gr.skip(), gr.skip()
+                elif isinstance(event, Result):
+                    svg_path, png_path = event.files
+                    done = f"**Done.** {event.info['paths']} paths."
+                    yield shown, png_path, "\n\n".join(notes + [done]), svg_path, png_path, event.info
+        except Cancelled:
+            # the job's own last word (see tabs/style_aligned.py), with the SVG it wrote on stopping
+            svg_path, png_path = files or (gr.skip(), gr.skip())
+            kept = STOPPED_KEPT if files else "**Stopped.** No SVG was made yet."
+            yield shown or gr.skip(), png_path, "\n\n".join(notes + [kept]), svg_path, png_path, gr.skip()
 
     @user_errors
     @gpu(duration=300)
@@ -193,17 +204,24 @@ def build(ctx: AppContext) -> None:
         events = vf.image_to_svg(engine, image_v, num_paths=int(paths_v), init=method_v, steps=steps_n,
                                  size=int(size_v), data_dir=ctx.data_dir, owner=owner_of(request),
                                  job_owner=session_key(request), preview_every=max(1, min(10, steps_n // 40)))
-        for event in events:
-            if isinstance(event, vf.SvgProgress):
-                svg_path, png_path = event.files
-                yield png_path, _status(event), svg_path, png_path, gr.skip()
-            elif isinstance(event, Result):
-                svg_path, png_path = event.files
-                done = (f"**Done.** {event.info['paths']} paths · PSNR {event.info['psnr']:.1f} dB "
-                        f"at {event.info['size'][0]}x{event.info['size'][1]}")
-                yield png_path, done, svg_path, png_path, event.info
-            elif isinstance(event, (Progress, Notice)):
-                yield gr.skip(), status_text(event), gr.skip(), gr.skip(), gr.skip()
+        files: list[str] = []
+        try:
+            for event in events:
+                if isinstance(event, vf.SvgProgress):
+                    files = event.files
+                    svg_path, png_path = files
+                    yield png_path, _status(event), svg_path, png_path, gr.skip()
+                elif isinstance(event, Result):
+                    svg_path, png_path = event.files
+                    done = (f"**Done.** {event.info['paths']} paths · PSNR {event.info['psnr']:.1f} dB "
+                            f"at {event.info['size'][0]}x{event.info['size'][1]}")
+                    yield png_path, done, svg_path, png_path, event.info
+                elif isinstance(event, (Progress, Notice)):
+                    yield gr.skip(), status_text(event), gr.skip(), gr.skip(), gr.skip()
+        except Cancelled:  # the job's own last word (see tabs/style_aligned.py)
+            svg_path, png_path = files or (gr.skip(), gr.skip())
+            yield (png_path, STOPPED_KEPT if files else "**Stopped.** No SVG was made yet.", svg_path, png_path,
+                   gr.skip())
 
     @user_errors
     @gpu(duration=600)
@@ -212,36 +230,42 @@ def build(ctx: AppContext) -> None:
                              live_steps=int(live_v), live_size=int(size_v), seed=_seed(seed_v),
                              steps=int(steps_v), guidance=float(guid_v), metrics=ctx.metrics,
                              data_dir=ctx.data_dir, owner=owner_of(request), job_owner=session_key(request))
-        for event in events:
-            if isinstance(event, Result) and event.info.get("stage") == "set":
-                yield event.images, "**Style-aligned set done; vectorizing.**", gr.skip(), gr.skip()
-            elif isinstance(event, vf.SvgProgress):
-                yield gr.skip(), _status(event), gr.skip(), gr.skip()
-            elif isinstance(event, Progress):
-                yield (event.preview if event.preview else gr.skip()), _status(event), gr.skip(), gr.skip()
-            elif isinstance(event, Notice):
-                yield gr.skip(), f"Note: {event.message}", gr.skip(), gr.skip()
-            elif isinstance(event, Result):
-                yield (event.images, f"**Done.** {len(event.info['svgs'])} icons.", event.files,
-                       {k: v for k, v in event.info.items() if k != "svgs"})
+        files: dict[str, None] = {}     # every icon's SVG and PNG so far, in order
+        try:
+            for event in events:
+                if isinstance(event, Result) and event.info.get("stage") == "set":
+                    yield event.images, "**Style-aligned set done; vectorizing.**", gr.skip(), gr.skip()
+                elif isinstance(event, vf.SvgProgress):
+                    files.update(dict.fromkeys(event.files))
+                    yield gr.skip(), _status(event), gr.skip(), gr.skip()
+                elif isinstance(event, Progress):
+                    yield (event.preview if event.preview else gr.skip()), _status(event), gr.skip(), gr.skip()
+                elif isinstance(event, Notice):
+                    yield gr.skip(), f"Note: {event.message}", gr.skip(), gr.skip()
+                elif isinstance(event, Result):
+                    yield (event.images, f"**Done.** {len(event.info['svgs'])} icons.", event.files,
+                           {k: v for k, v in event.info.items() if k != "svgs"})
+        except Cancelled:  # the job's own last word (see tabs/style_aligned.py)
+            if files:
+                yield gr.skip(), "**Stopped.** The icons vectorized so far are in the files.", list(files), gr.skip()
+            else:
+                yield gr.skip(), "**Stopped.** The set was not finished.", gr.skip(), gr.skip()
 
     @user_errors
     def show_image(path):
         return None if path is None else load_image(path, what="image to vectorize", max_side=1024)
 
     image.change(show_image, image, image_view, api_name=False)
-    gen_event = run.click(generate, [prompt, style, start, paths, k, steps, guidance, seed, sample_steps,
-                                     live_steps, negative],
-                          [candidates, preview, status, svg_file, png_file, info], api_name="svg_generate", **GPU)
-    vec_event = v_run.click(vectorize, [image, method, v_paths, v_steps, v_size],
-                            [v_preview, v_status, v_svg, v_png, v_info], api_name="vectorize", **GPU)
-    set_event = s_run.click(make_set, [set_prompts, s_paths, s_live, s_size, s_seed, s_steps, s_guid],
-                            [s_gallery, s_status, s_files, s_info], api_name="svg_icon_set", **GPU)
+    run.click(generate, [prompt, style, start, paths, k, steps, guidance, seed, sample_steps, live_steps, negative],
+              [candidates, preview, status, svg_file, png_file, info], api_name="svg_generate", **GPU)
+    v_run.click(vectorize, [image, method, v_paths, v_steps, v_size],
+                [v_preview, v_status, v_svg, v_png, v_info], api_name="vectorize", **GPU)
+    s_run.click(make_set, [set_prompts, s_paths, s_live, s_size, s_seed, s_steps, s_guid],
+                [s_gallery, s_status, s_files, s_info], api_name="svg_icon_set", **GPU)
 
     def cancel(request: gr.Request):
-        stopped = engine.cancel(session_key(request))
-        return ("**Stopped.** The last SVG is kept: download it (SVG or PNG) from the files." if stopped else "Nothing is running.")
+        engine.cancel(session_key(request))  # the running job stops within one step and says so
 
-    stop.click(cancel, None, status, cancels=[gen_event], queue=False, api_name="svg_stop")
-    v_stop.click(cancel, None, v_status, cancels=[vec_event], queue=False, api_name="vectorize_stop")
-    s_stop.click(cancel, None, s_status, cancels=[set_event], queue=False, api_name="svg_icon_set_stop")
+    stop.click(cancel, None, None, queue=False, api_name="svg_stop")
+    v_stop.click(cancel, None, None, queue=False, api_name="vectorize_stop")
+    s_stop.click(cancel, None, None, queue=False, api_name="svg_icon_set_stop")

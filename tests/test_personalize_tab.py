@@ -27,10 +27,11 @@ def subject_files(tmp_path, n=2, size=(90, 70)):
 
 def train_args(files, steps=4, prior=True, name="api dog", visitor="alice"):
     # files, identifier, class, method, steps, lr, rank, prior, lambda, class images, batch, accumulation,
-    # gradient checkpointing, snr gamma, sample every, checkpoint every, resume, seed, name, visitor id
+    # gradient checkpointing, snr gamma, sample every, checkpoint every, resume, seed, name,
+    # text-encoder LoRA rank (0 = off), visitor id
     # (the browser's; on a private instance like this one everything belongs to "local" anyway)
     return [[handle_file(f) for f in files], "sks", "dog", "LoRA", steps, 1e-3, 4, prior, 1.0, 2, 1, 1, False,
-            0, 2, 0, True, 0, name, visitor]
+            0, 2, 0, True, 0, name, 0, visitor]
 
 
 def gen_args(prompts, *slots, visitor="alice"):
@@ -105,6 +106,28 @@ def test_api_generate_export_import_round_trip(client, pz_app, trained, tmp_path
     assert m, msg
     reimported, _ = client.predict(*gen_args(prompts, m.group(1), 1.0), api_name="/personalize_generate")
     np.testing.assert_allclose(arrays(reimported), arrays(adapted), atol=2.0)
+
+
+def test_api_language_drift(client, trained):
+    """The class prompt with and without the adapter, same seeds: at weight 0 the two halves are
+    the same images (similarity 1 for every seed); at weight 1 the class has moved."""
+    aid = str(trained[3]["adapter_id"])
+    off, status, md = client.predict(aid, 0.0, 0, 3, 5.0, "alice", api_name="/personalize_drift")
+    assert "Done" in status and '"a dog"' in md
+    frozen, adapted = arrays(off[:4]), arrays(off[4:])
+    np.testing.assert_array_equal(frozen, adapted)
+    assert re.findall(r"\| \d+ \| ([\d.]+) \|", md) == ["1.000"] * 4
+    on, status, md = client.predict(aid, 1.0, 0, 3, 5.0, "alice", api_name="/personalize_drift")
+    np.testing.assert_array_equal(arrays(on[:4]), frozen)  # the frozen half does not depend on the weight
+    assert np.abs(arrays(on[4:]) - frozen).mean() > 0.5
+    assert "Mean" in md and len(re.findall(r"\| \d+ \| ([-\d.]+) \|", md)) == 4
+
+
+def test_api_train_with_text_encoder_lora(client, tmp_path):
+    args = train_args(subject_files(tmp_path, 1), steps=2, prior=False, name="te dog")
+    args[-2] = 2  # text-encoder LoRA rank
+    status, plot, samples, info = client.predict(*args, api_name="/personalize_train")
+    assert "Done" in status and info["text_encoder_lora"] == ["text_encoder", "text_encoder_2"]
 
 
 @pytest.mark.parametrize("kind,message", [

@@ -92,6 +92,21 @@ def test_api_icon_set(client):
         check_downloads(s, p)
 
 
+def test_api_stop_is_the_runs_own_last_update(client):
+    """Stop (svg_stop) reaches the run of the same session, and the run itself ends with the
+    Stopped status and the SVG it wrote on stopping (no reply from the Stop handler, which a
+    progress line already on its way could overwrite)."""
+    job = client.submit(*svg_args(start="scratch", steps=3000), api_name="/svg_generate")
+    deadline = time.monotonic() + 120
+    while not any("SDS" in str(out[2]) for out in job.outputs()):     # optimizing, an SVG on disk
+        assert time.monotonic() < deadline and not job.done()
+        time.sleep(0.2)
+    client.predict(api_name="/svg_stop")
+    cands, preview, status, svg_file, png_file, info = job.result(timeout=60)
+    assert "Stopped" in status and "SDS" not in status
+    check_downloads(svg_file, png_file)
+
+
 def test_api_bad_input_is_a_clear_error(client, live_app):
     from gradio_client.exceptions import AppError
 

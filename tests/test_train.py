@@ -73,6 +73,7 @@ def engine(tmp_path_factory):
     e = Engine("tiny", data_dir=tmp_path_factory.mktemp("train-engine"))
     e.load()
     e.pristine_layout = layout(e.pipe.unet)  # the never-adapted UNet, before any test touches it
+    e.pristine_te = {c: layout(m) for c, m in library.text_encoders(e).items()}  # and text encoders
     return e
 
 
@@ -377,6 +378,267 @@ def test_bad_settings_are_clear_errors(engine, subjects):
     with pytest.raises(UserError, match="match no module|do not fit"):
         run(train(engine, recipe(engine, subjects, target_modules=["no_such_layer"]), TrainConfig(steps=1)))
     assert library.peft_names(engine.pipe.unet) == []
+
+
+# --------------------------------------------------------------------------- text-encoder LoRA
+
+TE_BASE = ("text_encoder", "text_encoder_2")
+
+
+def te_base_weights(engine):
+    return {c: strip_peft(library.snapshot(m)) for c, m in library.text_encoders(engine).items()}
+
+
+def assert_te_pristine(engine, before=None):
+    """Text encoders as loaded: no peft wrapper or bookkeeping, (optionally) the same weights."""
+    for comp, te in library.text_encoders(engine).items():
+        assert wrapped(te) == [], comp
+        assert layout(te) == engine.pristine_te[comp], comp
+        assert not hasattr(te, "peft_config"), comp
+        assert not any(p.requires_grad for p in te.parameters()) and not te.training, comp
+        if before is not None:
+            now = library.snapshot(te)
+            assert set(now) == set(before[comp]) and all(torch.equal(now[k], before[comp][k]) for k in before[comp])
+
+
+def te_lora(te, name, part="lora_"):
+    return {n: p for n, p in te.named_parameters() if f".{name}." in n and part in n}
+
+
+def prompt_embeds(engine, prompt="a sks dog"):
+    with torch.no_grad():
+        emb, _, pooled, _ = engine.pipe.encode_prompt(prompt=prompt, device=engine.device,
+                                                     do_classifier_free_guidance=False)
+    return emb, pooled
+
+
+def test_text_encoder_lora_at_zero_init_matches_the_cached_embeddings(engine, subjects):
+    """With TE LoRA the loss encodes the prompts at every step, with grad, exactly as the
+    pipeline's encode_prompt does: at the LoRA's zero init (lora_B = 0) that equals the cached
+    embeddings; with rank 0 the cached path is used as before (and the run key is unchanged)."""
+    library.adapters(engine).unload_all()
+    before = te_base_weights(engine)
+    prompts = ["a sks dog", "a dog", "a sks dog"]
+
+    def two_prompts(**kw):
+        return Recipe(method="dreambooth", name="te", adapter=AdapterSpec(**kw),
+                      examples=[Example(subjects[0], "a sks dog"), Example(subjects[1], "a dog")])
+    off = Trainer(engine, two_prompts(), TrainConfig(steps=1))
+    off._cache(ctx())
+    emb0, kw0 = off._cond(prompts)
+    assert off.tokens == {} and torch.equal(emb0, torch.stack([off.text[p]["emb"] for p in prompts]))
+    on = Trainer(engine, two_prompts(text_encoder_rank=4), TrainConfig(steps=1))
+    on._cache(ctx())
+    key_off, key_on = off.fingerprint(), on.fingerprint()
+    on.recipe.adapter.text_encoder_targets = ["q_proj", "v_proj"]
+    assert len({key_off, key_on, on.fingerprint()}) == 3  # the TE settings are part of the resume key
+    on.recipe.adapter.text_encoder_targets = AdapterSpec().text_encoder_targets
+    # without the option the key is what it was before the option existed
+    import dataclasses, hashlib
+    spec = dataclasses.asdict(off.recipe.adapter)
+    assert spec.pop("text_encoder_rank") == 0 and spec.pop("text_encoder_targets")
+    from core.train import _tensor_digest
+    cfg = {k: v for k, v in dataclasses.asdict(off.cfg).items()
+           if k not in ("steps", "sample_every", "sample_steps", "sample_guidance", "sample_seed",
+                        "checkpoint_every", "resume", "keep_checkpoints", "eval_draws")}
+    old = [off.recipe.method, json.dumps(spec, sort_keys=True, default=str), json.dumps(cfg, sort_keys=True, default=str),
+           engine.spec.source, str(engine.dtype), json.dumps(off.prompts), json.dumps(off.prior_prompts), "0.0",
+           _tensor_digest(off.latents)]
+    assert key_off == hashlib.sha256("\n".join(old).encode()).hexdigest()[:20]
+
+    try:
+        on._attach()
+        for comp in TE_BASE:
+            te = getattr(engine.pipe, comp)
+            assert library.peft_names(te) == [on.adapter_name]
+            bs = te_lora(te, on.adapter_name, "lora_B")
+            assert bs and all(torch.count_nonzero(b) == 0 for b in bs.values())  # zero init
+            trainable = {n for n, p in te.named_parameters() if p.requires_grad}
+            assert trainable == set(te_lora(te, on.adapter_name))  # only its LoRA learns
+        emb, kw = on._cond(prompts)
+        assert emb.requires_grad and kw["added_cond_kwargs"]["text_embeds"].requires_grad
+        torch.testing.assert_close(emb, emb0, rtol=0, atol=1e-6)
+        torch.testing.assert_close(kw["added_cond_kwargs"]["text_embeds"], kw0["added_cond_kwargs"]["text_embeds"],
+                                   rtol=0, atol=1e-6)
+        for p in prompts:  # the pipeline's own encode_prompt, one prompt at a time
+            e, pooled = prompt_embeds(engine, p)
+            assert torch.allclose(on._encode_live([p])[0], e) and torch.allclose(on._encode_live([p])[1], pooled)
+        # the gradient reaches both text encoders' LoRA (lora_B first: lora_A's is 0 while B = 0).
+        # SDXL reads text_encoder's penultimate layer, so its last layer's LoRA gets none (as in
+        # diffusers' own SDXL DreamBooth script); text_encoder_2's last layer feeds the pooled output.
+        from diffusers import DDPMScheduler
+        on.noise_scheduler = DDPMScheduler.from_config(engine.pipe.scheduler.config)
+        on._losses(engine.pipe.unet, on.latents[:2], prompts[:2], torch.Generator().manual_seed(0), False).mean().backward()
+        for comp in TE_BASE:
+            grads = {n: p.grad for n, p in te_lora(getattr(engine.pipe, comp), on.adapter_name, "lora_B").items()}
+            last = "layers.1."  # the tiny encoders have two layers
+            assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if last not in n), comp
+            assert all((g is None) == (comp == "text_encoder") for n, g in grads.items() if last in n), comp
+    finally:
+        on._detach(failed=True)
+    assert library.peft_names(engine.pipe.unet) == []
+    library.unload_peft(engine.pipe.unet)
+    assert_pristine(engine)
+    assert_te_pristine(engine, before)
+
+
+def test_text_encoder_lora_sd15_zero_init_matches_encode_prompt(tmp_path):
+    """SD 1.5: the last hidden state of the one text encoder, as its encode_prompt gives it."""
+    e = Engine("tiny-sd", data_dir=tmp_path)
+    e.load()
+    r = db.make_recipe(e, [subject((210, 50, 40), 0)], identifier="sks", class_noun="dog", prior=False,
+                       sample_prompts=[], text_encoder_rank=2)
+    t = Trainer(e, r, TrainConfig(steps=1))
+    t._cache(ctx())
+    cached, _ = t._cond(["a sks dog"])
+    try:
+        t._attach()
+        assert set(t._te_lora) == {"text_encoder"}
+        live, kw = t._cond(["a sks dog"])
+        assert live.requires_grad and kw == {}
+        with torch.no_grad():
+            ref, _ = e.pipe.encode_prompt("a sks dog", e.device, 1, False)
+        assert torch.allclose(live, cached) and torch.allclose(live, ref)
+    finally:
+        t._detach(failed=True)
+    assert wrapped(e.pipe.text_encoder) == [] and not hasattr(e.pipe.text_encoder, "peft_config")
+
+
+def test_text_encoder_lora_trains_in_place_and_leaves_the_base_bit_identical(engine, subjects):
+    library.adapters(engine).unload_all()
+    before = te_base_weights(engine)
+    plain_emb = prompt_embeds(engine)
+    plain = pixels(engine, ["a sks dog"])
+    seen = []
+
+    def hook(step):
+        seen.append({c: {n for n, p in getattr(engine.pipe, c).named_parameters() if p.requires_grad}
+                     for c in TE_BASE})
+
+    r = recipe(engine, subjects, text_encoder_rank=4, sample_prompts=["a sks dog"])
+    res, _ = run(train(engine, r, TrainConfig(steps=3, learning_rate=1e-2, sample_steps=2), step_hook=hook))
+    aid, info = res.info["adapter_id"], res.info
+    name = library.adapters(engine).loaded()[aid]
+    assert name.startswith("train-") and info["text_encoder_lora"] == ["text_encoder", "text_encoder_2"]
+    for comp in TE_BASE:
+        te = getattr(engine.pipe, comp)
+        assert seen[0][comp] == set(te_lora(te, name)) and all(s[comp] == seen[0][comp] for s in seen)
+        for n, b in te_lora(te, name, "lora_B").items():  # it learned (bar the layer SDXL does not read)
+            dead = comp == "text_encoder" and "layers.1." in n
+            assert (torch.count_nonzero(b) == 0) == dead, n
+        assert not any(p.requires_grad for p in te.parameters()) and not te.training
+    after = {c: strip_peft(library.snapshot(getattr(engine.pipe, c))) for c in TE_BASE}
+    assert all(torch.equal(after[c][k], before[c][k]) for c in TE_BASE for k in before[c])  # base bit-identical
+    # resident and usable at once, disabled outside a request (on the text encoders too)
+    assert all(torch.equal(a, b) for a, b in zip(prompt_embeds(engine), plain_emb))
+    with library.adapters(engine).active({aid: 1.0}, "local"):
+        inside = prompt_embeds(engine)
+    assert (inside[0] - plain_emb[0]).abs().max() > 1e-4 and (inside[1] - plain_emb[1]).abs().max() > 1e-4
+    assert np.abs(pixels(engine, ["a sks dog"], weights={aid: 1.0}) - plain).mean() > 1.0
+    assert np.array_equal(pixels(engine, ["a sks dog"]), plain)
+    assert all(torch.equal(a, b) for a, b in zip(prompt_embeds(engine), plain_emb))
+    library.adapters(engine).unload_all()
+    assert_pristine(engine)
+    assert_te_pristine(engine, before)
+
+
+def test_text_encoder_lora_removed_on_cancel(engine, subjects, tmp_path):
+    library.adapters(engine).unload_all()
+    before = te_base_weights(engine)
+
+    def stop(step):
+        if step == 2:
+            engine.cancel("te-stopper")
+    cfg = TrainConfig(steps=3, learning_rate=1e-2, checkpoint_every=1)
+    with pytest.raises(Cancelled):
+        for _ in train(engine, recipe(engine, subjects, text_encoder_rank=4), cfg,
+                       owner="te-stopper", step_hook=stop, run_root=tmp_path):
+            pass
+    assert_pristine(engine)
+    assert_te_pristine(engine, before)
+    # the checkpoint holds the text encoders' LoRA too, and the same run resumes from it
+    from safetensors.torch import load_file
+    (ckpt,) = tmp_path.glob("*/ckpt-*")
+    keys = load_file(str(ckpt / "weights.safetensors"))
+    assert {k.split(".", 1)[0] for k in keys if k.startswith("text_encoder")} == {"text_encoder", "text_encoder_2"}
+    res, events = run(train(engine, recipe(engine, subjects, text_encoder_rank=4), cfg, run_root=tmp_path))
+    assert res.info["resumed_from"] == 2 and [e.step for e in events if isinstance(e, TrainStep)] == [3]
+    library.adapters(engine).unload_all()
+    assert_te_pristine(engine, before)
+    with pytest.raises(UserError, match="text-encoder LoRA targets"):  # a bad target: cleaned up too
+        r = recipe(engine, subjects, text_encoder_rank=4)
+        r.adapter.text_encoder_targets = ["no_such_proj"]
+        run(train(engine, r, TrainConfig(steps=1), run_root=tmp_path))
+    assert_pristine(engine)
+    assert_te_pristine(engine, before)
+
+
+def test_text_encoder_lora_saved_reloads_in_a_fresh_engine_and_exports(engine, subjects, tmp_path):
+    from core.tiny import tiny_sdxl
+    from safetensors.torch import load_file
+
+    library.adapters(engine).unload_all()
+    r = recipe(engine, subjects, text_encoder_rank=4)
+    res, _ = run(train(engine, r, TrainConfig(steps=3, learning_rate=1e-2)))
+    aid = res.info["adapter_id"]
+    here = pixels(engine, ["a sks dog"], weights={aid: 1.0})
+    with library.adapters(engine).active({aid: 1.0}, "local"):
+        here_emb = prompt_embeds(engine)
+    library.adapters(engine).unload_all()
+    store = library.get_store(engine)
+    a = store.get_adapter(aid, "local")
+    assert a.hyperparameters["text_encoder_rank"] == 4
+    sd, configs = store.load_adapter(aid, "local")
+    comps = {k.split(".", 1)[0] for k in sd}
+    assert comps == {"unet", "text_encoder", "text_encoder_2"} and configs["text_encoder"]["r"] == 4
+    assert any(k.startswith("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A") for k in sd)
+
+    fresh = Engine("tiny", data_dir=engine.data_dir)  # a restart: same data folder
+    fresh.load()
+    plain = pixels(fresh, ["a sks dog"])
+    again = pixels(fresh, ["a sks dog"], weights={aid: 1.0})
+    np.testing.assert_allclose(again, here, atol=1.0)
+    name = library.adapters(fresh).loaded()[aid]
+    assert all(library.peft_names(getattr(fresh.pipe, c)) == [name] for c in TE_BASE)  # TE part loaded too
+    assert np.array_equal(pixels(fresh, ["a sks dog"]), plain)  # and off outside the request
+    with library.adapters(fresh).active({aid: 1.0}, "local"):
+        fresh_emb = prompt_embeds(fresh)
+    for x, y in zip(fresh_emb, here_emb):
+        torch.testing.assert_close(x, y)
+    # diffusers' own loader reads the stored file, text encoders included
+    pipe = tiny_sdxl()
+    pipe.load_lora_weights(str(a.path), adapter_name="d")
+    assert all("d" in getattr(pipe, c).peft_config for c in TE_BASE)
+    with torch.no_grad():
+        emb, _, pooled, _ = pipe.encode_prompt(prompt="a sks dog", device="cpu", do_classifier_free_guidance=False)
+    torch.testing.assert_close(emb, here_emb[0])
+    torch.testing.assert_close(pooled, here_emb[1])
+    # kohya export: lora_te1_ / lora_te2_ beside lora_unet_, every tensor kept, alpha = rank
+    k = load_file(str(store.export(aid, "local", fmt="kohya", dest_dir=tmp_path)))
+    assert {key.split("_", 2)[1] for key in k} == {"unet", "te1", "te2"}
+    q = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    assert torch.equal(k[f"{q}.lora_down.weight"], sd["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"])
+    assert k[f"{q}.alpha"].item() == 4.0
+    assert len([x for x in k if x.startswith("lora_te2_") and not x.endswith(".alpha")]) == \
+        len([x for x in sd if x.startswith("text_encoder_2.")])
+    library.adapters(fresh).unload_all()
+    assert all(wrapped(getattr(fresh.pipe, c)) == [] for c in TE_BASE)
+
+
+def test_dreambooth_text_encoder_option(engine, subjects):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    db.add_cli_args(p)
+    a = p.parse_args(["--images", "x.png", "--class", "dog", "--text-encoder-rank", "8"])
+    assert a.text_encoder_rank == 8
+    assert p.parse_args(["--images", "x.png", "--class", "dog"]).text_encoder_rank == 0  # off by default
+    assert recipe(engine, subjects).adapter.text_encoder_rank == 0
+    assert recipe(engine, subjects, text_encoder_rank=8).adapter.text_encoder_rank == 8
+    with pytest.raises(UserError, match="full fine-tuning"):
+        recipe(engine, subjects, full=True, text_encoder_rank=4)
+    with pytest.raises(UserError, match="between 0"):
+        recipe(engine, subjects, text_encoder_rank=-1)
 
 
 def test_headless_cli(tmp_path):
