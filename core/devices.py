@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import os
 
 import torch
 
@@ -19,7 +20,9 @@ def pick_device(name: str | None = None) -> torch.device:
             raise RuntimeError(f"--device {name} was asked for but MPS is not available here.")
         return dev
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        # under `accelerate launch` / torchrun each process takes its own GPU
+        local = os.environ.get("LOCAL_RANK")
+        return torch.device(f"cuda:{int(local) % torch.cuda.device_count()}" if local else "cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")

@@ -40,7 +40,11 @@ Recipes, as small as they are meant to be (DreamBooth is in core/dreambooth.py):
     AdapterSpec(target_modules=r".*transformer_blocks\\.\\d+\\.ff\\.net\\.2", rank=4,
                 down_parametrization=DownThroughW2)
 
-Headless: `python -m core.train --help` (same code, no gradio).
+Headless: `python -m core.train --help` (same code, no gradio). On several GPUs:
+`accelerate launch --multi_gpu --num_processes N -m core.train dreambooth ...` (or torchrun): each
+process takes its own GPU (LOCAL_RANK) and draws its own batches, DDP averages the gradients, the
+main process generates the class images first and alone saves the adapter (text-encoder LoRA is
+refused there). Tested on CPU with two gloo processes (tests/test_train.py).
 """
 from __future__ import annotations
 
@@ -301,6 +305,7 @@ class Trainer:
         self._gc_was: bool | None = None
         self._parametrized: list[torch.nn.Module] = []  # LoRA down layers under a parametrization
         self._te_lora: dict[str, torch.nn.Module] = {}  # text encoders carrying the training adapter
+        self.is_main = True  # False in the secondary processes of `accelerate launch`
         self.tokens: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     # ------------------------------------------------------------- caching
@@ -613,6 +618,11 @@ class Trainer:
         configs = {"unet": {"r": r, "lora_alpha": r, "target_modules": sorted(targets)}}
         return sd, configs, (kept / total if total else 1.0)
 
+    def discard(self, out: Outcome) -> None:
+        """Drop a finished run's adapter without saving it (a secondary process of a multi-process run)."""
+        if out.adapter_name is not None:
+            library.delete_everywhere(self.engine, out.adapter_name)
+
     # ------------------------------------------------------------- checkpoints
     def _run_dir(self) -> Path:
         return self.run_root / f"{self.recipe.method}-{self._key}"
@@ -697,14 +707,18 @@ class Trainer:
         started = time.monotonic()
         engine, cfg, recipe = self.engine, self.cfg, self.recipe
         unet = engine.pipe.unet
+        accelerator = _accelerator(engine, cfg)
+        self.is_main = accelerator.is_main_process
         if recipe.prepare is not None:
-            recipe.prepare(engine, ctx, recipe)
+            # several processes (`accelerate launch`): the main one generates and caches the
+            # class images first, the others then reuse them from the store
+            with accelerator.main_process_first():
+                recipe.prepare(engine, ctx, recipe)
         if not recipe.examples:
             raise UserError("There are no training images.")
         self._cache(ctx)
         self._key = self.fingerprint()
         self.noise_scheduler = DDPMScheduler.from_config(engine.pipe.scheduler.config)
-        accelerator = _accelerator(engine, cfg)
         if recipe.adapter.text_encoder_rank and accelerator.num_processes > 1:
             raise UserError("Text-encoder LoRA trains in one process only (its gradients are not "
                             "synchronised across processes); drop it or run without `accelerate launch`.")
@@ -723,7 +737,8 @@ class Trainer:
             optimizer = _optimizer(params, cfg, engine.device, self.notes)
             lr_sched = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
                                      num_warmup_steps=int(cfg.lr_warmup_steps), num_training_steps=int(cfg.steps))
-            gen = torch.Generator().manual_seed(int(cfg.seed))
+            # each process draws its own examples, noise and timesteps (DDP averages the gradients)
+            gen = torch.Generator().manual_seed(int(cfg.seed) + accelerator.process_index)
             start, history = 0, []
             ckpt = self.latest_checkpoint() if cfg.resume else None
             if ckpt is not None:
@@ -783,7 +798,9 @@ class Trainer:
             samples = self._samples(ctx, int(cfg.steps))
             self._train_mode(False)
             loss_after = self.eval_loss()
-            extra = {"resumed_from": start, "mixed_precision": accelerator.mixed_precision}
+            extra = {"resumed_from": start, "mixed_precision": accelerator.mixed_precision,
+                     "processes": accelerator.num_processes,
+                     "weights_digest": _tensor_digest(*(p for _, p in params_named))[:16]}
             if self._te_lora:
                 extra["text_encoder_lora"] = sorted(self._te_lora)
             sd = configs = None
@@ -846,6 +863,10 @@ def train(engine, recipe: Recipe, config: TrainConfig, *, owner: str = "local", 
 
     def work(ctx) -> Result:
         out = trainer.run(ctx)
+        if not trainer.is_main:  # several processes: the main one saves; the others' copies are the same
+            trainer.discard(out)
+            return Result(images=[], info={"adapter_id": None, "loss_after": out.loss_after,
+                                           "history": out.history, **out.extra})
         # no cancel check here: the run is finished, a late Stop must not drop it unsaved
         ctx.emit(Progress(config.steps, config.steps, "Saving the adapter to the library"))
         a = save_outcome(engine, recipe, config, out, owner=owner)
@@ -933,8 +954,9 @@ def main(argv=None) -> int:
         return 130
     info = result.info if result else {}
     print(json.dumps({k: info[k] for k in ("adapter_id", "adapter_name", "loss_before", "loss_after",
-                                           "trainable_params", "seconds") if k in info}))
-    if a.export:
+                                           "trainable_params", "seconds", "processes", "weights_digest")
+                      if k in info}))
+    if a.export and info.get("adapter_id") is not None:  # the main process (the one that saved)
         path = library.get_store(engine).export(info["adapter_id"], a.owner, fmt="kohya",
                                                 dest_dir=Path(a.export).parent)
         target = Path(a.export)

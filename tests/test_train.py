@@ -684,3 +684,35 @@ def test_headless_cli(tmp_path):
     summary = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
     assert summary["adapter_name"] == "sks dog" and summary["trainable_params"] > 0
     assert (tmp_path / "out.safetensors").stat().st_size > 0
+
+
+def test_two_processes_train_one_adapter(tmp_path):
+    """The CLI under a multi-process launcher (torchrun: the environment `accelerate launch`
+    gives too; gloo on CPU): DDP keeps the two processes' weights identical while each draws its
+    own batches, the main process generates the class images that the other reuses, and only
+    the main process saves (one library entry, one export)."""
+    from core.store import Store
+
+    imgs = []
+    for i in range(2):
+        p = tmp_path / f"s{i}.png"
+        subject((210, 50, 40), i, size=80).save(p)
+        imgs.append(str(p))
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "core.train", "dreambooth", "--model", "tiny", "--data-dir", str(tmp_path / "data"),
+         "--images", *imgs, "--identifier", "sks", "--class", "dog", "--class-images", "2", "--steps", "3",
+         "--sample-steps", "2", "--lr", "1e-3", "--export", str(tmp_path / "out.safetensors")],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+        env=dict(__import__("os").environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    summaries = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+    assert len(summaries) == 2 and all(s["processes"] == 2 for s in summaries)
+    assert summaries[0]["weights_digest"] == summaries[1]["weights_digest"]
+    assert sorted(str(s.get("adapter_id")) for s in summaries) == ["1", "None"]
+    steps = [ln for ln in out.stdout.splitlines() if ln.startswith("step 1/3")]
+    assert len(steps) == 2 and steps[0] != steps[1]  # each process its own draws
+    assert out.stdout.count('Reusing 2 cached class images of "a dog"') == 1
+    store = Store(tmp_path / "data" / "library")
+    assert [a.name for a in store.list_adapters("local")] == ["sks dog"] and store.check() == []
+    assert (tmp_path / "out.safetensors").stat().st_size > 0
