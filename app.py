@@ -110,7 +110,18 @@ def main(argv=None) -> None:
     except UserError as exc:
         raise SystemExit(f"error: {exc}") from None
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                auth=parse_auth(args.auth), max_file_size="50mb")
+                auth=parse_auth(args.auth), max_file_size="50mb",
+                allowed_paths=result_folders(demo.studio.data_dir))
+
+
+def result_folders(data_dir) -> list[str]:
+    """The folders of the data dir whose files are handed to visitors (downloads): Gradio serves
+    a result file only from the working or temp directory or from these, and on a Space the data
+    dir (/data/studio) is neither. Never the library itself (SQLite, everyone's adapters)."""
+    folders = [Path(data_dir) / "svg", Path(data_dir) / "library" / "exports", Path(data_dir) / "adain" / "runs"]
+    for f in folders:
+        f.mkdir(parents=True, exist_ok=True)
+    return [str(f.resolve()) for f in folders]
 
 
 if __name__ == "__main__":

@@ -66,11 +66,12 @@ class LiveApp:
             self.proc.kill()
 
 
-def start_app(data_dir: Path, *extra: str, timeout: float = 240) -> LiveApp:
+def start_app(data_dir: Path, *extra: str, timeout: float = 240, env: dict | None = None) -> LiveApp:
     port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "app.log"
     # one torch thread: the app shares 2 cores with Chromium and the test process
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), "--model", "tiny", "--port", str(port),
          "--data-dir", str(data_dir), *extra],

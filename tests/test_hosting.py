@@ -110,3 +110,33 @@ def test_zero_gpu_decorator(monkeypatch):
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     wrapped = gpu(45)(handler)
     assert wrapped(1) == ("on-gpu", 2) and seen == [45]
+
+
+def test_results_from_a_data_dir_outside_cwd_and_temp(tmp_path):
+    """As on a Space (`--data-dir /data/studio`, app in /home/user/app): the data folder is
+    neither under the working directory nor under the temp directory. Result files made there
+    (SVG/PNG downloads) still reach the visitor; the library itself (SQLite, adapters) does not."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    app = start_app(tmp_path / "persist", env={"TMPDIR": str(temp), "GRADIO_TEMP_DIR": str(temp / "gradio")})
+    try:
+        img = Image.new("RGB", (64, 48), "white")
+        img.paste((30, 90, 200), (8, 8, 40, 40))
+        img.save(tmp_path / "square.png")
+        client = Client(app.url, verbose=False)
+        _, status, svg_file, png_file, info = client.predict(handle_file(str(tmp_path / "square.png")), "vtracer",
+                                                             4, 6, 48, api_name="/vectorize")
+        assert "Done" in status and Path(svg_file).read_text().lstrip().startswith(("<svg", "<?xml"))
+        assert Path(png_file).stat().st_size > 0
+        private = tmp_path / "persist" / "library" / "adapters.sqlite"  # the library's kind of file
+        private.write_bytes(b"SQLite format 3\0")
+        for path in (private, tmp_path / "persist" / ".visitor-secret"):
+            assert path.exists()
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{app.url}gradio_api/file={path}", timeout=10)
+            assert refused.value.code in (403, 404)
+    finally:
+        app.stop()
