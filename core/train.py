@@ -654,6 +654,14 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def _sweep_partial_checkpoints(self) -> None:
+        """Remove checkpoints a killed process was half-way through writing (`.tmp-*`): only
+        complete ones are ever renamed into place, and one run of a key trains at a time."""
+        run = self._run_dir()
+        if run.is_dir():
+            for partial in run.glob(".tmp-*"):
+                shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+
     def _portable(self, name: str) -> str:
         """A parameter name without this run's random adapter name (checkpoints outlive it)."""
         return name.replace(f".{self.adapter_name}.", ".adapter.")
@@ -718,6 +726,8 @@ class Trainer:
             raise UserError("There are no training images.")
         self._cache(ctx)
         self._key = self.fingerprint()
+        if self.is_main:
+            self._sweep_partial_checkpoints()
         self.noise_scheduler = DDPMScheduler.from_config(engine.pipe.scheduler.config)
         if recipe.adapter.text_encoder_rank and accelerator.num_processes > 1:
             raise UserError("Text-encoder LoRA trains in one process only (its gradients are not "

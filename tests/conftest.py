@@ -26,6 +26,19 @@ ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    small tensors on two shared, busy cores run fastest single-threaded (two OpenMP threads spin
+    against each other: measured 10-100x slower steps); restored for the other modules."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_engine(tmp_path_factory):
     """The SDXL-class tiny engine, loaded once for the session."""

@@ -82,12 +82,7 @@ def lockstep(monkeypatch):
     monkeypatch.setattr(jobs, "queue", types.SimpleNamespace(Queue=Lockstep, Empty=queue.Empty))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

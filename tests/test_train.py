@@ -31,6 +31,14 @@ def subject(color, seed=0, size=64):
     return Image.fromarray(np.clip(np.array(color) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8))
 
 
+def subject_paths(folder, n=2) -> list[str]:
+    """Subject photos on disk, for the headless CLI."""
+    paths = [folder / f"s{i}.png" for i in range(n)]
+    for i, p in enumerate(paths):
+        subject((210, 50, 40), i, size=80).save(p)
+    return [str(p) for p in paths]
+
+
 def ctx():
     return JobContext(Job("test", "test"), queue.Queue())
 
@@ -58,14 +66,7 @@ def strip_peft(sd):
     return {k.replace(".base_layer", ""): v for k, v in sd.items() if "lora_" not in k}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on two shared, busy cores two OpenMP threads spin against each other
-    (measured 10-100x slower steps); restored for the other modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -668,11 +669,7 @@ def test_dreambooth_text_encoder_option(engine, subjects):
 
 
 def test_headless_cli(tmp_path):
-    imgs = []
-    for i in range(2):
-        p = tmp_path / f"s{i}.png"
-        subject((210, 50, 40), i, size=80).save(p)
-        imgs.append(str(p))
+    imgs = subject_paths(tmp_path)
     out = subprocess.run(
         [sys.executable, "-m", "core.train", "dreambooth", "--model", "tiny", "--data-dir", str(tmp_path / "data"),
          "--images", *imgs, "--identifier", "sks", "--class", "dog", "--class-images", "2", "--steps", "3",
@@ -693,11 +690,7 @@ def test_two_processes_train_one_adapter(tmp_path):
     the main process saves (one library entry, one export)."""
     from core.store import Store
 
-    imgs = []
-    for i in range(2):
-        p = tmp_path / f"s{i}.png"
-        subject((210, 50, 40), i, size=80).save(p)
-        imgs.append(str(p))
+    imgs = subject_paths(tmp_path)
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "core.train", "dreambooth", "--model", "tiny", "--data-dir", str(tmp_path / "data"),
@@ -716,3 +709,43 @@ def test_two_processes_train_one_adapter(tmp_path):
     store = Store(tmp_path / "data" / "library")
     assert [a.name for a in store.list_adapters("local")] == ["sks dog"] and store.check() == []
     assert (tmp_path / "out.safetensors").stat().st_size > 0
+
+
+def test_kill_9_during_training_then_resume_leaves_nothing_behind(tmp_path):
+    """kill -9 in the middle of a headless run (after its checkpoint at step 6, with a checkpoint
+    half-written as a kill during the write leaves it); the same command again resumes from step
+    6, finishes, and leaves a healthy library: integrity check, no missing files, no temp files."""
+    import os
+    import signal
+
+    from core.store import Store
+
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "core.train", "dreambooth", "--model", "tiny", "--data-dir", str(data),
+           "--images", *subject_paths(tmp_path), "--identifier", "sks", "--class", "dog", "--class-images", "2",
+           "--sample-steps", "1", "--lr", "1e-3", "--checkpoint-every", "3"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(cmd + ["--steps", "400"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.startswith("checkpoint at step 6"):
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    (run,) = (data / "training").iterdir()
+    (run / ".tmp-ckpt-000009-4242").mkdir()  # what a kill during a checkpoint write leaves
+    (run / ".tmp-ckpt-000009-4242" / "weights.safetensors").write_bytes(b"\0" * 10)
+    assert Store(data / "library").check() == [] and Store(data / "library").list_adapters("local") == []
+
+    out = subprocess.run(cmd + ["--steps", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Resumed from the checkpoint at step 6" in out.stdout and "step 7/8" in out.stdout
+    assert "step 1/8" not in out.stdout
+    store = Store(data / "library")
+    assert store.check(deep=True) == [] and [a.name for a in store.list_adapters("local")] == ["sks dog"]
+    assert not [p for p in data.rglob("*") if ".tmp" in p.name]
+    assert not run.exists()  # a finished run's checkpoints go

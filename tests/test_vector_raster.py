@@ -19,13 +19,7 @@ cairosvg = pytest.importorskip("cairosvg")
 ICONS = sorted((Path(__file__).resolve().parents[1] / "assets" / "icons").glob("*.svg"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: one thread avoids OpenMP wake-up costs on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cairo_render(svg: str | bytes, size: int) -> np.ndarray:

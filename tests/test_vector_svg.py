@@ -18,12 +18,7 @@ from core.vector.svg_io import parse_color, parse_path_data, parse_svg, scene_to
 cairosvg = pytest.importorskip("cairosvg")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cairo_render(svg: str, size: int) -> np.ndarray:

@@ -24,12 +24,7 @@ pytest.importorskip("vtracer")
 ICONS = Path(__file__).resolve().parents[1] / "assets" / "icons"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def icon_png(name: str, size: int) -> bytes:
