@@ -53,10 +53,12 @@ def build(ctx: AppContext) -> None:
     default = blora.default_preset(engine)
     p = blora.PRESETS[default]
 
-    def owner_of(request) -> str:
-        # (ctx.visitor, a gr.BrowserState, is not an input here: it would become a required
-        # parameter of the blora_* API endpoints)
-        return ctx.owner(request)
+    # Who owns the B-LoRAs: "local" on a private instance, the visitor id kept in the browser on a
+    # shared one (so a reload finds them again), a logged-in user by name (see tabs/personalize.py).
+    visitor = ctx.visitor if ctx.visitor is not None else gr.State(None)
+
+    def owner_of(request, visitor_v=None) -> str:
+        return ctx.owner(request, visitor_v)
 
     gr.Markdown(
         "**B-LoRA** learns one image with LoRA on just two blocks of SDXL's UNet, trained together: "
@@ -161,8 +163,8 @@ def build(ctx: AppContext) -> None:
         return (thumbs, ids, gr.update(choices=choices, value=cur_c if cur_c in valid else None),
                 gr.update(choices=choices, value=cur_s if cur_s in valid else None))
 
-    def refresh_library(cur_c, cur_s, request: gr.Request):
-        return library_view(owner_of(request), cur_c, cur_s)
+    def refresh_library(cur_c, cur_s, visitor_v, request: gr.Request):
+        return library_view(owner_of(request, visitor_v), cur_c, cur_s)
 
     def pick(ids, part, evt: gr.SelectData):
         if evt is None or evt.index is None or not ids or evt.index >= len(ids):
@@ -173,8 +175,8 @@ def build(ctx: AppContext) -> None:
     @user_errors
     @gpu(duration=600)
     def run_train(paths, trig, name_v, joint_v, steps_v, lr_v, rank_v, sample_every_v, ckpt_v, gc_v, seed_v,
-                  resume_v, request: gr.Request):
-        owner = owner_of(request)
+                  resume_v, visitor_v, request: gr.Request):
+        owner = owner_of(request, visitor_v)
         images = blora.training_images(paths, res)
         for label_, v in (("Steps", steps_v), ("Learning rate", lr_v), ("LoRA rank", rank_v), ("Seed", seed_v)):
             if v is None:
@@ -202,18 +204,18 @@ def build(ctx: AppContext) -> None:
             "**Stopped.** B-LoRAs finished before the Stop are in the library; the last checkpoint of "
             "the unfinished one (if any) is kept: train again with Resume on to continue."))
 
-    def after_train(info, cur_c, cur_s, request: gr.Request):
+    def after_train(info, cur_c, cur_s, visitor_v, request: gr.Request):
         new = None
         if isinstance(info, dict) and info.get("adapters"):
             new = str(info["adapters"][-1]["adapter_id"])
-        thumbs, ids, c, s = library_view(owner_of(request), cur_c, cur_s)
+        thumbs, ids, c, s = library_view(owner_of(request, visitor_v), cur_c, cur_s)
         if new is not None and new in ids:
             c = gr.update(choices=c["choices"], value=cur_c if cur_c in ids else new)
             s = gr.update(choices=s["choices"], value=cur_s if cur_s in ids else new)
         return thumbs, ids, c, s
 
-    def _generate(use, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, request):
-        owner = owner_of(request)
+    def _generate(use, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, visitor_v, request):
+        owner = owner_of(request, visitor_v)
         if seed_v is None or int(seed_v) < 0:
             raise UserError("The seed must be a whole number of 0 or more.")
         use = None if use in (None, "", CUSTOM) else use
@@ -240,14 +242,14 @@ def build(ctx: AppContext) -> None:
 
     @user_errors
     @gpu(duration=120)
-    def run_generate(use, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, request: gr.Request):
-        yield from _generate(use, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, request)
+    def run_generate(use, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, visitor_v, request: gr.Request):
+        yield from _generate(use, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, visitor_v, request)
 
     def use_handler(use_name):
         @user_errors
         @gpu(duration=120)
-        def handler(cid, cw, sid, sw, text, seed_v, steps_v, guid_v, request: gr.Request):
-            yield from _generate(use_name, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, request)
+        def handler(cid, cw, sid, sw, text, seed_v, steps_v, guid_v, visitor_v, request: gr.Request):
+            yield from _generate(use_name, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, visitor_v, request)
         return handler
 
     # ------------------------------------------------------------------ wiring
@@ -255,12 +257,12 @@ def build(ctx: AppContext) -> None:
     preset.change(apply_preset, preset, [steps, lr, rank, sample_every, ckpt_every, gc], queue=False)
     lib_outputs = [library_gallery, ids_state, content, style]
     train_event = train_btn.click(
-        run_train, [files, trigger, name, joint, steps, lr, rank, sample_every, ckpt_every, gc, seed, resume],
+        run_train, [files, trigger, name, joint, steps, lr, rank, sample_every, ckpt_every, gc, seed, resume, visitor],
         [status, loss_plot, samples, train_info], api_name="blora_train", **GPU)
-    train_event.then(after_train, [train_info, content, style], lib_outputs, api_name=False)
-    refresh.click(refresh_library, [content, style], lib_outputs, api_name="blora_library", queue=False)
+    train_event.then(after_train, [train_info, content, style, visitor], lib_outputs, api_name=False)
+    refresh.click(refresh_library, [content, style, visitor], lib_outputs, api_name="blora_library", queue=False)
     library_gallery.select(pick, [ids_state, pick_as], [content, style], queue=False)
-    gen_inputs = [content, content_w, style, style_w, prompts, g_seed, g_steps, g_guid]
+    gen_inputs = [content, content_w, style, style_w, prompts, g_seed, g_steps, g_guid, visitor]
     gen_outputs = [gallery, g_status, gen_info]
     gen_btn.click(run_generate, [use_dd, *gen_inputs], gen_outputs, api_name="blora_generate", **GPU)
     for btn, use_name in zip(use_btns, blora.USES):
@@ -268,7 +270,7 @@ def build(ctx: AppContext) -> None:
 
     root = getattr(gr.context.Context, "root_block", None)
     if root is not None and hasattr(root, "load"):  # fill the gallery when a page opens
-        root.load(refresh_library, [content, style], lib_outputs, queue=False, api_visibility="private")
+        root.load(refresh_library, [content, style, visitor], lib_outputs, queue=False, api_visibility="private")
 
     def cancel(request: gr.Request):
         engine.cancel(session_key(request))  # the running job stops within one step and says so

@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from .conftest import screenshot
+from .conftest import screenshot, start_app
 
 STYLE_TRANSFER = "Image style transfer"
 
@@ -31,7 +31,7 @@ def colored_pixels(png: bytes) -> int:
 
 def train_args(files, steps=3, **kw):
     a = dict(paths=files, trig="", name_v="", joint_v=False, steps_v=steps, lr_v=3e-3, rank_v=4, sample_every_v=0,
-             ckpt_v=0, gc_v=False, seed_v=0, resume_v=True)
+             ckpt_v=0, gc_v=False, seed_v=0, resume_v=True, visitor_v="alice")
     a.update(kw)
     return list(a.values())
 
@@ -51,10 +51,10 @@ def test_api_train_then_the_four_uses(client, live_app, tmp_path):
     assert len(made) == 2 and all(a["parts"] == {"content": 32, "style": 32} for a in made)
     assert [r[0] for r in plot["data"]] == [1, 2, 3]  # the last B-LoRA's curve
     assert samples  # samples while training
-    thumbs, content, style = client.predict(None, None, api_name="/blora_library")
+    thumbs, content, style = client.predict(None, None, "alice", api_name="/blora_library")
     assert len(thumbs) >= 2  # one thumbnail per B-LoRA
     a, b = (str(m["adapter_id"]) for m in made)
-    gallery, status, used = client.predict(STYLE_TRANSFER, a, 1.0, b, 0.5, "", 0, 2, 5.0, api_name="/blora_generate")
+    gallery, status, used = client.predict(STYLE_TRANSFER, a, 1.0, b, 0.5, "", 0, 2, 5.0, "alice", api_name="/blora_generate")
     assert len(gallery) == 1 and "Done" in status
     assert [(h["part"], str(h["adapter_id"]), h["weight"], h["block"]) for h in used["halves"]] == [
         ("content", a, 1.0, "up_blocks.0.attentions.0"), ("style", b, 0.5, "up_blocks.0.attentions.1")]
@@ -62,17 +62,44 @@ def test_api_train_then_the_four_uses(client, live_app, tmp_path):
     assert used["prompts"] == [f"A {trig[a]} in {trig[b]} style"]
     for use, parts, n in (("Text-based stylization", ["content"], 4), ("Consistent style", ["style"], 4),
                           ("Style-content mixing", ["content", "style"], 1)):
-        gallery, _, used = client.predict(use, a, 1.0, b, 1.0, "", 0, 2, 5.0, api_name="/blora_generate")
+        gallery, _, used = client.predict(use, a, 1.0, b, 1.0, "", 0, 2, 5.0, "alice", api_name="/blora_generate")
         assert [h["part"] for h in used["halves"]] == parts and len(gallery) == n
     # custom prompts, the style half alone
     gallery, _, used = client.predict("Custom prompts", None, 1.0, b, 1.0, "A cat in [s] style\nA tree in [s] style",
-                                      0, 2, 5.0, api_name="/blora_generate")
+                                      0, 2, 5.0, "alice", api_name="/blora_generate")
     assert len(gallery) == 2 and used["prompts"][0] == f"A cat in {trig[b]} style"
     with pytest.raises(AppError, match="needs a style B-LoRA"):
-        client.predict(STYLE_TRANSFER, a, 1.0, None, 1.0, "", 0, 2, 5.0, api_name="/blora_generate")
+        client.predict(STYLE_TRANSFER, a, 1.0, None, 1.0, "", 0, 2, 5.0, "alice", api_name="/blora_generate")
     with pytest.raises(AppError, match="Upload between 1 and"):
         client.predict(*train_args([]), api_name="/blora_train")
     assert live_app.alive()
+
+
+def test_shared_instance_keeps_each_visitors_b_loras(tmp_path_factory, tmp_path):
+    """--multi-user: a B-LoRA belongs to the visitor id that trained it (kept in the browser, so
+    a reload finds it), not to the page session; another visitor neither lists nor uses it."""
+    from gradio_client.exceptions import AppError
+
+    app = start_app(tmp_path_factory.mktemp("blora-shared"), "--multi-user")
+    try:
+        files = [handle_file(picture_file(tmp_path / "img.png", 0))]
+        _, _, _, info = Client(app.url, verbose=False).predict(*train_args(files, steps=1, visitor_v="carol"),
+                                                               api_name="/blora_train")
+        aid = str(info["adapters"][0]["adapter_id"])
+        later = Client(app.url, verbose=False)  # carol again, from a new page session
+        thumbs, _, _ = later.predict(None, None, "carol", api_name="/blora_library")
+        assert len(thumbs) == 1
+        _, status, _ = later.predict(STYLE_TRANSFER, aid, 1.0, aid, 1.0, "", 0, 2, 5.0, "carol",
+                                     api_name="/blora_generate")
+        assert "Done" in status
+        thumbs, _, _ = Client(app.url, verbose=False).predict(None, None, "dave", api_name="/blora_library")
+        assert not thumbs
+        with pytest.raises(AppError, match="not found|not in the list of choices"):
+            Client(app.url, verbose=False).predict(STYLE_TRANSFER, aid, 1.0, aid, 1.0, "", 0, 2, 5.0, "dave",
+                                                   api_name="/blora_generate")
+        assert app.alive()
+    finally:
+        app.stop()
 
 
 @pytest.mark.browser
