@@ -9,14 +9,24 @@ Widgets and wiring only; the method lives in core/adain.py. Three panels:
 - Train your own decoder: uploads or server folders, the paper's recipe, a streamed loss
   curve and sample transfers, Stop (the state so far is checkpointed; nothing half-written).
 
+Trained decoders belong to their owner (tabs.common.owner_key): on a private instance
+"local", whose runs live in data_dir/adain/runs/<run name> as always; anyone else (a visitor
+of a shared instance, a logged-in user) has their own folder data_dir/adain/runs/<owner
+folder>/<run name>, so visitors neither see nor use nor overwrite each other's decoders. The
+owner folder is a keyed hash of the owner key (never the key itself: it is a path, and the
+files under it can be served as downloads), and starts with "_", which no run name does.
+
 Weights: in the tiny family (offline, tests) a tiny random network of the paper's
 architecture; otherwise `args.adain_weights` if the app defines that flag, else
 $STUDIO_ADAIN_WEIGHTS (a folder with vgg_normalised.pth and decoder.pth, or a Hub repo id),
 else core.adain.DEFAULT_HUB_REPO; in other offline families (random-weight benchmarks) the
 paper's full-size network with random weights.
 """
+import hashlib
+import hmac
 import os
 import re
+import secrets
 import shutil
 import threading
 import time
@@ -31,6 +41,8 @@ from core import adain
 from core.errors import UserError
 from core.events import Progress, Result
 from tabs.common import GPU, AppContext, gpu, session_key, user_errors
+
+LOCAL = "local"  # the owner on a private instance (tabs.common.owner_key)
 
 TITLE = "AdaIN Transfer"
 
@@ -134,6 +146,7 @@ class AdaINTab:
         self.stops: dict[str, threading.Event] = {}
         self._style_cache: dict[tuple, list] = {}
         self._lock = threading.Lock()
+        self._owner_key: bytes | None = None
 
     # --- model choice ------------------------------------------------------------------
     @property
@@ -150,7 +163,45 @@ class AdaINTab:
 
     @property
     def runs_dir(self) -> Path:
+        """The root of all runs; the private instance's own ("local") runs sit right in it."""
         return Path(self.ctx.data_dir) / "adain" / "runs"
+
+    def owner(self, request: gr.Request | None, visitor: str | None = None) -> str:
+        """Who the decoders belong to: "local" on a private instance, the browser's visitor id
+        on a shared one, a logged-in user by name."""
+        return self.ctx.owner(request, visitor)
+
+    def _hash_key(self) -> bytes:
+        """A per-installation secret for the owner folders' names, kept beside (not inside)
+        the served runs folder, so no folder name can be computed from a user name."""
+        with self._lock:
+            if self._owner_key is None:
+                path = Path(self.ctx.data_dir) / "adain" / ".owner-key"
+                if not path.is_file():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(f".owner-key.{secrets.token_hex(4)}.tmp")
+                    tmp.write_text(secrets.token_hex(16))
+                    try:
+                        os.link(tmp, path)  # atomic, and the first writer wins
+                    except FileExistsError:
+                        pass
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                self._owner_key = path.read_text().strip().encode()
+            return self._owner_key
+
+    def owner_folder(self, owner: str) -> str:
+        """The folder name of a non-local owner: '_<kind>-<keyed hash>', path-safe, and never
+        a valid run name (those start with a letter or digit)."""
+        kind = re.sub(r"[^a-z]+", "", owner.partition(":")[0].lower())[:12] or "owner"
+        digest = hmac.new(self._hash_key(), owner.encode("utf-8"), hashlib.sha256).hexdigest()
+        return f"_{kind}-{digest[:24]}"
+
+    def runs_for(self, owner: str = LOCAL) -> Path:
+        """The folder holding `owner`'s runs."""
+        if owner == LOCAL:
+            return self.runs_dir
+        return self.runs_dir / self.owner_folder(owner)
 
     def weights_spec(self) -> str:
         """--adain-weights, else $STUDIO_ADAIN_WEIGHTS, else the default Hub repo; in an
@@ -163,18 +214,21 @@ class AdaINTab:
             return adain.RANDOM_WEIGHTS
         return adain.DEFAULT_HUB_REPO
 
-    def decoder_choices(self) -> list[str]:
-        runs = sorted(p.parent.name for p in self.runs_dir.glob(f"*/{adain.DECODER_NAME}"))
+    def decoder_choices(self, owner: str = LOCAL) -> list[str]:
+        """The built-in decoder and the decoders `owner` trained (nobody else's)."""
+        runs = sorted(p.parent.name for p in self.runs_for(owner).glob(f"*/{adain.DECODER_NAME}")
+                      if _RUN_NAME.match(p.parent.name))
         return [DEFAULT_DECODER] + runs
 
-    def model(self, decoder: str | None = None) -> adain.AdaINNet:
+    def model(self, decoder: str | None = None, owner: str = LOCAL) -> adain.AdaINNet:
         path = None
         if decoder and decoder != DEFAULT_DECODER:
             if not _RUN_NAME.match(str(decoder)):
                 raise UserError(f"{decoder!r} is not a decoder name; pick one from the list.")
-            path = self.runs_dir / decoder / adain.DECODER_NAME
+            path = self.runs_for(owner) / decoder / adain.DECODER_NAME
             if not path.is_file():
-                raise UserError(f"The trained decoder {decoder!r} was not found; pick another.")
+                raise UserError(f"The trained decoder {decoder!r} was not found among your "
+                                "decoders; pick another from the list.")
         return adain.get_model(None if self.tiny else self.weights_spec(), self.device,
                                getattr(self.ctx.engine, "dtype", torch.float32), tiny=self.tiny,
                                decoder=path)
@@ -182,7 +236,7 @@ class AdaINTab:
     # --- transfer ------------------------------------------------------------------------
     @user_errors
     def transfer(self, content_files, style_files, weights_text, alpha, preserve_color,
-                 use_regions, regions, size, decoder):
+                 use_regions, regions, size, decoder, visitor=None, request: gr.Request = None):
         contents, styles = _paths(content_files), _paths(style_files)
         if not contents:
             raise UserError("Upload at least one content image.")
@@ -192,7 +246,7 @@ class AdaINTab:
         masks = masks_from_editor(regions, len(styles)) if use_regions else None
         req = adain.TransferRequest(contents, styles, weights, float(alpha), bool(preserve_color),
                                     masks, int(size) if size else None, self.max_side)
-        model = self.model(decoder)
+        model = self.model(decoder, self.owner(request, visitor))
         done: list = []
         for ev in adain.run_transfer(model, req):
             if isinstance(ev, Progress):
@@ -226,8 +280,8 @@ class AdaINTab:
         im = adain.load_image(paths[0], what="content image", max_side=768)
         return {"background": im, "layers": [], "composite": im}
 
-    def refresh_decoders(self, current):
-        choices = self.decoder_choices()
+    def refresh_decoders(self, current, visitor=None, request: gr.Request = None):
+        choices = self.decoder_choices(self.owner(request, visitor))
         return gr.update(choices=choices, value=current if current in choices else DEFAULT_DECODER)
 
     # --- webcam --------------------------------------------------------------------------
@@ -244,7 +298,8 @@ class AdaINTab:
             return self._style_cache[key]
 
     @user_errors
-    def webcam(self, frame, style_files, weights_text, alpha, size, decoder, state):
+    def webcam(self, frame, style_files, weights_text, alpha, size, decoder, state, visitor=None,
+               request: gr.Request = None):
         state = dict(state or {})
         if frame is None:
             return None, "Waiting for the webcam...", state
@@ -253,7 +308,7 @@ class AdaINTab:
             raise UserError("Upload at least one style image (in the Transfer panel) first.")
         size = int(size)
         weights = parse_weights(weights_text, len(styles))
-        model = self.model(decoder)
+        model = self.model(decoder, self.owner(request, visitor))
         img = adain.prepare(frame, size, what="webcam frame", max_side=self.max_side)
         feats = self._style_feats(model, styles, size)
         x = adain.to_tensor(img)
@@ -286,11 +341,14 @@ class AdaINTab:
 
     @user_errors
     def train(self, content_files, style_files, content_dir, style_dir, run_name, steps,
-              batch_size, resize, crop, sample_every, save_every, resume, request: gr.Request):
+              batch_size, resize, crop, sample_every, save_every, resume, visitor=None,
+              request: gr.Request = None):
         name = (run_name or "").strip() or time.strftime("decoder-%Y%m%d-%H%M%S")
         if not _RUN_NAME.match(name):
-            raise UserError("The run name may hold letters, digits, '-', '_' and '.' (max 64).")
-        run = self.runs_dir / name
+            raise UserError("The run name may hold letters, digits, '-', '_' and '.' (max 64), "
+                            "starting with a letter or digit.")
+        owner = self.owner(request, visitor)
+        run = self.runs_for(owner) / name  # the owner's own run: nobody else resumes it
         if (content_dir or style_dir) and not getattr(self.ctx.args, "allow_server_paths", False) \
                 and not (content_files and style_files):
             raise UserError("Reading folders on the server is off: upload the images, or start the "
@@ -342,7 +400,7 @@ class AdaINTab:
                     yield (loss_frame(history) if history else gr.update(), ev.images,
                            f"{word} at step {ev.info['step']}; decoder saved as run '{name}' "
                            f"({ev.info['decoder']}). Pick it in the Decoder list to use it.",
-                           gr.update(choices=self.decoder_choices(), value=name))
+                           gr.update(choices=self.decoder_choices(owner), value=name))
         finally:
             if self.stops.get(key) is stop:
                 del self.stops[key]
@@ -363,6 +421,10 @@ def build(ctx: AppContext) -> None:
 
 def _build(ctx: AppContext) -> None:
     tab = AdaINTab(ctx)
+    # Who owns the trained decoders: "local" on a private instance, the visitor id kept in the
+    # browser on a shared one, a logged-in user by name (as in tabs/personalize.py). Every
+    # handler that lists, uses or trains decoders takes it as its last input.
+    visitor = ctx.visitor if ctx.visitor is not None else gr.State(None)
     gr.Markdown("Real-time arbitrary style transfer with **AdaIN** (Huang & Belongie 2017): the "
                 "content's VGG features take each style's channel mean and spread, and a learned "
                 "decoder turns them back into an image." +
@@ -385,7 +447,9 @@ def _build(ctx: AppContext) -> None:
                 preserve = gr.Checkbox(label="Preserve the content's colours")
                 size = gr.Slider(64, tab.max_side, value=512, step=32,
                                  label=f"Output size, longer side (max {tab.max_side})")
-                decoder = gr.Dropdown(tab.decoder_choices(), value=DEFAULT_DECODER,
+                # a shared instance lists each visitor's own decoders once their page loads
+                decoder = gr.Dropdown([DEFAULT_DECODER] if ctx.shared else tab.decoder_choices(),
+                                      value=DEFAULT_DECODER,
                                       label="Decoder", allow_custom_value=False)
                 with gr.Accordion("Regions: a style per painted area", open=False):
                     use_regions = gr.Checkbox(label="Use painted regions")
@@ -451,16 +515,23 @@ def _build(ctx: AppContext) -> None:
                     **private)
     styles.change(tab.preview, styles, styles_pv, api_name="adain_styles", **private)
     # decoders trained in other sessions (or before a restart) show up when the list opens
-    decoder.focus(tab.refresh_decoders, decoder, decoder, api_name="adain_decoders", **private)
+    decoder.focus(tab.refresh_decoders, [decoder, visitor], decoder, api_name="adain_decoders",
+                  **private)
+    root = getattr(gr.context.Context, "root_block", None)
+    if root is not None and hasattr(root, "load"):  # this owner's decoders when a page opens
+        root.load(tab.refresh_decoders, [decoder, visitor], decoder, queue=False,
+                  api_visibility="private")
     run_btn.click(gpu(duration=60)(tab.transfer),
-                  [contents, styles, weights, alpha, preserve, use_regions, regions, size, decoder],
+                  [contents, styles, weights, alpha, preserve, use_regions, regions, size, decoder,
+                   visitor],
                   [gallery, info], api_name="adain", **GPU)
-    cam.stream(gpu(duration=30)(tab.webcam), [cam, styles, weights, alpha, cam_size, decoder, cam_state],
+    cam.stream(gpu(duration=30)(tab.webcam),
+               [cam, styles, weights, alpha, cam_size, decoder, cam_state, visitor],
                [cam_out, fps, cam_state], stream_every=0.1, time_limit=300,
                show_progress="hidden", api_name="adain_webcam", **GPU)
     train_btn.click(gpu(duration=1800)(tab.train),
                     [t_contents, t_styles, t_cdir, t_sdir, run_name, steps, batch, resize, crop,
-                     sample_every, save_every, resume],
+                     sample_every, save_every, resume, visitor],
                     [curve, t_samples, t_status, decoder], api_name="adain_train", **GPU)
     # no output: the training run itself reports "Stopped at step N" (a reply from this
     # handler could land after that line and overwrite it)

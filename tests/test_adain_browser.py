@@ -184,3 +184,89 @@ def test_train_then_stop(adain_page, images):
                     f"{tab.locator('text=/step|Stop|Nothing/').all_inner_texts()}; see {shot}")
     # the loss curve was drawn: its legend names the terms
     tab.locator("text=/^total$/").first.wait_for()
+
+
+@pytest.fixture(scope="module")
+def shared_adain(tmp_path_factory):
+    """The tab on a shared instance (as on a Space): the visitor id kept in each browser's
+    localStorage (a gr.BrowserState, assigned when a page first opens, as app.py does)."""
+    gr = pytest.importorskip("gradio")
+    import uuid
+
+    from tabs import adain as tab_mod
+    from tabs.common import AppContext
+
+    engine = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, family="tiny",
+                             offline=True)
+    ctx = AppContext(engine=engine, data_dir=tmp_path_factory.mktemp("adain_shared"),
+                     args=argparse.Namespace(multi_user=True))
+    with gr.Blocks() as demo:
+        ctx.visitor = gr.BrowserState(None, storage_key="adain-test-visitor", secret="test")
+        with gr.Tab(tab_mod.TITLE):
+            tab_mod.build(ctx)
+        demo.load(lambda v: v or uuid.uuid4().hex, ctx.visitor, ctx.visitor)
+    demo.queue()
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                quiet=True)
+    yield f"http://127.0.0.1:{port}/", ctx
+    demo.close()
+
+
+def test_shared_instance_decoders_are_per_visitor(cam_browser, shared_adain, images):
+    """Visitor A trains a decoder; after a reload A's Decoder list has it, visitor B's (another
+    browser profile) does not, and the run lives in A's own folder."""
+    url, app_ctx = shared_adain
+    opened = []
+
+    def open_page():
+        bctx = cam_browser.new_context(viewport={"width": 1280, "height": 1000})
+        opened.append(bctx)
+        pg = bctx.new_page()
+        pg.set_default_timeout(60_000)
+        pg.goto(url)
+        pg.get_by_role("tab", name="AdaIN Transfer", exact=True).click()
+        pg.locator("#adain-tab").get_by_role("button", name="Stylize").wait_for()
+        pg.wait_for_function("() => localStorage.getItem('adain-test-visitor')")  # the visitor id
+        return pg, pg.locator("#adain-tab")
+
+    def decoder_options(pg, tab) -> list[str]:
+        """The Decoder list once opening it has refreshed it (the focus event's reply)."""
+        with pg.expect_response(lambda r: r.request.method == "POST" and "gradio_api" in r.url):
+            tab.get_by_label("Decoder").click()
+        pg.wait_for_timeout(300)  # the reply rendered
+        pg.get_by_role("option", name="built-in").wait_for()
+        names = pg.get_by_role("option").all_inner_texts()
+        pg.keyboard.press("Escape")
+        return [n.strip().splitlines()[-1] for n in names]  # without the selected one's tick
+
+    try:
+        a, a_tab = open_page()
+        a_tab.get_by_role("tab", name="Train your own decoder").click()
+        files = a_tab.locator("input[type=file][multiple]")
+        n = files.count()
+        files.nth(n - 2).set_input_files([images["content"], images["style2"]])
+        files.nth(n - 1).set_input_files([images["style"]])
+        a_tab.get_by_label("Run name").fill("visitor-run")
+        a_tab.get_by_label("Steps").fill("2")
+        a_tab.get_by_text("Recipe (the paper's defaults)").click()
+        a_tab.get_by_label("Resize shorter side to").fill("48")
+        a_tab.get_by_label("Random crop").fill("32")
+        a_tab.get_by_label("Samples every N steps").fill("2")
+        a_tab.get_by_role("button", name="Train", exact=True).click()
+        a.wait_for_selector("text=/Finished at step 2; decoder saved as run 'visitor-run'/")
+
+        a.reload()
+        a.get_by_role("tab", name="AdaIN Transfer", exact=True).click()
+        a_tab.get_by_role("button", name="Stylize").wait_for()
+        assert "visitor-run" in decoder_options(a, a_tab)
+
+        b, b_tab = open_page()
+        assert decoder_options(b, b_tab) == ["built-in"]
+    finally:
+        for bctx in opened:
+            bctx.close()
+    runs = Path(app_ctx.data_dir) / "adain" / "runs"
+    decoders = list(runs.glob("*/visitor-run/decoder.safetensors"))
+    assert len(decoders) == 1 and decoders[0].parent.parent.name.startswith("_visitor-")
+    assert not (runs / "visitor-run").exists()

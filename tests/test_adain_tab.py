@@ -14,12 +14,7 @@ from tabs import adain as tab_mod
 from tabs.common import AppContext
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -47,7 +42,7 @@ def test_transfer_handler_styles_a_batch(tab, tmp_path):
     contents = [save_image(tmp_path / "a.png", 0), save_image(tmp_path / "b.jpg", 1, (30, 60))]
     styles = [save_image(tmp_path / "s1.png", 2), save_image(tmp_path / "s2.png", 3)]
     outs = list(tab.transfer(contents, styles, "0.7, 0.3", 0.8, True, False, None, 64,
-                             tab_mod.DEFAULT_DECODER))
+                             tab_mod.DEFAULT_DECODER, None))
     images, info = outs[-1]
     assert [im.size for im in images] == [(64, 56), (32, 64)]
     assert info.startswith("Done: 2 image(s)")
@@ -58,20 +53,20 @@ def test_bad_upload_gives_gr_error(tab, tmp_path):
     bad.write_bytes(b"\x89PNG but truncated")
     style = save_image(tmp_path / "s.png", 2)
     with pytest.raises(gr.Error, match="content image 1 could not be read"):
-        list(tab.transfer([str(bad)], [style], "", 1.0, False, False, None, 64, "built-in"))
+        list(tab.transfer([str(bad)], [style], "", 1.0, False, False, None, 64, "built-in", None))
     with pytest.raises(gr.Error, match="holiday.png"):
         tab.preview([str(bad)])
     with pytest.raises(gr.Error, match="at least one style"):
-        list(tab.transfer([style], None, "", 1.0, False, False, None, 64, "built-in"))
+        list(tab.transfer([style], None, "", 1.0, False, False, None, 64, "built-in", None))
     with pytest.raises(gr.Error, match="one weight per style"):
-        list(tab.transfer([style], [style], "1, 2", 1.0, False, False, None, 64, "built-in"))
+        list(tab.transfer([style], [style], "1, 2", 1.0, False, False, None, 64, "built-in", None))
     with pytest.raises(gr.Error, match="numbers separated by commas"):
-        list(tab.transfer([style], [style], "a lot", 1.0, False, False, None, 64, "built-in"))
+        list(tab.transfer([style], [style], "a lot", 1.0, False, False, None, 64, "built-in", None))
     with pytest.raises(gr.Error, match="safe maximum"):
         list(tab.transfer([style], [style], "", 1.0, False, False, None, 4096, "built-in"))
     with pytest.raises(gr.Error, match="nothing is painted"):
         list(tab.transfer([style], [style], "", 1.0, False, True,
-                          {"background": None, "layers": [], "composite": None}, 64, "built-in"))
+                          {"background": None, "layers": [], "composite": None}, 64, "built-in", None))
 
 
 def test_regions_from_editor_layers():
@@ -96,7 +91,7 @@ def test_region_transfer_runs(tab, tmp_path):
     layer[:32, :, 3] = 255
     images, info = list(tab.transfer([content], styles, "", 1.0, False, True,
                                   {"background": None, "layers": [layer], "composite": None},
-                                  64, "built-in"))[-1]
+                                  64, "built-in", None))[-1]
     assert images[0].size == (64, 64)
     assert info.endswith("Regions: style 1 50%, style 2 50%")
 
@@ -106,18 +101,18 @@ def test_webcam_handler_reports_fps(tab, tmp_path):
     frame = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     state = {}
     for _ in range(3):
-        img, text, state = tab.webcam(frame, [style], "", 1.0, 64, "built-in", state)
+        img, text, state = tab.webcam(frame, [style], "", 1.0, 64, "built-in", state, None)
     assert img.size == (64, 48)
     assert "FPS" in text and "model" in text and len(state["times"]) == 3
-    assert tab.webcam(None, [style], "", 1.0, 64, "built-in", {})[0] is None
+    assert tab.webcam(None, [style], "", 1.0, 64, "built-in", {}, None)[0] is None
     with pytest.raises(gr.Error, match="style image"):
-        tab.webcam(frame, None, "", 1.0, 64, "built-in", {})
+        tab.webcam(frame, None, "", 1.0, 64, "built-in", {}, None)
 
 
 def test_train_panel_streams_and_stops(tab, tmp_path):
     contents = [save_image(tmp_path / f"c{i}.png", i, (48, 48)) for i in range(3)]
     styles = [save_image(tmp_path / f"s{i}.png", 10 + i, (48, 48)) for i in range(2)]
-    gen = tab.train(contents, styles, "", "", "myrun", 50, 2, 40, 32, 2, 3, True, request())
+    gen = tab.train(contents, styles, "", "", "myrun", 50, 2, 40, 32, 2, 3, True, None, request())
     first = next(gen)
     second = next(gen)
     frame, samples, status, _ = second
@@ -134,26 +129,26 @@ def test_train_panel_streams_and_stops(tab, tmp_path):
     run = tab.runs_dir / "myrun"
     assert (run / "decoder.safetensors").is_file() and (run / "checkpoint.safetensors").is_file()
     assert tab.stop(request()) == "Nothing is training."
-    assert tab_mod.AdaINTab(tab.ctx).refresh_decoders("gone")["choices"] == ["built-in", "myrun"]
+    assert tab_mod.AdaINTab(tab.ctx).refresh_decoders("gone", None)["choices"] == ["built-in", "myrun"]
     # the trained decoder is usable in the transfer panel
     images, _ = list(tab.transfer(contents[:1], styles[:1], "", 1.0, False, False, None, 32,
-                                  "myrun"))[-1]
+                                  "myrun", None))[-1]
     assert images[0].size == (32, 32)
     with pytest.raises(gr.Error, match="was not found"):
-        list(tab.transfer(contents[:1], styles[:1], "", 1.0, False, False, None, 32, "nope"))
+        list(tab.transfer(contents[:1], styles[:1], "", 1.0, False, False, None, 32, "nope", None))
     with pytest.raises(gr.Error, match="not a decoder name"):
-        list(tab.transfer(contents[:1], styles[:1], "", 1.0, False, False, None, 32, "../../x"))
+        list(tab.transfer(contents[:1], styles[:1], "", 1.0, False, False, None, 32, "../../x", None))
 
 
 def test_train_panel_bad_input(tab, tmp_path):
     with pytest.raises(gr.Error, match="Upload content images"):
-        list(tab.train(None, None, "", "", "r", 5, 2, 40, 32, 2, 3, True, request()))
+        list(tab.train(None, None, "", "", "r", 5, 2, 40, 32, 2, 3, True, None, request()))
     bad = tmp_path / "x.png"
     bad.write_bytes(b"nope")
     with pytest.raises(gr.Error, match="content image 1"):
-        list(tab.train([str(bad)], [str(bad)], "", "", "r", 5, 2, 40, 32, 2, 3, True, request()))
+        list(tab.train([str(bad)], [str(bad)], "", "", "r", 5, 2, 40, 32, 2, 3, True, None, request()))
     with pytest.raises(gr.Error, match="run name"):
-        list(tab.train(None, None, "", "", "../escape", 5, 2, 40, 32, 2, 3, True, request()))
+        list(tab.train(None, None, "", "", "../escape", 5, 2, 40, 32, 2, 3, True, None, request()))
 
 
 def test_build_registers_the_adain_endpoint(ctx):
@@ -193,7 +188,7 @@ def test_loss_curve_is_thinned():
 
 def test_stop_before_the_first_step_saves_nothing(tab, tmp_path):
     contents = [save_image(tmp_path / "c.png", 0, (48, 48))]
-    gen = tab.train(contents, contents, "", "", "early", 50, 2, 40, 32, 2, 3, True, request())
+    gen = tab.train(contents, contents, "", "", "early", 50, 2, 40, 32, 2, 3, True, None, request())
     next(gen)  # the first samples, before any step
     tab.stop(request())
     *_, last = gen
@@ -207,5 +202,65 @@ def test_server_folders_are_refused_unless_allowed(tab, tmp_path):
     secret = tmp_path / "secret-folder"
     secret.mkdir()
     with pytest.raises(gr.Error, match="--allow-server-paths"):
-        list(tab.train(None, None, str(secret), str(secret), "r", 5, 2, 40, 32, 2, 3, True, request()))
+        list(tab.train(None, None, str(secret), str(secret), "r", 5, 2, 40, 32, 2, 3, True, None, request()))
     assert not (tab.runs_dir / "r").exists()
+
+
+def test_shared_instance_keeps_visitors_decoders_apart(tmp_path):
+    """On a shared instance (a Space, --multi-user) a decoder belongs to the visitor who trained
+    it: only their list shows it, only they can use it, and another visitor's run of the same
+    name is a separate run in a separate folder (no resuming or overwriting someone else's)."""
+    engine = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, family="tiny")
+    ctx = AppContext(engine=engine, data_dir=tmp_path / "data",
+                     args=argparse.Namespace(multi_user=True))
+    assert ctx.shared
+    tab = tab_mod.AdaINTab(ctx)
+    req_a = SimpleNamespace(username=None, session_hash="session-a")
+    req_b = SimpleNamespace(username=None, session_hash="session-b")
+    contents = [save_image(tmp_path / f"c{i}.png", i, (40, 40)) for i in range(2)]
+    styles = [save_image(tmp_path / "s.png", 9, (40, 40))]
+
+    def train(visitor, req):
+        return list(tab.train(contents, styles, "", "", "mine", 2, 2, 40, 32, 2, 2, True,
+                              visitor, req))
+
+    *_, last = train("visitor-a", req_a)
+    assert last[2].startswith("Finished at step 2")
+    assert last[3]["choices"] == ["built-in", "mine"]
+    owner_a = ctx.owner(req_a, "visitor-a")
+    run_a = tab.runs_for(owner_a) / "mine"
+    decoder_a = run_a / "decoder.safetensors"
+    assert decoder_a.is_file() and run_a.parent.parent == tab.runs_dir
+    # the owner folder is hashed, path-safe, and no run name can take it
+    assert "visitor-a" not in run_a.parent.name and run_a.parent.name.startswith("_")
+    assert not (tab.runs_dir / "mine").exists()
+    before = decoder_a.read_bytes()
+
+    # A lists and uses the decoder; B (and the private instance's "local") does not see it
+    assert tab.refresh_decoders(None, "visitor-a", req_a)["choices"] == ["built-in", "mine"]
+    assert tab.refresh_decoders("mine", "visitor-b", req_b) == gr.update(
+        choices=["built-in"], value="built-in")
+    assert tab.decoder_choices() == ["built-in"]
+    images, _ = list(tab.transfer(contents[:1], styles, "", 1.0, False, False, None, 32, "mine",
+                                  "visitor-a", req_a))[-1]
+    assert images[0].size == (32, 32)
+    with pytest.raises(gr.Error, match="'mine' was not found among your decoders"):
+        list(tab.transfer(contents[:1], styles, "", 1.0, False, False, None, 32, "mine",
+                          "visitor-b", req_b))
+    with pytest.raises(tab_mod.UserError, match="not found"):
+        tab.model("mine", ctx.owner(req_b, "visitor-b"))
+    frame = np.zeros((32, 32, 3), dtype=np.uint8)
+    with pytest.raises(gr.Error, match="not found"):
+        tab.webcam(frame, styles, "", 1.0, 32, "mine", {}, "visitor-b", req_b)
+
+    # B's run of the same name starts afresh in B's own folder; A's run is untouched
+    events = train("visitor-b", req_b)
+    assert "resumed" not in events[0][2]
+    assert events[-1][2].startswith("Finished at step 2")
+    run_b = tab.runs_for(ctx.owner(req_b, "visitor-b")) / "mine"
+    assert run_b != run_a and (run_b / "decoder.safetensors").is_file()
+    assert decoder_a.read_bytes() == before
+    assert tab.decoder_choices(owner_a) == ["built-in", "mine"]
+    # the same visitor on another page (a reload) still owns the decoder
+    req_a2 = SimpleNamespace(username=None, session_hash="session-a2")
+    assert tab.refresh_decoders(None, "visitor-a", req_a2)["choices"] == ["built-in", "mine"]
