@@ -348,10 +348,11 @@ def svg_to_png(svg: str, size: int) -> bytes:
 
 
 def run_folder(data_dir, owner: str, keep: int = 30) -> Path:
-    """A fresh folder for one run under data_dir/svg/<owner>/, pruning that owner's oldest
+    """A fresh folder for one run under data_dir/svg/<owner digest>/, pruning that owner's oldest
     runs beyond `keep`. The owner key is hashed into the name, never used as a path."""
-    digest = hashlib.sha1(owner.encode("utf-8")).hexdigest()[:10]
-    base = Path(data_dir) / "svg" / f"{_slug(owner, 24)}-{digest}"
+    # only a digest: the owner key (a visitor id is the key to their library) never shows in a
+    # download's URL
+    base = Path(data_dir) / "svg" / hashlib.sha256(owner.encode("utf-8")).hexdigest()[:20]
     base.mkdir(parents=True, exist_ok=True)
     runs = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.name)
     for old in runs[:max(0, len(runs) - keep + 1)]:

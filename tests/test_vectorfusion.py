@@ -24,12 +24,7 @@ from core.vector.svg_io import parse_svg
 cairosvg = pytest.importorskip("cairosvg")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +237,8 @@ def test_baseline_then_sds_streams_candidates_frames_and_files(tiny_engine, metr
     assert "baseline_svg" in final.info and len(parse_svg(final.info["baseline_svg"]).shapes) == 8
     svg_path, png_path = map(Path, final.files)
     assert svg_path.read_text() == final.info["svg"]
-    assert tmp_path in svg_path.parents and "user-ann" in str(svg_path)
+    assert tmp_path in svg_path.parents and "ann" not in str(svg_path.relative_to(tmp_path))  # a digest, not the key
+    assert svg_path.parent.parent == vf.run_folder(tmp_path, "user:ann").parent  # ann's own folder
     # the PNG is cairosvg's rendering of that very SVG
     png = np.asarray(Image.open(png_path).convert("RGB"), np.float64) / 255
     assert np.abs(png - cairo_rgb(final.info["svg"], png.shape[1])).max() < 1e-9
