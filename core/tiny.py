@@ -55,11 +55,24 @@ def _text_config(hidden: int, layers: int, heads: int, ffn: int, projection: int
 
 
 def _tiny_vae() -> AutoencoderKL:
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                         block_out_channels=(16, 32, 32),
-                         down_block_types=("DownEncoderBlock2D",) * 3,
-                         up_block_types=("UpDecoderBlock2D",) * 3,
-                         layers_per_block=1, norm_num_groups=8, sample_size=64)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                        block_out_channels=(16, 32, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3,
+                        layers_per_block=1, norm_num_groups=8, sample_size=64)
+    # The real models' factor is chosen so that latents of images have unit variance (SD's
+    # 0.18215); fit it the same way for these random weights (SD's value would leave them at
+    # std 0.07, where the noise of every timestep drowns the image)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        ramp = torch.linspace(-1, 1, 64)
+        images = torch.stack([torch.stack([ramp[None, :].expand(64, 64), ramp[:, None].expand(64, 64),
+                                           -ramp[None, :].expand(64, 64)]),
+                              torch.rand(3, 64, 64) * 2 - 1,
+                              (torch.rand(3, 1, 1) * 2 - 1).expand(3, 64, 64) + 0.2 * torch.randn(3, 64, 64)])
+        std = float(vae.encode(images.clamp(-1, 1)).latent_dist.mean.std())
+    vae.register_to_config(scaling_factor=round(1.0 / std, 3))
+    return vae
 
 
 def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
