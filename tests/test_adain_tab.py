@@ -1,5 +1,6 @@
 """The AdaIN tab's handlers, called directly (no server), in tiny mode on CPU."""
 import argparse
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -232,7 +233,7 @@ def test_shared_instance_keeps_visitors_decoders_apart(tmp_path):
     decoder_a = run_a / "decoder.safetensors"
     assert decoder_a.is_file() and run_a.parent.parent == tab.runs_dir
     # the owner folder is hashed, path-safe, and no run name can take it
-    assert "visitor-a" not in run_a.parent.name and run_a.parent.name.startswith("_")
+    assert re.fullmatch(r"_visitor-[0-9a-f]{24}", run_a.parent.name)  # a keyed digest, never the id itself
     assert not (tab.runs_dir / "mine").exists()
     before = decoder_a.read_bytes()
 
