@@ -153,20 +153,26 @@ def test_webcam_stream_shows_fps(adain_page, images):
     assert "model" in text and "256x192" in text
 
 
-def test_train_then_stop(adain_page, images):
-    page, tab = adain_page, adain_page.locator("#adain-tab")
+def start_training(tab, images, run_name: str, steps: int) -> None:
+    """Fill the "Train your own decoder" panel (two content images, one style, tiny sizes,
+    samples every 2 steps) and press Train."""
     tab.get_by_role("tab", name="Train your own decoder").click()
     files = tab.locator("input[type=file][multiple]")
     n = files.count()
     files.nth(n - 2).set_input_files([images["content"], images["style2"]])
     files.nth(n - 1).set_input_files([images["style"]])
-    tab.get_by_label("Run name").fill("browser-run")
-    tab.get_by_label("Steps").fill("5000")
+    tab.get_by_label("Run name").fill(run_name)
+    tab.get_by_label("Steps").fill(str(steps))
     tab.get_by_text("Recipe (the paper's defaults)").click()
     tab.get_by_label("Resize shorter side to").fill("48")
     tab.get_by_label("Random crop").fill("32")
     tab.get_by_label("Samples every N steps").fill("2")
     tab.get_by_role("button", name="Train", exact=True).click()
+
+
+def test_train_then_stop(adain_page, images):
+    page, tab = adain_page, adain_page.locator("#adain-tab")
+    start_training(tab, images, "browser-run", 5000)
     page.wait_for_selector("text=/step \\d+\\/5000/")
     stopped = "text=/Stopped at step \\d+; decoder saved as run 'browser-run'/"
     for _ in range(3):  # a click can land while the panel re-renders on a busy machine
@@ -242,18 +248,7 @@ def test_shared_instance_decoders_are_per_visitor(cam_browser, shared_adain, ima
 
     try:
         a, a_tab = open_page()
-        a_tab.get_by_role("tab", name="Train your own decoder").click()
-        files = a_tab.locator("input[type=file][multiple]")
-        n = files.count()
-        files.nth(n - 2).set_input_files([images["content"], images["style2"]])
-        files.nth(n - 1).set_input_files([images["style"]])
-        a_tab.get_by_label("Run name").fill("visitor-run")
-        a_tab.get_by_label("Steps").fill("2")
-        a_tab.get_by_text("Recipe (the paper's defaults)").click()
-        a_tab.get_by_label("Resize shorter side to").fill("48")
-        a_tab.get_by_label("Random crop").fill("32")
-        a_tab.get_by_label("Samples every N steps").fill("2")
-        a_tab.get_by_role("button", name="Train", exact=True).click()
+        start_training(a_tab, images, "visitor-run", 2)
         a.wait_for_selector("text=/Finished at step 2; decoder saved as run 'visitor-run'/")
 
         a.reload()
