@@ -32,17 +32,9 @@ def trainable_params(unet, rank: int) -> int:
 
 
 def cmd_params(a) -> None:
-    from diffusers import UNet2DConditionModel
+    from core.tiny import sdxl_architecture
 
-    with torch.device("meta"):  # core.tiny.sdxl_architecture's UNet config, no memory
-        unet = UNet2DConditionModel(
-            sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-            block_out_channels=(320, 640, 1280),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
-            cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
-            addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    unet = sdxl_architecture(device="meta", dtype=torch.float16).unet  # SDXL's shapes, no memory
     for rank in (4, 8, 16, 64):
         n = trainable_params(unet, rank)
         print(json.dumps({"model": "sdxl-arch", "rank": rank, "trainable_params": n,

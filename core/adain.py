@@ -37,7 +37,6 @@ import pickle
 import random
 import re
 import sys
-import tempfile
 import threading
 import time
 import zipfile
@@ -440,16 +439,11 @@ def init_encoder_from_torchvision(model: AdaINNet, weights: str = "IMAGENET1K_V1
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
     """Write safetensors to a temp file in the same folder, then rename over `path`."""
     from safetensors.torch import save_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    from .files import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:

@@ -52,12 +52,13 @@ from PIL import Image
 
 from . import lora_format as lf
 from .errors import UserError
+from .files import TMP_INFIX, atomic_path
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANAGED_DIRS = ("adapters", "images", "exports")
-TMP_MARK = ".tmp-"
+TMP_MARK = TMP_INFIX  # what atomic writes leave when killed
 THUMB_SIDE = 256
 SHARED_OWNER = ""  # system-owned, visible to everyone (e.g. the class-image cache)
 
@@ -930,13 +931,8 @@ class Store:
         folder.mkdir(parents=True, exist_ok=True)
         fname = _safe_filename(a.name + (f"-{part}" if part else "") + ("" if fmt == "kohya" else "-diffusers"))
         final = folder / f"{fname}.safetensors"
-        tmp = folder / f".{fname}{TMP_MARK}{os.getpid()}"
-        try:
+        with atomic_path(final) as tmp:
             lf.write_safetensors(tmp, out, header)
-            os.replace(tmp, final)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
         return final
 
     def _sweep_exports(self, max_age_s: float = 3600.0) -> None:

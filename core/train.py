@@ -70,6 +70,7 @@ from PIL import Image
 from . import library
 from .errors import Cancelled, UserError
 from .events import Notice, Progress, Result
+from .files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -276,15 +277,6 @@ def _tensor_digest(*tensors: torch.Tensor) -> str:
     for t in tensors:
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -648,7 +640,7 @@ class Trainer:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _atomic_write(run / "latest", final.name.encode())
+        atomic_write(run / "latest", final.name, fsync=True)
         for old in run.glob("ckpt-*"):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)

@@ -33,14 +33,11 @@ by cairosvg from that very SVG file.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import logging
 import math
-import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -53,6 +50,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import Cancelled, UserError
+from .files import atomic_write, owner_dirname
 from .events import Result
 from .jobs import JobContext
 from .vector.live import VectorProgress, live, xing_loss
@@ -326,19 +324,6 @@ def _slug(text: str, limit: int = 40) -> str:
     return s or "icon"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def svg_to_png(svg: str, size: int) -> bytes:
     """cairosvg's rendering of the SVG text, `size` px wide, on white."""
     import cairosvg
@@ -350,9 +335,9 @@ def svg_to_png(svg: str, size: int) -> bytes:
 def run_folder(data_dir, owner: str, keep: int = 30) -> Path:
     """A fresh folder for one run under data_dir/svg/<owner digest>/, pruning that owner's oldest
     runs beyond `keep`. The owner key is hashed into the name, never used as a path."""
-    # only a digest: the owner key (a visitor id is the key to their library) never shows in a
+    # a keyed digest: the owner key (a visitor id is the key to their library) never shows in a
     # download's URL
-    base = Path(data_dir) / "svg" / hashlib.sha256(owner.encode("utf-8")).hexdigest()[:20]
+    base = Path(data_dir) / "svg" / owner_dirname(data_dir, owner)
     base.mkdir(parents=True, exist_ok=True)
     runs = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.name)
     for old in runs[:max(0, len(runs) - keep + 1)]:

@@ -13,8 +13,8 @@ Trained decoders belong to their owner (tabs.common.owner_key): on a private ins
 "local", whose runs live in data_dir/adain/runs/<run name> as always; anyone else (a visitor
 of a shared instance, a logged-in user) has their own folder data_dir/adain/runs/<owner
 folder>/<run name>, so visitors neither see nor use nor overwrite each other's decoders. The
-owner folder is a keyed hash of the owner key (never the key itself: it is a path, and the
-files under it can be served as downloads), and starts with "_", which no run name does.
+owner folder is core.files.owner_dirname (a keyed digest, never the key itself: the files under
+it can be served as downloads), and starts with "_", which no run name does.
 
 Weights: in the tiny family (offline, tests) a tiny random network of the paper's
 architecture; otherwise `args.adain_weights` if the app defines that flag, else
@@ -22,11 +22,8 @@ $STUDIO_ADAIN_WEIGHTS (a folder with vgg_normalised.pth and decoder.pth, or a Hu
 else core.adain.DEFAULT_HUB_REPO; in other offline families (random-weight benchmarks) the
 paper's full-size network with random weights.
 """
-import hashlib
-import hmac
 import os
 import re
-import secrets
 import shutil
 import threading
 import time
@@ -39,6 +36,7 @@ import torch
 
 from core import adain
 from core.errors import UserError
+from core.files import owner_dirname
 from core.events import Progress, Result
 from tabs.common import GPU, AppContext, gpu, session_key, user_errors
 
@@ -146,7 +144,6 @@ class AdaINTab:
         self.stops: dict[str, threading.Event] = {}
         self._style_cache: dict[tuple, list] = {}
         self._lock = threading.Lock()
-        self._owner_key: bytes | None = None
 
     # --- model choice ------------------------------------------------------------------
     @property
@@ -171,37 +168,11 @@ class AdaINTab:
         on a shared one, a logged-in user by name."""
         return self.ctx.owner(request, visitor)
 
-    def _hash_key(self) -> bytes:
-        """A per-installation secret for the owner folders' names, kept beside (not inside)
-        the served runs folder, so no folder name can be computed from a user name."""
-        with self._lock:
-            if self._owner_key is None:
-                path = Path(self.ctx.data_dir) / "adain" / ".owner-key"
-                if not path.is_file():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(f".owner-key.{secrets.token_hex(4)}.tmp")
-                    tmp.write_text(secrets.token_hex(16))
-                    try:
-                        os.link(tmp, path)  # atomic, and the first writer wins
-                    except FileExistsError:
-                        pass
-                    finally:
-                        tmp.unlink(missing_ok=True)
-                self._owner_key = path.read_text().strip().encode()
-            return self._owner_key
-
-    def owner_folder(self, owner: str) -> str:
-        """The folder name of a non-local owner: '_<kind>-<keyed hash>', path-safe, and never
-        a valid run name (those start with a letter or digit)."""
-        kind = re.sub(r"[^a-z]+", "", owner.partition(":")[0].lower())[:12] or "owner"
-        digest = hmac.new(self._hash_key(), owner.encode("utf-8"), hashlib.sha256).hexdigest()
-        return f"_{kind}-{digest[:24]}"
-
     def runs_for(self, owner: str = LOCAL) -> Path:
         """The folder holding `owner`'s runs."""
         if owner == LOCAL:
             return self.runs_dir
-        return self.runs_dir / self.owner_folder(owner)
+        return self.runs_dir / owner_dirname(self.ctx.data_dir, owner)
 
     def weights_spec(self) -> str:
         """--adain-weights, else $STUDIO_ADAIN_WEIGHTS, else the default Hub repo; in an

@@ -49,6 +49,17 @@ def _candidates(result: Result) -> list:
             for i, (img, s) in enumerate(zip(result.images, scores))]
 
 
+def result_panel(prefix: str):
+    """The current SVG (as cairosvg renders it), its SVG and PNG downloads, hidden details."""
+    preview = gr.Image(label="Current SVG (rendered by cairosvg)", type="filepath",
+                       interactive=False, height=360, elem_id=f"{prefix}-preview")
+    with gr.Row():
+        svg_file = gr.File(label="SVG", interactive=False, elem_id=f"{prefix}-file")
+        png_file = gr.File(label="PNG", interactive=False, elem_id=f"{prefix}-png")
+    info = gr.JSON(label="Details", visible=False)
+    return preview, svg_file, png_file, info
+
+
 def build(ctx: AppContext) -> None:
     engine = ctx.engine
     tiny = engine.offline
@@ -91,12 +102,7 @@ def build(ctx: AppContext) -> None:
                 status = gr.Markdown("", elem_id="svg-status")
                 candidates = gr.Gallery(label="Candidates (CLIP score)", columns=4, height=180,
                                         elem_id="svg-candidates")
-                preview = gr.Image(label="Current SVG (rendered by cairosvg)", type="filepath",
-                                   interactive=False, height=360, elem_id="svg-preview")
-                with gr.Row():
-                    svg_file = gr.File(label="SVG", interactive=False, elem_id="svg-file")
-                    png_file = gr.File(label="PNG", interactive=False, elem_id="svg-png")
-                info = gr.JSON(label="Details", visible=False)
+                preview, svg_file, png_file, info = result_panel("svg")
 
     with gr.Tab("From an image"):
         with gr.Row():
@@ -117,12 +123,7 @@ def build(ctx: AppContext) -> None:
                     v_stop = gr.Button("Stop (keeps the last SVG)", variant="stop", elem_id="vec-stop")
             with gr.Column(scale=1):
                 v_status = gr.Markdown("", elem_id="vec-status")
-                v_preview = gr.Image(label="Current SVG (rendered by cairosvg)", type="filepath",
-                                     interactive=False, height=360, elem_id="vec-preview")
-                with gr.Row():
-                    v_svg = gr.File(label="SVG", interactive=False, elem_id="vec-file")
-                    v_png = gr.File(label="PNG", interactive=False, elem_id="vec-png")
-                v_info = gr.JSON(label="Details", visible=False)
+                v_preview, v_svg, v_png, v_info = result_panel("vec")
 
     with gr.Tab("Icon set"):
         with gr.Row():

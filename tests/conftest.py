@@ -58,6 +58,17 @@ def tiny_sd_engine(tmp_path_factory):
     return engine
 
 
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """A tiny engine of the module's own, with its own data folder (library, runs): what one
+    module trains or stops leaves nothing for the next. A module may override it."""
+    from core.engine import Engine
+
+    e = Engine("tiny", data_dir=tmp_path_factory.mktemp("module-engine"))
+    e.load()
+    return e
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -70,13 +70,6 @@ def assert_same_state(a, b):
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    e = Engine("tiny", data_dir=tmp_path_factory.mktemp("blora-engine"))
-    e.load()
-    return e
-
-
-@pytest.fixture(scope="module")
 def trained(engine):
     """Two B-LoRAs (pictures 0 and 1) trained in one job, with what was trainable recorded."""
     unet = engine.pipe.unet

@@ -86,13 +86,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    e = Engine("tiny", data_dir=tmp_path_factory.mktemp("cancel-sweep"))
-    e.load()
-    return e
-
-
-@pytest.fixture(scope="module")
 def made(engine, tmp_path_factory):
     """What the generation jobs use: a B-LoRA, a DreamBooth adapter, a StyleDrop round, the
     tiny scoring models and a folder for SVG runs."""

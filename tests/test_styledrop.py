@@ -54,13 +54,6 @@ def metrics():
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    e = Engine("tiny", data_dir=tmp_path_factory.mktemp("styledrop-data"))
-    e.load()
-    return e
-
-
-@pytest.fixture(scope="module")
 def round1(engine, metrics):
     """A loop with round 1 trained, 6 candidates scored; also what the trainer saw."""
     loop = sd.create_loop(engine, [style_image()], owner="local", content_description="a gradient square",

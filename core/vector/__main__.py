@@ -13,6 +13,7 @@ import sys
 import time
 
 from ..errors import UserError
+from ..files import atomic_path, atomic_write
 
 
 def _render(a) -> None:
@@ -33,13 +34,8 @@ def _render(a) -> None:
 
 
 def _save(img, path, fmt) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         img.save(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _vectorize(a) -> None:
@@ -55,14 +51,7 @@ def _vectorize(a) -> None:
             m = ev.metrics
             print(f"[{ev.step}/{ev.total}] {ev.message}  loss {m.get('loss', 0):.5f}  "
                   f"PSNR {m.get('psnr', 0):.2f} dB", file=sys.stderr)
-    tmp = f"{a.output}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(result.info["svg"])
-        os.replace(tmp, a.output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(a.output, result.info["svg"])
     print(f"wrote {a.output}: {result.info['paths']} paths, PSNR {result.info['psnr']:.2f} dB "
           f"at {result.info['size'][0]}x{result.info['size'][1]}, {time.time() - t0:.1f} s")
 

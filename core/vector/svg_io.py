@@ -660,16 +660,6 @@ def scene_to_svg(scene: Scene, digits: int = 3) -> str:
 
 def write_svg(scene: Scene, path, digits: int = 3) -> None:
     """Write atomically (temp file + rename), so a cancelled job never leaves half an SVG."""
-    import os
-    import tempfile
-    text = scene_to_svg(scene, digits)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".svg.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..files import atomic_write
+
+    atomic_write(path, scene_to_svg(scene, digits))
