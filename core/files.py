@@ -64,8 +64,11 @@ def _install_key(data_dir: Path) -> bytes:
                 os.link(tmp, path)
             except FileExistsError:
                 pass
+            except OSError:  # a file system without hard links (some mounted volumes)
+                if not path.exists():
+                    os.replace(tmp, path)
             finally:
-                os.unlink(tmp)
+                Path(tmp).unlink(missing_ok=True)
         _keys[path] = path.read_text().strip().encode()
     return _keys[path]
 
