@@ -37,7 +37,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="protect the instance with a login: 'user:password[,user2:password2]' (env STUDIO_AUTH)")
     p.add_argument("--multi-user", action="store_true", default=bool(env("SPACE_ID")) or bool(env("STUDIO_MULTI_USER")),
                    help="keep each visitor's uploads, adapters and ratings apart (on by default on a Space)")
-    return p.parse_args(argv)
+    p.add_argument("--max-job-minutes", type=float, default=float(env("STUDIO_MAX_JOB_MINUTES", "0") or 0),
+                   help="stop any job that holds the accelerator longer (default: 30 on a shared instance, "
+                        "no limit on a private one)")
+    p.add_argument("--proxy-hops", type=int, default=int(env("STUDIO_PROXY_HOPS", "1" if env("SPACE_ID") else "0")),
+                   help="trusted proxies in front of the app (1 on a Space): the client address is read from "
+                        "X-Forwarded-For that many entries from the right; 0 = the connection's own address")
+    args = p.parse_args(argv)
+    if args.multi_user and args.allow_server_paths:
+        p.error("--allow-server-paths cannot be used with --multi-user: every visitor could read the "
+                "server's folders (other visitors' uploads and runs included)")
+    if not 0 <= args.proxy_hops <= 8:
+        p.error("--proxy-hops must be from 0 to 8")
+    if not (0 <= args.max_job_minutes <= 7 * 24 * 60):
+        p.error("--max-job-minutes must be from 0 (no limit) to 10080")
+    return args
 
 
 def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
@@ -52,50 +66,85 @@ def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
     return pairs
 
 
-def visitor_secret(data_dir: Path) -> str:
-    """A per-installation secret for the visitor id kept in the browser, stable across
-    restarts (so a reload or a restart finds the visitor's work again)."""
-    import secrets
+def make_auth(pairs: list[tuple[str, str]] | None):
+    """The login check Gradio calls: the configured pairs, compared in constant time, behind a
+    guard that locks a user name out for a minute after 5 wrong passwords (and every name
+    after 50 in a minute), so that guessing gets nowhere."""
+    if not pairs:
+        return None
+    import hmac
 
-    path = data_dir / ".visitor-secret"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(secrets.token_hex(16))
-        os.replace(tmp, path)
-    return path.read_text().strip()
+    from core.throttle import LoginGuard
+
+    def check(user: str, password: str) -> bool:
+        ok = False
+        for u, pw in pairs:
+            ok |= hmac.compare_digest(u.encode(), user.encode()) & hmac.compare_digest(pw.encode(), password.encode())
+        return ok
+    return LoginGuard(check)
+
+
+def job_limits(args: argparse.Namespace):
+    """A shared instance's fair share of the accelerator (core.jobs.JobLimits); a private
+    instance has none but the optional time limit."""
+    from core.jobs import JobLimits
+
+    minutes = args.max_job_minutes or (30.0 if args.multi_user else 0.0)
+    if not args.multi_user:
+        return JobLimits(time_limit_s=minutes * 60) if minutes else None
+    return JobLimits(per_owner=1, per_client=4, max_waiting=16, time_limit_s=minutes * 60)
+
+
+def startup_line(args: argparse.Namespace, engine) -> str:
+    risky = [flag for flag, on in (("--allow-server-paths", args.allow_server_paths), ("--share", args.share))
+             if on]
+    limits = engine.limits
+    return (f"Style studio: model {engine.spec.source} on {engine.device} ({str(engine.dtype).replace('torch.', '')}); "
+            f"data dir {Path(args.data_dir).resolve()}; multi-user {'on' if args.multi_user else 'off'}; "
+            f"auth {'on' if args.auth else 'off'}; job time limit "
+            f"{f'{limits.time_limit_s / 60:g} min' if limits and limits.time_limit_s else 'none'}; "
+            f"proxy hops {args.proxy_hops}; risky flags: {', '.join(risky) or 'none'}")
 
 
 def build_app(args: argparse.Namespace):
     import gradio as gr
 
+    from core import identity
     from core.engine import Engine
     from core.metrics import Metrics
     from tabs import TAB_MODULES
-    from tabs.common import AppContext
+    from tabs.common import AppContext, visitor_handlers
+    from tabs.gradio_fixes import cached_images_written_once
 
+    cached_images_written_once()
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine(args.model, device=args.device, dtype=args.dtype, data_dir=data_dir)
+    engine.limits = job_limits(args)
     engine.load_in_background()
     ctx = AppContext(engine=engine, data_dir=data_dir, args=args,
                      metrics=Metrics(tiny=engine.offline, device=engine.device))
 
-    with gr.Blocks(title="Style studio") as demo:
+    # Gradio's cache (uploads, results handed out) swept every hour of files older than six
+    with gr.Blocks(title="Style studio", delete_cache=(3600, 6 * 3600)) as demo:
+        # the visitor token (core.identity) lives in the browser's storage; the BrowserState
+        # secret is public by design: the token's own signature is what cannot be forged
         ctx.visitor = gr.BrowserState(None, storage_key="style-studio-visitor",
-                                      secret=visitor_secret(data_dir))
+                                      secret=identity.browser_secret(data_dir))
         gr.Markdown(f"# Style studio\nModel: `{engine.spec.source}` on `{engine.device}`"
                     + (" (offline tiny models: images are noise, the machinery is real)"
                        if engine.offline else ""))
+        if args.multi_user and os.environ.get("OAUTH_CLIENT_ID"):  # a Space with `hf_oauth: true`
+            gr.LoginButton()
         for name in TAB_MODULES:
             module = importlib.import_module(name)
             with gr.Tab(module.TITLE):
                 module.build(ctx)
-        def assign_visitor(current):
-            import uuid
 
-            return current or uuid.uuid4().hex
+        assign_visitor, visitor = visitor_handlers(ctx)
         demo.load(assign_visitor, ctx.visitor, ctx.visitor, api_visibility="private")
-    demo.queue(default_concurrency_limit=4)
+        gr.api(visitor, api_name="visitor", concurrency_limit=None)
+    demo.queue(default_concurrency_limit=4, max_size=64)
     demo.studio = ctx  # for tests and embedding
     return demo
 
@@ -109,19 +158,11 @@ def main(argv=None) -> None:
         demo = build_app(args)
     except UserError as exc:
         raise SystemExit(f"error: {exc}") from None
+    log.info("%s", startup_line(args, demo.studio.engine))
+    # no allowed_paths: nothing under the data dir is served; result files reach visitors as
+    # copies in Gradio's cache (tabs.common.deliver), where an SVG goes out as a download
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                auth=parse_auth(args.auth), max_file_size="50mb",
-                allowed_paths=result_folders(demo.studio.data_dir))
-
-
-def result_folders(data_dir) -> list[str]:
-    """The folders of the data dir whose files are handed to visitors (downloads): Gradio serves
-    a result file only from the working or temp directory or from these, and on a Space the data
-    dir (/data/studio) is neither. Never the library itself (SQLite, everyone's adapters)."""
-    folders = [Path(data_dir) / "svg", Path(data_dir) / "library" / "exports", Path(data_dir) / "adain" / "runs"]
-    for f in folders:
-        f.mkdir(parents=True, exist_ok=True)
-    return [str(f.resolve()) for f in folders]
+                auth=make_auth(parse_auth(args.auth)), max_file_size="50mb")
 
 
 if __name__ == "__main__":

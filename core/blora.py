@@ -202,7 +202,7 @@ def train_blora(engine, images: Sequence[Image.Image], config: TrainConfig, *, o
         for i, recipe in enumerate(recipes):
             if len(recipes) > 1:
                 ctx.notice(f"B-LoRA {i + 1} of {len(recipes)}: {recipe.trigger_words}")
-            trainer = Trainer(engine, recipe, config, step_hook=step_hook)
+            trainer = Trainer(engine, recipe, config, step_hook=step_hook, owner=owner)
             out = trainer.run(ctx)
             # the training image first, as the entry's thumbnail (the trainer keeps samples only)
             out.samples = [(recipe.examples[0].image, "training image")] + list(out.samples)

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 from . import devices, models
-from .errors import Cancelled, UserError
+from .errors import UserError
 from .events import Notice, Progress, Result
-from .jobs import Job, JobContext, JobRegistry, stream
+from .jobs import GpuSlot, Job, JobContext, JobLimits, JobRegistry, stream
 from .preview import fit_latent_rgb_map, latents_to_previews
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ class Engine:
         self.dtype = devices.pick_dtype(self.device, dtype)
         self.data_dir = Path(data_dir)
         self.jobs = JobRegistry()
-        self.gpu_lock = threading.Lock()     # one accelerator job at a time
+        self.gpu_lock = GpuSlot()            # one accelerator job at a time, in arrival order
+        self.limits: JobLimits | None = None  # a shared instance's fair share (set by the app)
         self._load_lock = threading.Lock()
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
@@ -125,17 +126,20 @@ class Engine:
     # ------------------------------------------------------------------ jobs
     def run(self, work: Callable[[JobContext], Result], *, owner: str = "local",
             kind: str = "job", needs_model: bool = True) -> Iterator[Progress | Notice | Result]:
-        """Stream `work` as a job on the accelerator (one at a time). The job is registered
-        from the start, so a Stop reaches it while the model is still loading, too."""
+        """Stream `work` as a job on the accelerator (one at a time, in arrival order). The job
+        is registered from the start, so a Stop reaches it while the model is still loading,
+        too; on a shared instance it is refused at once (`UserError`) if it would take more
+        than its owner's share (`self.limits`), and stopped after the time limit."""
         job = Job(owner, kind)
-        self.jobs.add(job)
+        self.jobs.admit(job, self.limits)
         try:
             if needs_model:
                 for event in self.wait_loaded():
                     if job.cancelled.is_set():
-                        raise Cancelled(f"{kind} stopped")
+                        raise job.stopped()
                     yield event
-            yield from stream(work, job, self.jobs, lock=self.gpu_lock)
+            yield from stream(work, job, self.jobs, lock=self.gpu_lock,
+                              time_limit_s=self.limits.time_limit_s if self.limits else None)
         finally:
             self.jobs.remove(job)
 

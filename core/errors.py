@@ -11,4 +11,7 @@ class UserError(ValueError):
 
 
 class Cancelled(Exception):
-    """Raised inside a running job when the user pressed Stop."""
+    """Raised inside a running job when the user pressed Stop, or when the job was stopped for
+    another reason (`reason`: a message for the user, e.g. a time limit; None for a Stop)."""
+
+    reason: str | None = None

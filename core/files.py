@@ -51,8 +51,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Fa
 _keys: dict[Path, bytes] = {}
 
 
-def _install_key(data_dir: Path) -> bytes:
-    """This installation's secret for owner digests, made once (the first writer wins)."""
+def install_key(data_dir: Path) -> bytes:
+    """This installation's secret (owner digests, visitor-token signatures), made once (the first
+    writer wins); it stays on the server: no route serves the data dir's own files."""
     path = (Path(data_dir) / _KEY_FILE).resolve()
     if path not in _keys:
         if not path.is_file():
@@ -77,5 +78,5 @@ def owner_dirname(data_dir: str | os.PathLike, owner: str) -> str:
     """'_<kind>-<24 hex>' for `owner` (e.g. 'visitor:...' -> '_visitor-...'); the key is kept
     in `<data_dir>/.owner-key` (outside every served folder)."""
     kind = re.sub(r"[^a-z]+", "", owner.partition(":")[0].lower())[:12] or "owner"
-    digest = hmac.new(_install_key(Path(data_dir)), owner.encode("utf-8"), hashlib.sha256).hexdigest()
+    digest = hmac.new(install_key(Path(data_dir)), owner.encode("utf-8"), hashlib.sha256).hexdigest()
     return f"_{kind}-{digest[:24]}"

@@ -89,9 +89,9 @@ def load_image(source: ImageLike, *, what: str = "image", max_side: int | None =
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise UserError(f"The {what} declares too many pixels to decode safely "
                             f"(limit {MAX_PIXELS // 1_000_000} megapixels).") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
             raise UserError(f"The {what} could not be read as an image "
-                            f"(not an image, truncated or corrupt): {exc}") from None
+                            "(not an image, truncated or corrupt).") from None
     if img.width == 0 or img.height == 0:
         raise UserError(f"The {what} has zero size ({img.width}x{img.height}).")
     if img.width * img.height > MAX_PIXELS:

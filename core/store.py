@@ -780,6 +780,14 @@ class Store:
                         r["created"], r["owner"], bool(r["published"]), self._abs(r["fpath"]), r["fsize"],
                         r["fsha"], tuple(samples.get(r["id"], ()))) for r in rows]
 
+    def owner_exists(self, owner: str) -> bool:
+        """Whether `owner` has anything in the store (files, adapters, loops or ratings)."""
+        for sql in ("SELECT 1 FROM files WHERE owner = ? LIMIT 1", "SELECT 1 FROM loops WHERE owner = ? LIMIT 1",
+                    "SELECT 1 FROM ratings WHERE rater = ? LIMIT 1"):
+            if self._query(sql, (owner,)):
+                return True
+        return False
+
     def get_adapter(self, adapter_id: int, viewer: Any) -> Adapter:
         """One adapter the viewer may see, or `UserError` "not found"."""
         cond, args = self._visible(viewer, "a")
@@ -1011,6 +1019,19 @@ class Store:
                 with contextlib.suppress(UserError):
                     self.delete_adapter(aid, viewer)
 
+    def delete_round(self, round_id: int, viewer: Any, *, delete_adapter: bool = False) -> None:
+        """Delete a round with its candidates, ratings and images (owner only); with
+        `delete_adapter`, its adapter too (an unfinished round: nothing of it stays)."""
+        row, lp = self._round_loop(round_id, viewer)
+        self._check_owner(lp.owner, viewer, "feedback loop")
+        files = [r[0] for r in self._query("SELECT file_id FROM candidates WHERE round_id = ?", (row["id"],))]
+        with self._tx() as c:
+            c.execute("DELETE FROM rounds WHERE id = ?", (row["id"],))
+        self._delete_files(files)
+        if delete_adapter and row["adapter_id"] is not None:
+            with contextlib.suppress(UserError):
+                self.delete_adapter(row["adapter_id"], viewer)
+
     def _round_from_row(self, r: sqlite3.Row) -> Round:
         return Round(r["id"], r["loop_id"], r["number"], r["adapter_id"], _loads(r["metrics"]),
                      _loads(r["extra"]), r["created"])
@@ -1117,6 +1138,10 @@ class Store:
             return rows[0], self.get_loop(rows[0]["loop_id"], viewer)
         except UserError:
             raise UserError("That candidate image was not found.") from None
+
+    def candidate_loop(self, candidate_id: int, viewer: Any) -> Loop:
+        """The loop a candidate belongs to, if the viewer may see it (else "not found")."""
+        return self._candidate_loop(candidate_id, viewer)[1]
 
     def set_candidate_scores(self, candidate_id: int, viewer: Any, scores: Mapping[str, float]) -> None:
         """Merge automatic scores (e.g. {"clip_text": .31, "clip_style": .72}) into a candidate."""

@@ -44,7 +44,7 @@ from PIL import Image
 
 from . import library
 from .errors import UserError
-from .events import Progress, Result
+from .events import Notice, Progress, Result
 from .images import center_crop_resize, load_image
 from .train import AdapterSpec, Example, Recipe, TrainConfig, Trainer, save_outcome
 
@@ -332,7 +332,7 @@ def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, job_ow
                          liked_ids=liked_ids)
     if recipe_hook is not None:  # tests: see exactly what the trainer gets
         recipe_hook(recipe)
-    trainer = Trainer(engine, recipe, config, step_hook=step_hook)
+    trainer = Trainer(engine, recipe, config, step_hook=step_hook, owner=owner)
 
     def work(ctx) -> Result:
         out = trainer.run(ctx)
@@ -340,17 +340,26 @@ def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, job_ow
         # rather than left on the UNet; a Stop now takes effect at the next step, if there is one
         ctx.emit(Progress(config.steps, config.steps, "Saving the adapter to the library"))
         a = save_outcome(engine, recipe, config, out, owner=owner)
-        rnd = store.add_round(loop.id, owner, adapter_id=a.id, extra={
-            "trained_on": {"style_images": len(style), "liked_candidates": liked_ids},
-            "trainable_params": out.trainable_params, "rank": int(rank),
-            "lora_numbers": lora_numbers(engine.pipe.unet, rank), "steps": int(config.steps),
-            "learning_rate": float(config.learning_rate), "loss_before": out.loss_before,
-            "loss_after": out.loss_after, "seconds": round(out.seconds, 2),
-            "content_prompts": list(contents), "samples_per_prompt": n, "seed": int(seed),
-            "sample_steps": int(sample_steps), "guidance": float(guidance)})
-        items = _generate_grid(engine, ctx, a.id, owner, loop, contents, samples_per_prompt=n, seed=seed,
-                               steps=sample_steps, guidance=guidance)
-        rnd = _add_candidates(store, engine, rnd.id, owner, loop, items, metrics)
+        rnd = None
+        try:  # a round is its adapter and its grid: both, or neither
+            rnd = store.add_round(loop.id, owner, adapter_id=a.id, extra={
+                "trained_on": {"style_images": len(style), "liked_candidates": liked_ids},
+                "trainable_params": out.trainable_params, "rank": int(rank),
+                "lora_numbers": lora_numbers(engine.pipe.unet, rank), "steps": int(config.steps),
+                "learning_rate": float(config.learning_rate), "loss_before": out.loss_before,
+                "loss_after": out.loss_after, "seconds": round(out.seconds, 2),
+                "content_prompts": list(contents), "samples_per_prompt": n, "seed": int(seed),
+                "sample_steps": int(sample_steps), "guidance": float(guidance)})
+            items = _generate_grid(engine, ctx, a.id, owner, loop, contents, samples_per_prompt=n, seed=seed,
+                                   steps=sample_steps, guidance=guidance)
+            rnd = _add_candidates(store, engine, rnd.id, owner, loop, items, metrics)
+        except BaseException:
+            library.adapters(engine).remove(a.id)
+            if rnd is not None:
+                store.delete_round(rnd.id, owner, delete_adapter=True)
+            else:
+                store.delete_adapter(a.id, owner)
+            raise
         return Result(images=[it["image"] for it in items],
                       info={"loop_id": loop.id, "round_id": rnd.id, "round": rnd.number, "adapter_id": a.id,
                             "adapter_name": a.name, "trainable_params": out.trainable_params,
@@ -358,6 +367,30 @@ def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, job_ow
                             "loss_after": out.loss_after, "metrics": rnd.metrics,
                             "trained_on": rnd.extra["trained_on"], "seconds": round(out.seconds, 2)})
     return engine.run(work, owner=job_owner or owner, kind="train-styledrop")
+
+
+def first_round(engine, images: Sequence[Image.Image], config: TrainConfig, *, owner: str,
+                content_description: str, style_descriptor: str, name: str = "", **round_kw) -> Iterator:
+    """A new loop and its round 1, all or nothing: the loop is made when the job starts and
+    deleted again if round 1 does not finish (an error, a Stop, a time limit), so no loop with
+    no round is left behind. Streams `train_round`'s events."""
+    training_text(content_description, style_descriptor)  # clear messages before anything is stored
+    check_grid(round_kw.get("contents", DEFAULT_CONTENT_PROMPTS), round_kw.get("samples_per_prompt", 1),
+               round_kw.get("sample_steps", 30))
+    loop = create_loop(engine, images, owner=owner, content_description=content_description,
+                       style_descriptor=style_descriptor, name=name)
+    finished = False
+    try:
+        yield Notice(f"New loop \"{loop.name}\" (#{loop.id}).")
+        for ev in train_round(engine, loop.id, config, owner=owner, **round_kw):
+            finished = finished or isinstance(ev, Result)
+            yield ev
+    finally:
+        if not finished:
+            store = store_of(engine)
+            if not store.rounds(loop.id, owner):
+                store.delete_loop(loop.id, owner)
+                store.put_image_set(_extra_style_key(loop.id), [], owner=owner)
 
 
 def generate_candidates(engine, round_id: int, *, owner: str, job_owner: str | None = None,

@@ -70,7 +70,7 @@ from PIL import Image
 from . import library
 from .errors import Cancelled, UserError
 from .events import Notice, Progress, Result
-from .files import atomic_write
+from .files import atomic_write, owner_dirname
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +286,13 @@ class Trainer:
     text encoders). `run(ctx)` inside a job."""
 
     def __init__(self, engine, recipe: Recipe, config: TrainConfig, *, run_root: Path | None = None,
-                 step_hook: Callable[[int], None] | None = None):
+                 step_hook: Callable[[int], None] | None = None, owner: str = "local"):
         self.engine = engine
         self.recipe = recipe
         self.cfg = config.check()
-        self.run_root = Path(run_root) if run_root else Path(engine.data_dir) / "training"
+        self.owner = owner  # whose run: checkpoints are kept per owner, and only the owner resumes them
+        root = Path(run_root) if run_root else Path(engine.data_dir) / "training"
+        self.run_root = root if owner == "local" else root / owner_dirname(engine.data_dir, owner)
         self.step_hook = step_hook  # tests: called after every optimizer step
         self.notes: list[str] = []
         self.adapter_name = f"train-{uuid.uuid4().hex[:8]}"
@@ -383,7 +385,8 @@ class Trainer:
         cfg = {k: v for k, v in asdict(self.cfg).items()
                if k not in ("steps", "sample_every", "sample_steps", "sample_guidance", "sample_seed",
                             "checkpoint_every", "resume", "keep_checkpoints", "eval_draws")}
-        parts = [self.recipe.method, json.dumps(spec, sort_keys=True, default=str),
+        owner = [] if self.owner == "local" else [self.owner]  # private runs keep their earlier keys
+        parts = [self.recipe.method, *owner, json.dumps(spec, sort_keys=True, default=str),
                  json.dumps(cfg, sort_keys=True, default=str), self.engine.spec.source,
                  str(self.engine.dtype), json.dumps(self.prompts), json.dumps(self.prior_prompts),
                  str(float(self.recipe.prior_weight) if self.prior_latents is not None else 0.0),
@@ -673,7 +676,8 @@ class Trainer:
         weights = load_file(str(path / "weights.safetensors"))
         names = {self._portable(n) for n, _ in params_named}
         if set(weights) != names:
-            raise UserError(f"The checkpoint {path} does not match this run's adapter; start afresh.")
+            raise UserError(f"The checkpoint {path.name} does not match this run's adapter; start afresh "
+                            "(Resume off).")
         with torch.no_grad():
             for n, p in params_named:
                 p.copy_(weights[self._portable(n)].to(p.device, p.dtype))
@@ -861,7 +865,7 @@ def train(engine, recipe: Recipe, config: TrainConfig, *, owner: str = "local", 
     """Stream a training job (holding the engine's GPU slot); ends with a `Result` whose info
     has the library entry ("adapter_id", "adapter_name") and the loss figures. `owner` owns the
     adapter; `job_owner` (default: `owner`) is the key that `engine.cancel` stops the job by."""
-    trainer = Trainer(engine, recipe, config, run_root=run_root, step_hook=step_hook)
+    trainer = Trainer(engine, recipe, config, run_root=run_root, step_hook=step_hook, owner=owner)
 
     def work(ctx) -> Result:
         out = trainer.run(ctx)

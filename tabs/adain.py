@@ -24,9 +24,9 @@ paper's full-size network with random weights.
 """
 import os
 import re
-import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -35,10 +35,14 @@ import pandas as pd
 import torch
 
 from core import adain
-from core.errors import UserError
-from core.files import owner_dirname
+from core import validate as v
+from core.errors import Cancelled, UserError
+from core.files import atomic_path, owner_dirname
 from core.events import Progress, Result
-from tabs.common import GPU, AppContext, gpu, session_key, user_errors
+from core.images import load_image
+from core.jobs import Job
+from tabs.common import GPU, AppContext, gpu, session_key, stopped_text, user_errors
+from tabs.widgets import Dropdown, Image, ImageEditor, Number, Slider
 
 LOCAL = "local"  # the owner on a private instance (tabs.common.owner_key)
 
@@ -47,21 +51,21 @@ TITLE = "AdaIN Transfer"
 DEFAULT_DECODER = "built-in"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+# Bounds on one request's work (every instance; a shared one also has a time limit per job)
+MAX_CONTENTS = 16          # content images styled in one Transfer
+MAX_STYLES = 8             # style images mixed at once
+MAX_TRAIN_IMAGES = 200     # uploaded images per training set
+TRAIN_IMAGE_SIDE = 1024    # uploads are re-encoded at most this large (training resizes to <= 1024)
+MAX_TRAIN_STEPS = 200_000  # the paper trains 160,000
+GALLERY_EVERY_S = 1.0      # how often a Transfer re-sends its growing gallery
 
-def _paths(files) -> list:
-    """Whatever gr.File hands over (None, a path, a list of paths or file objects) -> paths."""
-    if files is None:
-        return []
-    if not isinstance(files, (list, tuple)):
-        files = [files]
-    out = []
-    for f in files:
-        if f is None:
-            continue
-        if isinstance(f, dict):
-            f = f.get("path") or f.get("name")
-        out.append(getattr(f, "name", f) if not isinstance(f, (str, Path)) else f)
-    return out
+
+@dataclass
+class _Samples:
+    """A training progress line with sample transfers (an event of its own kind, so that the
+    job stream never coalesces it away as it does plain progress lines)."""
+
+    progress: Progress
 
 
 def parse_weights(text: str | None, n: int) -> list[float] | None:
@@ -141,7 +145,6 @@ class AdaINTab:
 
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
-        self.stops: dict[str, threading.Event] = {}
         self._style_cache: dict[tuple, list] = {}
         self._lock = threading.Lock()
 
@@ -191,15 +194,23 @@ class AdaINTab:
                       if _RUN_NAME.match(p.parent.name))
         return [DEFAULT_DECODER] + runs
 
+    @staticmethod
+    def check_decoder(decoder) -> str:
+        """The Decoder field: the built-in one (also for an empty field) or a run name."""
+        if decoder in (None, "", DEFAULT_DECODER):
+            return DEFAULT_DECODER
+        if not isinstance(decoder, str) or not _RUN_NAME.match(decoder):
+            raise UserError(f"Decoder: {v.shown(decoder)} is not a decoder name; pick one from the list.")
+        return decoder
+
     def model(self, decoder: str | None = None, owner: str = LOCAL) -> adain.AdaINNet:
         path = None
-        if decoder and decoder != DEFAULT_DECODER:
-            if not _RUN_NAME.match(str(decoder)):
-                raise UserError(f"{decoder!r} is not a decoder name; pick one from the list.")
+        decoder = self.check_decoder(decoder)
+        if decoder != DEFAULT_DECODER:
             path = self.runs_for(owner) / decoder / adain.DECODER_NAME
             if not path.is_file():
-                raise UserError(f"The trained decoder {decoder!r} was not found among your "
-                                "decoders; pick another from the list.")
+                raise UserError(f"Decoder: {v.shown(decoder)} was not found among your decoders; pick "
+                                "another from the list.")
         return adain.get_model(None if self.tiny else self.weights_spec(), self.device,
                                getattr(self.ctx.engine, "dtype", torch.float32), tiny=self.tiny,
                                decoder=path)
@@ -208,49 +219,77 @@ class AdaINTab:
     @user_errors
     def transfer(self, content_files, style_files, weights_text, alpha, preserve_color,
                  use_regions, regions, size, decoder, visitor=None, request: gr.Request = None):
-        contents, styles = _paths(content_files), _paths(style_files)
+        alpha_f = v.real(alpha, "alpha", 0, 1)
+        size_n = v.whole(size, "Output size", 16, self.max_side)
+        preserve_b = v.flag(preserve_color, "Preserve the content's colours")
+        regions_b = v.flag(use_regions, "Use painted regions")
+        decoder = self.check_decoder(decoder)
+        contents = v.files(content_files, "Content image(s)", MAX_CONTENTS)
+        styles = v.files(style_files, "Style image(s)", MAX_STYLES)
+        weights_text = v.text(weights_text, "Style weights", 500)
+        caller = self.ctx.caller(request, visitor)
         if not contents:
             raise UserError("Upload at least one content image.")
         if not styles:
             raise UserError("Upload at least one style image.")
         weights = parse_weights(weights_text, len(styles))
-        masks = masks_from_editor(regions, len(styles)) if use_regions else None
-        req = adain.TransferRequest(contents, styles, weights, float(alpha), bool(preserve_color),
-                                    masks, int(size) if size else None, self.max_side)
-        model = self.model(decoder, self.owner(request, visitor))
+        masks = masks_from_editor(regions, len(styles)) if regions_b else None
+        req = adain.TransferRequest(contents, styles, weights, alpha_f, preserve_b, masks, size_n, self.max_side)
+        model = self.model(decoder, caller.owner)
+
+        def work(ctx):
+            result = None
+            for ev in adain.run_transfer(model, req):
+                if isinstance(ev, Result):
+                    result = ev
+                else:
+                    ctx.progress(ev.step, ev.total, ev.message, ev.preview)
+            return result
+
         done: list = []
-        for ev in adain.run_transfer(model, req):
-            if isinstance(ev, Progress):
-                done.extend(ev.preview or [])
-                yield done, f"Styled {ev.step}/{ev.total}..."
-            elif isinstance(ev, Result):
-                per = ev.info["seconds"] / max(len(ev.images), 1)
-                w, h = ev.images[0].size
-                text = (f"Done: {len(ev.images)} image(s) at {w}x{h}, "
-                        f"{per * 1000:.0f} ms each on {self.device.type}.")
-                if masks is not None:
-                    text += " Regions: " + ", ".join(
-                        f"style {i + 1} {100 * float(m.mean()):.0f}%" for i, m in enumerate(masks))
-                yield ev.images, text
+        last = 0.0
+        try:
+            for ev in self.ctx.engine.run(work, owner=caller.stop_key, kind="adain", needs_model=False):
+                if isinstance(ev, Progress) and not ev.total:  # waiting for the accelerator
+                    yield gr.skip(), ev.message
+                elif isinstance(ev, Progress):
+                    done.extend(ev.preview or [])
+                    now = time.monotonic()
+                    if now - last >= GALLERY_EVERY_S:  # not the whole gallery on every image
+                        last = now
+                        yield list(done), f"Styled {ev.step}/{ev.total}..."
+                    else:
+                        yield gr.skip(), f"Styled {ev.step}/{ev.total}..."
+                elif isinstance(ev, Result):
+                    per = ev.info["seconds"] / max(len(ev.images), 1)
+                    w, h = ev.images[0].size
+                    text = (f"Done: {len(ev.images)} image(s) at {w}x{h}, "
+                            f"{per * 1000:.0f} ms each on {self.device.type}.")
+                    if masks is not None:
+                        text += " Regions: " + ", ".join(
+                            f"style {i + 1} {100 * float(m.mean()):.0f}%" for i, m in enumerate(masks))
+                    yield ev.images, text
+        except Cancelled as exc:
+            yield gr.skip(), stopped_text(exc, "Stopped.")
 
     @user_errors
     def preview(self, files):
         """Thumbnails of the uploads, with a clear error for anything that is not an image."""
         out = []
-        for i, p in enumerate(_paths(files)):
-            out.append(adain.load_image(p, what=f"image {i + 1} ({Path(str(p)).name})",
-                                        max_side=256))
+        for i, p in enumerate(v.files(files, "Images", MAX_TRAIN_IMAGES)):
+            out.append(adain.load_image(p, what=f"image {i + 1} ({Path(p).name[:60]})", max_side=256))
         return out
 
     @user_errors
     def regions_background(self, content_files):
         """Put the first content image under the mask editor."""
-        paths = _paths(content_files)
+        paths = v.files(content_files, "Content image(s)", MAX_CONTENTS)
         if not paths:
             return None
         im = adain.load_image(paths[0], what="content image", max_side=768)
         return {"background": im, "layers": [], "composite": im}
 
+    @user_errors
     def refresh_decoders(self, current, visitor=None, request: gr.Request = None):
         choices = self.decoder_choices(self.owner(request, visitor))
         return gr.update(choices=choices, value=current if current in choices else DEFAULT_DECODER)
@@ -271,29 +310,40 @@ class AdaINTab:
     @user_errors
     def webcam(self, frame, style_files, weights_text, alpha, size, decoder, state, visitor=None,
                request: gr.Request = None):
-        state = dict(state or {})
+        state = dict(state) if isinstance(state, dict) else {}
+        alpha_f = v.real(alpha, "alpha", 0, 1)
+        size = v.whole(size, "Frame size", 16, min(self.max_side, 768))
+        decoder = self.check_decoder(decoder)
+        styles = v.files(style_files, "Style image(s)", MAX_STYLES)
+        weights_text = v.text(weights_text, "Style weights", 500)
+        caller = self.ctx.caller(request, visitor)
         if frame is None:
             return None, "Waiting for the webcam...", state
-        styles = _paths(style_files)
         if not styles:
             raise UserError("Upload at least one style image (in the Transfer panel) first.")
-        size = int(size)
         weights = parse_weights(weights_text, len(styles))
-        model = self.model(decoder, self.owner(request, visitor))
+        model = self.model(decoder, caller.owner)
         img = adain.prepare(frame, size, what="webcam frame", max_side=self.max_side)
-        feats = self._style_feats(model, styles, size)
-        x = adain.to_tensor(img)
-        t0 = time.perf_counter()
-        out = adain.stylize_frame(model, x, feats, weights, float(alpha))
-        if out.device.type == "cuda":
-            torch.cuda.synchronize(out.device)
-        model_s = time.perf_counter() - t0
+        slot = self.ctx.engine.gpu_lock
+        job = Job(caller.stop_key, "adain-webcam")
+        if not slot.try_acquire(job):  # a frame never queues behind a long job: it is shown as it is
+            return img, "The accelerator is busy with another job; frames are styled again when it is free.", state
+        try:
+            feats = self._style_feats(model, styles, size)
+            x = adain.to_tensor(img)
+            t0 = time.perf_counter()
+            out = adain.stylize_frame(model, x, feats, weights, alpha_f)
+            if out.device.type == "cuda":
+                torch.cuda.synchronize(out.device)
+            model_s = time.perf_counter() - t0
+        finally:
+            slot.release(job)
         now = time.time()
-        times = [t for t in state.get("times", []) if now - t < 3.0] + [now]
+        times = [t for t in state.get("times", []) if isinstance(t, float) and now - t < 3.0] + [now]
         state["times"] = times
         stream_fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         ema = state.get("model_ms")
-        state["model_ms"] = model_s * 1000 if ema is None else 0.8 * ema + 0.2 * model_s * 1000
+        state["model_ms"] = model_s * 1000 if not isinstance(ema, float) else 0.8 * ema + 0.2 * model_s * 1000
         text = (f"**{stream_fps:.1f} FPS** on screen · model {1000 / state['model_ms']:.1f} FPS "
                 f"({state['model_ms']:.0f} ms per {img.width}x{img.height} frame, "
                 f"{self.device.type})")
@@ -301,87 +351,114 @@ class AdaINTab:
 
     # --- training ------------------------------------------------------------------------
     def _stage(self, files, folder: Path, what: str) -> Path:
-        """Copy uploads into the run folder (validating each) and return that folder."""
-        paths = _paths(files)
+        """Each upload decoded, checked and written again as a PNG under our own name (never
+        the uploaded bytes or extension) into the run folder, which is returned."""
+        paths = v.files(files, f"{what.capitalize()} images", MAX_TRAIN_IMAGES)
         folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():  # a resumed run trains on this upload, not on the last one's
+            if old.is_file():
+                old.unlink()
         for i, p in enumerate(paths):
-            adain.load_image(p, what=f"{what} image {i + 1} ({Path(str(p)).name})")
-            src = Path(str(p))
-            shutil.copyfile(src, folder / f"{i:05d}{src.suffix.lower() or '.png'}")
+            img = load_image(p, what=f"{what} image {i + 1} ({Path(p).name[:60]})", max_side=TRAIN_IMAGE_SIDE)
+            with atomic_path(folder / f"{i:05d}.png") as tmp:
+                img.save(tmp, format="PNG")
         return folder
 
     @user_errors
     def train(self, content_files, style_files, content_dir, style_dir, run_name, steps,
               batch_size, resize, crop, sample_every, save_every, resume, visitor=None,
               request: gr.Request = None):
-        name = (run_name or "").strip() or time.strftime("decoder-%Y%m%d-%H%M%S")
+        steps_n = v.whole(steps, "Steps", 1, MAX_TRAIN_STEPS)
+        batch_n = v.whole(batch_size, "Batch", 1, 32)
+        resize_n = v.whole(resize, "Resize shorter side to", 16, 1024)
+        crop_n = v.whole(crop, "Random crop", 16, 1024)
+        sample_n = v.whole(sample_every, "Samples every N steps", 1, MAX_TRAIN_STEPS)
+        save_n = v.whole(save_every, "Checkpoint every N steps", 1, MAX_TRAIN_STEPS)
+        resume_b = v.flag(resume, "Resume from the run's checkpoint")
+        run_name = v.text(run_name, "Run name", 64)
+        content_dir, style_dir = v.text(content_dir, "Content folder", 4096), v.text(style_dir, "Style folder", 4096)
+        v.files(content_files, "Content images", MAX_TRAIN_IMAGES)
+        v.files(style_files, "Style images", MAX_TRAIN_IMAGES)
+        caller = self.ctx.caller(request, visitor)
+        name = run_name.strip() or time.strftime("decoder-%Y%m%d-%H%M%S")
         if not _RUN_NAME.match(name):
             raise UserError("The run name may hold letters, digits, '-', '_' and '.' (max 64), "
                             "starting with a letter or digit.")
-        owner = self.owner(request, visitor)
-        run = self.runs_for(owner) / name  # the owner's own run: nobody else resumes it
-        if (content_dir or style_dir) and not getattr(self.ctx.args, "allow_server_paths", False) \
-                and not (content_files and style_files):
+        if crop_n > resize_n:
+            raise UserError(f"Random crop ({crop_n}) cannot exceed the resize size ({resize_n}).")
+        allow_dirs = bool(getattr(self.ctx.args, "allow_server_paths", False)) and not self.ctx.shared
+        if (content_dir.strip() or style_dir.strip()) and not allow_dirs and not (content_files and style_files):
             raise UserError("Reading folders on the server is off: upload the images, or start the "
                             "app with --allow-server-paths (never on a shared instance).")
+        run = self.runs_for(caller.owner) / name  # the owner's own run: nobody else resumes it
         if content_files:
             cdir = self._stage(content_files, run / "content", "content")
-        elif content_dir and str(content_dir).strip():
-            cdir = Path(str(content_dir).strip()).expanduser()
+        elif content_dir.strip():
+            cdir = Path(content_dir.strip()).expanduser()
         else:
             raise UserError("Upload content images or give a content folder on the server.")
         if style_files:
             sdir = self._stage(style_files, run / "style", "style")
-        elif style_dir and str(style_dir).strip():
-            sdir = Path(str(style_dir).strip()).expanduser()
+        elif style_dir.strip():
+            sdir = Path(style_dir.strip()).expanduser()
         else:
             raise UserError("Upload style images or give a style folder on the server.")
         cfg = adain.TrainConfig(
-            content_dir=str(cdir), style_dir=str(sdir), out_dir=str(run), steps=int(steps),
-            batch_size=int(batch_size), resize=int(resize), crop=int(crop),
-            sample_every=max(1, int(sample_every)), save_every=max(1, int(save_every)),
-            log_every=max(1, min(10, int(sample_every))), resume=bool(resume),
+            content_dir=str(cdir), style_dir=str(sdir), out_dir=str(run), steps=steps_n,
+            batch_size=batch_n, resize=resize_n, crop=crop_n, sample_every=sample_n, save_every=save_n,
+            log_every=max(1, min(10, sample_n)), resume=resume_b,
             tiny=self.tiny, weights=None if self.tiny else self.weights_spec(),
             device=str(self.device))
         # offline full-size family: the paper's network with random weights
         start_model = (adain.tiny_model(seed=0, width=1.0)
                        if not self.tiny and cfg.weights == adain.RANDOM_WEIGHTS else None)
-        key = session_key(request)
-        stop = threading.Event()
-        self.stops[key] = stop
+
+        def work(ctx):
+            result = None
+            # a Stop (or the time limit) makes the trainer checkpoint and return its Result
+            for ev in adain.train_decoder(cfg, model=start_model, should_stop=ctx.job.cancelled.is_set):
+                if isinstance(ev, Result):
+                    result = ev
+                    result.info["stop_reason"] = ctx.job.reason
+                    continue
+                ctx.emit(_Samples(ev) if ev.preview else ev)
+            return result
+
         history: list[dict] = []
         try:
-            for ev in adain.train_decoder(cfg, model=start_model, should_stop=stop.is_set):
+            for item in self.ctx.engine.run(work, owner=caller.stop_key, kind="adain-train", needs_model=False):
+                ev = item.progress if isinstance(item, _Samples) else item
                 if isinstance(ev, Progress):
                     if ev.metrics:
                         history.append({"step": ev.step, **ev.metrics})
-                    # no empty frame: the plot would fix an empty colour domain and draw no
-                    # lines; samples are only sent when new ones were made
+                    # no empty frame: the plot would fix an empty colour domain and draw no lines;
+                    # samples are only sent when new ones were made
                     yield (loss_frame(history) if history else gr.update(),
-                           ev.preview if ev.preview else gr.update(),
-                           ev.message or "training...", gr.update())
-                elif isinstance(ev, Result):
-                    history = [r for r in ev.info["history"]
-                               if r["step"] % cfg.log_every == 0 or r["step"] == ev.info["step"]]
-                    word = "Stopped" if ev.info["cancelled"] else "Finished"
-                    if not Path(ev.info["decoder"]).is_file():
-                        yield (gr.update(), ev.images,
-                               f"{word} before the first step; nothing was saved.", gr.update())
-                        return
-                    yield (loss_frame(history) if history else gr.update(), ev.images,
-                           f"{word} at step {ev.info['step']}; decoder saved as run '{name}' "
-                           f"({ev.info['decoder']}). Pick it in the Decoder list to use it.",
-                           gr.update(choices=self.decoder_choices(owner), value=name))
-        finally:
-            if self.stops.get(key) is stop:
-                del self.stops[key]
+                           ev.preview if ev.preview else gr.update(), ev.message or "training...", gr.update())
+                    continue
+                if not isinstance(ev, Result):
+                    continue
+                history = [r for r in ev.info["history"]
+                           if r["step"] % cfg.log_every == 0 or r["step"] == ev.info["step"]]
+                word = "Stopped" if ev.info["cancelled"] else "Finished"
+                reason = ev.info.get("stop_reason")
+                prefix = f"**{reason}**\n\n" if reason else ""
+                if not Path(ev.info["decoder"]).is_file():
+                    yield (gr.update(), ev.images,
+                           f"{prefix}{word} before the first step; nothing was saved.", gr.update())
+                    return
+                yield (loss_frame(history) if history else gr.update(), ev.images,
+                       f"{prefix}{word} at step {ev.info['step']}; decoder saved as run '{name}'. "
+                       "Pick it in the Decoder list to use it.",
+                       gr.update(choices=self.decoder_choices(caller.owner), value=name))
+        except Cancelled as exc:  # stopped while it waited for the accelerator
+            yield gr.update(), gr.update(), stopped_text(exc, "Stopped before the first step; nothing was saved."), \
+                gr.update()
 
     def stop(self, request: gr.Request):
-        ev = self.stops.get(session_key(request))
-        if ev is None:
-            return "Nothing is training."
-        ev.set()
-        return "Stopping after this step; the checkpoint is being written..."
+        """Stop this page's AdaIN job (a training run checkpoints first)."""
+        n = self.ctx.engine.cancel(session_key(request))
+        return "Stopping after this step; the checkpoint is being written..." if n else "Nothing is running."
 
 
 def build(ctx: AppContext) -> None:
@@ -413,20 +490,20 @@ def _build(ctx: AppContext) -> None:
                 styles_pv = gr.Gallery(label="Styles", columns=4, height=140, interactive=False)
                 weights = gr.Textbox(label="Style weights (one per style, e.g. 0.7, 0.3; "
                                      "empty = equal)", placeholder="equal")
-                alpha = gr.Slider(0, 1, value=1.0, step=0.05,
+                alpha = Slider(0, 1, value=1.0, step=0.05,
                                   label="alpha: content (0) to style (1)")
                 preserve = gr.Checkbox(label="Preserve the content's colours")
-                size = gr.Slider(64, tab.max_side, value=512, step=32,
+                size = Slider(64, tab.max_side, value=512, step=32,
                                  label=f"Output size, longer side (max {tab.max_side})")
                 # a shared instance lists each visitor's own decoders once their page loads
-                decoder = gr.Dropdown([DEFAULT_DECODER] if ctx.shared else tab.decoder_choices(),
+                decoder = Dropdown([DEFAULT_DECODER] if ctx.shared else tab.decoder_choices(),
                                       value=DEFAULT_DECODER,
-                                      label="Decoder", allow_custom_value=False)
+                                      label="Decoder", allow_custom_value=True)
                 with gr.Accordion("Regions: a style per painted area", open=False):
                     use_regions = gr.Checkbox(label="Use painted regions")
                     gr.Markdown("Paint layer 1 where style 1 goes, layer 2 for style 2, ...; "
                                 "the unpainted area takes the next style.")
-                    regions = gr.ImageEditor(label="Regions", type="numpy", sources=(),
+                    regions = ImageEditor(label="Regions", type="numpy", sources=(),
                                              layers=gr.LayerOptions(layers=["Style 1"]),
                                              transforms=(), height=360)
                 run_btn = gr.Button("Stylize", variant="primary")
@@ -437,10 +514,10 @@ def _build(ctx: AppContext) -> None:
         gr.Markdown("Streams your webcam through the model with the styles from the Transfer "
                     "panel.")
         with gr.Row():
-            cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam")
+            cam = Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam")
             cam_out = gr.Image(label="Stylized", type="pil", format="jpeg")
         with gr.Row():
-            cam_size = gr.Slider(64, min(tab.max_side, 768), value=256, step=32,
+            cam_size = Slider(64, min(tab.max_side, 768), value=256, step=32,
                                  label="Frame size")
             fps = gr.Markdown("FPS appears here once the stream runs.")
         cam_state = gr.State({})
@@ -457,15 +534,15 @@ def _build(ctx: AppContext) -> None:
                     t_sdir = gr.Textbox(label="Style folder (e.g. WikiArt)")
                 run_name = gr.Textbox(label="Run name (a new one, or an old one to resume)")
                 with gr.Row():
-                    steps = gr.Number(value=200 if tab.tiny else 160_000, precision=0,
+                    steps = Number(value=200 if tab.tiny else 160_000, precision=0,
                                       label="Steps", minimum=1)
-                    batch = gr.Number(value=8, precision=0, label="Batch", minimum=1)
+                    batch = Number(value=8, precision=0, label="Batch", minimum=1)
                 with gr.Accordion("Recipe (the paper's defaults)", open=False):
-                    resize = gr.Number(value=512, precision=0, label="Resize shorter side to")
-                    crop = gr.Number(value=256, precision=0, label="Random crop")
-                    sample_every = gr.Number(value=20 if tab.tiny else 500, precision=0,
+                    resize = Number(value=512, precision=0, label="Resize shorter side to")
+                    crop = Number(value=256, precision=0, label="Random crop")
+                    sample_every = Number(value=20 if tab.tiny else 500, precision=0,
                                              label="Samples every N steps")
-                    save_every = gr.Number(value=50 if tab.tiny else 1000, precision=0,
+                    save_every = Number(value=50 if tab.tiny else 1000, precision=0,
                                            label="Checkpoint every N steps")
                     resume = gr.Checkbox(value=True, label="Resume from the run's checkpoint")
                     gr.Markdown("Loss = content (on the AdaIN target) + 10 x style (mean/std at "
@@ -504,7 +581,6 @@ def _build(ctx: AppContext) -> None:
                     [t_contents, t_styles, t_cdir, t_sdir, run_name, steps, batch, resize, crop,
                      sample_every, save_every, resume, visitor],
                     [curve, t_samples, t_status, decoder], api_name="adain_train", **GPU)
-    # no output: the training run itself reports "Stopped at step N" (a reply from this
-    # handler could land after that line and overwrite it)
-    stop_btn.click(tab.stop, None, None, api_name="adain_stop", queue=False,
-                   api_visibility="private")
+    # no output: the job itself reports "Stopped at step N" as its last update (a reply from
+    # this handler could land after that line and overwrite it)
+    stop_btn.click(tab.stop, None, None, api_name="adain_stop", queue=False)

@@ -1,23 +1,48 @@
-"""What every tab shares: the app context, the GPU queue slot and error translation."""
+"""What every tab shares: the app context (who is asking, checked), the GPU queue slot, error
+translation, and result files handed out safely."""
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import inspect
 import logging
-from dataclasses import dataclass
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
 
+from core import identity
 from core.errors import Cancelled, UserError
+from core.jobs import JobKey
+from core.throttle import Throttle
+from core.validate import clip_log
 
 log = logging.getLogger("studio")
 
-# Events that run a model on the accelerator share this queue slot: one at a time.
-# CPU-only events use the default slot and are not blocked by a running GPU job.
-GPU = dict(concurrency_id="gpu", concurrency_limit=1)
+# Events that run a model on the accelerator share this queue group. The engine itself runs
+# them one at a time, in arrival order, within each owner's share (core.jobs); the group only
+# bounds how many such handlers are open at once (the others wait in Gradio's queue).
+GPU = dict(concurrency_id="gpu", concurrency_limit=8)
+
+VISITOR_TOKENS_PER_HOUR = 30   # new visitor tokens one client address may get
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, checked: `owner` owns what the request reads and makes (library entries,
+    runs, ratings); `stop_key` is the key this page's Stop reaches its jobs by, carrying the
+    owner and the client address for the engine's fair share."""
+
+    owner: str
+    stop_key: JobKey
 
 
 @dataclass
@@ -26,15 +51,104 @@ class AppContext:
     data_dir: Path
     args: argparse.Namespace
     metrics: Any = None  # core.metrics.Metrics
-    visitor: Any = None  # gr.BrowserState holding this browser's visitor id (shared instances)
+    visitor: Any = None  # gr.BrowserState holding this browser's visitor token (shared instances)
+    token_throttle: Throttle = field(default_factory=lambda: Throttle(VISITOR_TOKENS_PER_HOUR, 3600.0))
 
     @property
     def shared(self) -> bool:
         """A shared instance (a Space or --multi-user): visitors' work is kept apart."""
         return bool(getattr(self.args, "multi_user", False))
 
-    def owner(self, request: gr.Request | None, visitor: str | None = None) -> str:
-        return owner_key(request, visitor, shared=self.shared)
+    @property
+    def proxy_hops(self) -> int:
+        return int(getattr(self.args, "proxy_hops", 0) or 0)
+
+    def owner(self, request: gr.Request | None, visitor: Any = None) -> str:
+        """Whose data a request touches; a forged or malformed visitor token is refused."""
+        return owner_key(request, visitor, shared=self.shared, data_dir=self.data_dir)
+
+    def caller(self, request: gr.Request | None, visitor: Any = None) -> Caller:
+        owner = self.owner(request, visitor)
+        key = JobKey(session_key(request), owner=owner if self.shared else None,
+                     client=client_address(request, self.proxy_hops) if self.shared else None)
+        return Caller(owner, key)
+
+    def new_visitor_token(self, request: gr.Request | None) -> str:
+        """A fresh signed visitor token, at most VISITOR_TOKENS_PER_HOUR per client address."""
+        if not self.token_throttle.allow(client_address(request, self.proxy_hops) or "local"):
+            raise UserError("Too many new visitor tokens from your address this hour; reuse the one you have.")
+        return identity.issue(self.data_dir)
+
+    def assign_visitor(self, current: Any, request: gr.Request | None,
+                       profile: Any = None) -> str | None:
+        """The token a page keeps (page-load hook): the one it has if it is valid and still
+        matches the Hugging Face sign-in, else a new one (for the signed-in account, or a fresh
+        anonymous visitor). An unsigned id of an earlier version that owns data is signed once,
+        so a visitor keeps their work across the upgrade."""
+        user = getattr(profile, "preferred_username", None) or getattr(profile, "username", None) \
+            if profile is not None else None
+        try:
+            ident = identity.verify(self.data_dir, current) if current else None
+        except UserError:
+            ident = None
+        if user:
+            if ident is not None and ident.kind == "hf" and ident.subject == user:
+                return current
+            try:
+                return identity.issue(self.data_dir, "hf", str(user))
+            except UserError:
+                pass  # a name we cannot sign: an anonymous visitor instead
+        if ident is not None and ident.kind == "visitor":
+            return current
+        if identity.is_legacy(current) and self.legacy_owner_exists(f"visitor:{current}"):
+            return identity.issue(self.data_dir, "visitor", current)
+        try:
+            return self.new_visitor_token(request)
+        except UserError:
+            return None  # this page works as its own session until the hour is over
+
+    def legacy_owner_exists(self, owner: str) -> bool:
+        from core import library
+
+        return library.get_store(self.engine).owner_exists(owner)
+
+
+def visitor_handlers(ctx: AppContext) -> tuple[Callable, Callable]:
+    """(page-load hook that gives the page its visitor token, the `/visitor` endpoint)."""
+    def assign_visitor(current: Any, request: gr.Request, profile: gr.OAuthProfile | None) -> str | None:
+        return ctx.assign_visitor(current, request, profile)
+
+    @user_errors
+    def visitor(request: gr.Request) -> str:
+        """A new visitor token: pass it as the last parameter of the endpoints that keep things
+        in the library (a shared instance keeps each token's work apart)."""
+        return ctx.new_visitor_token(request)
+
+    return assign_visitor, visitor
+
+
+_SESSION = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _session_id(request: gr.Request | None) -> str:
+    raw = str(getattr(request, "session_hash", None) or "")
+    return raw if _SESSION.fullmatch(raw) else hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def client_address(request: gr.Request | None, proxy_hops: int = 0) -> str | None:
+    """The caller's network address: with `proxy_hops` trusted proxies in front (a Space has
+    one), the entry that many places from the right of X-Forwarded-For (what the outermost
+    trusted proxy saw), else the connection's own peer."""
+    if request is None:
+        return None
+    if proxy_hops > 0:
+        headers = getattr(request, "headers", None) or {}
+        forwarded = [p.strip() for p in str(headers.get("x-forwarded-for", "")).split(",") if p.strip()]
+        if len(forwarded) >= proxy_hops:
+            return forwarded[-proxy_hops][:64]
+    client = getattr(request, "client", None)
+    host = getattr(client, "host", None)
+    return str(host)[:64] if host else None
 
 
 def status_text(event) -> str:
@@ -54,28 +168,49 @@ OOM_ADVICE = ("The device ran out of memory. Try a smaller image size, fewer ima
               "set or a smaller batch; the memory has been released.")
 
 
-def _translate(exc: BaseException) -> BaseException:
-    """The exception that the user sees for `exc`."""
+def _translate(exc: BaseException, where: str = "") -> BaseException:
+    """The exception that the user sees for `exc`: a `gr.Error` whose message says what to fix,
+    logged in one line (a traceback only for what is not the user's to fix), with no paths or
+    object reprs in it."""
     import torch
 
     if isinstance(exc, gr.Error):
+        log.info("%s: %s", where, clip_log(str(exc)))
+        exc.message = scrub_paths(exc.message)
+        exc.print_exception = False
         return exc
     if isinstance(exc, UserError):
-        return gr.Error(str(exc))
+        log.info("%s: %s", where, clip_log(str(exc)))
+        return gr.Error(scrub_paths(str(exc)), print_exception=False)
     if isinstance(exc, torch.OutOfMemoryError):
         from core.devices import release_memory
 
         release_memory()
-        return gr.Error(OOM_ADVICE)
+        log.warning("%s: out of memory", where)
+        return gr.Error(OOM_ADVICE, print_exception=False)
     if isinstance(exc, Cancelled):
-        return gr.Error("Stopped.")
-    log.exception("unexpected error", exc_info=exc)
-    return gr.Error(f"Something went wrong: {type(exc).__name__}: {exc}")
+        return gr.Error(exc.reason or "Stopped.", print_exception=False)
+    log.error("%s: unexpected %s", where, type(exc).__name__, exc_info=exc)
+    return gr.Error(f"Something went wrong on the server ({type(exc).__name__}); it has been logged. "
+                    "Try again, or change the inputs.", print_exception=False)
+
+
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"`<>|]+){2,}/?|\b[A-Za-z]:\\[^\s'\"`<>|]+")
+
+
+def scrub_paths(message: str) -> str:
+    """A message without absolute file paths (the last part is kept: "…/decoder.safetensors"),
+    so that no error tells a visitor where the server keeps things."""
+    def short(m: re.Match) -> str:
+        tail = re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-1]
+        return f"…/{tail}" if tail else "…"
+    return _ABS_PATH.sub(short, str(message))
 
 
 def user_errors(fn: Callable) -> Callable:
     """Wrap an event handler (plain function or generator) so that errors reach the user as
     `gr.Error` with a clear message and the server keeps serving."""
+    where = getattr(fn, "__name__", "handler")
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
@@ -86,7 +221,7 @@ def user_errors(fn: Callable) -> Callable:
             except BaseException as exc:  # noqa: BLE001 - everything is reported
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
-                raise _translate(exc) from exc
+                raise _translate(exc, where) from exc
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -96,8 +231,15 @@ def user_errors(fn: Callable) -> Callable:
         except BaseException as exc:  # noqa: BLE001
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            raise _translate(exc) from exc
+            raise _translate(exc, where) from exc
     return wrapper
+
+
+def stopped_text(exc: Cancelled, text: str) -> str:
+    """A tab's closing line after a Stop, or the reason when the job was stopped for one (its
+    time limit) with what `text` says was kept."""
+    reason = getattr(exc, "reason", None)
+    return f"**{reason}**\n\n{text}" if reason else text
 
 
 def session_key(request: gr.Request | None) -> str:
@@ -105,25 +247,30 @@ def session_key(request: gr.Request | None) -> str:
     if request is None:
         return "local"
     user = getattr(request, "username", None)
-    return f"user:{user}" if user else f"session:{request.session_hash}"
+    return f"user:{user}" if user else f"session:{_session_id(request)}"
 
 
-def owner_key(request: gr.Request | None, visitor: str | None = None, *, shared: bool = False) -> str:
+def owner_key(request: gr.Request | None, visitor: Any = None, *, shared: bool = False,
+              data_dir: Path | str | None = None) -> str:
     """Who owns what a job makes (adapters, ratings, outputs).
 
     A logged-in user owns their work under their name. On a private instance (the default:
     one person on their own machine) everything belongs to "local", so a restart shows it all
     again. On a shared instance (a Space, or --multi-user) each browser is its own owner: the
-    `visitor` id kept in the browser's localStorage (ctx.visitor), else the page session;
-    nobody sees another visitor's work unless it is published."""
+    visitor token this server issued and signed (kept in the browser's storage, ctx.visitor;
+    core.identity) names it, "visitor:<id>" or "hf:<name>"; a token that was not issued here is
+    refused (`UserError`). Without a token a request owns only what its own page session
+    made; nobody sees another visitor's work unless it is published."""
     user = getattr(request, "username", None) if request is not None else None
     if user:
         return f"user:{user}"
     if not shared:
         return "local"
-    if visitor:
-        return f"visitor:{visitor}"
-    return session_key(request)
+    if visitor not in (None, ""):
+        if data_dir is None:
+            raise UserError(identity.INVALID)
+        return identity.verify(data_dir, visitor).owner
+    return f"session:{_session_id(request)}"
 
 
 def gpu(duration: int = 60) -> Callable[[Callable], Callable]:
@@ -191,5 +338,75 @@ def stream_training(events, *, plot: Callable[[list[dict]], Any],
             elif isinstance(ev, Result):
                 message, info = finish(ev)
                 yield "\n\n".join(notes + [message]), plot(history), shown[:24], info
-    except Cancelled:
-        yield "\n\n".join(notes + [stopped]), plot(history) if history else gr.skip(), shown[:24], gr.skip()
+    except Cancelled as exc:
+        yield ("\n\n".join(notes + [stopped_text(exc, stopped)]), plot(history) if history else gr.skip(),
+               shown[:24], gr.skip())
+
+
+# ------------------------------------------------------------------ result files and markup
+
+DELIVERY_DIR = "studio-results"
+DELIVERY_KEEP_S = 3600.0
+_DELIVERABLE = {".svg", ".png", ".jpg", ".jpeg", ".webp", ".safetensors", ".json", ".zip"}
+
+
+def deliver(path: str | os.PathLike | None) -> str | None:
+    """A copy of a result file (an SVG, a PNG, an exported adapter) for Gradio to hand out.
+
+    Gradio moves what a handler returns into its own cache and serves it from there, where
+    anything but an image, audio or video type goes out as a download (`Content-Disposition:
+    attachment`, application/octet-stream): an SVG never runs as a page of this origin. Our own
+    folders are never served (no `allowed_paths`); this copy sits in the system's temp folder,
+    which Gradio takes from, under a random folder name, and is swept after an hour."""
+    if path is None:
+        return None
+    src = Path(path)
+    if src.suffix.lower() not in _DELIVERABLE or not src.is_file():
+        raise UserError("That result file is not available any more; run the job again.")
+    root = Path(tempfile.gettempdir()) / DELIVERY_DIR
+    _sweep_deliveries(root)
+    folder = root / secrets.token_hex(12)
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / re.sub(r"[^A-Za-z0-9._-]", "_", src.name)[-120:]
+    shutil.copyfile(src, dst)
+    return str(dst)
+
+
+_last_sweep = [0.0]
+
+
+def _sweep_deliveries(root: Path) -> None:
+    now = time.time()
+    if now - _last_sweep[0] < 60 or not root.is_dir():
+        return
+    _last_sweep[0] = now
+    for d in root.iterdir():
+        try:
+            if now - d.stat().st_mtime > DELIVERY_KEEP_S:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
+_HTML_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;",
+                 "`": "&#96;", "$": "&#36;", "\\": "&#92;", "{": "&#123;", "}": "&#125;"}
+
+
+def html_text(value: Any) -> str:
+    """Text for a gr.HTML template's triple-stash field (`{{{x}}}`): HTML-escaped, and with the
+    characters a JavaScript template literal gives meaning to (`$`, backtick, backslash, braces)
+    escaped too: Gradio evaluates a gr.HTML template's rendered output as a template literal,
+    so a `${...}` in a visitor's text would otherwise run as script on every viewer's page."""
+    return "".join(_HTML_ESCAPES.get(c, c) for c in str(value))
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+
+
+def md_text(value: Any, limit: int = 200) -> str:
+    """A visitor's text (a name, a prompt) inside Markdown: no markup, links or images of its
+    own, and at most `limit` characters."""
+    s = re.sub(r"\s+", " ", str(value))
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    return _MD_SPECIAL.sub(r"\\\1", s)

@@ -12,11 +12,14 @@ import pandas as pd
 
 from core import dreambooth as db
 from core import library
+from core import validate as v
 from core.errors import Cancelled, UserError
 from core.events import Notice, Progress, Result
-from core.train import TrainConfig
+from core.train import MAX_STEPS, TrainConfig
 
-from .common import GPU, AppContext, gpu, session_key, status_text, stream_training, user_errors
+from .common import (GPU, AppContext, deliver, gpu, md_text, session_key, status_text, stopped_text,
+                     stream_training, user_errors)
+from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "Personalize"
 SLOTS = 3  # adapters active at once, a weight each
@@ -51,13 +54,8 @@ def adapter_choices(engine, viewer) -> list[tuple[str, str]]:
     return [(_label(a), str(a.id)) for a in store.list_adapters(viewer, base_model=library.base_model_id(engine))]
 
 
-def _adapter_id(value) -> int | None:
-    if value in (None, "", []):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"Unknown adapter {value!r}: pick one from the list.") from None
+def _adapter_id(value, field: str = "Adapter 1") -> int | None:
+    return v.record_id(value, field)
 
 
 def build(ctx: AppContext) -> None:
@@ -80,34 +78,34 @@ def build(ctx: AppContext) -> None:
                 class_noun = gr.Textbox(label="Class noun", value="dog", elem_id="pz-class")
                 suggest = gr.Button("Suggest rare tokens", size="sm", elem_id="pz-suggest")
             id_note = gr.Markdown("Instance prompt: **a sks dog** · class prompt: **a dog**", elem_id="pz-idnote")
-            preset = gr.Dropdown(list(db.PRESETS), value=default, label="Preset", elem_id="pz-preset")
+            preset = Dropdown(list(db.PRESETS), value=default, label="Preset", elem_id="pz-preset")
             with gr.Accordion("Training settings", open=False):
-                method = gr.Radio(METHODS, value=METHODS[1] if p["full"] else METHODS[0], label="What is trained",
+                method = Radio(METHODS, value=METHODS[1] if p["full"] else METHODS[0], label="What is trained",
                                   info="Full fine-tuning changes every UNet weight only for the run: the original "
                                        "weights are restored exactly afterwards, and the learned change is kept as "
                                        "a LoRA of the given rank extracted by SVD.")
                 with gr.Row():
-                    steps = gr.Number(label="Steps", value=p["steps"], precision=0, minimum=1, elem_id="pz-steps")
-                    lr = gr.Number(label="Learning rate", value=p["learning_rate"], elem_id="pz-lr")
-                    rank = gr.Number(label="LoRA rank", value=p["rank"], precision=0, minimum=1)
-                    te_rank = gr.Number(label="Text-encoder LoRA rank (0 = off)", value=0, precision=0, minimum=0,
+                    steps = Number(label="Steps", value=p["steps"], precision=0, minimum=1, elem_id="pz-steps")
+                    lr = Number(label="Learning rate", value=p["learning_rate"], elem_id="pz-lr")
+                    rank = Number(label="LoRA rank", value=p["rank"], precision=0, minimum=1)
+                    te_rank = Number(label="Text-encoder LoRA rank (0 = off)", value=0, precision=0, minimum=0,
                                         info="DreamBooth also tunes the text encoder; LoRA only")
                 with gr.Row():
                     prior = gr.Checkbox(label="Prior preservation", value=p["prior"], elem_id="pz-prior")
-                    lam = gr.Number(label="Prior weight lambda", value=p["prior_weight"], minimum=0)
-                    n_class = gr.Number(label="Class images", value=p["num_class_images"], precision=0, minimum=1)
+                    lam = Number(label="Prior weight lambda", value=p["prior_weight"], minimum=0)
+                    n_class = Number(label="Class images", value=p["num_class_images"], precision=0, minimum=1)
                 with gr.Row():
-                    batch = gr.Number(label="Batch size", value=p["batch_size"], precision=0, minimum=1)
-                    accum = gr.Number(label="Gradient accumulation", value=p["grad_accum"], precision=0, minimum=1)
+                    batch = Number(label="Batch size", value=p["batch_size"], precision=0, minimum=1)
+                    accum = Number(label="Gradient accumulation", value=p["grad_accum"], precision=0, minimum=1)
                     gc = gr.Checkbox(label="Gradient checkpointing", value=p["gradient_checkpointing"])
                 with gr.Row():
-                    snr = gr.Number(label="Min-SNR gamma (0 = off)", value=0)
-                    sample_every = gr.Number(label="Samples every N steps (0 = end only)", value=p["sample_every"],
+                    snr = Number(label="Min-SNR gamma (0 = off)", value=0)
+                    sample_every = Number(label="Samples every N steps (0 = end only)", value=p["sample_every"],
                                              precision=0, minimum=0)
-                    ckpt_every = gr.Number(label="Checkpoint every N steps (0 = none)", value=0, precision=0, minimum=0)
+                    ckpt_every = Number(label="Checkpoint every N steps (0 = none)", value=0, precision=0, minimum=0)
                 with gr.Row():
                     resume = gr.Checkbox(label="Resume a stopped run with the same inputs", value=True)
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+                    seed = Number(label="Seed", value=0, precision=0, minimum=0)
                     name = gr.Textbox(label="Adapter name (default: identifier + class)", value="")
             with gr.Row():
                 train_btn = gr.Button("Train", variant="primary", elem_id="pz-train")
@@ -125,20 +123,20 @@ def build(ctx: AppContext) -> None:
             slots = []
             for i in range(SLOTS):
                 with gr.Row():
-                    dd = gr.Dropdown([], value=None, label=f"Adapter {i + 1}", allow_custom_value=True,
+                    dd = Dropdown([], value=None, label=f"Adapter {i + 1}", allow_custom_value=True,
                                      elem_id=f"pz-adapter-{i + 1}", scale=3)
-                    w = gr.Slider(-1, 2, value=1.0, step=0.05, label="Weight", scale=1, elem_id=f"pz-weight-{i + 1}")
+                    w = Slider(-1, 2, value=1.0, step=0.05, label="Weight", scale=1, elem_id=f"pz-weight-{i + 1}")
                 slots += [dd, w]
             refresh = gr.Button("Refresh the library", size="sm", elem_id="pz-refresh")
-            family = gr.Dropdown(list(db.PROMPT_FAMILIES), value="Recontextualization", label="Prompt family (paper)",
+            family = Dropdown(list(db.PROMPT_FAMILIES), value="Recontextualization", label="Prompt family (paper)",
                                  elem_id="pz-family")
             prompts = gr.Textbox(label="Prompts, one per line ({v} = identifier, {c} = class)", lines=4,
                                  value="\n".join(db.PROMPT_FAMILIES["Recontextualization"][:2]),
                                  elem_id="pz-prompts")
             with gr.Row():
-                g_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
-                g_steps = gr.Slider(1, 100, value=4 if engine.offline else 30, step=1, label="Steps")
-                g_guid = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance")
+                g_seed = Number(label="Seed", value=0, precision=0, minimum=0)
+                g_steps = Slider(1, 100, value=4 if engine.offline else 30, step=1, label="Steps")
+                g_guid = Slider(0, 20, value=5.0, step=0.5, label="Guidance")
             with gr.Row():
                 gen_btn = gr.Button("Generate", variant="primary", elem_id="pz-generate")
                 drift_btn = gr.Button("Measure language drift (adapter 1)", elem_id="pz-drift")
@@ -157,8 +155,9 @@ def build(ctx: AppContext) -> None:
         lib_status = gr.Markdown("", elem_id="pz-lib-status")
 
     # Who owns the adapters: "local" on a private instance (a reload or a restart shows them
-    # again), the visitor id kept in the browser on a shared one; a logged-in user by name.
-    # session_key(request) is only the key that Stop reaches this page's running job by.
+    # again), the visitor token kept in the browser on a shared one; a logged-in user by name
+    # (tabs.common.AppContext.caller). The caller's stop_key is the key Stop reaches this
+    # page's running job by.
     visitor = ctx.visitor if ctx.visitor is not None else gr.State(None)
 
     def owner_of(request, visitor_v) -> str:
@@ -167,20 +166,21 @@ def build(ctx: AppContext) -> None:
     # ------------------------------------------------------------------ handlers
     @user_errors
     def show_crops(paths):
-        if not paths:
-            return []
-        return db.subject_images(paths, res)
+        paths = v.files(paths, "Subject photos", db.MAX_IMAGES)
+        return db.subject_images(paths, res) if paths else []
 
     @user_errors
     def describe_identifier(word, cls):
-        word, cls = (word or "").strip(), (cls or "").strip()
+        word = v.text(word, "Identifier [V]", 100).strip()
+        cls = v.text(cls, "Class noun", 100).strip()
         if not word or not cls:
             return "Give an identifier and a class noun."
         try:
             warns = db.check_identifier(engine.pipe.tokenizer, word)
         except UserError as exc:
             return f"⚠ {exc}"
-        lines = [f"Instance prompt: **{db.instance_prompt(word, cls)}** · class prompt: **{db.class_prompt(cls)}**"]
+        lines = [f"Instance prompt: **{md_text(db.instance_prompt(word, cls))}** · class prompt: "
+                 f"**{md_text(db.class_prompt(cls))}**"]
         lines += [f"⚠ {w}" for w in warns]
         return "\n\n".join(lines)
 
@@ -193,38 +193,56 @@ def build(ctx: AppContext) -> None:
                          + describe_identifier(toks[0], cls))
 
     def apply_preset(name_):
-        q = db.PRESETS.get(name_) or db.PRESETS[default]
+        q = db.PRESETS.get(name_) if isinstance(name_, str) else None
+        q = q or db.PRESETS[default]
         return (METHODS[1] if q["full"] else METHODS[0], q["steps"], q["learning_rate"], q["rank"], q["prior"],
                 q["prior_weight"], q["num_class_images"], q["batch_size"], q["grad_accum"],
                 q["gradient_checkpointing"], q["sample_every"])
 
+    @user_errors
     def refresh_lists(c1, c2, c3, visitor_v, request: gr.Request):
         current = [c1, c2, c3]
+        for i, c in enumerate(current):
+            _adapter_id(c, f"Adapter {i + 1}")
         choices = adapter_choices(engine, owner_of(request, visitor_v))
-        valid = {v for _, v in choices}
+        valid = {val for _, val in choices}
         return [gr.update(choices=choices, value=c if c in valid else None) for c in current[:SLOTS]]
 
     @user_errors
     def run_train(paths, word, cls, method_v, steps_v, lr_v, rank_v, prior_v, lam_v, n_class_v, batch_v, accum_v,
                   gc_v, snr_v, sample_every_v, ckpt_v, resume_v, seed_v, name_v, te_rank_v, visitor_v,
                   request: gr.Request):
-        owner = owner_of(request, visitor_v)
+        # every value checked before anything is read or started
+        steps_n = v.whole(steps_v, "Steps", 1, MAX_STEPS)
+        lr_f = v.real(lr_v, "Learning rate", 1e-8, 0.1)
+        rank_n = v.whole(rank_v, "LoRA rank", 1, 256)
+        te_rank_n = v.whole(te_rank_v, "Text-encoder LoRA rank", 0, 256, default=0)
+        lam_f = v.real(lam_v, "Prior weight lambda", 0, 10, default=0)
+        n_class = v.whole(n_class_v, "Class images", 1, db.MAX_CLASS_IMAGES, default=1)
+        batch_n = v.whole(batch_v, "Batch size", 1, 64, default=1)
+        accum_n = v.whole(accum_v, "Gradient accumulation", 1, 256, default=1)
+        snr_f = v.real(snr_v, "Min-SNR gamma", 0, 100, default=0)
+        sample_every_n = v.whole(sample_every_v, "Samples every N steps", 0, MAX_STEPS, default=0)
+        ckpt_n = v.whole(ckpt_v, "Checkpoint every N steps", 0, MAX_STEPS, default=0)
+        seed_n = v.seed(seed_v)
+        method_v = v.choice(method_v, "What is trained", METHODS)
+        prior_b, gc_b, resume_b = (v.flag(prior_v, "Prior preservation"), v.flag(gc_v, "Gradient checkpointing"),
+                                   v.flag(resume_v, "Resume"))
+        word, cls = v.text(word, "Identifier [V]", 100), v.text(cls, "Class noun", 100)
+        name_v = v.text(name_v, "Adapter name", 100)
+        paths = v.files(paths, "Subject photos", db.MAX_IMAGES)
+        caller = ctx.caller(request, visitor_v)
         images = db.subject_images(paths, res)
         full = method_v == METHODS[1]
         if full and engine.xl:
             raise UserError("Full fine-tuning is offered for SD 1.5 models only; choose LoRA for SDXL.")
-        for label_, v in (("Steps", steps_v), ("Learning rate", lr_v), ("LoRA rank", rank_v), ("Seed", seed_v)):
-            if v is None:
-                raise UserError(f"{label_} is empty: give a number.")
-        recipe = db.make_recipe(engine, images, identifier=word, class_noun=cls, prior=bool(prior_v),
-                                num_class_images=int(n_class_v or 1), prior_weight=float(lam_v or 0),
-                                rank=int(rank_v), full=full, name=name_v or "",
-                                class_steps=4 if engine.offline else None, text_encoder_rank=int(te_rank_v or 0))
-        cfg = TrainConfig(steps=int(steps_v), learning_rate=float(lr_v), batch_size=int(batch_v or 1),
-                          grad_accum=int(accum_v or 1), gradient_checkpointing=bool(gc_v),
-                          snr_gamma=float(snr_v) if snr_v else None, seed=int(seed_v),
-                          sample_every=int(sample_every_v or 0), checkpoint_every=int(ckpt_v or 0),
-                          resume=bool(resume_v), sample_steps=4 if engine.offline else 25)
+        recipe = db.make_recipe(engine, images, identifier=word, class_noun=cls, prior=prior_b,
+                                num_class_images=n_class, prior_weight=lam_f, rank=rank_n, full=full, name=name_v,
+                                class_steps=4 if engine.offline else None, text_encoder_rank=te_rank_n)
+        cfg = TrainConfig(steps=steps_n, learning_rate=lr_f, batch_size=batch_n, grad_accum=accum_n,
+                          gradient_checkpointing=gc_b, snr_gamma=snr_f or None, seed=seed_n,
+                          sample_every=sample_every_n, checkpoint_every=ckpt_n, resume=resume_b,
+                          sample_steps=4 if engine.offline else 25)
         yield "**Starting**", None, [], None  # None: a fresh plot for this run's curves (see _plot)
 
         def row(ev, history):
@@ -233,19 +251,22 @@ def build(ctx: AppContext) -> None:
         def finish(ev):
             info = dict(ev.info)
             info.pop("history", None)
-            return (f"**Done.** Saved to the library as **{info['adapter_name']}** (#{info['adapter_id']}); "
+            return (f"**Done.** Saved to the library as **{md_text(info['adapter_name'])}** (#{info['adapter_id']}); "
                     f"instance loss on fixed draws {info['loss_before']:.4f} → {info['loss_after']:.4f}; "
                     f"{info['trainable_params']:,} trained parameters; {info['seconds']:.0f} s."), info
 
-        yield from stream_training(db.train_dreambooth(engine, recipe, cfg, owner=owner, job_owner=session_key(request)),
+        yield from stream_training(db.train_dreambooth(engine, recipe, cfg, owner=caller.owner, job_owner=caller.stop_key),
                                    plot=_plot, row=row, finish=finish, stopped=(
                                        "**Stopped.** Nothing was saved to the library; the last checkpoint (if "
                                        "any) is kept: train again with Resume on to continue."))
 
+    @user_errors
     def after_train(info, c1, c2, c3, visitor_v, request: gr.Request):
         current = [c1, c2, c3]
+        for i, c in enumerate(current):
+            _adapter_id(c, f"Adapter {i + 1}")
         choices = adapter_choices(engine, owner_of(request, visitor_v))
-        valid = {v for _, v in choices}
+        valid = {val for _, val in choices}
         new = str(info["adapter_id"]) if isinstance(info, dict) and "adapter_id" in info else None
         out = []
         for i, c in enumerate(current[:SLOTS]):
@@ -256,28 +277,28 @@ def build(ctx: AppContext) -> None:
     def _weights(slot_values) -> dict[int, float]:
         weights: dict[int, float] = {}
         for i in range(SLOTS):
-            aid = _adapter_id(slot_values[2 * i])
+            aid = _adapter_id(slot_values[2 * i], f"Adapter {i + 1}")
+            w = v.real(slot_values[2 * i + 1], f"Weight (adapter {i + 1})", -1, 2, default=1.0)
             if aid is not None:
-                w = slot_values[2 * i + 1]
-                weights[aid] = float(1.0 if w is None else w)
+                weights[aid] = w
         return weights
 
     @user_errors
     def run_generate(text, seed_v, steps_v, guid_v, a1, w1, a2, w2, a3, w3, visitor_v, request: gr.Request):
-        slot_values = [a1, w1, a2, w2, a3, w3]
-        owner = owner_of(request, visitor_v)
-        weights = _weights(slot_values)
+        seed_n = v.seed(seed_v)
+        steps_n = v.whole(steps_v, "Steps", 1, 100)
+        guid_f = v.real(guid_v, "Guidance", 0, 20)
+        weights = _weights([a1, w1, a2, w2, a3, w3])
+        text = v.text(text, "Prompts", 10_000)
+        caller = ctx.caller(request, visitor_v)
+        owner = caller.owner
         store = library.get_store(engine)
-        lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-        filled = []
-        for ln in lines:  # {v}/{c} from the first adapter that has them
-            a = next((store.get_adapter(i, owner) for i in weights
-                      if store.get_adapter(i, owner).trigger_words), None)
-            filled.append(db.fill(ln, a.trigger_words, a.class_name) if a else ln.replace("{v} ", "").replace("{c}", "object"))
-        if seed_v is None or int(seed_v) < 0:
-            raise UserError("The seed must be a whole number of 0 or more.")
-        events = library.generate(engine, filled, weights, viewer=owner, owner=session_key(request),
-                                  seed=int(seed_v), steps=int(steps_v), guidance=float(guid_v))
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        trigger = next((a for a in (store.get_adapter(i, owner) for i in weights) if a.trigger_words), None)
+        filled = [db.fill(ln, trigger.trigger_words, trigger.class_name) if trigger
+                  else ln.replace("{v} ", "").replace("{c}", "object") for ln in lines]
+        events = library.generate(engine, filled, weights, viewer=owner, owner=caller.stop_key,
+                                  seed=seed_n, steps=steps_n, guidance=guid_f)
         try:
             for ev in events:
                 if isinstance(ev, Progress):
@@ -288,20 +309,24 @@ def build(ctx: AppContext) -> None:
                     act = ", ".join(f"#{i} × {w:g}" for i, w in weights.items()) or "none (base model)"
                     yield ([(im, p) for im, p in zip(ev.images, ev.info["prompts"])],
                            f"**Done.** Adapters: {act}.")
-        except Cancelled:  # the job's own last word (see tabs/style_aligned.py)
-            yield gr.skip(), "**Stopped.** The images were not finished."
+        except Cancelled as exc:  # the job's own last word (see tabs/style_aligned.py)
+            yield gr.skip(), stopped_text(exc, "**Stopped.** The images were not finished.")
 
     @user_errors
     def run_drift(a1, w1, seed_v, steps_v, guid_v, visitor_v, request: gr.Request):
-        owner = owner_of(request, visitor_v)
+        seed_n = v.seed(seed_v)
+        steps_n = v.whole(steps_v, "Steps", 1, 100)
+        guid_f = v.real(guid_v, "Guidance", 0, 20)
+        weight = v.real(w1, "Weight", -1, 2, default=1.0)
         aid = _adapter_id(a1)
+        caller = ctx.caller(request, visitor_v)
         if aid is None:
             raise UserError("Choose an adapter in slot 1 to measure its language drift.")
         if ctx.metrics is None:
             raise UserError("Scoring models are not available in this app.")
-        seeds = [int(seed_v or 0) + i for i in range(4)]
-        events = db.language_drift(engine, aid, viewer=owner, metrics=ctx.metrics, seeds=seeds, steps=int(steps_v),
-                                   guidance=float(guid_v), weight=1.0 if w1 is None else float(w1), owner=session_key(request))
+        seeds = [min(seed_n + i, v.SEED_MAX) for i in range(4)]
+        events = db.language_drift(engine, aid, viewer=caller.owner, metrics=ctx.metrics, seeds=seeds,
+                                   steps=steps_n, guidance=guid_f, weight=weight, owner=caller.stop_key)
         try:
             for ev in events:
                 if isinstance(ev, Progress):
@@ -310,40 +335,47 @@ def build(ctx: AppContext) -> None:
                     info = ev.info
                     n = len(info["seeds"])
                     labels = [f"{who}, seed {s}" for who in ("frozen", "adapter") for s in info["seeds"]]
-                    rows = "\n".join(f"| {s} | {v:.3f} |" for s, v in zip(info["seeds"], info["similarity"]))
-                    md = (f"**Language drift of \"{info['prompt']}\"**: CLIP image similarity between the frozen "
-                          f"model and the adapter, same seeds (1 = no drift). Mean **{info['mean_similarity']:.3f}**."
-                          f"\n\n| seed | similarity |\n|---|---|\n{rows}\n\n<small>Scored with {info['note']}.</small>")
+                    rows = "\n".join(f"| {s} | {val:.3f} |" for s, val in zip(info["seeds"], info["similarity"]))
+                    md = (f"**Language drift of \"{md_text(info['prompt'])}\"**: CLIP image similarity between the "
+                          f"frozen model and the adapter, same seeds (1 = no drift). Mean "
+                          f"**{info['mean_similarity']:.3f}**.\n\n| seed | similarity |\n|---|---|\n{rows}\n\n"
+                          f"<small>Scored with {info['note']}.</small>")
                     yield list(zip(ev.images, labels))[: 2 * n], "**Done.**", md
-        except Cancelled:  # the job's own last word (see tabs/style_aligned.py)
-            yield gr.skip(), "**Stopped.** The drift was not measured.", gr.skip()
+        except Cancelled as exc:  # the job's own last word (see tabs/style_aligned.py)
+            yield gr.skip(), stopped_text(exc, "**Stopped.** The drift was not measured."), gr.skip()
 
     @user_errors
     def run_export(a1, visitor_v, request: gr.Request):
         aid = _adapter_id(a1)
+        owner = owner_of(request, visitor_v)
         if aid is None:
             raise UserError("Choose an adapter in slot 1 to export.")
-        path = library.get_store(engine).export(aid, owner_of(request, visitor_v), fmt="kohya")
-        return str(path), f"Exported **{path.name}** in the kohya format (loads in AUTOMATIC1111 and ComfyUI)."
+        path = library.get_store(engine).export(aid, owner, fmt="kohya")
+        return deliver(path), f"Exported **{md_text(path.name)}** in the kohya format (loads in AUTOMATIC1111 and ComfyUI)."
 
     @user_errors
     def run_import(path, visitor_v, request: gr.Request):
-        if not path:
+        paths = v.files(path, "Import a LoRA", 1)
+        owner = owner_of(request, visitor_v)
+        if not paths:
             raise UserError("Choose a .safetensors LoRA file to import.")
         pipe = engine.pipe
         store = library.get_store(engine)
         base_modules = library_module_shapes(pipe)
-        a = store.import_lora(path, owner=owner_of(request, visitor_v), base_model=library.base_model_id(engine),
+        a = store.import_lora(paths[0], owner=owner, base_model=library.base_model_id(engine),
                               base_modules=base_modules, arch=library.arch_of(engine),
                               unet_config=pipe.unet.config)
-        return f"Imported **{a.name}** (#{a.id}, {a.extra.get('source_format', '?')} format, rank {a.rank})."
+        return (f"Imported **{md_text(a.name)}** (#{a.id}, {a.extra.get('source_format', '?')} format, "
+                f"rank {a.rank}).")
 
     # ------------------------------------------------------------------ wiring
-    files.change(show_crops, files, crops)
-    identifier.change(describe_identifier, [identifier, class_noun], id_note, queue=False)
-    class_noun.change(describe_identifier, [identifier, class_noun], id_note, queue=False)
-    suggest.click(suggest_tokens, class_noun, [identifier, id_note])
-    preset.change(apply_preset, preset, [method, steps, lr, rank, prior, lam, n_class, batch, accum, gc, sample_every])
+    ui = dict(api_visibility="private")  # page helpers, not part of the API
+    files.change(show_crops, files, crops, **ui)
+    identifier.change(describe_identifier, [identifier, class_noun], id_note, queue=False, **ui)
+    class_noun.change(describe_identifier, [identifier, class_noun], id_note, queue=False, **ui)
+    suggest.click(suggest_tokens, class_noun, [identifier, id_note], **ui)
+    preset.change(apply_preset, preset, [method, steps, lr, rank, prior, lam, n_class, batch, accum, gc, sample_every],
+                  **ui)
     dropdowns = slots[0::2]
     train_inputs = [files, identifier, class_noun, method, steps, lr, rank, prior, lam, n_class, batch, accum, gc,
                     snr, sample_every, ckpt_every, resume, seed, name, te_rank, visitor]
@@ -355,14 +387,15 @@ def build(ctx: AppContext) -> None:
     drift_btn.click(gpu(duration=120)(run_drift), [slots[0], slots[1], g_seed, g_steps, g_guid, visitor],
                     [gallery, g_status, drift_md], api_name="personalize_drift", **GPU)
     refresh.click(refresh_lists, [*dropdowns, visitor], dropdowns, api_name="personalize_library", queue=False)
-    family.change(lambda f: "\n".join(db.PROMPT_FAMILIES.get(f, [])), family, prompts, queue=False)
+    family.change(lambda f: "\n".join(db.PROMPT_FAMILIES.get(f, []) if isinstance(f, str) else []), family, prompts,
+                  queue=False, **ui)
     export_btn.click(run_export, [slots[0], visitor], [export_file, lib_status], api_name="personalize_export")
     import_btn.click(run_import, [import_file, visitor], lib_status, api_name="personalize_import").success(
-        refresh_lists, [*dropdowns, visitor], dropdowns, api_name=False)
+        refresh_lists, [*dropdowns, visitor], dropdowns, **ui)
 
     root = getattr(gr.context.Context, "root_block", None)
     if root is not None and hasattr(root, "load"):  # fill the adapter lists when a page opens
-        root.load(refresh_lists, [*dropdowns, visitor], dropdowns, queue=False)
+        root.load(refresh_lists, [*dropdowns, visitor], dropdowns, queue=False, **ui)
 
     def cancel(request: gr.Request):
         engine.cancel(session_key(request))  # the running job stops within one step and says so

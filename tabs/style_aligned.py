@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import gradio as gr
 
+from core import validate as v
 from core.errors import Cancelled
 from core.events import Notice, Progress, Result
 from core.images import load_image
 from core.style_aligned import MAX_SET, SharingOptions, style_aligned_set
 
-from .common import GPU, AppContext, gpu, session_key, status_text, user_errors
+from .common import GPU, AppContext, gpu, session_key, status_text, stopped_text, user_errors
+from .widgets import Number, Slider
 
 TITLE = "Style-Aligned Set"
 
@@ -44,14 +46,14 @@ def build(ctx: AppContext) -> None:
             style = gr.Textbox(label="Style text appended to every prompt", value=EXAMPLE_STYLE,
                                elem_id="sa-style")
             with gr.Row():
-                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
-                steps = gr.Slider(1, 100, value=4 if engine.offline else 50, step=1, label="Steps",
+                seed = Number(label="Seed", value=0, precision=0, minimum=0)
+                steps = Slider(1, 100, value=4 if engine.offline else 50, step=1, label="Steps",
                                   elem_id="sa-steps")
-                guidance = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance (1 or less: off)")
+                guidance = Slider(0, 20, value=5.0, step=0.5, label="Guidance (1 or less: off)")
             with gr.Row():
-                width = gr.Slider(64 if engine.offline else 512, 256 if engine.offline else 2048,
+                width = Slider(64 if engine.offline else 512, 256 if engine.offline else 2048,
                                   value=res, step=8 if engine.offline else 64, label="Width")
-                height = gr.Slider(64 if engine.offline else 512, 256 if engine.offline else 2048,
+                height = Slider(64 if engine.offline else 512, 256 if engine.offline else 2048,
                                    value=res, step=8 if engine.offline else 64, label="Height")
             negative = gr.Textbox(label="Negative prompt", value="")
             with gr.Accordion("Reference image (optional)", open=False):
@@ -70,11 +72,11 @@ def build(ctx: AppContext) -> None:
                 full_share = gr.Checkbox(value=d.full_attention_share,
                                          label="Full attention sharing (every image with every other: "
                                                "the paper's leakage baseline)")
-                shift = gr.Slider(0, 2, value=d.shared_score_shift, step=0.01,
+                shift = Slider(0, 2, value=d.shared_score_shift, step=0.01,
                                   label="Shared-score shift (log 2 = 0.69 doubles the reference's weight)")
-                scale = gr.Slider(0.1, 2, value=d.shared_score_scale, step=0.05,
+                scale = Slider(0.1, 2, value=d.shared_score_scale, step=0.05,
                                   label="Scale on the reference keys")
-                fraction = gr.Slider(0, 1, value=d.share_fraction, step=0.05,
+                fraction = Slider(0, 1, value=d.share_fraction, step=0.05,
                                      label="Fraction of self-attention layers that share")
             with gr.Row():
                 run = gr.Button("Generate set", variant="primary", elem_id="sa-generate")
@@ -87,24 +89,34 @@ def build(ctx: AppContext) -> None:
 
     @user_errors
     def show_reference(path):
-        return None if path is None else load_image(path, what="reference image", max_side=1024)
+        paths = v.files(path, "Reference image", 1)
+        return load_image(paths[0], what="reference image", max_side=1024) if paths else None
 
     @user_errors
     @gpu(duration=120)
     def generate(prompt_text, style_text, seed_v, steps_v, guidance_v, w, h, neg, ref_path, ref_text,
                  aq, ak, av, gn, full, shift_v, scale_v, frac, request: gr.Request):
-        options = SharingOptions(adain_queries=aq, adain_keys=ak, adain_values=av,
-                                 share_group_norm=gn, full_attention_share=full,
-                                 shared_score_shift=float(shift_v), shared_score_scale=float(scale_v),
-                                 share_fraction=float(frac))
-        ref = load_image(ref_path, what="reference image", max_side=2048) if ref_path else None
-        if seed_v is None or int(seed_v) < 0:
-            raise gr.Error("The seed must be a whole number of 0 or more.")
+        seed_n = v.seed(seed_v)
+        steps_n = v.whole(steps_v, "Steps", 1, 100)
+        guidance_f = v.real(guidance_v, "Guidance", 0, 20)
+        w, h = v.whole(w, "Width", 8, 4096), v.whole(h, "Height", 8, 4096)
+        options = SharingOptions(adain_queries=v.flag(aq, "AdaIN on queries"), adain_keys=v.flag(ak, "AdaIN on keys"),
+                                 adain_values=v.flag(av, "AdaIN on values"),
+                                 share_group_norm=v.flag(gn, "Shared group norm"),
+                                 full_attention_share=v.flag(full, "Full attention sharing"),
+                                 shared_score_shift=v.real(shift_v, "Shared-score shift", 0, 2),
+                                 shared_score_scale=v.real(scale_v, "Scale on the reference keys", 0.1, 2),
+                                 share_fraction=v.real(frac, "Fraction of self-attention layers that share", 0, 1))
+        prompt_text = v.text(prompt_text, "Prompts", 10_000)
+        style_text = v.text(style_text, "Style text appended to every prompt", 1_000)
+        neg, ref_text = v.text(neg, "Negative prompt", 2_000), v.text(ref_text, "Describe the reference", 1_000)
+        ref_paths = v.files(ref_path, "Reference image", 1)
+        ref = load_image(ref_paths[0], what="reference image", max_side=2048) if ref_paths else None
         events = style_aligned_set(
-            engine, (prompt_text or "").splitlines(), style_text, options=options, seed=int(seed_v),
-            steps=int(steps_v), guidance=float(guidance_v), width=int(w), height=int(h),
-            negative_prompt=neg or "", reference_image=ref, reference_prompt=ref_text or "",
-            metrics=ctx.metrics, owner=session_key(request))  # Stop reaches this page's job
+            engine, prompt_text.splitlines(), style_text, options=options, seed=seed_n,
+            steps=steps_n, guidance=guidance_f, width=w, height=h,
+            negative_prompt=neg, reference_image=ref, reference_prompt=ref_text,
+            metrics=ctx.metrics, owner=ctx.caller(request).stop_key)  # Stop reaches this page's job
         notes = []
         try:
             for event in events:
@@ -119,12 +131,13 @@ def build(ctx: AppContext) -> None:
                     info = {k: v for k, v in event.info.items()}
                     yield (event.images, "\n\n".join(notes + ["**Done.**"]),
                            _metrics_markdown(info, ctx.metrics.note if ctx.metrics else ""), info)
-        except Cancelled:
+        except Cancelled as exc:
             # the job's own last word, so no progress line that was already on its way can
             # overwrite it (a reply from the Stop handler could be)
-            yield gr.skip(), "\n\n".join(notes + ["**Stopped.** The set was not finished."]), gr.skip(), gr.skip()
+            yield (gr.skip(), "\n\n".join(notes + [stopped_text(exc, "**Stopped.** The set was not finished.")]),
+                   gr.skip(), gr.skip())
 
-    ref_file.change(show_reference, ref_file, ref_view)
+    ref_file.change(show_reference, ref_file, ref_view, api_visibility="private")
     inputs = [prompts, style, seed, steps, guidance, width, height, negative, ref_file, ref_prompt,
               adain_q, adain_k, adain_v, share_gn, full_share, shift, scale, fraction]
     run.click(generate, inputs, [gallery, status, metrics_md, metrics_json], api_name="style_aligned", **GPU)

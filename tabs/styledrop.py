@@ -18,26 +18,36 @@ from PIL import Image
 
 from core import library
 from core import styledrop as sd
+from core import validate as v
 from core.errors import Cancelled, UserError
 from core.events import Notice, Progress, Result
 from core.images import load_image
-from core.train import TrainConfig, TrainStep
+from core.throttle import DistinctLimit, Throttle
+from core.train import MAX_STEPS, TrainConfig, TrainStep
 
-from .common import GPU, PLOT_EVERY_S, AppContext, gpu, session_key, status_text, user_errors
+from .common import (GPU, PLOT_EVERY_S, AppContext, gpu, html_text, md_text, session_key,
+                     status_text, stopped_text, user_errors)
+from .widgets import Dropdown, Number, Radio, Slider
+
+# Ratings of someone else's published loop, per client address: at most RATES_PER_MINUTE, and
+# at most RATERS_PER_LOOP different visitor tokens per loop (tokens are free to get, votes are
+# not free to stuff). A loop's owner rates their own loop without limits.
+RATES_PER_MINUTE = 60
+RATERS_PER_LOOP = 2
 
 TITLE = "StyleDrop Loop"
 THUMB = 256
 
 GRID_TEMPLATE = """
 <div class="sd-wrap">
-  {{#if value.message}}<p class="sd-message">{{value.message}}</p>{{/if}}
+  {{#if value.message}}<p class="sd-message">{{{value.message}}}</p>{{/if}}
   <div class="sd-grid" role="grid" aria-label="Candidates of this round">
   {{#each value.tiles}}
     <figure class="sd-tile{{#if liked}} sd-liked{{/if}}{{#if mine_up}} sd-mine-up{{/if}}{{#if mine_down}} sd-mine-down{{/if}}"
-            tabindex="0" data-id="{{id}}" data-mine="{{mine}}" aria-label="{{prompt}}">
-      <img src="{{src}}" alt="{{prompt}}" draggable="false">
+            tabindex="0" data-id="{{id}}" data-mine="{{mine}}" aria-label="{{{prompt}}}">
+      <img src="{{src}}" alt="{{{prompt}}}" draggable="false">
       <figcaption>
-        <span class="sd-content">{{content}}</span>
+        <span class="sd-content">{{{content}}}</span>
         <span class="sd-scores">{{scores}}</span>
         <span class="sd-votes"><b class="sd-up-n">👍 {{up}}</b> · <b class="sd-down-n">👎 {{down}}</b>{{#if clip}} · <i>CLIP ✓</i>{{/if}}{{#if liked}} · <b>liked</b>{{/if}}</span>
         <span class="sd-actions">
@@ -143,19 +153,8 @@ def _fmt(x, nd=3):
     return "–" if x is None else f"{x:.{nd}f}"
 
 
-def _id(value) -> int | None:
-    if value in (None, "", "new", []):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"Unknown choice {value!r}: pick one from the list.") from None
-
-
-def _num(value, what: str, cast=float):
-    if value is None or value == "":
-        raise UserError(f"{what} is empty: give a number.")
-    return cast(value)
+def _id(value, field: str) -> int | None:
+    return None if value == "new" else v.record_id(value, field)
 
 
 def build(ctx: AppContext) -> None:
@@ -180,16 +179,16 @@ def build(ctx: AppContext) -> None:
             text_md = gr.Markdown(f"Training text: **{sd.training_text('a house', 'watercolor painting')}**",
                                   elem_id="sd-text")
             loop_name = gr.Textbox(label="Loop name (default: the style descriptor)", value="", elem_id="sd-name")
-            preset = gr.Dropdown(list(sd.PRESETS), value=default, label="Preset", elem_id="sd-preset")
+            preset = Dropdown(list(sd.PRESETS), value=default, label="Preset", elem_id="sd-preset")
             with gr.Accordion("Training settings", open=False):
                 with gr.Row():
-                    steps = gr.Number(label="Steps", value=p["steps"], precision=0, minimum=1, elem_id="sd-steps")
-                    lr = gr.Number(label="Learning rate", value=p["learning_rate"], elem_id="sd-lr")
-                    rank = gr.Number(label="Adapter rank r", value=p["rank"], precision=0, minimum=1, maximum=128,
+                    steps = Number(label="Steps", value=p["steps"], precision=0, minimum=1, elem_id="sd-steps")
+                    lr = Number(label="Learning rate", value=p["learning_rate"], elem_id="sd-lr")
+                    rank = Number(label="Adapter rank r", value=p["rank"], precision=0, minimum=1, maximum=128,
                                      elem_id="sd-rank")
                 with gr.Row():
                     gc = gr.Checkbox(label="Gradient checkpointing", value=p["gradient_checkpointing"])
-                    seed = gr.Number(label="Training seed", value=0, precision=0, minimum=0)
+                    seed = Number(label="Training seed", value=0, precision=0, minimum=0)
             params_md = gr.Markdown(elem_id="sd-params")
             with gr.Accordion("Candidate grid", open=True):
                 n_prompts = p["prompts"]
@@ -197,12 +196,12 @@ def build(ctx: AppContext) -> None:
                                      lines=5, value="\n".join(sd.DEFAULT_CONTENT_PROMPTS[:n_prompts]),
                                      elem_id="sd-prompts")
                 with gr.Row():
-                    samples = gr.Number(label="Samples per prompt", value=p["samples_per_prompt"], precision=0,
+                    samples = Number(label="Samples per prompt", value=p["samples_per_prompt"], precision=0,
                                         minimum=1, maximum=16, elem_id="sd-samples")
-                    s_steps = gr.Number(label="Sampling steps", value=p["sample_steps"], precision=0, minimum=1,
+                    s_steps = Number(label="Sampling steps", value=p["sample_steps"], precision=0, minimum=1,
                                         elem_id="sd-sample-steps")
-                    guidance = gr.Number(label="Guidance", value=p["guidance"], minimum=0)
-                    g_seed = gr.Number(label="Grid seed", value=0, precision=0, minimum=0)
+                    guidance = Number(label="Guidance", value=p["guidance"], minimum=0)
+                    g_seed = Number(label="Grid seed", value=0, precision=0, minimum=0)
             with gr.Row():
                 new_btn = gr.Button("Start a new loop (round 1)", variant="primary", elem_id="sd-new")
                 next_btn = gr.Button("Train the next round on the liked images", variant="primary", elem_id="sd-next")
@@ -211,9 +210,9 @@ def build(ctx: AppContext) -> None:
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="sd-stop")
         with gr.Column(scale=2):
             with gr.Row():
-                loop_dd = gr.Dropdown([], value=None, label="Feedback loop", elem_id="sd-loop", scale=3,
+                loop_dd = Dropdown([], value=None, label="Feedback loop", elem_id="sd-loop", scale=3,
                                       allow_custom_value=True)
-                round_radio = gr.Dropdown([], value=None, label="Round (every round is kept)", elem_id="sd-round",
+                round_radio = Dropdown([], value=None, label="Round (every round is kept)", elem_id="sd-round",
                                           scale=2, allow_custom_value=True)
                 publish = gr.Checkbox(label="Shared for rating (others can rate)", value=False, elem_id="sd-publish",
                                       scale=1)
@@ -226,13 +225,13 @@ def build(ctx: AppContext) -> None:
                            elem_id="sd-grid")
             with gr.Group():
                 with gr.Row():
-                    clip_mode = gr.Radio([("Top-k", "top_k"), ("Threshold", "threshold")], value="top_k",
+                    clip_mode = Radio([("Top-k", "top_k"), ("Threshold", "threshold")], value="top_k",
                                          label="CLIP feedback picks", elem_id="sd-clip-mode")
-                    clip_k = gr.Slider(1, 32, value=4, step=1, label="k (best k)", elem_id="sd-clip-k")
-                    clip_thr = gr.Slider(-1, 1, value=0.5, step=0.005, label="Threshold on the score",
+                    clip_k = Slider(1, 32, value=4, step=1, label="k (best k)", elem_id="sd-clip-k")
+                    clip_thr = Slider(-1, 1, value=0.5, step=0.005, label="Threshold on the score",
                                          elem_id="sd-clip-thr")
                 with gr.Row():
-                    clip_w = gr.Slider(0, 1, value=0.5, step=0.05,
+                    clip_w = Slider(0, 1, value=0.5, step=0.05,
                                        label="Score = w · CLIP text + (1 − w) · CLIP style; w =", elem_id="sd-clip-w")
                     clip_pp = gr.Checkbox(label="Top-k per content prompt (the paper's CLIP feedback)", value=False)
                     clip_btn = gr.Button("Apply CLIP feedback", elem_id="sd-clip")
@@ -243,24 +242,24 @@ def build(ctx: AppContext) -> None:
         with gr.Row():
             with gr.Column():
                 with gr.Row():
-                    c_style = gr.Dropdown([], value=None, label="Style adapter (StyleDrop)", elem_id="sd-c-style",
+                    c_style = Dropdown([], value=None, label="Style adapter (StyleDrop)", elem_id="sd-c-style",
                                           scale=3, allow_custom_value=True)
-                    c_style_w = gr.Slider(0, 2, value=1.0, step=0.05, label="Style weight", scale=1)
+                    c_style_w = Slider(0, 2, value=1.0, step=0.05, label="Style weight", scale=1)
                 with gr.Row():
-                    c_subject = gr.Dropdown([], value=None, label="Subject adapter (DreamBooth)",
+                    c_subject = Dropdown([], value=None, label="Subject adapter (DreamBooth)",
                                             elem_id="sd-c-subject", scale=3, allow_custom_value=True)
-                    c_subject_w = gr.Slider(0, 2, value=1.0, step=0.05, label="Subject weight", scale=1)
+                    c_subject_w = Slider(0, 2, value=1.0, step=0.05, label="Subject weight", scale=1)
                 c_prompt = gr.Textbox(label="Prompts, one per line", lines=2, elem_id="sd-c-prompt")
                 with gr.Row():
-                    c_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+                    c_seed = Number(label="Seed", value=0, precision=0, minimum=0)
                     c_btn = gr.Button("Generate with both", variant="primary", elem_id="sd-c-generate")
             with gr.Column():
                 c_status = gr.Markdown("", elem_id="sd-c-status")
                 c_gallery = gr.Gallery(label="Style + subject", columns=4, height="auto", elem_id="sd-c-gallery")
     # the API's rating endpoint (the grid's clicks and keys go through the grid's own event)
     with gr.Row(visible=False):
-        rate_cid = gr.Number(label="candidate id", precision=0)
-        rate_value = gr.Number(label="rating (+1, -1, 0)", precision=0)
+        rate_cid = Number(label="candidate id", precision=0)
+        rate_value = Number(label="rating (+1, -1, 0)", precision=0)
         rate_btn = gr.Button("rate")
         rate_out = gr.JSON()
         new_marker = gr.Textbox(value="new")
@@ -273,12 +272,15 @@ def build(ctx: AppContext) -> None:
 
     def params_text(rank_v) -> str:
         try:
-            r = int(rank_v or 4)
+            r = v.whole(rank_v, "Adapter rank r", 1, 128, default=4)
+        except UserError as exc:
+            return f"⚠ {exc}"
+        try:
             unet = engine.pipe.unet if engine._pipe is not None else None
         except Exception:  # noqa: BLE001 - the model may still be loading
             unet = None
         if unet is None:
-            return f"Adapter rank {rank_v}: the parameter count appears when the model has loaded."
+            return f"Adapter rank {r}: the parameter count appears when the model has loaded."
         n, blocks = sd.param_count(unet, r), len(sd.ff_out_layers(unet))
         return (f"**Adapter:** D (r×d) and U (d×r) after the feed-forward of each of the {blocks} transformer "
                 f"blocks → **{n:,} trained parameters** at r = {r} (Σ 2·r·d). Saved as a standard LoRA on "
@@ -292,7 +294,7 @@ def build(ctx: AppContext) -> None:
             n = len(store.rounds(lp.id, viewer))
             tag = "" if lp.owner == viewer else " · shared by someone else"
             pub = " · shared" if lp.published and lp.owner == viewer else ""
-            out.append((f"{lp.name} · {n} round{'s' if n != 1 else ''} · #{lp.id}{pub}{tag}", str(lp.id)))
+            out.append((f"{lp.name[:100]} · {n} round{'s' if n != 1 else ''} · #{lp.id}{pub}{tag}", str(lp.id)))
         return out
 
     def pick_loop(viewer, wanted=None) -> int | None:
@@ -315,7 +317,8 @@ def build(ctx: AppContext) -> None:
                 sc.append(f"text {t.clip_text:.3f}")
             if t.clip_style is not None:
                 sc.append(f"style {t.clip_style:.3f}")
-            tiles.append({"id": t.id, "src": _data_uri(t.path), "prompt": t.prompt, "content": t.content,
+            tiles.append({"id": t.id, "src": _data_uri(t.path), "prompt": html_text(t.prompt),
+                          "content": html_text(t.content),
                           "scores": " · ".join(sc), "up": t.up, "down": t.down, "mine": t.mine,
                           "mine_up": t.mine == 1, "mine_down": t.mine == -1, "clip": t.clip, "liked": t.liked})
         msg = "" if tiles else "No candidates in this round yet: generate them."
@@ -346,12 +349,12 @@ def build(ctx: AppContext) -> None:
         for r in rows:
             loss = (f"{r['loss_before']:.4f} → {r['loss_after']:.4f}"
                     if r["loss_before"] is not None and r["loss_after"] is not None else "–")
-            lines.append(f"| {r['round']} | {r['adapter']} (#{r['adapter_id']}) | {r['trained_on']} | "
+            lines.append(f"| {r['round']} | {md_text(r['adapter'])} (#{r['adapter_id']}) | {r['trained_on']} | "
                          f"{(r['params'] or 0):,} | {r['steps'] or '–'} | {loss} | {r['candidates']} | {r['liked']} | "
                          f"{_fmt(r['clip_text'])} | {_fmt(r['clip_style'])} |")
         note = ctx.metrics.note if ctx.metrics is not None else "no scoring models"
         lp = sd.store_of(engine).get_loop(loop_id, viewer)
-        head = (f"**Loop #{lp.id} \"{lp.name}\"** · training text *{lp.extra.get('training_text', '')}* · "
+        head = (f"**Loop #{lp.id} \"{md_text(lp.name)}\"** · training text *{md_text(lp.extra.get('training_text', ''))}* · "
                 f"{lp.extra.get('style_images', 1)} style image(s) · "
                 + ("yours" if lp.owner == viewer else "shared by its owner: you can rate") + "\n\n")
         return (head + "**Rounds side by side** (means over each round's candidates)\n\n" + "\n".join(lines)
@@ -379,85 +382,94 @@ def build(ctx: AppContext) -> None:
     view_outputs = [loop_dd, round_radio, publish, counts, grid, rounds_md]
 
     # ------------------------------------------------------------------ handlers
+    rate_throttle = Throttle(RATES_PER_MINUTE, 60.0)
+    raters_per_loop = DistinctLimit(RATERS_PER_LOOP)
+
     @user_errors
     def show_style(paths):
-        if not paths:
-            return []
-        return [load_image(pth, what="style image", max_side=1024) for pth in paths[: sd.MAX_STYLE_IMAGES]]
+        paths = v.files(paths, "Style image", sd.MAX_STYLE_IMAGES)
+        return [load_image(pth, what="style image", max_side=1024) for pth in paths]
 
     def describe(content_v, style_v):
         try:
-            return f"Training text: **{sd.training_text(content_v, style_v)}**"
+            return f"Training text: **{md_text(sd.training_text(content_v, style_v))}**"
         except UserError as exc:
             return f"⚠ {exc}"
 
     def apply_preset(name_):
-        q = sd.PRESETS.get(name_) or sd.PRESETS[default]
+        q = sd.PRESETS.get(name_) if isinstance(name_, str) else None
+        q = q or sd.PRESETS[default]
         return (q["steps"], q["learning_rate"], q["rank"], q["gradient_checkpointing"], q["samples_per_prompt"],
                 q["sample_steps"], q["guidance"], params_text(q["rank"]))
 
+    @user_errors
     def on_load(visitor_v, request: gr.Request):
         viewer = owner_of(request, visitor_v)
         return (*render(viewer), params_text(rank.value), *adapter_lists(viewer))
 
     @user_errors
     def on_loop(loop_v, visitor_v, request: gr.Request):
-        return render(owner_of(request, visitor_v), _id(loop_v))
+        return render(owner_of(request, visitor_v), _id(loop_v, "Feedback loop"))
 
     @user_errors
     def on_round(loop_v, round_v, visitor_v, request: gr.Request):
-        return render(owner_of(request, visitor_v), _id(loop_v), _id(round_v))
+        return render(owner_of(request, visitor_v), _id(loop_v, "Feedback loop"), _id(round_v, "Round"))
 
     @user_errors
     def on_publish(loop_v, value, visitor_v, request: gr.Request):
+        lid = _id(loop_v, "Feedback loop")
+        value = v.flag(value, "Shared for rating")
         viewer = owner_of(request, visitor_v)
-        lid = _id(loop_v)
         if lid is None:
             raise UserError("Start a loop first.")
         store = sd.store_of(engine)
         lp = store.get_loop(lid, viewer)
-        if lp.owner == viewer and lp.published != bool(value):
-            store.publish_loop(lid, viewer, bool(value))
+        if lp.owner == viewer and lp.published != value:
+            store.publish_loop(lid, viewer, value)
         return render(viewer, lid, None)
 
-    def _config(steps_v, lr_v, gc_v, seed_v) -> TrainConfig:
-        return TrainConfig(steps=_num(steps_v, "Steps", int), learning_rate=_num(lr_v, "Learning rate"),
-                           gradient_checkpointing=bool(gc_v), seed=int(seed_v or 0), sample_every=0,
-                           resume=False)
+    def _grid_args(prompts_v, samples_v, s_steps_v, guid_v, g_seed_v) -> dict:
+        return dict(contents=v.text(prompts_v, "Content prompts", 10_000),
+                    samples_per_prompt=v.whole(samples_v, "Samples per prompt", 1, 16),
+                    sample_steps=v.whole(s_steps_v, "Sampling steps", 1, 150),
+                    guidance=v.real(guid_v, "Guidance", 0, 30), seed=v.seed(g_seed_v, "Grid seed"))
 
     @user_errors
     @gpu(duration=900)
     def run_train(loop_v, files, content_v, style_v, name_v, steps_v, lr_v, rank_v, gc_v, seed_v, prompts_v,
                   samples_v, s_steps_v, guid_v, g_seed_v, visitor_v, request: gr.Request):
-        owner = owner_of(request, visitor_v)
-        cfg = _config(steps_v, lr_v, gc_v, seed_v)
-        r = _num(rank_v, "Adapter rank", int)
+        # every value checked before anything is stored or started
+        cfg = TrainConfig(steps=v.whole(steps_v, "Steps", 1, MAX_STEPS),
+                          learning_rate=v.real(lr_v, "Learning rate", 1e-8, 0.1),
+                          gradient_checkpointing=v.flag(gc_v, "Gradient checkpointing"),
+                          seed=v.seed(seed_v, "Training seed"), sample_every=0, resume=False)
+        r = v.whole(rank_v, "Adapter rank r", 1, 128)
+        grid = _grid_args(prompts_v, samples_v, s_steps_v, guid_v, g_seed_v)
+        lid = _id(loop_v, "Feedback loop")
+        paths = v.files(files, "Style image", sd.MAX_STYLE_IMAGES)
+        content_v, style_v = v.text(content_v, "Content of the style image", 200), v.text(style_v, "Style descriptor", 200)
+        name_v = v.text(name_v, "Loop name", 100)
+        caller = ctx.caller(request, visitor_v)
+        owner = caller.owner
         sd.adapter_spec(r)
-        contents, n_samples = sd.check_grid(prompts_v or "", _num(samples_v, "Samples per prompt", int),
-                                            _num(s_steps_v, "Sampling steps", int))
-        lid = _id(loop_v)
+        contents, n_samples = sd.check_grid(grid["contents"], grid["samples_per_prompt"], grid["sample_steps"])
+        round_kw = dict(job_owner=caller.stop_key, rank=r, contents=contents, samples_per_prompt=n_samples,
+                        seed=grid["seed"], sample_steps=grid["sample_steps"], guidance=grid["guidance"],
+                        metrics=ctx.metrics)
         notes: list[str] = []
         if lid is None:
-            if not files:
+            if not paths:
                 raise UserError("Upload a style image to start a loop.")
-            if len(files) > sd.MAX_STYLE_IMAGES:
-                raise UserError(f"{len(files)} style images; at most {sd.MAX_STYLE_IMAGES}.")
-            imgs = [load_image(getattr(f, "name", f), what=f"style image {i + 1}", max_side=4096)
-                    for i, f in enumerate(files)]
-            sd.training_text(content_v, style_v)  # clear message before anything is stored
-            lp = sd.create_loop(engine, imgs, owner=owner, content_description=content_v, style_descriptor=style_v,
-                                name=name_v or "")
-            lid = lp.id
-            notes.append(f"New loop **{lp.name}** (#{lp.id}).")
-        events = sd.train_round(engine, lid, cfg, owner=owner, job_owner=session_key(request), rank=r,
-                                contents=contents, samples_per_prompt=n_samples,
-                                seed=int(g_seed_v or 0), sample_steps=_num(s_steps_v, "Sampling steps", int),
-                                guidance=_num(guid_v, "Guidance"), metrics=ctx.metrics)
+            imgs = [load_image(f, what=f"style image {i + 1}", max_side=4096) for i, f in enumerate(paths)]
+            events = sd.first_round(engine, imgs, cfg, owner=owner, content_description=content_v,
+                                    style_descriptor=style_v, name=name_v, **round_kw)
+        else:
+            events = sd.train_round(engine, lid, cfg, owner=owner, **round_kw)
         history: list[dict] = []
         last_plot = 0.0
         skip6 = (gr.skip(),) * 6
         # None, not an empty frame: Gradio's plot fixes its domain on the first value it draws
-        yield ("\n\n".join(notes + ["**Starting**"]), None, *render(owner, lid), gr.skip())
+        yield ("**Starting**", None, *render(owner, lid), gr.skip())
         try:
             for ev in events:
                 if isinstance(ev, TrainStep):
@@ -468,34 +480,39 @@ def build(ctx: AppContext) -> None:
                         line = f"**{ev.message}** · lr {ev.lr:.1e} · {ev.seconds:.2f} s/step"
                         yield ("\n\n".join(notes + [line]), pd.DataFrame(history), *skip6, gr.skip())
                 elif isinstance(ev, Notice):
-                    notes.append(ev.message)
+                    notes.append(md_text(ev.message, 400))
                 elif isinstance(ev, Progress):
                     yield ("\n\n".join(notes + [status_text(ev)]), gr.skip(), *skip6, gr.skip())
                 elif isinstance(ev, Result):
                     info = ev.info
                     done = (f"**Done: round {info['round']}** trained on {info['trained_on']['style_images']} style "
                             f"+ {len(info['trained_on']['liked_candidates'])} liked images · adapter "
-                            f"**{info['adapter_name']}** (#{info['adapter_id']}) · {info['trainable_params']:,} "
-                            f"trained parameters · {len(ev.images)} candidates. Rate them, then train the next round.")
+                            f"**{md_text(info['adapter_name'])}** (#{info['adapter_id']}) · "
+                            f"{info['trainable_params']:,} trained parameters · {len(ev.images)} candidates. "
+                            "Rate them, then train the next round.")
                     yield ("\n\n".join(notes + [done]), pd.DataFrame(history) if history else None,
-                           *render(owner, lid, info["round_id"]), info)
-        except Cancelled:  # the job's own last word (see tabs/style_aligned.py); the loop as it is now
-            yield ("\n\n".join(notes + ["**Stopped.** Nothing half-written is kept; the last finished round stays."]),
-                   pd.DataFrame(history) if history else gr.skip(), *render(owner, lid), gr.skip())
+                           *render(owner, info["loop_id"], info["round_id"]), info)
+        except Cancelled as exc:  # the job's own last word (see tabs/style_aligned.py); the loop as it is now
+            text = ("**Stopped.** Nothing half-written is kept: an unfinished round (adapter and grid) is "
+                    "removed, a new loop without a finished round too; the last finished round stays.")
+            yield ("\n\n".join(notes + [stopped_text(exc, text)]), pd.DataFrame(history) if history else gr.skip(),
+                   *render(owner, lid), gr.skip())
 
     @user_errors
     @gpu(duration=300)
     def run_generate(loop_v, round_v, prompts_v, samples_v, s_steps_v, guid_v, g_seed_v, visitor_v,
                      request: gr.Request):
-        owner = owner_of(request, visitor_v)
-        rid = _id(round_v)
+        grid = _grid_args(prompts_v, samples_v, s_steps_v, guid_v, g_seed_v)
+        lid, rid = _id(loop_v, "Feedback loop"), _id(round_v, "Round")
+        caller = ctx.caller(request, visitor_v)
+        owner = caller.owner
         if rid is None:
             raise UserError("Pick a round (train one first).")
-        events = sd.generate_candidates(engine, rid, owner=owner, job_owner=session_key(request),
-                                        contents=sd.parse_prompts(prompts_v or ""),
-                                        samples_per_prompt=_num(samples_v, "Samples per prompt", int),
-                                        seed=int(g_seed_v or 0), sample_steps=_num(s_steps_v, "Sampling steps", int),
-                                        guidance=_num(guid_v, "Guidance"), metrics=ctx.metrics)
+        events = sd.generate_candidates(engine, rid, owner=owner, job_owner=caller.stop_key,
+                                        contents=sd.parse_prompts(grid["contents"]),
+                                        samples_per_prompt=grid["samples_per_prompt"], seed=grid["seed"],
+                                        sample_steps=grid["sample_steps"], guidance=grid["guidance"],
+                                        metrics=ctx.metrics)
         try:
             for ev in events:
                 if isinstance(ev, Progress):
@@ -504,40 +521,59 @@ def build(ctx: AppContext) -> None:
                     yield (f"Note: {ev.message}", *(gr.skip(),) * 6)
                 elif isinstance(ev, Result):
                     yield (f"**Done.** {ev.info['added']} more candidates in round {ev.info['round']}.",
-                           *render(owner, _id(loop_v), rid))
-        except Cancelled:  # the job's own last word (see tabs/style_aligned.py)
-            yield ("**Stopped.** No candidates were added.", *(gr.skip(),) * 6)
+                           *render(owner, lid, rid))
+        except Cancelled as exc:  # the job's own last word (see tabs/style_aligned.py)
+            yield (stopped_text(exc, "**Stopped.** No candidates were added."), *(gr.skip(),) * 6)
+
+    def _rate(caller, cid: int, value: int) -> None:
+        """One rating, within the limits for someone else's published loop."""
+        lp = sd.store_of(engine).candidate_loop(cid, caller.owner)
+        if lp.owner != caller.owner:
+            key = caller.stop_key.client or caller.stop_key
+            if not rate_throttle.allow(str(key)):
+                raise UserError(f"Too many ratings: at most {RATES_PER_MINUTE} a minute. Wait a little.")
+            if not raters_per_loop.allow(f"{key}|{lp.id}", caller.owner):
+                raise UserError("Ratings of this loop from your address already count for "
+                                f"{RATERS_PER_LOOP} visitors; more would not be fair to its owner.")
+        sd.rate(engine, cid, caller.owner, value)
 
     @user_errors
     def rate_from_grid(loop_v, round_v, visitor_v, evt: gr.EventData, request: gr.Request):
-        viewer = owner_of(request, visitor_v)
-        data = evt._data or {}
-        try:
-            cid, value = int(data["candidate"]), int(data["rating"])
-        except (KeyError, TypeError, ValueError):
-            raise UserError("That rating could not be read.") from None
-        sd.rate(engine, cid, viewer, value)
-        rid = _id(round_v)
-        return counts_text(rid, viewer), grid_value(rid, viewer), rounds_text(_id(loop_v), viewer)
+        data = getattr(evt, "_data", None)
+        data = data if isinstance(data, dict) else {}
+        cid = v.record_id(data.get("candidate"), "Candidate")
+        value = v.whole(data.get("rating"), "Rating", -1, 1)
+        lid, rid = _id(loop_v, "Feedback loop"), _id(round_v, "Round")
+        caller = ctx.caller(request, visitor_v)
+        if cid is None:
+            raise UserError("That rating could not be read.")
+        _rate(caller, cid, value)
+        return counts_text(rid, caller.owner), grid_value(rid, caller.owner), rounds_text(lid, caller.owner)
 
     @user_errors
     def rate_api(cid_v, value_v, visitor_v, request: gr.Request):
-        rater = owner_of(request, visitor_v)
-        if cid_v is None or value_v is None:
+        cid = v.record_id(cid_v, "candidate id")
+        value = v.whole(value_v, "rating", -1, 1)
+        caller = ctx.caller(request, visitor_v)
+        if cid is None:
             raise UserError("Give a candidate id and a rating (+1, -1 or 0).")
-        cid = int(cid_v)
-        sd.rate(engine, cid, rater, int(value_v))
-        return sd.candidate_votes(engine, cid, rater)
+        _rate(caller, cid, value)
+        return sd.candidate_votes(engine, cid, caller.owner)
 
     @user_errors
     def run_clip(loop_v, round_v, mode, k, thr, w, per_prompt, visitor_v, request: gr.Request):
+        k_n = v.whole(k, "k (best k)", 1, 32)
+        thr_f = v.real(thr, "Threshold on the score", -1, 1)
+        w_f = v.real(w, "Score = w · CLIP text + (1 − w) · CLIP style; w =", 0, 1)
+        mode = v.choice(mode, "CLIP feedback picks", ["top_k", "threshold"])
+        per_prompt = v.flag(per_prompt, "Top-k per content prompt")
+        lid, rid = _id(loop_v, "Feedback loop"), _id(round_v, "Round")
         viewer = owner_of(request, visitor_v)
-        rid = _id(round_v)
         if rid is None:
             raise UserError("Pick a round with candidates first.")
-        sd.clip_feedback(engine, rid, owner=viewer, mode=mode, k=int(k), threshold=float(thr), text_weight=float(w),
-                         per_prompt=bool(per_prompt))
-        return render(viewer, _id(loop_v), rid)
+        sd.clip_feedback(engine, rid, owner=viewer, mode=mode, k=k_n, threshold=thr_f, text_weight=w_f,
+                         per_prompt=per_prompt)
+        return render(viewer, lid, rid)
 
     def adapter_lists(viewer):
         store = sd.store_of(engine)
@@ -555,9 +591,9 @@ def build(ctx: AppContext) -> None:
 
     @user_errors
     def combine_prompt(style_v, subject_v, visitor_v, request: gr.Request):
+        sid, bid = _id(style_v, "Style adapter"), _id(subject_v, "Subject adapter")
         viewer = owner_of(request, visitor_v)
         store = sd.store_of(engine)
-        sid, bid = _id(style_v), _id(subject_v)
         if sid is None or bid is None:
             return gr.skip()
         st, sub = store.get_adapter(sid, viewer), store.get_adapter(bid, viewer)
@@ -567,15 +603,21 @@ def build(ctx: AppContext) -> None:
     @gpu(duration=120)
     def run_combine(style_v, style_w, subject_v, subject_w, prompt_v, seed_v, s_steps_v, guid_v, visitor_v,
                     request: gr.Request):
-        viewer = owner_of(request, visitor_v)
-        sid = _id(style_v)
+        style_wf = v.real(style_w, "Style weight", 0, 2)
+        subject_wf = v.real(subject_w, "Subject weight", 0, 2)
+        seed_n = v.seed(seed_v)
+        steps_n = v.whole(s_steps_v, "Sampling steps", 1, 150)
+        guid_f = v.real(guid_v, "Guidance", 0, 30)
+        sid, bid = _id(style_v, "Style adapter"), _id(subject_v, "Subject adapter")
+        prompt_v = v.text(prompt_v, "Prompts", 10_000)
+        caller = ctx.caller(request, visitor_v)
         if sid is None:
             raise UserError("Pick a StyleDrop adapter (train a round first).")
-        lines = [ln.strip() for ln in (prompt_v or "").splitlines() if ln.strip()]
-        events = sd.generate_with_subject(engine, style_adapter_id=sid, subject_adapter_id=_id(subject_v),
-                                          prompts=lines, style_weight=float(style_w), subject_weight=float(subject_w),
-                                          viewer=viewer, job_owner=session_key(request), seed=int(seed_v or 0),
-                                          steps=_num(s_steps_v, "Sampling steps", int), guidance=_num(guid_v, "Guidance"))
+        lines = [ln.strip() for ln in prompt_v.splitlines() if ln.strip()]
+        events = sd.generate_with_subject(engine, style_adapter_id=sid, subject_adapter_id=bid,
+                                          prompts=lines, style_weight=style_wf, subject_weight=subject_wf,
+                                          viewer=caller.owner, job_owner=caller.stop_key, seed=seed_n,
+                                          steps=steps_n, guidance=guid_f)
         try:
             for ev in events:
                 if isinstance(ev, Progress):
@@ -583,8 +625,8 @@ def build(ctx: AppContext) -> None:
                 elif isinstance(ev, Result):
                     act = ", ".join(f"#{i} × {w:g}" for i, w in ev.info["adapters"].items())
                     yield [(im, pr) for im, pr in zip(ev.images, ev.info["prompts"])], f"**Done.** Adapters: {act}."
-        except Cancelled:  # the job's own last word (see tabs/style_aligned.py)
-            yield gr.skip(), "**Stopped.** The images were not finished."
+        except Cancelled as exc:  # the job's own last word (see tabs/style_aligned.py)
+            yield gr.skip(), stopped_text(exc, "**Stopped.** The images were not finished.")
 
     # ------------------------------------------------------------------ wiring
     style_files.change(show_style, style_files, style_view, api_visibility="private")

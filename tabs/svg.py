@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import gradio as gr
 
+from core import validate as v
 from core import vectorfusion as vf
 from core.errors import Cancelled
 from core.events import Notice, Progress, Result
 from core.images import load_image
 
-from .common import GPU, AppContext, gpu, session_key, status_text, user_errors
+from .common import GPU, AppContext, deliver, gpu, session_key, status_text, stopped_text, user_errors
+from .widgets import Number, Radio, Slider
 
 TITLE = "Text-to-SVG"
 
@@ -60,12 +62,19 @@ def result_panel(prefix: str):
     return preview, svg_file, png_file, info
 
 
+def _delivered(paths) -> tuple:
+    """(svg, png) copies for Gradio to hand out (tabs.common.deliver)."""
+    return tuple(deliver(p) for p in paths)
+
+
+def _public_info(info: dict) -> dict:
+    """What the Details panel shows: no file paths (they would tell where the server keeps them)."""
+    return {k: val for k, val in info.items() if k not in ("files", "svgs", "folder", "paths_on_disk")}
+
+
 def build(ctx: AppContext) -> None:
     engine = ctx.engine
     tiny = engine.offline
-
-    def owner_of(request) -> str:
-        return ctx.owner(request)
 
     gr.Markdown("**VectorFusion**: SVG icons from text. The model samples K images of the prompt + "
                 f"\"{vf.SUFFIX}\", CLIP picks the best, LIVE vectorizes it layer by layer, then score "
@@ -75,24 +84,24 @@ def build(ctx: AppContext) -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", value="a red panda eating bamboo", elem_id="svg-prompt")
-                style = gr.Radio(list(vf.STYLES), value="iconographic", label="Style "
+                style = Radio(list(vf.STYLES), value="iconographic", label="Style "
                                  "(iconographic: filled paths · pixel art: grid of squares · sketch: strokes)",
                                  elem_id="svg-style")
-                start = gr.Radio(START_CHOICES, value="baseline", label="Start from", elem_id="svg-start")
+                start = Radio(START_CHOICES, value="baseline", label="Start from", elem_id="svg-start")
                 with gr.Row():
-                    paths = gr.Slider(1, vf.MAX_PATHS, value=16 if tiny else 64, step=1,
+                    paths = Slider(1, vf.MAX_PATHS, value=16 if tiny else 64, step=1,
                                       label="Paths (pixel art: squares in the grid)", elem_id="svg-paths")
-                    k = gr.Slider(1, vf.MAX_K, value=2 if tiny else 4, step=1, label="K samples to rank",
+                    k = Slider(1, vf.MAX_K, value=2 if tiny else 4, step=1, label="K samples to rank",
                                   elem_id="svg-k")
                 with gr.Row():
-                    steps = gr.Slider(0, vf.MAX_SDS_STEPS, value=6 if tiny else 500, step=1, label="SDS steps",
+                    steps = Slider(0, vf.MAX_SDS_STEPS, value=6 if tiny else 500, step=1, label="SDS steps",
                                       elem_id="svg-steps")
-                    guidance = gr.Slider(0, 200, value=100, step=1, label="SDS guidance (the paper: 100)",
+                    guidance = Slider(0, 200, value=100, step=1, label="SDS guidance (the paper: 100)",
                                          elem_id="svg-guidance")
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="svg-seed")
+                    seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="svg-seed")
                 with gr.Accordion("Advanced", open=False):
-                    sample_steps = gr.Slider(1, 100, value=2 if tiny else 30, step=1, label="Sampling steps (baseline)")
-                    live_steps = gr.Slider(1, 5000, value=6 if tiny else 500, step=1,
+                    sample_steps = Slider(1, 100, value=2 if tiny else 30, step=1, label="Sampling steps (baseline)")
+                    live_steps = Slider(1, 5000, value=6 if tiny else 500, step=1,
                                            label="LIVE steps (baseline vectorization)")
                     negative = gr.Textbox(label="Negative prompt", value="")
                 with gr.Row():
@@ -110,13 +119,13 @@ def build(ctx: AppContext) -> None:
                 image = gr.File(label="Raster image (PNG, JPEG, WebP ...)", file_types=["image"],
                                 type="filepath", elem_id="vec-image")
                 image_view = gr.Image(label="As read", interactive=False, height=160, elem_id="vec-image-view")
-                method = gr.Radio([("LIVE (layer by layer)", "live"), ("vtracer + refinement", "vtracer")],
+                method = Radio([("LIVE (layer by layer)", "live"), ("vtracer + refinement", "vtracer")],
                                   value="live", label="Method", elem_id="vec-method")
                 with gr.Row():
-                    v_paths = gr.Slider(1, 512, value=16, step=1, label="Path budget", elem_id="vec-paths")
-                    v_steps = gr.Slider(0, 5000, value=100 if tiny else 500, step=1, label="Steps",
+                    v_paths = Slider(1, 512, value=16, step=1, label="Path budget", elem_id="vec-paths")
+                    v_steps = Slider(0, 5000, value=100 if tiny else 500, step=1, label="Steps",
                                         elem_id="vec-steps")
-                    v_size = gr.Slider(32, 600, value=64 if tiny else 256, step=8,
+                    v_size = Slider(32, 600, value=64 if tiny else 256, step=8,
                                        label="Working size (px)", elem_id="vec-size")
                 with gr.Row():
                     v_run = gr.Button("Vectorize", variant="primary", elem_id="vec-run")
@@ -132,14 +141,14 @@ def build(ctx: AppContext) -> None:
                                          lines=4, value="a guitar\na hot air balloon\na sailboat\na mountain",
                                          elem_id="set-prompts")
                 with gr.Row():
-                    s_paths = gr.Slider(1, 256, value=8 if tiny else 32, step=1, label="Paths per icon",
+                    s_paths = Slider(1, 256, value=8 if tiny else 32, step=1, label="Paths per icon",
                                         elem_id="set-paths")
-                    s_live = gr.Slider(1, 5000, value=6 if tiny else 300, step=1, label="LIVE steps per icon")
-                    s_size = gr.Slider(32, 600, value=64 if tiny else 256, step=8, label="Working size (px)")
+                    s_live = Slider(1, 5000, value=6 if tiny else 300, step=1, label="LIVE steps per icon")
+                    s_size = Slider(32, 600, value=64 if tiny else 256, step=8, label="Working size (px)")
                 with gr.Row():
-                    s_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
-                    s_steps = gr.Slider(1, 100, value=2 if tiny else 30, step=1, label="Sampling steps")
-                    s_guid = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance")
+                    s_seed = Number(label="Seed", value=0, precision=0, minimum=0)
+                    s_steps = Slider(1, 100, value=2 if tiny else 30, step=1, label="Sampling steps")
+                    s_guid = Slider(0, 20, value=5.0, step=0.5, label="Guidance")
                 with gr.Row():
                     s_run = gr.Button("Make the icon set", variant="primary", elem_id="set-run")
                     s_stop = gr.Button("Stop", variant="stop", elem_id="set-stop")
@@ -152,24 +161,29 @@ def build(ctx: AppContext) -> None:
                 s_info = gr.JSON(label="Details", visible=False)
 
     # ------------------------------------------------------------------ handlers
-    def _seed(value) -> int:
-        if value is None or int(value) < 0:
-            raise gr.Error("The seed must be a whole number of 0 or more.")
-        return int(value)
-
     @user_errors
     @gpu(duration=600)
     def generate(prompt_v, style_v, start_v, paths_v, k_v, steps_v, guidance_v, seed_v, sample_v, live_v,
                  negative_v, request: gr.Request):
-        options = vf.VFOptions(style=style_v, num_paths=int(paths_v), steps=int(steps_v),
-                               guidance=float(guidance_v), seed=_seed(seed_v), negative_prompt=negative_v or "",
-                               preview_every=max(1, min(10, int(steps_v) // 40)))
-        events = vf.text_to_svg(engine, prompt_v, options, init=start_v, k=int(k_v), sample_steps=int(sample_v),
-                                live_steps=int(live_v), metrics=ctx.metrics, data_dir=ctx.data_dir,
-                                owner=owner_of(request), job_owner=session_key(request))
+        n_paths = v.whole(paths_v, "Paths", 1, vf.MAX_PATHS)
+        k_n = v.whole(k_v, "K samples to rank", 1, vf.MAX_K)
+        steps_n = v.whole(steps_v, "SDS steps", 0, vf.MAX_SDS_STEPS)
+        guidance_f = v.real(guidance_v, "SDS guidance", 0, 200)
+        seed_n = v.seed(seed_v)
+        sample_n = v.whole(sample_v, "Sampling steps", 1, 100)
+        live_n = v.whole(live_v, "LIVE steps", 1, 5000)
+        style_v = v.choice(style_v, "Style", list(vf.STYLES))
+        start_v = v.choice(start_v, "Start from", [c for _, c in START_CHOICES])
+        prompt_v, negative_v = v.text(prompt_v, "Prompt", 2_000), v.text(negative_v, "Negative prompt", 2_000)
+        caller = ctx.caller(request)
+        options = vf.VFOptions(style=style_v, num_paths=n_paths, steps=steps_n, guidance=guidance_f, seed=seed_n,
+                               negative_prompt=negative_v, preview_every=max(1, min(10, steps_n // 40)))
+        events = vf.text_to_svg(engine, prompt_v, options, init=start_v, k=k_n, sample_steps=sample_n,
+                                live_steps=live_n, metrics=ctx.metrics, data_dir=ctx.data_dir,
+                                owner=caller.owner, job_owner=caller.stop_key)
         notes: list[str] = []
         shown: list = []            # the candidates, repeated in the last update (API callers see only it)
-        files: list[str] = []       # the current SVG and PNG, once there is one
+        files: tuple = ()           # the current SVG and PNG (delivered copies), once there is one
         try:
             for event in events:
                 if isinstance(event, Notice):
@@ -180,81 +194,95 @@ def build(ctx: AppContext) -> None:
                     yield (shown, gr.skip(), "\n\n".join(notes + ["**Candidates ranked by CLIP.**"]),
                            gr.skip(), gr.skip(), gr.skip())
                 elif isinstance(event, vf.SvgProgress):
-                    files = event.files
+                    files = _delivered(event.files)
                     svg_path, png_path = files
                     yield (gr.skip(), png_path, "\n\n".join(notes + [_status(event)]), svg_path, png_path, gr.skip())
                 elif isinstance(event, Progress):
                     preview_v = event.preview if event.preview else gr.skip()
                     yield preview_v, gr.skip(), "\n\n".join(notes + [_status(event)]), gr.skip(), gr.skip(), gr.skip()
                 elif isinstance(event, Result):
-                    svg_path, png_path = event.files
+                    svg_path, png_path = _delivered(event.files)
                     done = f"**Done.** {event.info['paths']} paths."
-                    yield shown, png_path, "\n\n".join(notes + [done]), svg_path, png_path, event.info
-        except Cancelled:
+                    yield shown, png_path, "\n\n".join(notes + [done]), svg_path, png_path, _public_info(event.info)
+        except Cancelled as exc:
             # the job's own last word (see tabs/style_aligned.py), with the SVG it wrote on stopping
             svg_path, png_path = files or (gr.skip(), gr.skip())
-            kept = STOPPED_KEPT if files else "**Stopped.** No SVG was made yet."
+            kept = stopped_text(exc, STOPPED_KEPT if files else "**Stopped.** No SVG was made yet.")
             yield shown or gr.skip(), png_path, "\n\n".join(notes + [kept]), svg_path, png_path, gr.skip()
 
     @user_errors
     @gpu(duration=300)
     def vectorize(image_v, method_v, paths_v, steps_v, size_v, request: gr.Request):
-        if not image_v:
-            raise gr.Error("Upload an image to vectorize.")
-        steps_n = int(steps_v)
-        events = vf.image_to_svg(engine, image_v, num_paths=int(paths_v), init=method_v, steps=steps_n,
-                                 size=int(size_v), data_dir=ctx.data_dir, owner=owner_of(request),
-                                 job_owner=session_key(request), preview_every=max(1, min(10, steps_n // 40)))
-        files: list[str] = []
+        n_paths = v.whole(paths_v, "Path budget", 1, 512)
+        steps_n = v.whole(steps_v, "Steps", 0, 5000)
+        size_n = v.whole(size_v, "Working size", 32, 600)
+        method_v = v.choice(method_v, "Method", ["live", "vtracer"])
+        images = v.files(image_v, "Raster image", 1)
+        if not images:
+            raise gr.Error("Upload an image to vectorize.", print_exception=False)
+        caller = ctx.caller(request)
+        events = vf.image_to_svg(engine, images[0], num_paths=n_paths, init=method_v, steps=steps_n,
+                                 size=size_n, data_dir=ctx.data_dir, owner=caller.owner,
+                                 job_owner=caller.stop_key, preview_every=max(1, min(10, steps_n // 40)))
+        files: tuple = ()
         try:
             for event in events:
                 if isinstance(event, vf.SvgProgress):
-                    files = event.files
+                    files = _delivered(event.files)
                     svg_path, png_path = files
                     yield png_path, _status(event), svg_path, png_path, gr.skip()
                 elif isinstance(event, Result):
-                    svg_path, png_path = event.files
+                    svg_path, png_path = _delivered(event.files)
                     done = (f"**Done.** {event.info['paths']} paths · PSNR {event.info['psnr']:.1f} dB "
                             f"at {event.info['size'][0]}x{event.info['size'][1]}")
-                    yield png_path, done, svg_path, png_path, event.info
+                    yield png_path, done, svg_path, png_path, _public_info(event.info)
                 elif isinstance(event, (Progress, Notice)):
                     yield gr.skip(), status_text(event), gr.skip(), gr.skip(), gr.skip()
-        except Cancelled:  # the job's own last word (see tabs/style_aligned.py)
+        except Cancelled as exc:  # the job's own last word (see tabs/style_aligned.py)
             svg_path, png_path = files or (gr.skip(), gr.skip())
-            yield (png_path, STOPPED_KEPT if files else "**Stopped.** No SVG was made yet.", svg_path, png_path,
-                   gr.skip())
+            yield (png_path, stopped_text(exc, STOPPED_KEPT if files else "**Stopped.** No SVG was made yet."),
+                   svg_path, png_path, gr.skip())
 
     @user_errors
     @gpu(duration=600)
     def make_set(prompts_v, paths_v, live_v, size_v, seed_v, steps_v, guid_v, request: gr.Request):
-        events = vf.icon_set(engine, (prompts_v or "").splitlines(), num_paths=int(paths_v),
-                             live_steps=int(live_v), live_size=int(size_v), seed=_seed(seed_v),
-                             steps=int(steps_v), guidance=float(guid_v), metrics=ctx.metrics,
-                             data_dir=ctx.data_dir, owner=owner_of(request), job_owner=session_key(request))
-        files: dict[str, None] = {}     # every icon's SVG and PNG so far, in order
+        n_paths = v.whole(paths_v, "Paths per icon", 1, 256)
+        live_n = v.whole(live_v, "LIVE steps per icon", 1, 5000)
+        size_n = v.whole(size_v, "Working size", 32, 600)
+        seed_n = v.seed(seed_v)
+        steps_n = v.whole(steps_v, "Sampling steps", 1, 100)
+        guid_f = v.real(guid_v, "Guidance", 0, 20)
+        prompts_v = v.text(prompts_v, "One icon per line", 10_000)
+        caller = ctx.caller(request)
+        events = vf.icon_set(engine, prompts_v.splitlines(), num_paths=n_paths, live_steps=live_n, live_size=size_n,
+                             seed=seed_n, steps=steps_n, guidance=guid_f, metrics=ctx.metrics,
+                             data_dir=ctx.data_dir, owner=caller.owner, job_owner=caller.stop_key)
+        files: dict[str, None] = {}     # every icon's SVG and PNG so far (delivered copies), in order
         try:
             for event in events:
                 if isinstance(event, Result) and event.info.get("stage") == "set":
                     yield event.images, "**Style-aligned set done; vectorizing.**", gr.skip(), gr.skip()
                 elif isinstance(event, vf.SvgProgress):
-                    files.update(dict.fromkeys(event.files))
                     yield gr.skip(), _status(event), gr.skip(), gr.skip()
+                    files.update(dict.fromkeys(event.files))
                 elif isinstance(event, Progress):
                     yield (event.preview if event.preview else gr.skip()), _status(event), gr.skip(), gr.skip()
                 elif isinstance(event, Notice):
                     yield gr.skip(), f"Note: {event.message}", gr.skip(), gr.skip()
                 elif isinstance(event, Result):
-                    yield (event.images, f"**Done.** {len(event.info['svgs'])} icons.", event.files,
-                           {k: v for k, v in event.info.items() if k != "svgs"})
-        except Cancelled:  # the job's own last word (see tabs/style_aligned.py)
+                    yield (event.images, f"**Done.** {len(event.info['svgs'])} icons.",
+                           [deliver(p) for p in event.files], _public_info(event.info))
+        except Cancelled as exc:  # the job's own last word (see tabs/style_aligned.py)
             if files:
-                yield gr.skip(), "**Stopped.** The icons vectorized so far are in the files.", list(files), gr.skip()
+                yield (gr.skip(), stopped_text(exc, "**Stopped.** The icons vectorized so far are in the files."),
+                       [deliver(p) for p in files], gr.skip())
             else:
-                yield gr.skip(), "**Stopped.** The set was not finished.", gr.skip(), gr.skip()
+                yield gr.skip(), stopped_text(exc, "**Stopped.** The set was not finished."), gr.skip(), gr.skip()
 
     @user_errors
     def show_image(path):
-        return None if path is None else load_image(path, what="image to vectorize", max_side=1024)
+        paths = v.files(path, "Raster image", 1)
+        return load_image(paths[0], what="image to vectorize", max_side=1024) if paths else None
 
     image.change(show_image, image, image_view, api_name=False)
     run.click(generate, [prompt, style, start, paths, k, steps, guidance, seed, sample_steps, live_steps, negative],

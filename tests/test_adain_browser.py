@@ -55,16 +55,13 @@ def adain_url(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cam_browser():
-    """Like conftest's browser, plus Chromium's fake camera for the webcam stream."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip("needs Debian's chromium (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
-        yield b
-        b.close()
+def cam_browser(playwright):
+    """Like conftest's browser (launched from the session's one Playwright driver, so the two
+    can be open at once, in any test order), plus Chromium's fake camera for the webcam stream."""
+    b = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+        "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+    yield b
+    b.close()
 
 
 @pytest.fixture
@@ -197,20 +194,20 @@ def shared_adain(tmp_path_factory):
     """The tab on a shared instance (as on a Space): the visitor id kept in each browser's
     localStorage (a gr.BrowserState, assigned when a page first opens, as app.py does)."""
     gr = pytest.importorskip("gradio")
-    import uuid
 
+    from core.engine import Engine
     from tabs import adain as tab_mod
-    from tabs.common import AppContext
+    from tabs.common import AppContext, visitor_handlers
 
-    engine = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, family="tiny",
-                             offline=True)
-    ctx = AppContext(engine=engine, data_dir=tmp_path_factory.mktemp("adain_shared"),
-                     args=argparse.Namespace(multi_user=True))
+    data_dir = tmp_path_factory.mktemp("adain_shared")
+    engine = Engine("tiny", device="cpu", data_dir=data_dir)  # never loaded: AdaIN has its own network
+    ctx = AppContext(engine=engine, data_dir=data_dir, args=argparse.Namespace(multi_user=True))
     with gr.Blocks() as demo:
         ctx.visitor = gr.BrowserState(None, storage_key="adain-test-visitor", secret="test")
         with gr.Tab(tab_mod.TITLE):
             tab_mod.build(ctx)
-        demo.load(lambda v: v or uuid.uuid4().hex, ctx.visitor, ctx.visitor)
+        assign_visitor, _ = visitor_handlers(ctx)  # the app's own page-load hook (a signed token)
+        demo.load(assign_visitor, ctx.visitor, ctx.visitor)
     demo.queue()
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,

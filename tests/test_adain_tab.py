@@ -20,7 +20,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def ctx(tmp_path):
-    engine = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, family="tiny")
+    from core.engine import Engine
+
+    # a real engine (its GPU slot and Stop registry), never loaded: AdaIN has its own network
+    engine = Engine("tiny", device="cpu", data_dir=tmp_path / "data")
     return AppContext(engine=engine, data_dir=tmp_path / "data", args=argparse.Namespace())
 
 
@@ -63,7 +66,7 @@ def test_bad_upload_gives_gr_error(tab, tmp_path):
         list(tab.transfer([style], [style], "1, 2", 1.0, False, False, None, 64, "built-in", None))
     with pytest.raises(gr.Error, match="numbers separated by commas"):
         list(tab.transfer([style], [style], "a lot", 1.0, False, False, None, 64, "built-in", None))
-    with pytest.raises(gr.Error, match="safe maximum"):
+    with pytest.raises(gr.Error, match="Output size must be from 16 to 1024"):
         list(tab.transfer([style], [style], "", 1.0, False, False, None, 4096, "built-in"))
     with pytest.raises(gr.Error, match="nothing is painted"):
         list(tab.transfer([style], [style], "", 1.0, False, True,
@@ -125,11 +128,12 @@ def test_train_panel_streams_and_stops(tab, tmp_path):
     assert tab.stop(request()).startswith("Stopping")
     *_, last = gen
     frame, samples, status, dropdown = last
-    assert status.startswith("Stopped at step 2")
+    stopped_at = re.match(r"Stopped at step (\d+);", status)  # the job runs on while the page reads
+    assert stopped_at and 2 <= int(stopped_at.group(1)) < 50, status
     assert dropdown["choices"] == ["built-in", "myrun"] and dropdown["value"] == "myrun"
     run = tab.runs_dir / "myrun"
     assert (run / "decoder.safetensors").is_file() and (run / "checkpoint.safetensors").is_file()
-    assert tab.stop(request()) == "Nothing is training."
+    assert tab.stop(request()) == "Nothing is running."
     assert tab_mod.AdaINTab(tab.ctx).refresh_decoders("gone", None)["choices"] == ["built-in", "myrun"]
     # the trained decoder is usable in the transfer panel
     images, _ = list(tab.transfer(contents[:1], styles[:1], "", 1.0, False, False, None, 32,
@@ -188,11 +192,18 @@ def test_loss_curve_is_thinned():
 
 
 def test_stop_before_the_first_step_saves_nothing(tab, tmp_path):
+    from core.jobs import Job
+
     contents = [save_image(tmp_path / "c.png", 0, (48, 48))]
-    gen = tab.train(contents, contents, "", "", "early", 50, 2, 40, 32, 2, 3, True, None, request())
-    next(gen)  # the first samples, before any step
-    tab.stop(request())
-    *_, last = gen
+    slot, other = tab.ctx.engine.gpu_lock, Job("someone-else", "generate")
+    slot.acquire(other)  # another job holds the accelerator: this run waits in line
+    try:
+        gen = tab.train(contents, contents, "", "", "early", 50, 2, 40, 32, 2, 3, True, None, request())
+        assert "Waiting for the accelerator" in next(gen)[2]
+        tab.stop(request())
+        *_, last = gen
+    finally:
+        slot.release(other)
     assert last[2] == "Stopped before the first step; nothing was saved."
     assert tab.decoder_choices() == ["built-in"]
 
@@ -211,10 +222,14 @@ def test_shared_instance_keeps_visitors_decoders_apart(tmp_path):
     """On a shared instance (a Space, --multi-user) a decoder belongs to the visitor who trained
     it: only their list shows it, only they can use it, and another visitor's run of the same
     name is a separate run in a separate folder (no resuming or overwriting someone else's)."""
-    engine = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, family="tiny")
+    from core import identity
+    from core.engine import Engine
+
+    engine = Engine("tiny", device="cpu", data_dir=tmp_path / "data")
     ctx = AppContext(engine=engine, data_dir=tmp_path / "data",
                      args=argparse.Namespace(multi_user=True))
     assert ctx.shared
+    visitor_a, visitor_b = identity.issue(ctx.data_dir), identity.issue(ctx.data_dir)
     tab = tab_mod.AdaINTab(ctx)
     req_a = SimpleNamespace(username=None, session_hash="session-a")
     req_b = SimpleNamespace(username=None, session_hash="session-b")
@@ -225,10 +240,10 @@ def test_shared_instance_keeps_visitors_decoders_apart(tmp_path):
         return list(tab.train(contents, styles, "", "", "mine", 2, 2, 40, 32, 2, 2, True,
                               visitor, req))
 
-    *_, last = train("visitor-a", req_a)
+    *_, last = train(visitor_a, req_a)
     assert last[2].startswith("Finished at step 2")
     assert last[3]["choices"] == ["built-in", "mine"]
-    owner_a = ctx.owner(req_a, "visitor-a")
+    owner_a = ctx.owner(req_a, visitor_a)
     run_a = tab.runs_for(owner_a) / "mine"
     decoder_a = run_a / "decoder.safetensors"
     assert decoder_a.is_file() and run_a.parent.parent == tab.runs_dir
@@ -238,30 +253,30 @@ def test_shared_instance_keeps_visitors_decoders_apart(tmp_path):
     before = decoder_a.read_bytes()
 
     # A lists and uses the decoder; B (and the private instance's "local") does not see it
-    assert tab.refresh_decoders(None, "visitor-a", req_a)["choices"] == ["built-in", "mine"]
-    assert tab.refresh_decoders("mine", "visitor-b", req_b) == gr.update(
+    assert tab.refresh_decoders(None, visitor_a, req_a)["choices"] == ["built-in", "mine"]
+    assert tab.refresh_decoders("mine", visitor_b, req_b) == gr.update(
         choices=["built-in"], value="built-in")
     assert tab.decoder_choices() == ["built-in"]
     images, _ = list(tab.transfer(contents[:1], styles, "", 1.0, False, False, None, 32, "mine",
-                                  "visitor-a", req_a))[-1]
+                                  visitor_a, req_a))[-1]
     assert images[0].size == (32, 32)
     with pytest.raises(gr.Error, match="'mine' was not found among your decoders"):
         list(tab.transfer(contents[:1], styles, "", 1.0, False, False, None, 32, "mine",
-                          "visitor-b", req_b))
+                          visitor_b, req_b))
     with pytest.raises(tab_mod.UserError, match="not found"):
-        tab.model("mine", ctx.owner(req_b, "visitor-b"))
+        tab.model("mine", ctx.owner(req_b, visitor_b))
     frame = np.zeros((32, 32, 3), dtype=np.uint8)
     with pytest.raises(gr.Error, match="not found"):
-        tab.webcam(frame, styles, "", 1.0, 32, "mine", {}, "visitor-b", req_b)
+        tab.webcam(frame, styles, "", 1.0, 32, "mine", {}, visitor_b, req_b)
 
     # B's run of the same name starts afresh in B's own folder; A's run is untouched
-    events = train("visitor-b", req_b)
+    events = train(visitor_b, req_b)
     assert "resumed" not in events[0][2]
     assert events[-1][2].startswith("Finished at step 2")
-    run_b = tab.runs_for(ctx.owner(req_b, "visitor-b")) / "mine"
+    run_b = tab.runs_for(ctx.owner(req_b, visitor_b)) / "mine"
     assert run_b != run_a and (run_b / "decoder.safetensors").is_file()
     assert decoder_a.read_bytes() == before
     assert tab.decoder_choices(owner_a) == ["built-in", "mine"]
     # the same visitor on another page (a reload) still owns the decoder
     req_a2 = SimpleNamespace(username=None, session_hash="session-a2")
-    assert tab.refresh_decoders(None, "visitor-a", req_a2)["choices"] == ["built-in", "mine"]
+    assert tab.refresh_decoders(None, visitor_a, req_a2)["choices"] == ["built-in", "mine"]

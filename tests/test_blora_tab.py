@@ -83,19 +83,20 @@ def test_shared_instance_keeps_each_visitors_b_loras(tmp_path_factory, tmp_path)
     app = start_app(tmp_path_factory.mktemp("blora-shared"), "--multi-user")
     try:
         files = [handle_file(picture_file(tmp_path / "img.png", 0))]
-        _, _, _, info = Client(app.url, verbose=False).predict(*train_args(files, steps=1, visitor_v="carol"),
+        carol, dave = (Client(app.url, verbose=False).predict(api_name="/visitor") for _ in range(2))
+        _, _, _, info = Client(app.url, verbose=False).predict(*train_args(files, steps=1, visitor_v=carol),
                                                                api_name="/blora_train")
         aid = str(info["adapters"][0]["adapter_id"])
         later = Client(app.url, verbose=False)  # carol again, from a new page session
-        thumbs, _, _ = later.predict(None, None, "carol", api_name="/blora_library")
+        thumbs, _, _ = later.predict(None, None, carol, api_name="/blora_library")
         assert len(thumbs) == 1
-        _, status, _ = later.predict(STYLE_TRANSFER, aid, 1.0, aid, 1.0, "", 0, 2, 5.0, "carol",
+        _, status, _ = later.predict(STYLE_TRANSFER, aid, 1.0, aid, 1.0, "", 0, 2, 5.0, carol,
                                      api_name="/blora_generate")
         assert "Done" in status
-        thumbs, _, _ = Client(app.url, verbose=False).predict(None, None, "dave", api_name="/blora_library")
+        thumbs, _, _ = Client(app.url, verbose=False).predict(None, None, dave, api_name="/blora_library")
         assert not thumbs
         with pytest.raises(AppError, match="not found|not in the list of choices"):
-            Client(app.url, verbose=False).predict(STYLE_TRANSFER, aid, 1.0, aid, 1.0, "", 0, 2, 5.0, "dave",
+            Client(app.url, verbose=False).predict(STYLE_TRANSFER, aid, 1.0, aid, 1.0, "", 0, 2, 5.0, dave,
                                                    api_name="/blora_generate")
         assert app.alive()
     finally:

@@ -47,20 +47,6 @@ def test_upload_size_limit(live_app, tmp_path):
     assert live_app.alive()
 
 
-def test_owner_keys():
-    from tabs.common import owner_key
-
-    class Req:
-        def __init__(self, user=None, session="s1"):
-            self.username, self.session_hash = user, session
-
-    assert owner_key(Req(), "v1", shared=False) == "local"
-    assert owner_key(Req(), "v1", shared=True) == "visitor:v1"
-    assert owner_key(Req(), None, shared=True) == "session:s1"
-    assert owner_key(Req("ada"), "v1", shared=True) == "user:ada"
-    assert owner_key(Req("ada"), None, shared=False) == "user:ada"
-
-
 def _python_sources() -> list[Path]:
     return [p for d in ("core", "tabs") for p in (ROOT / d).rglob("*.py")] + [ROOT / "app.py"]
 
@@ -132,8 +118,12 @@ def test_results_from_a_data_dir_outside_cwd_and_temp(tmp_path):
         assert "Done" in status and Path(svg_file).read_text().lstrip().startswith(("<svg", "<?xml"))
         assert Path(png_file).stat().st_size > 0
         private = tmp_path / "persist" / "library" / "adapters.sqlite"  # the library's kind of file
+        private.parent.mkdir(parents=True, exist_ok=True)
         private.write_bytes(b"SQLite format 3\0")
-        for path in (private, tmp_path / "persist" / ".visitor-secret"):
+        svg_dir = tmp_path / "persist" / "svg"  # the results themselves, where they are kept
+        kept = [p for p in svg_dir.rglob("*") if p.is_file()]
+        assert any(p.suffix == ".svg" for p in kept)
+        for path in (private, tmp_path / "persist" / ".owner-key", *kept):
             assert path.exists()
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(f"{app.url}gradio_api/file={path}", timeout=10)

@@ -27,9 +27,9 @@ def rss_mb() -> float:
 
 def test_eight_concurrent_users(live_app, tmp_path):
     """8 clients at once on two tabs: every job completes with its own inputs (prompts,
-    image sizes), the GPU slot runs one at a time (so some wait, and the queue tells them
-    their position)."""
-    results, ranks, errors = {}, {}, []
+    image sizes), the GPU slot runs one at a time (so some wait, and their status tells them
+    how many jobs are ahead)."""
+    results, ranks, waited, errors = {}, {}, {}, []
 
     def user(i):
         try:
@@ -52,6 +52,7 @@ def test_eight_concurrent_users(live_app, tmp_path):
                 time.sleep(0.05)
             ranks[i] = seen
             results[i] = job.result()
+            waited[i] = any("Waiting for the accelerator" in str(out[1]) for out in job.outputs())
         except Exception as exc:  # noqa: BLE001
             errors.append((i, exc))
 
@@ -70,7 +71,8 @@ def test_eight_concurrent_users(live_app, tmp_path):
         gallery, status, _, info = result
         assert info["prompts"] == [f"user {i} first, in watercolor style", f"user {i} second, in watercolor style"]
         assert len(gallery) == 2 and "Done" in status
-    assert any(r > 0 for seen in ranks.values() for r in seen), ranks  # someone queued behind others
+    # someone queued behind others (in the engine's line, or in Gradio's queue)
+    assert any(waited.values()) or any(r > 0 for seen in ranks.values() for r in seen), (waited, ranks)
     assert live_app.alive()
 
 

@@ -237,15 +237,16 @@ def test_shared_instance_keeps_each_visitors_adapters(tmp_path_factory, tmp_path
     app = start_app(tmp_path_factory.mktemp("pz-shared"), "--multi-user")
     try:
         files = subject_files(tmp_path, 1)
+        alice, bob = (Client(app.url, verbose=False).predict(api_name="/visitor") for _ in range(2))
         _, _, _, info = Client(app.url, verbose=False).predict(
-            *train_args(files, steps=1, prior=False, name="alice dog", visitor="alice"),
+            *train_args(files, steps=1, prior=False, name="alice dog", visitor=alice),
             api_name="/personalize_train")
         aid = str(info["adapter_id"])
-        _, st = Client(app.url, verbose=False).predict(*gen_args("a sks dog", aid, 1.0, visitor="alice"),
+        _, st = Client(app.url, verbose=False).predict(*gen_args("a sks dog", aid, 1.0, visitor=alice),
                                                        api_name="/personalize_generate")
         assert "Done" in st and f"#{aid}" in st  # alice again, from a new session
         with pytest.raises(AppError, match="adapter was not found"):
-            Client(app.url, verbose=False).predict(*gen_args("a sks dog", aid, 1.0, visitor="bob"),
+            Client(app.url, verbose=False).predict(*gen_args("a sks dog", aid, 1.0, visitor=bob),
                                                    api_name="/personalize_generate")
         assert app.alive()
     finally:

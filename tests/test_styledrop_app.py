@@ -82,7 +82,9 @@ def test_api_loop_with_several_raters(app, style_png):
     from gradio_client.exceptions import AppError
 
     c = Client(app.url, verbose=False)
-    out = c.predict(*train_args("", [handle_file(str(style_png))]), api_name="/styledrop_train")
+    # visitor tokens the app issued (a shared instance refuses invented ones)
+    alice, bob, carol = (c.predict(api_name="/visitor") for _ in range(3))
+    out = c.predict(*train_args("", [handle_file(str(style_png))], visitor=alice), api_name="/styledrop_train")
     status, info, grid = out[0], out[-1], out[6]
     assert "Done: round 1" in status
     assert info["round"] == 1 and info["trainable_params"] == 4096
@@ -91,34 +93,34 @@ def test_api_loop_with_several_raters(app, style_png):
     lid, rid = str(info["loop_id"]), str(info["round_id"])
     # someone else can't rate a private loop, nor train it
     with pytest.raises(AppError, match="not found"):
-        c.predict(tiles[0]["id"], 1, "bob", api_name="/styledrop_rate")
-    c.predict(lid, True, "alice", api_name="/styledrop_publish")  # shared for rating
-    r = c.predict(tiles[0]["id"], 1, "bob", api_name="/styledrop_rate")
+        c.predict(tiles[0]["id"], 1, bob, api_name="/styledrop_rate")
+    c.predict(lid, True, alice, api_name="/styledrop_publish")  # shared for rating
+    r = c.predict(tiles[0]["id"], 1, bob, api_name="/styledrop_rate")
     assert (r["up"], r["down"], r["mine"]) == (1, 0, 1)
-    r = c.predict(tiles[0]["id"], -1, "carol", api_name="/styledrop_rate")
+    r = c.predict(tiles[0]["id"], -1, carol, api_name="/styledrop_rate")
     assert (r["up"], r["down"], r["mine"], r["liked"]) == (1, 1, -1, False)
-    r = c.predict(tiles[0]["id"], 1, "alice", api_name="/styledrop_rate")
+    r = c.predict(tiles[0]["id"], 1, alice, api_name="/styledrop_rate")
     assert (r["up"], r["down"], r["mine"], r["liked"]) == (2, 1, 1, True)
-    r = c.predict(tiles[0]["id"], 1, "bob", api_name="/styledrop_rate")  # bob again: still one vote
+    r = c.predict(tiles[0]["id"], 1, bob, api_name="/styledrop_rate")  # bob again: still one vote
     assert (r["up"], r["down"]) == (2, 1)
     with pytest.raises(AppError, match="owner"):
-        c.predict(*train_args(lid, [], visitor="bob"), api_name="/styledrop_train")
+        c.predict(*train_args(lid, [], visitor=bob), api_name="/styledrop_train")
     # CLIP feedback: top-1 by style score (w = 0)
-    out = c.predict(lid, rid, "top_k", 1, 0.5, 0.0, False, "alice", api_name="/styledrop_clip")
+    out = c.predict(lid, rid, "top_k", 1, 0.5, 0.0, False, alice, api_name="/styledrop_clip")
     tiles = out[4]["tiles"]
     best = max(tiles, key=lambda t: float(re.search(r"style (-?[\d.]+)", t["scores"]).group(1)))
     assert [t["id"] for t in tiles if t["clip"]] == [best["id"]]
     assert "CLIP picked 1" in out[3] and "top 1" in out[3]
     # more candidates for the round
-    out = c.predict(lid, rid, "a fish", 2, 2, 5.0, 7, "alice", api_name="/styledrop_generate")
+    out = c.predict(lid, rid, "a fish", 2, 2, 5.0, 7, alice, api_name="/styledrop_generate")
     assert "2 more candidates" in out[0] and len(out[5]["tiles"]) == 5
     # round 2 from the liked ones
     liked = sum(t["liked"] for t in out[5]["tiles"])
-    out = c.predict(*train_args(lid, []), api_name="/styledrop_train")
+    out = c.predict(*train_args(lid, [], visitor=alice), api_name="/styledrop_train")
     assert out[-1]["round"] == 2 and len(out[-1]["trained_on"]["liked_candidates"]) == liked
     assert "| 2 |" in out[7] and "| 1 |" in out[7]
     # the round's adapter in use (StyleDrop + DreamBooth endpoint, here without a subject)
-    gal, msg = c.predict(str(out[-1]["adapter_id"]), 1.0, None, 1.0, "a sks dog in neon style", 3, 2, 5.0, "alice",
+    gal, msg = c.predict(str(out[-1]["adapter_id"]), 1.0, None, 1.0, "a sks dog in neon style", 3, 2, 5.0, alice,
                          api_name="/styledrop_combine")
     assert len(gal) == 1 and f"#{out[-1]['adapter_id']} × 1" in msg
 
