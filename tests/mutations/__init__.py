@@ -29,9 +29,9 @@ class Mutation:
 
 
 def catalogue() -> list[Mutation]:
-    from . import style_aligned
+    from . import adain, style_aligned
 
     out: list[Mutation] = []
-    for module in (style_aligned,):
+    for module in (style_aligned, adain):
         out += module.MUTATIONS
     return out
