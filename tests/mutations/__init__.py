@@ -29,9 +29,9 @@ class Mutation:
 
 
 def catalogue() -> list[Mutation]:
-    from . import adain, style_aligned
+    from . import adain, style_aligned, trainer
 
     out: list[Mutation] = []
-    for module in (style_aligned, adain):
+    for module in (style_aligned, adain, trainer):
         out += module.MUTATIONS
     return out
