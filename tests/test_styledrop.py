@@ -78,7 +78,8 @@ def round1(engine, metrics):
                 seen["forward"] = (layer(h), lin(h), lin.weight.detach().clone(), lin.bias.detach().clone(), h)
             seen["D"], seen["U"], seen["layer"] = D, U, name
 
-    before = {k: v.clone() for k, v in library.snapshot(engine.pipe.unet).items() if "lora_" not in k}
+    before = {k.replace(".base_layer", ""): v.clone() for k, v in library.snapshot(engine.pipe.unet).items()
+              if "lora_" not in k}  # (earlier tests may have left peft wrappers: base_layer names)
     res = last(sd.train_round(engine, loop.id, TrainConfig(**CFG), owner="local", metrics=metrics, step_hook=hook,
                               recipe_hook=lambda r: seen.setdefault("recipe", r), **GRID))
     after = {k.replace(".base_layer", ""): v for k, v in library.snapshot(engine.pipe.unet).items() if "lora_" not in k}
