@@ -53,4 +53,8 @@ MUTATIONS = [
              "imgs = photos + (class_images(engine, ctx, cls, missing",
              "imgs = photos + (class_images(engine, ctx, inst, missing",
              (f"{T}::test_class_images_come_from_the_frozen_model",)),
+    Mutation("train-learning-rate-100x-smaller", TR,
+             "return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)",
+             "return torch.optim.AdamW(params, lr=cfg.learning_rate / 100, weight_decay=cfg.weight_decay)",
+             ("tests/test_blora.py::test_training_lowers_the_loss",), "the configured rate not the one used"),
 ]
