@@ -29,9 +29,9 @@ class Mutation:
 
 
 def catalogue() -> list[Mutation]:
-    from . import adain, blora, style_aligned, styledrop, trainer
+    from . import adain, blora, style_aligned, styledrop, trainer, vector
 
     out: list[Mutation] = []
-    for module in (style_aligned, adain, trainer, styledrop, blora):
+    for module in (style_aligned, adain, trainer, styledrop, blora, vector):
         out += module.MUTATIONS
     return out
