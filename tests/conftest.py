@@ -69,6 +69,15 @@ def engine(tmp_path_factory):
     return e
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    """The random order's seed at the end of every run, also under -q (pytest-randomly prints it
+    only in the header)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"test order: random, seed {seed} (the same order again: -p randomly "
+                                    f"--randomly-seed={seed})")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
