@@ -135,8 +135,9 @@ def live_app(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def browser():
-    """Headless Debian Chromium through Playwright (never a downloaded browser)."""
+def playwright():
+    """The one Playwright driver of the session: its sync API allows one at a time, so every
+    browser (this file's, a module's own with other flags) is launched from it, in any order."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("STUDIO_REQUIRE_BROWSER"):
             pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
@@ -144,11 +145,17 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright):
+    """Headless Debian Chromium through Playwright (never a downloaded browser)."""
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"])
+    yield b
+    b.close()
 
 
 @pytest.fixture
