@@ -260,10 +260,11 @@ def test_shared_group_norm_pools_statistics_with_the_reference(groups):
 
 def test_processors_restored_and_plain_generation_unchanged(tiny_engine):
     unet = tiny_engine.pipe.unet
+    originals = dict(unet.attn_processors)
     custom = {name: (AttnProcessor() if i % 3 == 0 else proc)
               for i, (name, proc) in enumerate(unet.attn_processors.items())}
-    unet.set_attn_processor(dict(custom))
     try:
+        unet.set_attn_processor(dict(custom))
         before = list(tiny_engine.generate(["a house"], seed=3, steps=3))[-1].images[0]
         _run(style_aligned_set(tiny_engine, ["a", "b"], seed=1, steps=3,
                                options=SharingOptions(share_group_norm=True)))
@@ -282,7 +283,7 @@ def test_processors_restored_and_plain_generation_unchanged(tiny_engine):
         assert unet.attn_processors == custom
         assert not any("forward" in m.__dict__ for m in unet.modules())
     finally:
-        unet.set_attn_processor({n: AttnProcessor2_0() for n in unet.attn_processors})
+        unet.set_attn_processor(originals)  # the session engine's very processors, pass or fail
 
 
 def test_shared_group_norm_keeps_reference(tiny_engine):
