@@ -287,10 +287,25 @@ def test_processors_restored_and_plain_generation_unchanged(tiny_engine):
 
 
 def test_shared_group_norm_keeps_reference(tiny_engine):
+    """With shared group norm the reference is still its prompt's image alone, and inside the
+    UNet every GroupNorm's output is, for each image, GroupNorm of [x; x_ref] (concatenated along
+    H, its half's reference) computed here in float64 from the input that norm received."""
     opts = SharingOptions(share_group_norm=True, shared_score_shift=math.log(2))
-    events = _run(style_aligned_set(tiny_engine, ["a cat", "a dog"], seed=5, steps=3, options=opts))
+    unet, calls = tiny_engine.pipe.unet, []
+    norms = [m for m in unet.modules() if isinstance(m, torch.nn.GroupNorm)]
+    hooks = [m.register_forward_hook(lambda mod, args, out: calls.append((mod, args[0].detach(), out.detach())))
+             for m in (norms[0], norms[len(norms) // 2], norms[-1])]
+    try:
+        events = _run(style_aligned_set(tiny_engine, ["a cat", "a dog"], seed=5, steps=3, options=opts))
+    finally:
+        for h in hooks:
+            h.remove()
     alone = list(tiny_engine.generate(["a cat"], seed=5, steps=3))[-1]
     np.testing.assert_allclose(_arr(events[-1].images[0]), _arr(alone.images[0]), atol=1.0)
+    assert len(calls) == 3 * 3  # three norms, three steps; batch = 2 halves x 2 images
+    for mod, x, y in calls:
+        assert x.shape[0] == 4
+        torch.testing.assert_close(y.double(), _naive_shared_group_norm(x, mod, groups=2), atol=1e-4, rtol=1e-4)
 
 
 def _invert(engine, z0, steps):

@@ -94,20 +94,20 @@ def run_guards(copy: Path, guards: list[str], timeout: float) -> tuple[int | Non
 
 
 def first_failure(output: str) -> str:
-    found = re.search(r"^FAILED (\S+)", output, re.M)
+    found = re.search(r"^FAILED (.+?)(?: - .*)?$", output, re.M)
     if found:
         return found.group(1)
-    found = re.search(r"^ERROR (\S+)", output, re.M)
+    found = re.search(r"^ERROR (.+?)(?: - .*)?$", output, re.M)
     return f"error in {found.group(1)}" if found else ""
 
 
 def run_one(m: Mutation, copy: Path, timeout: float) -> Outcome:
-    problem = check(m)
+    problem = check(m, copy)  # the copy's own text: edits to the real tree meanwhile do not leak in
     if problem:
         return Outcome(m, ERROR, detail=problem)
     target = copy / m.path
     original = target.read_text()
-    target.write_text(mutated_text(m))
+    target.write_text(mutated_text(m, copy))
     try:
         rc, output, seconds = run_guards(copy, list(m.guards), timeout)
     finally:
