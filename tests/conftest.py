@@ -69,6 +69,45 @@ def engine(tmp_path_factory):
     return e
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    """The random order's seed at the end of every run, also under -q (pytest-randomly prints it
+    only in the header)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"test order: random, seed {seed} (the same order again: -p randomly "
+                                    f"--randomly-seed={seed})")
+
+
+ENGINE_FIXTURES = ("engine", "tiny_engine", "tiny_sd_engine")
+
+
+def tidy(engine) -> None:
+    """A shared engine as every test may expect it: no stray peft adapter (a run's "train-..." or
+    a "blora-..." that a failed assertion left; resident library adapters stay), every adapter
+    disabled, nothing trainable, eval mode."""
+    from core import library
+
+    if getattr(engine, "pipe", None) is None:
+        return
+    resident = set(library.adapters(engine).loaded().values())
+    for model in (engine.pipe.unet, *library.text_encoders(engine).values()):
+        for name in library.peft_names(model):
+            if name not in resident:
+                library.delete_adapter(model, name)
+        library.disable_all(model)
+        model.requires_grad_(False).eval()
+
+
+@pytest.fixture(autouse=True)
+def _shared_engines_left_tidy(request):
+    """After every test that used a shared engine, pass or fail: `tidy` it, so what a failing
+    test left behind cannot fail the tests that come after it, in whatever order."""
+    engines = [request.getfixturevalue(n) for n in ENGINE_FIXTURES if n in request.fixturenames]
+    yield
+    for engine in engines:
+        tidy(engine)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -106,7 +106,8 @@ def test_alpha_blends_features(model):
     c, s = rand_image(0), rand_image(1)
     fc, fs = model.encode(c), model.encode(s)
     t = adain.transfer_features(fc, [fs], alpha=0.3)
-    torch.testing.assert_close(t, 0.3 * adain.adain(fc, fs) + 0.7 * fc, atol=1e-5, rtol=1e-5)
+    expected = 0.3 * np_adain(fc.numpy(), fs.numpy()) + 0.7 * fc.double().numpy()
+    np.testing.assert_allclose(t.numpy(), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_single_weight_interpolation_equals_single_style(model):
@@ -119,8 +120,8 @@ def test_single_weight_interpolation_equals_single_style(model):
     # an even mix is the average of the two AdaIN targets (weights are normalised)
     fc, f1, f2 = model.encode(c), model.encode(s1), model.encode(s2)
     t = adain.transfer_features(fc, [f1, f2], weights=[2, 2])
-    torch.testing.assert_close(t, 0.5 * adain.adain(fc, f1) + 0.5 * adain.adain(fc, f2),
-                               atol=1e-5, rtol=1e-5)
+    expected = 0.5 * np_adain(fc.numpy(), f1.numpy()) + 0.5 * np_adain(fc.numpy(), f2.numpy())
+    np.testing.assert_allclose(t.numpy(), expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(UserError):
         adain.transfer_features(fc, [f1, f2], weights=[1.0])
     with pytest.raises(UserError):
@@ -347,6 +348,39 @@ def small_cfg(dataset, out, **kw):
                 log_every=5, tiny=True, seed=0)
     base.update(kw)
     return adain.TrainConfig(**base)
+
+
+def np_mean_std(x, eps=adain.EPS):
+    x = x.astype(np.float64)
+    return x.mean(axis=(2, 3)), np.sqrt(x.var(axis=(2, 3)) + eps)
+
+
+def test_decoder_loss_is_the_papers(model):
+    """L = L_c + lambda L_s on a batch, against the paper's formula written out in float64:
+    t = AdaIN(f(c), f(s)) (numpy), L_c = mean (f(g(t)) - t)^2 (the AdaIN target, not f(c)),
+    L_s = sum over relu1_1..relu4_1 of mean (mu(phi(g(t))) - mu(phi(s)))^2 + the same for sigma,
+    lambda = 10. g(t) is the decoder output the loss itself returned."""
+    c = torch.cat([rand_image(3, 32), rand_image(5, 32)])
+    s = torch.cat([rand_image(4, 32, lo=0.2, hi=0.9), rand_image(6, 32, lo=0.0, hi=0.5)])
+    total, loss_c, loss_s, g_t = adain.decoder_loss(model, c, s, style_weight=10.0)
+    with torch.no_grad():
+        fc, fs = model.encode(c).numpy(), [f.numpy() for f in model.encode_all(s)]
+        t = np_adain(fc, fs[-1])
+        # the decoder really decoded t
+        np.testing.assert_allclose(g_t.detach().numpy(), model.decode(torch.from_numpy(t).float()).numpy(),
+                                   atol=1e-4, rtol=1e-4)
+        fg = [f.numpy() for f in model.encode_all(g_t.detach())]
+    l_c = np.mean((fg[-1].astype(np.float64) - t) ** 2)
+    l_s = 0.0
+    for a, b in zip(fg, fs):
+        (ma, sa), (mb, sb) = np_mean_std(a), np_mean_std(b)
+        l_s += np.mean((ma - mb) ** 2) + np.mean((sa - sb) ** 2)
+    assert len(fg) == 4
+    assert loss_c.item() == pytest.approx(l_c, rel=1e-4)
+    assert loss_s.item() == pytest.approx(l_s, rel=1e-4)
+    assert total.item() == pytest.approx(l_c + 10.0 * l_s, rel=1e-4)
+    # every term matters here: none of the alternatives is within the tolerance
+    assert abs(np.mean((fg[-1] - fc) ** 2) - l_c) > 1e-3 * l_c
 
 
 def test_learning_rate_decay_is_the_papers():

@@ -2,8 +2,6 @@
 Chromium as a user would."""
 from __future__ import annotations
 
-import time
-
 import pytest
 from gradio_client import Client, handle_file
 
@@ -101,9 +99,23 @@ def test_browser_progress_visible_and_stop(live_app, page):
     page.wait_for_function("() => document.querySelectorAll('#sa-gallery img').length >= 2", timeout=60_000)
     screenshot(page, "style-aligned-progress")
     running = page.locator("#sa-status").inner_text()
+    assert "/100" in running
     page.locator("#sa-stop").click()
-    time.sleep(3)
-    after = page.locator("#sa-status").inner_text()
-    time.sleep(2)
-    assert page.locator("#sa-status").inner_text() == after  # nothing moves after Stop
-    assert "Stopped" in after and "/100" in running
+    page.wait_for_function("() => document.querySelector('#sa-status').innerText.includes('Stopped')",
+                           timeout=60_000)
+    # from now on record every text the status shows; the next run (2 steps) must be the next
+    # thing it shows: no line of the stopped 100-step run may come after its Stopped
+    page.evaluate("""() => {
+        const el = document.querySelector('#sa-status');
+        window.seen = [el.innerText];
+        new MutationObserver(() => window.seen.push(el.innerText))
+            .observe(el, {childList: true, subtree: true, characterData: true});
+    }""")
+    steps.fill("2")
+    steps.press("Enter")
+    page.locator("#sa-generate").click()
+    page.wait_for_function("() => document.querySelector('#sa-status').innerText.includes('Done')",
+                           timeout=120_000)
+    seen = page.evaluate("() => window.seen")
+    assert "Stopped" in seen[0]
+    assert not [text for text in seen if "/100" in text], seen

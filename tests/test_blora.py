@@ -17,6 +17,9 @@ from core.events import Notice, Progress, Result
 from core.train import Checkpointed, TrainConfig, TrainStep
 
 QUICK = dict(steps=8, learning_rate=1e-2, sample_steps=2)
+# the paper's blocks, written out (not read from core.blora: a swap of its constants must fail here)
+CONTENT = "up_blocks.0.attentions.0"
+STYLE = "up_blocks.0.attentions.1"
 
 
 def picture(kind: int, size: int = 64) -> Image.Image:
@@ -96,7 +99,7 @@ def test_only_the_two_blocks_train_and_everything_else_is_bit_identical(engine, 
     assert names and all(".lora_" in n for n in names)
     assert {blora.block_of(t) for t in targets} == {"content", "style"}  # both halves, nothing else
     expected = {n for n, _ in unet.named_modules()
-                if blora.block_of(n) and re.search(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$", n)}
+                if re.match(rf"({CONTENT}|{STYLE})\..*\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$", n)}
     assert targets == expected and len(targets) == 32  # 2 blocks x 2 transformer layers x 2 attn x 4 projections
     assert not any(p.requires_grad for p in unet.parameters())
     after = {k.replace(".base_layer", ""): v for k, v in library.snapshot(unet).items() if "lora_" not in k}
@@ -118,8 +121,8 @@ def test_trainer_streams_loss_samples_and_saves_one_entry_per_image(engine, trai
     for a in entries:
         assert a.method == "b-lora" and a.trigger_words in ("[v1]", "[v2]")
         assert set(a.parts) == {"content", "style"}
-        assert all(blora.block_of(k) == "content" for k in a.parts["content"])
-        assert all(blora.block_of(k) == "style" for k in a.parts["style"])
+        assert a.parts["content"] and all(k.startswith(f"unet.{CONTENT}.") for k in a.parts["content"])
+        assert a.parts["style"] and all(k.startswith(f"unet.{STYLE}.") for k in a.parts["style"])
         assert a.samples[0].prompt == "training image" and a.samples[0].file.path.is_file()
         assert a.hyperparameters["learning_rate"] == QUICK["learning_rate"]
         for part in ("content", "style"):  # either half alone
@@ -128,15 +131,20 @@ def test_trainer_streams_loss_samples_and_saves_one_entry_per_image(engine, trai
 
 
 def test_training_lowers_the_loss(engine):
+    """40 steps at lr 3e-3 (rank 8) on one picture: the eval loss on fixed draws falls to at
+    most 0.92 of its start. Measured, seeds 0-4: 0.893-0.900 (the fall is the same ~10% whichever
+    seed draws the steps); with LoRA on to_q alone 0.998, with the learning rate 100x smaller ~1."""
     cfg = TrainConfig(steps=40, learning_rate=3e-3, seed=0)
     result, events = final(blora.train_blora(engine, [picture(0)], cfg, rank=8, sample_prompts=[]))
     info = result.info["adapters"][0]
     losses = [e.loss for e in events if isinstance(e, TrainStep)]
     print(f"B-LoRA eval loss (fixed draws) {info['loss_before']:.4f} -> {info['loss_after']:.4f}; "
           f"train loss first/last 10: {np.mean(losses[:10]):.4f} / {np.mean(losses[-10:]):.4f}")
-    assert info["loss_after"] < 0.95 * info["loss_before"]
-    library.get_store(engine).delete_adapter(info["adapter_id"], "local")
-    library.adapters(engine).remove(info["adapter_id"])
+    try:
+        assert info["loss_after"] < 0.92 * info["loss_before"]
+    finally:
+        library.get_store(engine).delete_adapter(info["adapter_id"], "local")
+        library.adapters(engine).remove(info["adapter_id"])
 
 
 def test_stop_keeps_the_last_checkpoint_and_a_rerun_resumes(engine, tmp_path):
@@ -181,8 +189,8 @@ def test_mixing_loads_content_into_attentions_0_and_style_into_attentions_1(engi
         c_mods = blora.adapter_modules(unet, names[0])
         s_mods = blora.adapter_modules(unet, names[1])
         assert len(c_mods) == len(s_mods) == 16
-        assert all(m.startswith(blora.CONTENT_BLOCK + ".") for m in c_mods)
-        assert all(m.startswith(blora.STYLE_BLOCK + ".") for m in s_mods)
+        assert all(m.startswith(CONTENT + ".") for m in c_mods)
+        assert all(m.startswith(STYLE + ".") for m in s_mods)
         sd_a, _ = store.load_adapter(a, "local", part="content")
         sd_b, _ = store.load_adapter(b, "local", part="style")
         for sd, name in ((sd_a, names[0]), (sd_b, names[1])):  # the stored tensors, in place
@@ -235,22 +243,50 @@ def test_a_half_cannot_land_in_the_other_block(engine, trained):
         store.delete_adapter(x.id, "local")
 
 
-def test_swapping_either_half_changes_the_output_and_no_halves_is_the_base_model(engine, trained):
+def test_halves_compute_what_their_blocks_merged_by_hand_compute(engine, trained):
+    """Content of A (weight 1) and style of B (weight 0.7): the UNet predicts what the base UNet
+    predicts with w B A added by hand to the projections under the literal blocks
+    up_blocks.0.attentions.0 (A's keys there) and up_blocks.0.attentions.1 (B's keys there),
+    from the stored files; every wrong pairing (a half from the other image, the blocks swapped,
+    the weight squared) is far outside the tolerance. The image is the merged model's too; no
+    halves, or both weights 0, is the base model bit for bit."""
+    from .lora_oracle import merged_pipe, pixels as stack, predict, unet_inputs
+
     a, b = trained["ids"]
-    base = plain(engine, "A thing in this style")
-    off, _ = gen(engine, prompts=["A [c] in [s] style"])
-    assert np.array_equal(off, base)  # no halves: the base model, bit for bit
-    zero, _ = gen(engine, content=(a, 0.0), style=(b, 0.0), prompts=["A thing in this style"])
-    assert np.array_equal(zero, base)  # both weights 0: the base model
-    mix, r = gen(engine, use="Image style transfer", content=(a, 1.0), style=(b, 1.0))
+    store = library.get_store(engine)
+    fa, fb = store.load_adapter(a, "local")[0], store.load_adapter(b, "local")[0]
+    inputs, unet = unet_inputs(engine, "A [v1] in [v2] style"), engine.pipe.unet
+    c, s = f"{CONTENT}.", f"{STYLE}."
+
+    def ours(halves):
+        with halves_on(engine, halves):
+            return predict(unet, inputs)
+
+    def oracle(parts):
+        pipe, merged = merged_pipe(engine, parts)
+        assert merged == 16 * len(parts)  # 2 transformer layers x 2 attentions x 4 projections per block
+        return predict(pipe.unet, inputs)
+
+    base = ours([])
+    tol = 1e-5 * float((base ** 2).mean().sqrt())
+    mix = ours([blora.Half(a, "content", 1.0), blora.Half(b, "style", 0.7)])
+    torch.testing.assert_close(mix, oracle([(fa, 1.0, c), (fb, 0.7, s)]), rtol=0, atol=tol)
+    for wrong in ([(fb, 1.0, c), (fb, 0.7, s)], [(fa, 1.0, c), (fa, 0.7, s)], [(fa, 1.0, s), (fb, 0.7, c)],
+                  [(fa, 1.0, c), (fb, 0.49, s)]):
+        assert (oracle(wrong) - mix).abs().max() > 100 * tol
+    # the image: the merged model's, with the same zero unconditional branch
+    img, r = gen(engine, use="Image style transfer", content=(a, 1.0), style=(b, 0.7))
     assert r.info["prompts"] == ["A [v1] in [v2] style"]
-    content_swapped, _ = gen(engine, content=(b, 1.0), style=(b, 1.0), prompts=["A [v1] in [v2] style"])
-    style_swapped, _ = gen(engine, content=(a, 1.0), style=(a, 1.0), prompts=["A [v1] in [v2] style"])
-    base_mix = plain(engine)
-    d = {"vs base": np.abs(mix - base_mix).mean(), "content swapped": np.abs(mix - content_swapped).mean(),
-         "style swapped": np.abs(mix - style_swapped).mean()}
-    print("mean |difference| (0-255):", {k: round(float(v), 3) for k, v in d.items()})
-    assert all(v > 0.05 for v in d.values())
+    pipe, _ = merged_pipe(engine, [(fa, 1.0, c), (fb, 0.7, s)])
+    expected = in_job(engine, lambda ctx: engine.text_to_image(
+        ctx, ["A [v1] in [v2] style"], seed=1, steps=3, guidance=5.0, negative_prompt="", pipe=pipe,
+        **blora.zero_negative_kwargs(engine.pipe, 1)))
+    assert np.abs(img - expected).max() <= 3 and np.abs(img - expected).mean() <= 0.1
+    base_img = plain(engine, "A thing in this style")
+    off, _ = gen(engine, prompts=["A [c] in [s] style"])
+    assert np.array_equal(off, base_img)  # no halves: the base model, bit for bit
+    zero, _ = gen(engine, content=(a, 0.0), style=(b, 0.0), prompts=["A thing in this style"])
+    assert np.array_equal(zero, base_img)  # both weights 0: the base model
 
 
 def test_weights_scale_the_update_linearly(engine, trained):

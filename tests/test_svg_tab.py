@@ -147,8 +147,9 @@ def test_browser_text_to_svg_streams_downloads_and_stops(live_app, page):
     page.locator("#svg-stop").click()
     page.wait_for_function("() => document.querySelector('#svg-status').innerText.includes('Stopped')",
                            timeout=30_000)
-    time.sleep(1)
-    assert page.locator("#svg-file a").first.get_attribute("href").endswith(".svg")   # kept
+    # the Stopped update carries the SVG written on stopping: the download is still (again) there
+    page.wait_for_function("() => { const a = document.querySelector('#svg-file a');"
+                           " return a !== null && a.getAttribute('href').endsWith('.svg') }", timeout=30_000)
     resp = page.request.get(page.locator("#svg-file a").first.get_attribute("href"))
     assert resp.ok and parse_svg(resp.body()).shapes
     screenshot(page, "text-to-svg-stopped")

@@ -96,6 +96,42 @@ def test_area_coverage_is_exact_along_axis_aligned_edges(dx):
     assert float(cov.sum()) == pytest.approx(15.7 * 10.8, rel=1e-5)
 
 
+def _pixel_area_below(j, i, y0, slope):
+    """Exact area of the pixel square [j, j+1] x [i, i+1] where y >= y0 + slope * x: the square
+    clipped by the half-plane (Sutherland-Hodgman), then the shoelace formula, float64."""
+    def f(p):
+        return p[1] - y0 - slope * p[0]
+    square = [(j, i), (j + 1, i), (j + 1, i + 1), (j, i + 1)]
+    out = []
+    for a, b in zip(square, square[1:] + square[:1]):
+        if f(a) >= 0:
+            out.append(a)
+        if (f(a) >= 0) != (f(b) >= 0):
+            u = f(a) / (f(a) - f(b))
+            out.append((a[0] + u * (b[0] - a[0]), a[1] + u * (b[1] - a[1])))
+    if len(out) < 3:
+        return 0.0
+    return abs(sum(x0 * y1 - x1 * y0_ for (x0, y0_), (x1, y1) in zip(out, out[1:] + out[:1]))) / 2
+
+
+@pytest.mark.parametrize("degrees", [25.0, 45.0, 63.0])
+def test_area_coverage_is_exact_along_a_slanted_edge(degrees):
+    """A straight edge at an angle: every pixel it crosses holds exactly its covered area (the box
+    filter's exact response), against the area clipped by hand."""
+    slope, y0 = math.tan(math.radians(degrees)), 6.3
+    x_far = (60 - y0) / slope  # the edge leaves the canvas's bottom here; the polygon goes on outside
+    region = polygon_shape([(-5, y0 - 5 * slope), (x_far + 5, 60 + 5 * slope), (-5, 70)], fill=(0, 0, 0, 1))
+    cov = render_rgba(Scene(64, 64, [region]))[3].double().numpy()
+    checked = 0
+    for i in range(2, 58):
+        for j in range(0, min(int(x_far) - 1, 63)):
+            exact = _pixel_area_below(j, i, y0, slope)
+            if 0 < exact < 1:
+                assert cov[i, j] == pytest.approx(exact, abs=2e-4), (i, j)
+                checked += 1
+    assert checked > 40
+
+
 def test_sliver_thinner_than_a_pixel_has_its_area():
     sliver = polygon_shape([(10, 10.6), (30, 10.6), (30, 10.9), (10, 10.9)])
     cov = render_rgba(Scene(40, 20, [sliver]))[3]

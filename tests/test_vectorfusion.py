@@ -123,23 +123,54 @@ def test_sds_gradient_reaches_every_path_parameter(family, request):
     assert torch.isfinite(g).all() and g.abs().sum() > 0
 
 
-def test_sds_gradient_is_w_t_times_eps_difference(tiny_engine):
-    """The surrogate's gradient w.r.t. the latent is exactly w(t) (eps_hat - eps)."""
+def _alphas_cumprod() -> np.ndarray:
+    """SD/SDXL's schedule written out: scaled-linear betas 0.00085..0.012 over 1000 steps."""
+    return np.cumprod(1.0 - np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2)
+
+
+def test_sds_gradient_is_w_t_times_eps_difference(tiny_engine, monkeypatch):
+    """The surrogate's gradient w.r.t. the latent is (1 - abar_t)(eps_hat - eps) with eps_hat =
+    eps_u + g (eps_c - eps_u), the paper's formula, checked against an oracle that shares none of
+    SDS's tensors: eps recovered from the noisy latent the UNet was given (x_t = sqrt(abar) z +
+    sqrt(1 - abar) eps, abar written out), eps_c and eps_u from two separate UNet calls, on the
+    prompt's own embeddings and on zeros (SDXL's unconditional branch without a negative prompt).
+    Guidance 7 is far from 1, so swapped halves (guidance away from the prompt) are far off."""
     sds = vf.SDS(tiny_engine, "a fox", guidance=7.0, seed=3, augment=False)
-    z = torch.randn(1, 4, 16, 16, requires_grad=True)
-    # recompute what SDS does by hand for a fixed latent
+    z = torch.randn(1, 4, 16, 16, requires_grad=True, generator=torch.Generator().manual_seed(1))
     sds.encoder = lambda x, gen=None: z
-    gen_state = sds.gen.get_state()
+    unet, seen = tiny_engine.pipe.unet, []
+    monkeypatch.setattr(unet, "forward", lambda sample, t, *a, _real=unet.forward, **kw: (
+        seen.append((sample.detach().double().clone(), t.clone())), _real(sample, t, *a, **kw))[1])
     out = sds(torch.rand(3, 64, 64), t=400)
+    monkeypatch.undo()
     out.loss.backward()
-    gen = torch.Generator().set_state(gen_state)
-    noise = torch.randn(z.shape, generator=gen)
-    a = tiny_engine.pipe.scheduler.alphas_cumprod[400]
-    zt = a.sqrt() * z.detach() + (1 - a).sqrt() * noise
+    (zt, tt), = seen
+    assert zt.shape[0] == 2 and torch.equal(zt[0], zt[1]) and tt.tolist() == [400, 400]
+    ab = _alphas_cumprod()[400]
+    noise = (zt[0] - np.sqrt(ab) * z.detach().double()[0]) / np.sqrt(1 - ab)
+    assert 0.9 < float(noise.std()) < 1.1  # a unit-variance draw: x_t was noised with sqrt(1 - abar)
     with torch.no_grad():
-        eps = tiny_engine.pipe.unet(torch.cat([zt, zt]), torch.tensor([400, 400]), **sds.cond).sample
-    eps_hat = eps[0] + 7.0 * (eps[1] - eps[0])
-    torch.testing.assert_close(z.grad[0], (1 - a) * (eps_hat - noise[0]), rtol=1e-4, atol=1e-5)
+        emb, _, pooled, _ = tiny_engine.pipe.encode_prompt(prompt="a fox", device="cpu",
+                                                           do_classifier_free_guidance=False)
+        ids = torch.tensor([[64.0, 64, 0, 0, 64, 64]])
+        x = zt[:1].float()
+        eps_c = unet(x, 400, encoder_hidden_states=emb, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        eps_u = unet(x, 400, encoder_hidden_states=torch.zeros_like(emb),
+                     added_cond_kwargs={"text_embeds": torch.zeros_like(pooled), "time_ids": ids}).sample
+    eps_hat = eps_u.double()[0] + 7.0 * (eps_c.double()[0] - eps_u.double()[0])
+    expected = (1 - ab) * (eps_hat - noise)
+    torch.testing.assert_close(z.grad[0].double(), expected, rtol=1e-4, atol=1e-4)
+    swapped = (1 - ab) * (eps_c.double()[0] + 7.0 * (eps_u.double()[0] - eps_c.double()[0]) - noise)
+    assert (swapped - expected).abs().max() > 100 * 1e-4
+
+
+def test_sds_timesteps_are_uniform_on_50_to_950(tiny_engine, tiny_sd_engine):
+    """t ~ U(50, 950) of the 1000 training steps (the paper's range), for both families."""
+    for engine in (tiny_engine, tiny_sd_engine):
+        sds = vf.SDS(engine, "a fox", seed=0, augment=False)
+        ts = [sds.timestep() for _ in range(4000)]
+        assert 50 <= min(ts) <= 52 and 948 <= max(ts) <= 950
+        assert abs(np.mean(ts) - 500) < 15
 
 
 def test_fp32_encoder_matches_the_vae_and_never_changes_it(tiny_engine, half_engine):
@@ -273,6 +304,19 @@ def test_reinitialize_replaces_exactly_the_paths_below_threshold():
             assert (c >= 0).all() and (c <= size).all()          # anywhere on the canvas, not a corner
         else:
             assert torch.equal(s.points, p0) and torch.equal(s.fill, f0)
+
+
+def test_reinitialize_default_threshold_is_64_px_at_600_scaled_by_area():
+    """The paper's 64 px^2 at a 600 px canvas; an area scales with the square of the size, so at
+    300 px the threshold is 16 px^2 (not 32) and the default radius 10 px."""
+    def circle(r, alpha=1.0):
+        return circle_shape((150, 150), r, fill=(1, 0, 0, alpha))
+
+    kept, small = circle(2.2), circle(1.5)
+    assert 16 < vf.path_area(kept) < 32 and vf.path_area(small) < 16
+    replaced = vf.reinitialize([kept, small], 300.0, np.random.default_rng(0))
+    assert replaced == [1]
+    assert vf.path_area(small) == pytest.approx(vf.path_area(circle(10.0)), rel=1e-5)  # radius 20 * 300/600
 
 
 def test_augment_identity_reproducible_and_differentiable():

@@ -1,0 +1,45 @@
+"""AdaIN: the statistics, the decoder's losses, alpha, colour preservation, masks, the schedule."""
+from . import Mutation
+
+A = "core/adain.py"
+T = "tests/test_adain.py"
+
+MUTATIONS = [
+    Mutation("adain-unbiased-variance", A,
+             "var = x.var(dim=2, unbiased=False) + eps", "var = x.var(dim=2, unbiased=True) + eps",
+             (f"{T}::test_adain_matches_numpy",), "sigma over H*W - 1 instead of H*W"),
+    Mutation("adain-content-mean-kept", A,
+             "out = (content_feat.float() - c_mean) / c_std * s_std + s_mean",
+             "out = (content_feat.float() - c_mean) / c_std * s_std + c_mean",
+             (f"{T}::test_adain_matches_numpy",), "the output keeps mu(x) instead of taking mu(y)"),
+    Mutation("adain-content-loss-against-fc", A,
+             "loss_c = F.mse_loss(g_feats[-1], t)", "loss_c = F.mse_loss(g_feats[-1], model.encode(content))",
+             (f"{T}::test_decoder_loss_is_the_papers",),
+             "the content loss against f(c) instead of the AdaIN target t (passed the old suite)"),
+    Mutation("adain-style-loss-last-layer-only", A,
+             "for gf, sf in zip(g_feats, style_feats):", "for gf, sf in zip(g_feats[-1:], style_feats[-1:]):",
+             (f"{T}::test_decoder_loss_is_the_papers",), "style statistics of relu4_1 only"),
+    Mutation("adain-style-loss-without-sigma", A,
+             "loss_s = loss_s + F.mse_loss(gm, sm) + F.mse_loss(gs, ss)", "loss_s = loss_s + F.mse_loss(gm, sm)",
+             (f"{T}::test_decoder_loss_is_the_papers",)),
+    Mutation("adain-style-weight-ignored", A,
+             "return content_weight * loss_c + style_weight * loss_s, loss_c, loss_s, g_t",
+             "return content_weight * loss_c + loss_s, loss_c, loss_s, g_t",
+             (f"{T}::test_decoder_loss_is_the_papers",), "lambda = 10 not applied"),
+    Mutation("adain-alpha-reversed", A,
+             "t = alpha * t + (1.0 - alpha) * content_feat.float()",
+             "t = (1.0 - alpha) * t + alpha * content_feat.float()",
+             (f"{T}::test_alpha_blends_features",)),
+    Mutation("adain-colour-transfer-inverted", A,
+             "out = msqrt(t_cov) @ msqrt(s_cov, inv=True) @ (s_flat - s_mu) + t_mu",
+             "out = msqrt(s_cov) @ msqrt(t_cov, inv=True) @ (s_flat - s_mu) + t_mu",
+             (f"{T}::test_color_preservation_matches_content_colors",),
+             "the colour transform's two covariance roots swapped"),
+    Mutation("adain-mask-global-content-statistics", A,
+             "c_mean, c_std = masked_mean_std(content_feat, m)", "c_mean, c_std = calc_mean_std(content_feat)",
+             (f"{T}::test_masked_regions_take_their_style_statistics",),
+             "each region normalised with the whole content's statistics"),
+    Mutation("adain-lr-decay-linear", A,
+             "return cfg.lr / (1.0 + cfg.lr_decay * iteration)", "return cfg.lr * (1.0 - cfg.lr_decay * iteration)",
+             (f"{T}::test_learning_rate_decay_is_the_papers",)),
+]

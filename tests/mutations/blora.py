@@ -1,0 +1,29 @@
+"""B-LoRA: the two blocks, the LoRA targets in them, halves loaded by block, linear weights,
+the zero unconditional branch."""
+from . import Mutation
+
+B = "core/blora.py"
+T = "tests/test_blora.py"
+ORACLE = f"{T}::test_halves_compute_what_their_blocks_merged_by_hand_compute"
+
+MUTATIONS = [
+    Mutation("blora-blocks-swapped", B,
+             'CONTENT_BLOCK = "up_blocks.0.attentions.0"\nSTYLE_BLOCK = "up_blocks.0.attentions.1"',
+             'CONTENT_BLOCK = "up_blocks.0.attentions.1"\nSTYLE_BLOCK = "up_blocks.0.attentions.0"',
+             (ORACLE,), "content in W^5_0 and style in W^4_0 (a swap of the constants passed the old suite)"),
+    Mutation("blora-self-attention-only", B,
+             r"transformer_blocks\.\d+\.attn[12]\.", r"transformer_blocks\.\d+\.attn1\.",
+             (f"{T}::test_only_the_two_blocks_train_and_everything_else_is_bit_identical",),
+             "LoRA on the blocks' self-attention only, cross-attention left out"),
+    Mutation("blora-weights-squared", B,
+             "unet.set_adapters(names, weights=[float(h.weight) for h in halves])",
+             "unet.set_adapters(names, weights=[float(h.weight) ** 2 for h in halves])",
+             (ORACLE,), "the reference implementation's alpha-squared scaling"),
+    Mutation("blora-half-takes-both-blocks", B,
+             'block_of(k) == part)', "block_of(k) is not None)",
+             (f"{T}::test_a_half_cannot_land_in_the_other_block",), "a half selected by file, not by block"),
+    Mutation("blora-unconditional-zeros-assumed", B,
+             'if getattr(pipe.config, "force_zeros_for_empty_prompt", False):', "if True:",
+             (f"{T}::test_no_negative_prompt_the_unconditional_branch_is_zero",),
+             "an encoded empty negative prompt where the pipeline does not zero it"),
+]

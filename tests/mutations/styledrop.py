@@ -1,0 +1,29 @@
+"""StyleDrop: the adapter (placement, U zero-initialised, D's init) and feedback selection."""
+from . import Mutation
+
+SD = "core/styledrop.py"
+T = "tests/test_styledrop.py"
+STEP0 = f"{T}::test_adapter_is_the_identity_at_step_0_after_every_feed_forward"
+
+MUTATIONS = [
+    Mutation("styledrop-up-not-zero-initialised", SD,
+             'init="gaussian",', "init=False,", (STEP0,),
+             "U random at step 0: the adapter is not the identity (passed the old suite)"),
+    Mutation("styledrop-down-init-ten-times-wider", SD,
+             "std=0.02, a=-0.04, b=0.04", "std=0.2, a=-0.4, b=0.4", (STEP0,)),
+    Mutation("styledrop-adapter-after-attention", SD,
+             r'TARGETS = r".*transformer_blocks\.\d+\.ff\.net\.2"',
+             r'TARGETS = r".*transformer_blocks\.\d+\.attn1\.to_out\.0"', (STEP0,),
+             "the adapter after self-attention instead of after the feed-forward"),
+    Mutation("styledrop-clip-picks-the-worst", SD,
+             "key=lambda x: (-x[0], x[1])", "key=lambda x: (x[0], x[1])",
+             (f"{T}::test_clip_picks_by_hand",)),
+    Mutation("styledrop-pick-score-weights-swapped", SD,
+             'return w * float(scores["clip_text"]) + (1 - w) * float(scores["clip_style"])',
+             'return w * float(scores["clip_style"]) + (1 - w) * float(scores["clip_text"])',
+             (f"{T}::test_clip_picks_by_hand",)),
+    Mutation("styledrop-liked-at-net-zero", SD,
+             "liked = store.liked(last.id, viewer, min_net=1)", "liked = store.liked(last.id, viewer, min_net=0)",
+             (f"{T}::test_training_set_is_the_style_image_and_exactly_the_liked_candidates",),
+             "round 2 trains on unrated and cancelled-out candidates too"),
+]
