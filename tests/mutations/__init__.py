@@ -29,9 +29,9 @@ class Mutation:
 
 
 def catalogue() -> list[Mutation]:
-    from . import adain, blora, shared, store, style_aligned, styledrop, trainer, vector
+    from . import adain, blora, security, shared, store, style_aligned, styledrop, trainer, vector
 
     out: list[Mutation] = []
-    for module in (style_aligned, adain, trainer, styledrop, blora, vector, store, shared):
+    for module in (style_aligned, adain, trainer, styledrop, blora, vector, store, shared, security):
         out += module.MUTATIONS
     return out

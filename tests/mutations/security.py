@@ -1,0 +1,38 @@
+"""The promises of SECURITY.md that a one-line slip would break: signed identity, the fair
+share of the accelerator, checked inputs, inert markup, all-or-nothing rounds."""
+from . import Mutation
+
+MUTATIONS = [
+    Mutation("security-token-signature-unchecked", "core/identity.py",
+             "    if not hmac.compare_digest(sig, _signature(data_dir, kind, subject)):",
+             "    if False and not hmac.compare_digest(sig, _signature(data_dir, kind, subject)):",
+             ("tests/security/test_identity.py::test_forged_edited_and_foreign_tokens_are_refused",),
+             "any well-formed token accepted: one visitor can name another's id"),
+    Mutation("security-one-job-per-owner-off-by-one", "core/jobs.py",
+             "        if len(mine) >= limits.per_owner:", "        if len(mine) > limits.per_owner:",
+             ("tests/security/test_fair_share.py::test_admission_limits",),
+             "an owner may hold two jobs at once"),
+    Mutation("security-time-limit-ignored", "core/jobs.py",
+             "            if time_limit_s:", "            if False:",
+             ("tests/security/test_fair_share.py::test_a_job_past_its_time_limit_is_stopped_with_the_reason",),
+             "a job holds the accelerator for as long as it likes"),
+    Mutation("security-slot-not-in-arrival-order", "core/jobs.py",
+             "                while self._holder is not None or self._line[0] is not job:",
+             "                while self._holder is not None:",
+             ("tests/security/test_fair_share.py::test_the_slot_is_handed_out_in_arrival_order_and_reports_the_line",),
+             "whoever polls first gets the accelerator, not whoever came first"),
+    Mutation("security-float-range-unchecked", "core/validate.py",
+             '        raise UserError(f"{field} must be from {lo:g} to {hi:g} (got {shown(v)}).")',
+             "        pass",
+             ("tests/security/test_validate.py::test_hostile_numbers_are_refused_naming_the_field",),
+             "a guidance, weight or learning rate of 2**70 goes through to the method"),
+    Mutation("security-template-dollar-unescaped", "tabs/common.py",
+             '"`": "&#96;", "$": "&#36;",', '"`": "&#96;",',
+             ("tests/security/test_markup.py::test_html_text_is_inert_in_html_and_in_a_template_literal",),
+             "a visitor's ${...} runs as script in a gr.HTML template"),
+    Mutation("security-half-round-kept", "core/styledrop.py",
+             "                store.delete_round(rnd.id, owner, delete_adapter=True)",
+             "                pass",
+             ("tests/security/test_owners_and_atomicity.py::test_a_stopped_grid_keeps_no_half_round",),
+             "a round whose grid failed stays with its adapter"),
+]
