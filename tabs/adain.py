@@ -220,7 +220,7 @@ class AdaINTab:
     def transfer(self, content_files, style_files, weights_text, alpha, preserve_color,
                  use_regions, regions, size, decoder, visitor=None, request: gr.Request = None):
         alpha_f = v.real(alpha, "alpha", 0, 1)
-        size_n = v.whole(size, "Output size", 16, self.max_side)
+        size_n = v.whole(size, "Output size", 16, self.max_side, default=0) or None  # empty: as large as the content
         preserve_b = v.flag(preserve_color, "Preserve the content's colours")
         regions_b = v.flag(use_regions, "Use painted regions")
         decoder = self.check_decoder(decoder)
