@@ -38,9 +38,11 @@ RATERS_PER_LOOP = 2
 TITLE = "StyleDrop Loop"
 THUMB = 256
 
+# Visitor text goes in triple-stash fields only after tabs.common.html_text (Gradio evaluates the
+# rendered template as a JavaScript template literal); the message is our own text.
 GRID_TEMPLATE = """
 <div class="sd-wrap">
-  {{#if value.message}}<p class="sd-message">{{{value.message}}}</p>{{/if}}
+  {{#if value.message}}<p class="sd-message">{{value.message}}</p>{{/if}}
   <div class="sd-grid" role="grid" aria-label="Candidates of this round">
   {{#each value.tiles}}
     <figure class="sd-tile{{#if liked}} sd-liked{{/if}}{{#if mine_up}} sd-mine-up{{/if}}{{#if mine_down}} sd-mine-down{{/if}}"
