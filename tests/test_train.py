@@ -361,11 +361,9 @@ def test_the_loss_the_optimizer_gets_is_the_papers(engine, subjects, monkeypatch
     hook = engine.pipe.unet.register_forward_hook(record, with_kwargs=True)
     t = Trainer(engine, r, TrainConfig(steps=4, learning_rate=1e-3, snr_gamma=0.1, seed=3))
     try:
-        events = []
-        ctx_ = JobContext(Job("test", "test"), queue.Queue())
-        out = t.run(ctx_)
-        while not ctx_._events.empty():
-            events.append(ctx_._events.get())
+        streamed: queue.Queue = queue.Queue()
+        out = t.run(JobContext(Job("test", "test"), streamed))
+        events = [streamed.get() for _ in range(streamed.qsize())]
     finally:
         hook.remove()
     assert out.adapter_name is not None and len(backward) == 4 and len(calls) == 8

@@ -5,7 +5,10 @@ temporary copy of the repository (the real tree is never edited), runs the fast 
 it there and reports it caught (a guard failed) or survived (every guard passed).
 
 A mutation whose text is not found exactly once in its file, or whose mutant does not compile,
-is an error, not a survivor: after a refactor it must be rewritten, never silently skipped.
+or whose guards do not run (none collected, a usage error), is an error, not a survivor: after a
+refactor it must be rewritten, never silently skipped. Guards that hang past the timeout count as
+caught, and the report says so. Guards are fast tests only (`-m "not slow and not browser"`);
+tests/test_mutation_catalogue.py keeps the catalogue applicable in the ordinary suite.
 
 The catalogue lives in one module per method; this module only gathers it.
 """
