@@ -52,6 +52,14 @@ class Dropdown(gr.Dropdown):
 
 
 class _DecodedImage:
+    """Gradio's image decoding, with a clear error naming the field when it fails; the same
+    front-end component as the Gradio class it is mixed into."""
+
+    def _gradio_class(self) -> str:
+        return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.")).__name__.lower()
+
+    get_block_name = get_block_class = _gradio_class
+
     def preprocess(self, payload):
         try:
             return super().preprocess(payload)
@@ -63,20 +71,8 @@ class _DecodedImage:
 
 
 class Image(_DecodedImage, gr.Image):
-    is_template = True
-
-    def get_block_name(self) -> str:
-        return "image"
-
-    def get_block_class(self) -> str:
-        return "image"
+    pass
 
 
 class ImageEditor(_DecodedImage, gr.ImageEditor):
-    is_template = True
-
-    def get_block_name(self) -> str:
-        return "imageeditor"
-
-    def get_block_class(self) -> str:
-        return "imageeditor"
+    pass
