@@ -139,7 +139,7 @@ def build_app(args: argparse.Namespace):
         for name in TAB_MODULES:
             module = importlib.import_module(name)
             with gr.Tab(module.TITLE):
-                module.build(ctx)
+                ctx.tabs[name] = module.build(ctx)
 
         assign_visitor, visitor = visitor_handlers(ctx)
         demo.load(assign_visitor, ctx.visitor, ctx.visitor, api_visibility="private")

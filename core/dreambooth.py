@@ -228,11 +228,11 @@ def fill(template: str, identifier: str, class_noun: str) -> str:
     return template.replace("{v}", identifier).replace("{c}", class_noun)
 
 
-def language_drift(engine, adapter_id: int, *, viewer: Any, metrics, seeds: Sequence[int] = (0, 1, 2, 3),
-                   steps: int = 25, guidance: float = 5.0, weight: float = 1.0, owner: str = "local") -> Iterator:
+def language_drift(engine, adapter_id: int, *, owner: Any, metrics, seeds: Sequence[int] = (0, 1, 2, 3),
+                   steps: int = 25, guidance: float = 5.0, weight: float = 1.0, stop_key: str | None = None) -> Iterator:
     """The class prompt with the adapter on and with the frozen model, same seeds; CLIP image
     similarity per seed (1 = no drift). Streams; ends with a Result (frozen images, then adapted)."""
-    a = library.get_store(engine).get_adapter(adapter_id, viewer)
+    a = library.get_store(engine).get_adapter(adapter_id, owner)
     prompt = a.extra.get("class_prompt") or (class_prompt(a.class_name) if a.class_name else "")
     if not prompt:
         raise UserError("This adapter has no class noun recorded, so there is no class prompt to measure.")
@@ -245,7 +245,7 @@ def language_drift(engine, adapter_id: int, *, viewer: Any, metrics, seeds: Sequ
             with res.active({}):
                 frozen += engine.text_to_image(ctx, [prompt], seed=s, steps=steps, guidance=guidance,
                                                message=f"Frozen model, seed {s}:")
-            with res.active({adapter_id: weight}, viewer):
+            with res.active({adapter_id: weight}, owner):
                 adapted += engine.text_to_image(ctx, [prompt], seed=s, steps=steps, guidance=guidance,
                                                 message=f"With the adapter, seed {s}:")
         emb_f = metrics.clip_image_embeddings(frozen)
@@ -254,7 +254,7 @@ def language_drift(engine, adapter_id: int, *, viewer: Any, metrics, seeds: Sequ
         return Result(images=frozen + adapted,
                       info={"prompt": prompt, "seeds": seeds, "similarity": sims,
                             "mean_similarity": round(sum(sims) / len(sims), 4), "note": metrics.note})
-    return engine.run(work, owner=owner, kind="drift")
+    return engine.run(work, stop_key=stop_key or owner, kind="drift")
 
 
 # --------------------------------------------------------------------------- CLI

@@ -124,13 +124,13 @@ class Engine:
         return self._derived[key]
 
     # ------------------------------------------------------------------ jobs
-    def run(self, work: Callable[[JobContext], Result], *, owner: str = "local",
+    def run(self, work: Callable[[JobContext], Result], *, stop_key: str = "local",
             kind: str = "job", needs_model: bool = True) -> Iterator[Progress | Notice | Result]:
         """Stream `work` as a job on the accelerator (one at a time, in arrival order). The job
         is registered from the start, so a Stop reaches it while the model is still loading,
         too; on a shared instance it is refused at once (`UserError`) if it would take more
         than its owner's share (`self.limits`), and stopped after the time limit."""
-        job = Job(owner, kind)
+        job = Job(stop_key, kind)
         self.jobs.admit(job, self.limits)
         try:
             if needs_model:
@@ -143,9 +143,9 @@ class Engine:
         finally:
             self.jobs.remove(job)
 
-    def cancel(self, owner: str) -> int:
-        """Stop the owner's running jobs (each stops within one step)."""
-        return self.jobs.cancel(owner)
+    def cancel(self, stop_key: str) -> int:
+        """Stop the jobs started with this Stop key (each stops within one step)."""
+        return self.jobs.cancel(stop_key)
 
     # ------------------------------------------------------------------ helpers for methods
     def clean_prompt(self, prompt: str, ctx: JobContext | None = None) -> str:
@@ -215,14 +215,14 @@ class Engine:
                        **call_kwargs)
         return out.images
 
-    def generate(self, prompts: Sequence[str], *, owner: str = "local", **kwargs) -> Iterator:
+    def generate(self, prompts: Sequence[str], *, stop_key: str = "local", **kwargs) -> Iterator:
         """A plain batch, one image per prompt, streamed."""
         prompts = _check_prompts(prompts)
 
         def work(ctx: JobContext) -> Result:
             images = self.text_to_image(ctx, prompts, **kwargs)
             return Result(images=images, info={"prompts": list(prompts)})
-        return self.run(work, owner=owner, kind="generate")
+        return self.run(work, stop_key=stop_key, kind="generate")
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image, width: int, height: int) -> torch.Tensor:

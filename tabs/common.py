@@ -53,6 +53,7 @@ class AppContext:
     metrics: Any = None  # core.metrics.Metrics
     visitor: Any = None  # gr.BrowserState holding this browser's visitor token (shared instances)
     token_throttle: Throttle = field(default_factory=lambda: Throttle(VISITOR_TOKENS_PER_HOUR, 3600.0))
+    tabs: dict = field(default_factory=dict)  # module name -> its Tab (the handlers), once built
 
     @property
     def shared(self) -> bool:
@@ -111,6 +112,99 @@ class AppContext:
         from core import library
 
         return library.get_store(self.engine).owner_exists(owner)
+
+
+class Tab:
+    """One tab of the app, the pattern every tab follows:
+
+    - handlers are plain methods with named parameters, each validating its inputs at the top
+      (core.validate) and taking `visitor` (the browser's visitor token) and `request` last;
+      tests call them directly on a tab built with `Tab(ctx)`, no server needed;
+    - `build()` only lays out widgets and wires events to the handlers (`wire_stop`,
+      `on_page_load`, `self.visitor` do the plumbing every tab shares);
+    - long jobs go through `engine.run` in core (GPU slot, Stop, limits) and are rendered with
+      `job_updates` / `stream_training`.
+
+    `title` is the tab's label; `api_prefix` names its endpoints and Stop."""
+
+    title: str = ""
+    api_prefix: str = ""
+
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+
+    @property
+    def engine(self):
+        return self.ctx.engine
+
+    def caller(self, request: gr.Request | None, visitor: Any = None) -> Caller:
+        """Who is asking (owner) and the key this page's Stop reaches its jobs by."""
+        return self.ctx.caller(request, visitor)
+
+    @property
+    def visitor(self):
+        """The input that carries the browser's visitor token (a per-page placeholder where the
+        app has none, as in tests that build one tab alone)."""
+        if getattr(self, "_visitor", None) is None:
+            self._visitor = self.ctx.visitor if self.ctx.visitor is not None else gr.State(None)
+        return self._visitor
+
+    def stop(self, request: gr.Request = None) -> None:
+        """Stop this page's running job of any tab: it stops within one step and its own last
+        update says what was kept (a reply from here could overwrite that line, so none)."""
+        self.engine.cancel(session_key(request))
+
+    def wire_stop(self, button, api_name: str | None = None) -> None:
+        button.click(self.stop, None, None, queue=False, api_name=api_name or f"{self.api_prefix}_stop")
+
+    def on_page_load(self, fn: Callable, inputs, outputs) -> None:
+        """Run `fn` when a page opens (e.g. to list the visitor's own entries)."""
+        root = getattr(gr.context.Context, "root_block", None)
+        if root is not None and hasattr(root, "load"):
+            root.load(fn, inputs, outputs, queue=False, api_visibility="private")
+
+    def build(self) -> None:  # pragma: no cover - every tab defines it
+        raise NotImplementedError
+
+
+@dataclass
+class JobUpdate:
+    """One step of a job as a tab shows it: the status text so far (notes kept, then the latest
+    progress line), the core event that caused it (None after a Stop) and whether the job was
+    stopped."""
+
+    status: str
+    event: Any = None
+    stopped: bool = False
+
+
+def job_updates(events, *, stopped: str, done: str = "**Done.**",
+                line: Callable[[Any], str | None] | None = None):
+    """Turn a job's core events into `JobUpdate`s: Notices are kept above the latest progress
+    line, a Result closes with `done`, and a Stop (or the time limit) ends with `stopped` (and
+    the reason), as the job's own last update so no progress line can overwrite it. `line(event)`
+    may give the status line of a method's own events (None: keep the last one)."""
+    from core.events import Notice, Progress, Result
+
+    notes: list[str] = []
+    last = "**Starting**"
+
+    def text(current: str) -> str:
+        return "\n\n".join(notes + [current])
+
+    try:
+        for ev in events:
+            if isinstance(ev, Notice):
+                notes.append(ev.message)
+            elif isinstance(ev, Result):
+                last = done
+            elif isinstance(ev, Progress):
+                last = status_text(ev)
+            elif line is not None:
+                last = line(ev) or last
+            yield JobUpdate(text(last), ev)
+    except Cancelled as exc:
+        yield JobUpdate(text(stopped_text(exc, stopped)), None, stopped=True)
 
 
 def visitor_handlers(ctx: AppContext) -> tuple[Callable, Callable]:

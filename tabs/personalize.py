@@ -255,7 +255,7 @@ def build(ctx: AppContext) -> None:
                     f"instance loss on fixed draws {info['loss_before']:.4f} → {info['loss_after']:.4f}; "
                     f"{info['trainable_params']:,} trained parameters; {info['seconds']:.0f} s."), info
 
-        yield from stream_training(db.train_dreambooth(engine, recipe, cfg, owner=caller.owner, job_owner=caller.stop_key),
+        yield from stream_training(db.train_dreambooth(engine, recipe, cfg, owner=caller.owner, stop_key=caller.stop_key),
                                    plot=_plot, row=row, finish=finish, stopped=(
                                        "**Stopped.** Nothing was saved to the library; the last checkpoint (if "
                                        "any) is kept: train again with Resume on to continue."))
@@ -297,7 +297,7 @@ def build(ctx: AppContext) -> None:
         trigger = next((a for a in (store.get_adapter(i, owner) for i in weights) if a.trigger_words), None)
         filled = [db.fill(ln, trigger.trigger_words, trigger.class_name) if trigger
                   else ln.replace("{v} ", "").replace("{c}", "object") for ln in lines]
-        events = library.generate(engine, filled, weights, viewer=owner, owner=caller.stop_key,
+        events = library.generate(engine, filled, weights, owner=owner, stop_key=caller.stop_key,
                                   seed=seed_n, steps=steps_n, guidance=guid_f)
         try:
             for ev in events:
@@ -325,8 +325,8 @@ def build(ctx: AppContext) -> None:
         if ctx.metrics is None:
             raise UserError("Scoring models are not available in this app.")
         seeds = [min(seed_n + i, v.SEED_MAX) for i in range(4)]
-        events = db.language_drift(engine, aid, viewer=caller.owner, metrics=ctx.metrics, seeds=seeds,
-                                   steps=steps_n, guidance=guid_f, weight=weight, owner=caller.stop_key)
+        events = db.language_drift(engine, aid, owner=caller.owner, metrics=ctx.metrics, seeds=seeds,
+                                   steps=steps_n, guidance=guid_f, weight=weight, stop_key=caller.stop_key)
         try:
             for ev in events:
                 if isinstance(ev, Progress):
