@@ -540,6 +540,18 @@ def test_browser_personalize(pz_app, page, tmp_path):
     page.locator("#pz-adapter-1 input").click()
     page.wait_for_function("() => [...document.querySelectorAll('ul[role=listbox] li, [role=option]')]"
                            ".some(o => o.innerText.includes('sks teapot'))", timeout=30_000)
+    page.keyboard.press("Escape")
+    # "Suggest rare tokens": the first suggestion becomes the identifier (its prompts line follows)
+    # and the list of suggestions stays in view
+    page.locator("#pz-suggest").click()
+    page.wait_for_function("() => document.querySelector('#pz-suggestions').innerText.includes('Rare single tokens')",
+                           timeout=20_000)
+    first = re.search(r"using (\w+)", page.locator("#pz-suggestions").inner_text()).group(1)
+    page.wait_for_function("t => document.querySelector('#pz-idnote').innerText.includes('a ' + t + ' ')", arg=first,
+                           timeout=20_000)
+    time.sleep(1.0)
+    listed = page.locator("#pz-suggestions").inner_text()
+    assert "Rare single tokens" in listed and len(re.findall(r"\b[a-z]{3,4}\b", listed.split("(using")[0])) >= 6
 
 
 def test_shared_instance_keeps_each_visitors_adapters(tmp_path_factory, tmp_path):
