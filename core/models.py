@@ -112,8 +112,10 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype,
     if spec.name in ("tiny", "tiny-sd", "sdxl-arch"):  # built here, no download
         from . import tiny
 
-        pipe = {"tiny": tiny.tiny_sdxl, "tiny-sd": tiny.tiny_sd}[spec.name]() if spec.name != "sdxl-arch" \
-            else tiny.sdxl_architecture(dtype=dtype, device=device)
+        if spec.name == "sdxl-arch":
+            pipe = tiny.sdxl_architecture(dtype=dtype, device=device)
+        else:
+            pipe = tiny.tiny_sdxl() if spec.name == "tiny" else tiny.tiny_sd()
     else:
         pipe = _load_hub_or_folder(spec, dtype)
     if pipe.unet.device != device or pipe.unet.dtype != dtype:
