@@ -13,6 +13,11 @@ from pathlib import Path
 
 log = logging.getLogger("studio")
 
+# Idle OpenMP threads sleep instead of spinning: on a shared CPU (a Space, CI) spinning threads
+# made CPU jobs several times slower and erratic. Set before torch loads its OpenMP runtime; an
+# operator's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     env = os.environ.get
