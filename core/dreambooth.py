@@ -240,9 +240,9 @@ NO_CLASS = "object"  # {c} of a prompt template when no adapter names a class
 
 
 def subject_adapters(engine, *, owner: Any) -> list[Adapter]:
-    """The library adapters that `owner` may use with this engine's base
-    model and that DreamBooth generation uses sensibly: DreamBooth subjects and imported LoRAs
-    (LISTED_METHODS), the owner's own and published ones, newest first."""
+    """The library adapters that DreamBooth generation uses sensibly (LISTED_METHODS: DreamBooth
+    subjects and imported LoRAs) for this engine's base model: `owner`'s own and published ones,
+    newest first."""
     store = library.get_store(engine)
     return [a for a in store.list_adapters(owner, base_model=library.base_model_id(engine))
             if a.method in LISTED_METHODS]
