@@ -292,7 +292,8 @@ class TrainedAdapter:
 
 
 def language_drift(engine, adapter_id: int, *, owner: Any, metrics, seeds: Sequence[int] = (0, 1, 2, 3),
-                   steps: int = 25, guidance: float = 5.0, weight: float = 1.0, stop_key: str | None = None) -> Iterator:
+                   steps: int = 25, guidance: float = 5.0, weight: float = 1.0,
+                   stop_key: str | None = None) -> Iterator:
     """The class prompt with the adapter on and with the frozen model, same seeds; CLIP image
     similarity per seed (1 = no drift). Streams; ends with a Result (frozen images, then adapted)."""
     a = library.get_store(engine).get_adapter(adapter_id, owner)
