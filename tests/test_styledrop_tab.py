@@ -9,7 +9,6 @@ import math
 import os
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -18,6 +17,7 @@ from core import identity, styledrop
 from core.events import Result
 from tabs.styledrop import NO_LOOP, RATERS_PER_LOOP, StyleDropTab
 from tests.tabkit import fake_request, last, make_ctx
+from tests.test_styledrop import style_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,12 +32,8 @@ def setup(engine, tmp_path_factory):
     """A shared instance: the tab, two visitors' tokens and pages, and a style image file."""
     data_dir = tmp_path_factory.mktemp("styledrop-tab")
     tab = StyleDropTab(make_ctx(engine, data_dir, shared=True))
-    rng = np.random.default_rng(0)
-    arr = np.zeros((96, 96, 3), np.uint8)
-    arr[..., 0] = np.linspace(0, 255, 96)[None, :].astype(np.uint8)
-    arr[..., 2] = rng.integers(0, 255, (96, 96))
     style = data_dir / "style.png"
-    Image.fromarray(arr).save(style)
+    style_image().save(style)
     return dict(tab=tab, alice=identity.issue(data_dir), bob=identity.issue(data_dir), style=str(style),
                 alice_page=fake_request("page-alice", "10.0.0.1"), bob_page=fake_request("page-bob", "10.0.0.2"))
 
@@ -293,7 +289,7 @@ def test_small_views(setup, tmp_path):
     assert preset[:7] == (400, 1e-4, 4, False, 1, 30, 7.0) and "4,096 trained parameters" in preset[7]
     assert tab.apply_preset(None)[0] == styledrop.PRESETS[tab.default_preset]["steps"]
     shown = tab.show_style([setup["style"]])
-    assert [im.size for im in shown] == [(96, 96)]
+    assert [im.size for im in shown] == [(64, 64)]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(gr.Error, match="style image"):
