@@ -134,11 +134,6 @@ class Engine:
     def pipe(self):
         return self.load()
 
-    @property
-    def resident_pipe(self):
-        """The base pipeline if it is loaded, else None (asking starts no load)."""
-        return self._pipe
-
     def pipeline(self, cls=None, **components):
         """A pipeline of class `cls` on the resident components (diffusers `from_pipe`).
         Extra components (e.g. another scheduler) replace the shared ones in the new pipeline

@@ -673,10 +673,9 @@ class AdapterSize:
 
 def adapter_size(engine, rank: int) -> AdapterSize | None:
     """The adapter's size at `rank`, or None while the model is not loaded (asking loads nothing)."""
-    pipe = engine.resident_pipe
-    if pipe is None:
+    if engine.health().state != "ready":
         return None
-    unet = pipe.unet
+    unet = engine.pipe.unet
     return AdapterSize(rank=int(rank), blocks=len(ff_out_layers(unet)), trainable_params=param_count(unet, rank),
                        lora_numbers=lora_numbers(unet, rank))
 
