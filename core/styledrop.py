@@ -34,9 +34,12 @@ CLIP text score, mean CLIP style score) in the store.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
+import functools
+import io
+import os
 import re
-import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -260,7 +263,7 @@ def _generate_grid(engine, ctx, adapter_id: int | None, owner, loop, contents: S
     items = []
     total = len(prompts) * samples_per_prompt
     with library.adapters(engine).active({adapter_id: 1.0} if adapter_id else {}, owner):
-        for i, (c, p) in enumerate(zip(contents, prompts)):
+        for i, p in enumerate(prompts):
             imgs = engine.text_to_image(ctx, [p] * samples_per_prompt, seed=seed, steps=steps, guidance=guidance,
                                         message=f"Candidates {i * samples_per_prompt + 1}-"
                                                 f"{(i + 1) * samples_per_prompt} of {total}:")
@@ -314,6 +317,62 @@ def check_grid(contents, samples_per_prompt, steps):
 
 # --------------------------------------------------------------------------- a round
 
+@dataclasses.dataclass(frozen=True)
+class RoundOutcome:
+    """What a trained round made (`train_round`'s Result): the round, its adapter, what it was
+    trained on (the style image count and the liked candidates' ids) and its metrics."""
+
+    loop_id: int
+    round_id: int
+    round: int
+    adapter_id: int
+    adapter_name: str
+    trainable_params: int
+    lora_numbers: int
+    loss_before: float | None
+    loss_after: float | None
+    metrics: dict
+    style_images: int
+    liked_candidates: tuple[int, ...]
+    seconds: float
+
+    def info(self) -> dict:
+        """The same as the Result's `info` dict (the API's JSON)."""
+        info = dataclasses.asdict(self)
+        info["trained_on"] = {"style_images": info.pop("style_images"),
+                              "liked_candidates": list(info.pop("liked_candidates"))}
+        return info
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidatesOutcome:
+    """What `generate_candidates` added to a round."""
+
+    loop_id: int
+    round_id: int
+    round: int
+    metrics: dict
+    added: int
+
+    def info(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class RoundResult(Result):
+    """A round job's Result: `outcome` typed for the tab, `info` the same as a dict for the API."""
+
+    outcome: RoundOutcome | CandidatesOutcome | None = None
+
+
+def round_outcome(result: Result) -> RoundOutcome | CandidatesOutcome:
+    """The typed outcome of a `train_round` / `first_round` / `generate_candidates` Result."""
+    outcome = getattr(result, "outcome", None)
+    if not isinstance(outcome, (RoundOutcome, CandidatesOutcome)):
+        raise TypeError("not the Result of a StyleDrop round job")
+    return outcome
+
+
 def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, stop_key: str | None = None,
                 rank: int = 4, contents: str | Sequence[str] = DEFAULT_CONTENT_PROMPTS, samples_per_prompt: int = 1,
                 seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None,
@@ -360,12 +419,15 @@ def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, stop_k
             else:
                 store.delete_adapter(a.id, owner)
             raise
-        return Result(images=[it["image"] for it in items],
-                      info={"loop_id": loop.id, "round_id": rnd.id, "round": rnd.number, "adapter_id": a.id,
-                            "adapter_name": a.name, "trainable_params": out.trainable_params,
-                            "lora_numbers": rnd.extra["lora_numbers"], "loss_before": out.loss_before,
-                            "loss_after": out.loss_after, "metrics": rnd.metrics,
-                            "trained_on": rnd.extra["trained_on"], "seconds": round(out.seconds, 2)})
+        trained_on = rnd.extra["trained_on"]
+        outcome = RoundOutcome(loop_id=loop.id, round_id=rnd.id, round=rnd.number, adapter_id=a.id,
+                               adapter_name=a.name, trainable_params=out.trainable_params,
+                               lora_numbers=rnd.extra["lora_numbers"], loss_before=out.loss_before,
+                               loss_after=out.loss_after, metrics=dict(rnd.metrics),
+                               style_images=trained_on["style_images"],
+                               liked_candidates=tuple(trained_on["liked_candidates"]),
+                               seconds=round(out.seconds, 2))
+        return RoundResult(images=[it["image"] for it in items], info=outcome.info(), outcome=outcome)
     return engine.run(work, stop_key=stop_key or owner, kind="train-styledrop")
 
 
@@ -411,9 +473,9 @@ def generate_candidates(engine, round_id: int, *, owner: str, stop_key: str | No
         items = _generate_grid(engine, ctx, rnd.adapter_id, owner, loop, contents, samples_per_prompt=n,
                                seed=seed, steps=sample_steps, guidance=guidance)
         r2 = _add_candidates(store, engine, rnd.id, owner, loop, items, metrics)
-        return Result(images=[it["image"] for it in items],
-                      info={"loop_id": loop.id, "round_id": rnd.id, "round": rnd.number, "metrics": r2.metrics,
-                            "added": len(items)})
+        outcome = CandidatesOutcome(loop_id=loop.id, round_id=rnd.id, round=rnd.number, metrics=dict(r2.metrics),
+                                    added=len(items))
+        return RoundResult(images=[it["image"] for it in items], info=outcome.info(), outcome=outcome)
     return engine.run(work, stop_key=stop_key or owner, kind="styledrop-generate")
 
 
@@ -556,6 +618,68 @@ def rounds_table(engine, loop_id: int, owner: str) -> list[dict]:
     return rows
 
 
+def pick_loop(engine, owner: str, wanted: int | None = None) -> int | None:
+    """The loop to show: `wanted` if the owner may see it, else their own newest, else the
+    newest shared one, else None."""
+    loops = store_of(engine).list_loops(owner)
+    if wanted is not None and int(wanted) in {lp.id for lp in loops}:
+        return int(wanted)
+    own = [lp for lp in loops if lp.owner == owner]
+    return (own or loops)[0].id if (own or loops) else None
+
+
+def set_published(engine, loop_id: int, owner: str, published: bool):
+    """Share a loop for rating (or stop sharing it); only its owner can, a rater's request
+    changes nothing. Returns the loop."""
+    store = store_of(engine)
+    loop = store.get_loop(loop_id, owner)
+    if loop.owner == owner and loop.published != bool(published):
+        loop = store.publish_loop(loop_id, owner, bool(published))
+    return loop
+
+
+TILE_SIDE = 256
+
+
+def tile_thumbnail(path: str | os.PathLike) -> str:
+    """A candidate's small JPEG as a data URI (the grid shows it without a file route), cached
+    by path and modification time; "" for a file that is gone."""
+    try:
+        mtime = os.path.getmtime(path)
+    except OSError:
+        return ""
+    return _thumbnail_uri(str(path), mtime)
+
+
+@functools.lru_cache(maxsize=1024)
+def _thumbnail_uri(path: str, mtime: float) -> str:
+    img = Image.open(path).convert("RGB")
+    img.thumbnail((TILE_SIDE, TILE_SIDE))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSize:
+    """The adapter at rank r on the loaded UNet: transformer blocks, trained parameters (sum of
+    2 r d) and numbers in the saved LoRA file (sum of r (d_ff + d))."""
+
+    rank: int
+    blocks: int
+    trainable_params: int
+    lora_numbers: int
+
+
+def adapter_size(engine, rank: int) -> AdapterSize | None:
+    """The adapter's size at `rank`, or None while the model is not loaded (asking loads nothing)."""
+    if engine.health().state != "ready":
+        return None
+    unet = engine.pipe.unet
+    return AdapterSize(rank=int(rank), blocks=len(ff_out_layers(unet)), trainable_params=param_count(unet, rank),
+                       lora_numbers=lora_numbers(unet, rank))
+
+
 # --------------------------------------------------------------------------- StyleDrop + DreamBooth
 
 def subject_style_prompt(subject_adapter, style_descriptor: str) -> str:
@@ -564,6 +688,14 @@ def subject_style_prompt(subject_adapter, style_descriptor: str) -> str:
     c = (subject_adapter.class_name or "").strip()
     subject = " ".join(x for x in (v, c) if x) or subject_adapter.name
     return f"a {subject} {style_phrase(style_descriptor)}"
+
+
+def combined_prompt(engine, *, style_adapter_id: int, subject_adapter_id: int, owner: str) -> str:
+    """"a [V] [class] in [style] style" for two library adapters the owner may use."""
+    store = store_of(engine)
+    style = store.get_adapter(int(style_adapter_id), owner)
+    subject = store.get_adapter(int(subject_adapter_id), owner)
+    return subject_style_prompt(subject, style.trigger_words or "")
 
 
 def generate_with_subject(engine, *, style_adapter_id: int, subject_adapter_id: int | None, prompts: Sequence[str],
