@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core import adain  # noqa: E402
+from core import adain
 
 PAPER_FPS = {256: 56.0, 512: 15.0}
 
@@ -56,10 +56,10 @@ def bench_device(device: torch.device, dtype: torch.dtype, sizes, iters, warmup,
         with torch.inference_mode():
             fs = model.encode(s)
 
-            def frame():
+            def frame(c=c, fs=fs):
                 return model.decode(adain.adain(model.encode(c), fs))
 
-            def with_style():
+            def with_style(c=c, s=s):
                 return model.decode(adain.adain(model.encode(c), model.encode(s)))
 
             n = iters if device.type == "cuda" else max(2, iters // (1 if size <= 256 else 4))

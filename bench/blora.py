@@ -87,7 +87,6 @@ def cmd_speed(a) -> None:
         return
     from core import blora
     from core.engine import Engine
-    from core.events import Result
     from core.train import TrainConfig, TrainStep
 
     engine = Engine("sdxl-arch", data_dir=tempfile.mkdtemp(prefix="blora-bench-"))

@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from core.engine import Engine  # noqa: E402
-from core.events import Result  # noqa: E402
-from core.style_aligned import SharingOptions, style_aligned_set  # noqa: E402
+from core.engine import Engine
+from core.events import Result
+from core.style_aligned import SharingOptions, style_aligned_set
 
 PROMPTS = ["A guitar", "A hot air balloon", "A sailboat", "A mountain"]
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
 
 def lora_params(unet, targets, rank: int) -> int:
@@ -85,7 +85,8 @@ def run_row(engine, name: str, recipe, cfg, trainer_cls) -> None:
     library.adapters(engine).unload_all()
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
     per_step = statistics.median(steps) if steps else float("nan")
-    print(f"{name:38s} params {last.info['params']:>11,d}   {per_step * 1000:9.1f} ms/step   peak {peak(engine.device)}")
+    print(f"{name:38s} params {last.info['params']:>11,d}   {per_step * 1000:9.1f} ms/step   "
+          f"peak {peak(engine.device)}")
     return per_step
 
 

@@ -33,8 +33,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from core.vector.rasterizer import render  # noqa: E402
-from core.vector.scene import Scene, Shape  # noqa: E402
+from core.vector.rasterizer import render
+from core.vector.scene import Scene, Shape
 
 SCENES = [(64, 256, 0.83), (128, 512, 6.5), (256, 600, 16.1)]
 
@@ -83,7 +83,7 @@ def peak_rss_mb() -> float:
     try:
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    except Exception:
+    except ImportError:  # no resource module off Unix
         return float("nan")
 
 

@@ -409,7 +409,7 @@ def to_kohya(state_dict: Mapping[str, torch.Tensor], configs: Mapping[str, Mappi
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 
     validate(state_dict)
-    for comp, cfg in configs.items():
+    for cfg in configs.values():
         if cfg and (cfg.get("use_dora") or cfg.get("lora_bias")):
             raise UserError("This adapter uses DoRA or LoRA biases, which the kohya format cannot hold.")
     scales = module_scales(state_dict, configs)

@@ -1245,7 +1245,7 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
             for d in MANAGED_DIRS:  # empty export folders
-                for dirpath, dirnames, filenames in os.walk(self.root / d, topdown=False):
+                for dirpath, _dirs, _files in os.walk(self.root / d, topdown=False):
                     if Path(dirpath) != self.root / d and not os.listdir(dirpath):
                         with contextlib.suppress(OSError):
                             os.rmdir(dirpath)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -260,7 +259,7 @@ def _generate_grid(engine, ctx, adapter_id: int | None, viewer, loop, contents: 
     items = []
     total = len(prompts) * samples_per_prompt
     with library.adapters(engine).active({adapter_id: 1.0} if adapter_id else {}, viewer):
-        for i, (c, p) in enumerate(zip(contents, prompts)):
+        for i, p in enumerate(prompts):
             imgs = engine.text_to_image(ctx, [p] * samples_per_prompt, seed=seed, steps=steps, guidance=guidance,
                                         message=f"Candidates {i * samples_per_prompt + 1}-"
                                                 f"{(i + 1) * samples_per_prompt} of {total}:")

@@ -49,7 +49,6 @@ refused there). Tested on CPU with two gloo processes (tests/test_train.py).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
@@ -59,7 +58,7 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 

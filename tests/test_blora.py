@@ -218,9 +218,11 @@ def test_a_half_cannot_land_in_the_other_block(engine, trained):
     store = library.get_store(engine)
     sd, configs = store.load_adapter(a, "local")
     # a file whose "content" part names the style block's keys (and vice versa)
-    swapped = store.save_adapter(owner="local", name="swapped", method="b-lora", base_model=library.base_model_id(engine),
+    swapped = store.save_adapter(owner="local", name="swapped", method="b-lora",
+                                 base_model=library.base_model_id(engine),
                                  state_dict=sd, configs=configs, trigger_words="[x]",
-                                 parts={"content": [f"unet.{blora.STYLE_BLOCK}"], "style": [f"unet.{blora.CONTENT_BLOCK}"]})
+                                 parts={"content": [f"unet.{blora.STYLE_BLOCK}"],
+                                        "style": [f"unet.{blora.CONTENT_BLOCK}"]})
     with pytest.raises(UserError, match="outside the content block"):
         blora.half_state_dict(engine, swapped.id, "content", "local")
     # style-only weights: there is no content half to load
@@ -250,7 +252,7 @@ def test_halves_compute_what_their_blocks_merged_by_hand_compute(engine, trained
     from the stored files; every wrong pairing (a half from the other image, the blocks swapped,
     the weight squared) is far outside the tolerance. The image is the merged model's too; no
     halves, or both weights 0, is the base model bit for bit."""
-    from .lora_oracle import merged_pipe, pixels as stack, predict, unet_inputs
+    from .lora_oracle import merged_pipe, predict, unet_inputs
 
     a, b = trained["ids"]
     store = library.get_store(engine)

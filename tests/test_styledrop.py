@@ -88,7 +88,8 @@ def round1(engine, metrics):
 
 def test_training_text_and_prompts():
     assert sd.training_text("a cat", "watercolor painting") == "a cat in watercolor painting style"
-    assert sd.training_text(" a  cat ", "melting golden 3d rendering style") == "a cat in melting golden 3d rendering style"
+    assert (sd.training_text(" a  cat ", "melting golden 3d rendering style")
+            == "a cat in melting golden 3d rendering style")
     assert sd.content_of("a cat in oil style", "oil") == "a cat"
     with pytest.raises(UserError, match="style descriptor"):
         sd.training_text("a cat", "  ")
@@ -122,8 +123,8 @@ def test_adapter_is_the_identity_at_step_0_after_every_feed_forward(engine):
             D = layer.lora_A[t.adapter_name].parametrizations.weight.original
             assert U.shape == (64, 4) and torch.count_nonzero(U) == 0
             assert D.shape == (4, 64) and D.abs().max() <= 0.04 + 1e-6
-        every_d = torch.cat([unet.get_submodule(n).lora_A[t.adapter_name].parametrizations.weight.original.detach().flatten()
-                             for n in placed])
+        every_d = torch.cat([unet.get_submodule(n).lora_A[t.adapter_name].parametrizations.weight.original
+                             .detach().flatten() for n in placed])
         # a normal truncated at 2 std has std 0.88 x 0.02 = 0.0176; 2048 draws
         assert 0.015 < float(every_d.std()) < 0.020, float(every_d.std())
         with torch.no_grad():
@@ -164,7 +165,8 @@ def test_training_set_is_the_style_image_and_exactly_the_liked_candidates(tmp_pa
                                  published=True)
         rnd = store.add_round(loop.id, "alice")
         imgs = [Image.new("RGB", (16, 16), (40 * i, 0, 0)) for i in range(5)]
-        c = store.add_candidates(rnd.id, "alice", [(im, f"thing {i} in neon gradient style") for i, im in enumerate(imgs)])
+        c = store.add_candidates(rnd.id, "alice",
+                                 [(im, f"thing {i} in neon gradient style") for i, im in enumerate(imgs)])
         store.rate(c[0].id, "alice", 1)                               # +1: liked
         store.rate(c[1].id, "alice", 1)
         store.rate(c[1].id, "bob", -1)                                # 0: not liked

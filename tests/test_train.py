@@ -386,7 +386,8 @@ def test_the_loss_the_optimizer_gets_is_the_papers(engine, subjects, monkeypatch
             terms[kind] = w * mse if kind == "instance" else mse
         assert set(terms) == {"instance", "prior"}
         expected.append(terms["instance"] + 0.5 * terms["prior"])
-    assert weighted["instance"] and weighted["prior"], [int(c[1][0]) for c in calls]  # draws where the weight is not 1, in both terms
+    # draws where the weight is not 1, in both terms
+    assert weighted["instance"] and weighted["prior"], [int(c[1][0]) for c in calls]
     np.testing.assert_allclose(backward, expected, rtol=2e-4)
     reported = [e.loss for e in events if isinstance(e, TrainStep)]
     np.testing.assert_allclose(reported, backward, rtol=1e-5)
@@ -491,7 +492,7 @@ def test_prior_preservation_keeps_the_class_closer_to_the_frozen_model(tmp_path)
             return unet(base.noise_scheduler.add_noise(lat, noise, t), t, encoder_hidden_states=emb, **kw).sample
 
     frozen = class_outputs()
-    drift, learned = {}, {}
+    drift = {}
     for prior in (True, False):
         r = db.make_recipe(e, [disc((210, 50, 40), (42, 42), s) for s in range(3)], identifier="sks",
                            class_noun="dog", prior=prior, num_class_images=len(dogs), class_photos=dogs,
@@ -615,14 +616,16 @@ def test_text_encoder_lora_at_zero_init_matches_the_cached_embeddings(engine, su
     assert len({key_off, key_on, on.fingerprint()}) == 3  # the TE settings are part of the resume key
     on.recipe.adapter.text_encoder_targets = AdapterSpec().text_encoder_targets
     # without the option the key is what it was before the option existed
-    import dataclasses, hashlib
+    import dataclasses
+    import hashlib
     spec = dataclasses.asdict(off.recipe.adapter)
     assert spec.pop("text_encoder_rank") == 0 and spec.pop("text_encoder_targets")
     from core.train import _tensor_digest
     cfg = {k: v for k, v in dataclasses.asdict(off.cfg).items()
            if k not in ("steps", "sample_every", "sample_steps", "sample_guidance", "sample_seed",
                         "checkpoint_every", "resume", "keep_checkpoints", "eval_draws")}
-    old = [off.recipe.method, json.dumps(spec, sort_keys=True, default=str), json.dumps(cfg, sort_keys=True, default=str),
+    old = [off.recipe.method, json.dumps(spec, sort_keys=True, default=str),
+           json.dumps(cfg, sort_keys=True, default=str),
            engine.spec.source, str(engine.dtype), json.dumps(off.prompts), json.dumps(off.prior_prompts), "0.0",
            _tensor_digest(off.latents)]
     assert key_off == hashlib.sha256("\n".join(old).encode()).hexdigest()[:20]
@@ -649,7 +652,8 @@ def test_text_encoder_lora_at_zero_init_matches_the_cached_embeddings(engine, su
         # diffusers' own SDXL DreamBooth script); text_encoder_2's last layer feeds the pooled output.
         from diffusers import DDPMScheduler
         on.noise_scheduler = DDPMScheduler.from_config(engine.pipe.scheduler.config)
-        on._losses(engine.pipe.unet, on.latents[:2], prompts[:2], torch.Generator().manual_seed(0), False).mean().backward()
+        loss = on._losses(engine.pipe.unet, on.latents[:2], prompts[:2], torch.Generator().manual_seed(0), False)
+        loss.mean().backward()
         for comp in TE_BASE:
             grads = {n: p.grad for n, p in te_lora(getattr(engine.pipe, comp), on.adapter_name, "lora_B").items()}
             last = "layers.1."  # the tiny encoders have two layers
@@ -798,7 +802,8 @@ def test_text_encoder_lora_saved_reloads_in_a_fresh_engine_and_exports(engine, s
     k = load_file(str(store.export(aid, "local", fmt="kohya", dest_dir=tmp_path)))
     assert {key.split("_", 2)[1] for key in k} == {"unet", "te1", "te2"}
     q = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
-    assert torch.equal(k[f"{q}.lora_down.weight"], sd["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"])
+    assert torch.equal(k[f"{q}.lora_down.weight"],
+                       sd["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"])
     assert k[f"{q}.alpha"].item() == 4.0
     assert len([x for x in k if x.startswith("lora_te2_") and not x.endswith(".alpha")]) == \
         len([x for x in sd if x.startswith("text_encoder_2.")])
