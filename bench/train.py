@@ -1,7 +1,7 @@
 """Training benchmark for the three recipes of the shared trainer, side by side in one run.
 
-    python bench/train.py                                   # CPU, tiny family
-    python bench/train.py --model sdxl-arch --steps 20      # a GPU: real SDXL shapes at 1024 px
+    python -m bench.train                                   # CPU, tiny family
+    python -m bench.train --model sdxl-arch --steps 20      # a GPU: real SDXL shapes at 1024 px
 
 Rows: DreamBooth-LoRA (with and without prior preservation, with and without gradient
 checkpointing), B-LoRA (rank 64, the two up_blocks.0 attention blocks) and StyleDrop (the
@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
