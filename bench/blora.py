@@ -56,7 +56,8 @@ def cmd_converge(a) -> None:
     from core import blora
     from core.engine import Engine
     from core.events import Result
-    from core.train import TrainConfig, TrainStep
+    from core.events import TrainStep
+    from core.train import TrainConfig
 
     torch.set_num_threads(a.threads)
     engine = Engine("tiny", data_dir=tempfile.mkdtemp(prefix="blora-bench-"))
@@ -87,7 +88,8 @@ def cmd_speed(a) -> None:
         return
     from core import blora
     from core.engine import Engine
-    from core.train import TrainConfig, TrainStep
+    from core.events import TrainStep
+    from core.train import TrainConfig
 
     engine = Engine("sdxl-arch", data_dir=tempfile.mkdtemp(prefix="blora-bench-"))
     engine.load()

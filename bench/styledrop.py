@@ -36,7 +36,8 @@ def cmd_round(a) -> None:
     from core import styledrop as sd
     from core.engine import Engine
     from core.metrics import Metrics
-    from core.train import TrainConfig, TrainStep
+    from core.events import TrainStep
+    from core.train import TrainConfig
     from core.events import Result
 
     engine = Engine(a.model, device=a.device, dtype=a.dtype, data_dir=tempfile.mkdtemp(prefix="bench-styledrop-"))

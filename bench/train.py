@@ -62,7 +62,7 @@ def peak(device) -> str:
 
 def run_row(engine, name: str, recipe, cfg, trainer_cls) -> None:
     from core.events import Result
-    from core.train import TrainStep
+    from core.events import TrainStep
 
     trainer = trainer_cls(engine, recipe, cfg, run_root=Path(tempfile.mkdtemp()))
     if engine.device.type == "cuda":

@@ -250,7 +250,7 @@ def half_state_dict(engine, adapter_id: int, part: str, viewer: Any
         stray = [k for k in recorded if block_of(k) != part]
         if stray:
             raise UserError(f"The {part} half of {a.name!r} holds weights outside the {part} block "
-                            f"{BLOCKS[part]} ({lf._few(stray)}); it was not loaded.")
+                            f"{BLOCKS[part]} ({lf.few(stray)}); it was not loaded.")
     if not keys:
         raise UserError(f"{a.name!r} has no {part} half (no LoRA weights in {BLOCKS[part]}).")
     sub = {k: sd[k] for k in keys}
@@ -279,7 +279,7 @@ def load_half(engine, half: Half, viewer: Any) -> str:
     if wrong or not placed:
         unet.delete_adapters(name)
         raise UserError(f"The {half.part} half did not load into {BLOCKS[half.part]} only "
-                        f"({lf._few(wrong) if wrong else 'nothing loaded'}).")
+                        f"({lf.few(wrong) if wrong else 'nothing loaded'}).")
     return name
 
 

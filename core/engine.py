@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from . import devices, models
+from . import devices, models, validate
 from .errors import UserError
 from .events import Notice, Progress, Result
 from .jobs import GpuSlot, Job, JobContext, JobLimits, JobRegistry, stream
@@ -217,7 +217,7 @@ class Engine:
 
     def generate(self, prompts: Sequence[str], *, owner: str = "local", **kwargs) -> Iterator:
         """A plain batch, one image per prompt, streamed."""
-        prompts = _check_prompts(prompts)
+        prompts = validate.prompt_list(prompts)
 
         def work(ctx: JobContext) -> Result:
             images = self.text_to_image(ctx, prompts, **kwargs)
@@ -243,11 +243,3 @@ class Engine:
                 vae.to(orig)
         return z.to(self.dtype)
 
-
-def _check_prompts(prompts: Sequence[str], limit: int = 8) -> list[str]:
-    prompts = [p.strip() for p in prompts if p and p.strip()]
-    if not prompts:
-        raise UserError("Write at least one prompt.")
-    if len(prompts) > limit:
-        raise UserError(f"{len(prompts)} prompts given; at most {limit} at a time.")
-    return prompts

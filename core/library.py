@@ -314,10 +314,10 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def generate(engine, prompts, weights: Mapping[int, float], *, viewer: Any, owner: str = "local", **kwargs):
     """A batch with library adapters active (a weight each), streamed; adapters off afterwards."""
-    from .engine import _check_prompts
     from .events import Result
+    from .validate import prompt_list
 
-    prompts = _check_prompts(prompts)
+    prompts = prompt_list(prompts)
     weights = {int(k): float(v) for k, v in weights.items()}
     store = get_store(engine)
     for i in weights:

@@ -75,13 +75,14 @@ def _te_canonical(name: str) -> str:
     return "text_model." + name if name.startswith(_CLIP_INNER) else name
 
 
-def _te_flat(name: str) -> str:
+def te_flat(name: str) -> str:
+    """Text-encoder module/key name without the `text_model.` level, as peft inside the app spells it."""
     return name[len("text_model."):] if name.startswith("text_model.") else name
 
 
 def normalize_module_name(component: str, name: str) -> str:
     """The spelling module-name checks compare: text-encoder names without `text_model.`."""
-    return _te_flat(name) if component in TEXT_ENCODERS else name
+    return te_flat(name) if component in TEXT_ENCODERS else name
 
 
 def split_components(state_dict: Mapping[str, torch.Tensor]) -> dict[str, StateDict]:
@@ -239,7 +240,7 @@ def validate(state_dict: Mapping[str, torch.Tensor]) -> None:
                                         and (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight")))]
     if bad:
         raise UserError("The LoRA file holds entries this app does not understand (only plain LoRA "
-                        f"lora_A/lora_B weights are supported, no DoRA/LoCon/LoHa/bias): {_few(bad)}")
+                        f"lora_A/lora_B weights are supported, no DoRA/LoCon/LoHa/bias): {few(bad)}")
     if not state_dict:
         raise UserError("The LoRA file holds no LoRA weights.")
     for m in modules_in(state_dict):
@@ -289,14 +290,15 @@ def check_modules(state_dict: Mapping[str, torch.Tensor],
                         "does not have: it was made for another model family.")
     if missing:
         raise UserError(f"This LoRA does not fit the current base model: {len(missing)} of its modules do not "
-                        f"exist in it, e.g. {_few(missing)}. It was probably trained for another base model "
+                        f"exist in it, e.g. {few(missing)}. It was probably trained for another base model "
                         "(SD 1.5 vs SDXL?).")
     if wrong:
-        raise UserError(f"This LoRA does not fit the current base model: layer sizes differ at {_few(wrong)}. "
+        raise UserError(f"This LoRA does not fit the current base model: layer sizes differ at {few(wrong)}. "
                         "It was probably trained for another base model (SD 1.5 vs SDXL?).")
 
 
-def _few(items: list[str], n: int = 3) -> str:
+def few(items: list[str], n: int = 3) -> str:
+    """The first `n` of `items` for a message, with how many more there are."""
     items = list(items)
     more = f" (and {len(items) - n} more)" if len(items) > n else ""
     return ", ".join(items[:n]) + more
@@ -457,10 +459,10 @@ def from_kohya(state_dict: Mapping[str, torch.Tensor], unet_config: Any = None) 
     ups = {k[: -len(".lora_up.weight")] for k in sd if k.endswith(".lora_up.weight")}
     downs = {k[: -len(".lora_down.weight")] for k in sd if k.endswith(".lora_down.weight")}
     if ups != downs:
-        raise UserError(f"The kohya LoRA file is incomplete: {_few(sorted(ups ^ downs))} lack a down or up weight.")
+        raise UserError(f"The kohya LoRA file is incomplete: {few(sorted(ups ^ downs))} lack a down or up weight.")
     others = [k for k in sd if not k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha"))]
     if others:
-        raise UserError(f"The kohya LoRA file holds entries this app does not understand: {_few(others)}")
+        raise UserError(f"The kohya LoRA file holds entries this app does not understand: {few(others)}")
     if unet_config is None:
         unet_config = SimpleNamespace(layers_per_block=2)
     try:
@@ -484,7 +486,7 @@ def from_kohya(state_dict: Mapping[str, torch.Tensor], unet_config: Any = None) 
         out.update({f"{comp}.{k}": v for k, v in part.items()})
     leftover = [k for k in converted if not k.startswith(tuple(c + "." for c in COMPONENTS))]
     if leftover:
-        raise UserError(f"The kohya LoRA file has keys for unknown parts of the model: {_few(leftover)}")
+        raise UserError(f"The kohya LoRA file has keys for unknown parts of the model: {few(leftover)}")
     validate(out)
     scales = {}
     for m in modules_in(out):
@@ -521,7 +523,7 @@ def from_diffusers(state_dict: Mapping[str, torch.Tensor],
         out.update({f"{comp}.{k}": v for k, v in part.items()})
     stray = [k for k in sd if not k.startswith(tuple(c + "." for c in COMPONENTS))]
     if stray:
-        raise UserError(f"The LoRA file has keys for unknown parts of the model: {_few(stray)}")
+        raise UserError(f"The LoRA file has keys for unknown parts of the model: {few(stray)}")
     validate(out)
     header_configs = {c: _checked_header_config(c, v) for c, v in configs_from_header(header).items()}
     scales = module_scales(out, header_configs)
@@ -588,7 +590,7 @@ def read_lora(path: str | os.PathLike, *, base_modules: Mapping | None = None,
         out, configs, fmt = *from_diffusers(sd, header), "diffusers"
     else:
         raise UserError("The file is a safetensors file but not a LoRA this app understands (expected "
-                        f"diffusers/peft or kohya LoRA keys, got e.g. {_few(sorted(sd))}).")
+                        f"diffusers/peft or kohya LoRA keys, got e.g. {few(sorted(sd))}).")
     if base_modules is not None:
         check_modules(out, base_modules)
     return out, configs, fmt

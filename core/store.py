@@ -379,7 +379,7 @@ def load_into_text_encoder(model: torch.nn.Module, comp: str, sd: Mapping[str, t
     for k, v in sd.items():
         if k.startswith(comp + "."):
             k = k[len(comp) + 1:]
-            part_sd[lf._te_flat(k) if flat else k] = v
+            part_sd[lf.te_flat(k) if flat else k] = v
     cfg = {k: v for k, v in (configs.get(comp) or {}).items()
            if k in LoraConfig.__dataclass_fields__ and LoraConfig.__dataclass_fields__[k].init}
     if not cfg:
@@ -388,7 +388,7 @@ def load_into_text_encoder(model: torch.nn.Module, comp: str, sd: Mapping[str, t
     incompatible = set_peft_model_state_dict(model, part_sd, adapter_name=adapter_name)
     unexpected = [k for k in getattr(incompatible, "unexpected_keys", []) or [] if "lora_" in k]
     if unexpected:
-        raise UserError(f"The adapter does not fit the {comp}: {lf._few(unexpected)}")
+        raise UserError(f"The adapter does not fit the {comp}: {lf.few(unexpected)}")
 
 
 class Store:
@@ -1142,6 +1142,10 @@ class Store:
     def candidate_loop(self, candidate_id: int, viewer: Any) -> Loop:
         """The loop a candidate belongs to, if the viewer may see it (else "not found")."""
         return self._candidate_loop(candidate_id, viewer)[1]
+
+    def candidate_round(self, candidate_id: int, viewer: Any) -> int:
+        """The round a candidate belongs to, if the viewer may see its loop (else "not found")."""
+        return self._candidate_loop(candidate_id, viewer)[0]["round_id"]
 
     def set_candidate_scores(self, candidate_id: int, viewer: Any, scores: Mapping[str, float]) -> None:
         """Merge automatic scores (e.g. {"clip_text": .31, "clip_style": .72}) into a candidate."""

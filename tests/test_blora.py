@@ -13,8 +13,8 @@ from PIL import Image
 from core import blora, library
 from core.engine import Engine
 from core.errors import Cancelled, UserError
-from core.events import Notice, Progress, Result
-from core.train import Checkpointed, TrainConfig, TrainStep
+from core.events import Checkpointed, Notice, Progress, Result, TrainStep
+from core.train import TrainConfig
 
 QUICK = dict(steps=8, learning_rate=1e-2, sample_steps=2)
 # the paper's blocks, written out (not read from core.blora: a swap of its constants must fail here)

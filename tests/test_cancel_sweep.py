@@ -273,7 +273,7 @@ def test_a_stop_while_the_model_loads_is_not_lost(tmp_path, monkeypatch):
 def test_a_stopped_training_run_says_so_in_its_own_last_update():
     """The UI side (tabs.common.stream_training, used by Personalize and B-LoRA): the Stop button
     only cancels; the run's own last update is the Stopped line, with the loss curve so far."""
-    from core.train import TrainStep
+    from core.events import TrainStep
     from tabs.common import stream_training
 
     def events():

@@ -16,9 +16,9 @@ from core import dreambooth as db
 from core import library
 from core.engine import Engine
 from core.errors import Cancelled, UserError
-from core.events import Notice, Result
+from core.events import Checkpointed, Notice, Result, TrainStep
 from core.jobs import Job, JobContext
-from core.train import Checkpointed, Recipe, Example, AdapterSpec, TrainConfig, TrainStep, Trainer, train
+from core.train import Recipe, Example, AdapterSpec, TrainConfig, Trainer, train
 
 from .conftest import ROOT
 

@@ -9,7 +9,8 @@ from core import library
 from core import styledrop as sd
 from core.errors import Cancelled, UserError
 from core.events import Notice, Result
-from core.train import Checkpointed, Example, Recipe, AdapterSpec, TrainConfig, train
+from core.events import Checkpointed
+from core.train import Example, Recipe, AdapterSpec, TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
