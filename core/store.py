@@ -365,32 +365,6 @@ class _Staged:
 
 # --------------------------------------------------------------------------- the store
 
-def load_into_text_encoder(model: torch.nn.Module, comp: str, sd: Mapping[str, torch.Tensor],
-                           configs: Mapping[str, Mapping], adapter_name: str) -> None:
-    """The `comp` ("text_encoder" / "text_encoder_2") part of a canonical LoRA state dict as peft
-    adapter `adapter_name` on a transformers text encoder, with the stored LoraConfig.
-
-    peft directly, as diffusers does for the UNet: transformers' own `add_adapter` refuses the
-    installed peft version (transformers 5.x wants peft >= 0.22)."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-
-    flat = not hasattr(model, "text_model")
-    part_sd = {}
-    for k, v in sd.items():
-        if k.startswith(comp + "."):
-            k = k[len(comp) + 1:]
-            part_sd[lf.te_flat(k) if flat else k] = v
-    cfg = {k: v for k, v in (configs.get(comp) or {}).items()
-           if k in LoraConfig.__dataclass_fields__ and LoraConfig.__dataclass_fields__[k].init}
-    if not cfg:
-        cfg = lf.config_from_scales(comp, sd, lf.module_scales(sd, {}))
-    inject_adapter_in_model(LoraConfig(**cfg), model, adapter_name=adapter_name, state_dict=part_sd)
-    incompatible = set_peft_model_state_dict(model, part_sd, adapter_name=adapter_name)
-    unexpected = [k for k in getattr(incompatible, "unexpected_keys", []) or [] if "lora_" in k]
-    if unexpected:
-        raise UserError(f"The adapter does not fit the {comp}: {lf.few(unexpected)}")
-
-
 class Store:
     """The adapter library, files and feedback loops under one data folder. Thread-safe."""
 
@@ -879,26 +853,6 @@ class Store:
             if mods:
                 out[comp] = {**cfg, "target_modules": sorted(mods)}
         return out
-
-    def load_into(self, adapter_id: int, viewer: Any, *, adapter_name: str, unet: torch.nn.Module | None = None,
-                  text_encoder: torch.nn.Module | None = None, text_encoder_2: torch.nn.Module | None = None,
-                  part: str | None = None) -> None:
-        """Inject the adapter as the named peft adapter into the given models, through diffusers'
-        own loaders (the path `pipe.load_lora_weights` takes), with its stored rank/alpha config."""
-        from diffusers.loaders.lora_pipeline import StableDiffusionXLLoraLoaderMixin as Mixin
-
-        sd, configs = self.load_adapter(adapter_id, viewer, part)
-        meta = lf.pack_metadata(configs) or None
-        comps = {c for c in (lf.component_of(k) for k in sd)}
-        targets = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
-        lacking = [c for c in comps if targets[c] is None]
-        if lacking:
-            raise UserError(f"This adapter also adapts {', '.join(sorted(lacking))}, which was not given.")
-        if unet is not None and "unet" in comps:
-            Mixin.load_lora_into_unet(sd, None, unet, adapter_name=adapter_name, metadata=meta)
-        for comp in ("text_encoder", "text_encoder_2"):
-            if targets[comp] is not None and comp in comps:
-                load_into_text_encoder(targets[comp], comp, sd, configs, adapter_name)
 
     def import_lora(self, path: str | os.PathLike, *, owner: str, base_model: str,
                     base_modules: Mapping[str, Any], name: str | None = None, arch: str = "",
