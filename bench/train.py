@@ -97,7 +97,7 @@ def main():
 
     from core import blora, dreambooth, styledrop
     from core.engine import Engine
-    from core.train import TrainConfig, Trainer
+    from core.train import TrainSettings, Trainer
 
     print("trainable parameters on sdxl-arch (meta device):",
           ", ".join(f"{k} {v:,d}" for k, v in sdxl_arch_counts().items()))
@@ -109,7 +109,7 @@ def main():
     subject = images(4, res)
 
     def cfg(**kw):
-        return TrainConfig(steps=args.steps, learning_rate=1e-4, sample_every=0, checkpoint_every=0,
+        return TrainSettings(steps=args.steps, learning_rate=1e-4, sample_every=0, checkpoint_every=0,
                            resume=False, eval_draws=1, **kw)
 
     rows = []

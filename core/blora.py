@@ -47,7 +47,7 @@ from . import lora_format as lf
 from .errors import UserError
 from .events import Progress, Result
 from .images import center_crop_resize, load_image
-from .train import AdapterSpec, Example, Recipe, TrainConfig, Trainer, save_outcome
+from .train import AdapterSpec, Example, Recipe, TrainSettings, Trainer, save_outcome
 
 METHOD = "b-lora"
 CONTENT_BLOCK = "up_blocks.0.attentions.0"
@@ -174,7 +174,7 @@ def make_recipe(engine, image: Image.Image, *, trigger: str, name: str = "", ran
                   extra={"instance_prompt": prompt, "blocks": dict(BLOCKS), "images": len(examples)})
 
 
-def train_blora(engine, images: Sequence[Image.Image], config: TrainConfig, *, owner: str = "local",
+def train_blora(engine, images: Sequence[Image.Image], config: TrainSettings, *, owner: str = "local",
                 job_owner: str | None = None,
                 trigger: str | None = None, name: str = "", rank: int = 64, joint: bool = False,
                 sample_prompts: Sequence[str] | None = None, step_hook=None) -> Iterator[Any]:

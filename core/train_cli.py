@@ -19,11 +19,11 @@ from . import dreambooth, library
 from .engine import Engine
 from .errors import Cancelled, UserError
 from .events import Checkpointed, Notice, Progress, Result, TrainSamples, TrainStep
-from .train import TrainConfig
+from .train import TrainSettings
 
 
 def cli_config_args(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
+    d = TrainSettings()
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--lr", type=float, default=d.learning_rate)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -41,8 +41,8 @@ def cli_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true")
 
 
-def config_from_args(a) -> TrainConfig:
-    return TrainConfig(steps=a.steps, learning_rate=a.lr, batch_size=a.batch_size, grad_accum=a.grad_accum,
+def config_from_args(a) -> TrainSettings:
+    return TrainSettings(steps=a.steps, learning_rate=a.lr, batch_size=a.batch_size, grad_accum=a.grad_accum,
                        lr_scheduler=a.lr_scheduler, lr_warmup_steps=a.warmup, mixed_precision=a.mixed_precision,
                        gradient_checkpointing=a.gradient_checkpointing, use_8bit_adam=not a.no_8bit_adam,
                        snr_gamma=a.snr_gamma, seed=a.seed, sample_every=a.sample_every,
