@@ -11,12 +11,34 @@ plus the peft `LoraConfig` of each component (rank, alpha, rank/alpha patterns) 
 safetensors header under diffusers' `lora_adapter_metadata` key, exactly as diffusers'
 `save_lora_weights(..., unet_lora_adapter_metadata=...)` writes it, so the alpha survives.
 
-Conversions use diffusers' own helpers: peft `get_peft_model_state_dict` to take an adapter off a
-model, `convert_state_dict_to_kohya` for export (with the real per-module alpha written in place of
-the rank that helper writes), and the pipelines' `lora_state_dict` (kohya -> diffusers, including
-the SDXL sgm block renaming) followed by `convert_unet_state_dict_to_peft` /
-`convert_state_dict_to_peft` for import. Nothing here unpickles: files are sniffed as safetensors
-by content before the Rust parser reads them.
+Every key conversion is diffusers' or peft's own:
+
+* taking an adapter off a model: peft's `get_peft_model_state_dict` (`peft_state_dict`);
+* canonical -> kohya: diffusers' `convert_state_dict_to_kohya` (`to_kohya`);
+* kohya -> canonical: the pipelines' `lora_state_dict` (kohya -> diffusers, with the SDXL sgm
+  block renaming), then `convert_unet_state_dict_to_peft` / `convert_state_dict_to_peft`
+  (`from_kohya`); old diffusers spellings -> peft likewise (`from_diffusers`);
+* which rank/alpha pattern entry applies to a module: peft's `get_pattern_key`.
+
+What is ours, and why:
+
+* the alpha. `convert_state_dict_to_kohya` writes each module's rank as its `.alpha` (scale 1),
+  which changes the weight of any adapter with alpha != rank; `module_scales` computes the alpha
+  that keeps peft's scale (alpha/r, or alpha/sqrt(r) with rsLoRA) and `to_kohya` writes that one.
+* the per-component LoraConfig of a converted file (`config_from_scales`). diffusers'
+  `get_peft_kwargs` derives one too, but its `target_modules` come from a set (the header, and
+  so the stored file's digest, would change from one process to the next) and it keeps module
+  names as the file spells them (text encoders with the `text_model.` level that current
+  transformers no longer has); ours is sorted, normalised and built from exact module names, so
+  no regex from a stranger's file is stored.
+* packing configs into the header (`pack_metadata`/`unpack_metadata`): the layout is diffusers'
+  (`lora_adapter_metadata`, `<component>.<field>`), but its packer `_pack_dict_with_prefix` is
+  private to diffusers.
+* the text-encoder names with and without `text_model.` (`te_flat`, `normalize_module_name`):
+  transformers 5 flattens `CLIPTextModel.text_model`, files and kohya names keep the level.
+* the safety checks (`sniff_safetensors`, `validate`, `check_modules`, `_checked_header_config`):
+  nothing here unpickles; a file is checked as safetensors by content and size before the Rust
+  parser reads it, and against the base model's module shapes before it is stored.
 """
 from __future__ import annotations
 
