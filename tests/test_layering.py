@@ -134,3 +134,16 @@ def test_core_never_imports_the_ui():
     _, tops = _graph()
     bad = {m: sorted(t & {"gradio", "gradio_client", "tabs", "app"}) for m, t in tops.items()}
     assert {m: b for m, b in bad.items() if b} == {}
+
+
+def test_the_store_only_persists():
+    """The store's modules keep files and rows: they never import peft, nor the modules that
+    put adapters onto models or run them (core/adapters.py, core/library.py, the engine, the
+    trainer)."""
+    edges, tops = _graph()
+    store = [m for m in edges if m == "core.store" or m.startswith("core.store_")]
+    assert len(store) >= 4
+    above = {"core.adapters", "core.library", "core.engine", "core.train", "core.train_data",
+             "core.train_checkpoints", "core.train_cli"}
+    assert {m: sorted(edges[m] & above) for m in store if edges[m] & above} == {}
+    assert [m for m in store if "peft" in tops[m]] == []
