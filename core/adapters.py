@@ -52,12 +52,12 @@ def load_into_text_encoder(model: torch.nn.Module, comp: str, sd: Mapping[str, t
         raise UserError(f"The adapter does not fit the {comp}: {lf.few(unexpected)}")
 
 
-def load_into(store, adapter_id: int, viewer: Any, *, adapter_name: str, unet: torch.nn.Module | None = None,
+def load_into(store, adapter_id: int, owner: Any, *, adapter_name: str, unet: torch.nn.Module | None = None,
               text_encoder: torch.nn.Module | None = None, text_encoder_2: torch.nn.Module | None = None,
               part: str | None = None) -> None:
-    """Inject library adapter `adapter_id` (read from `store`, visibility-checked for `viewer`)
+    """Inject library adapter `adapter_id` (read from `store`, visibility-checked for `owner`)
     as the named peft adapter into the given models, with its stored rank/alpha config."""
-    sd, configs = store.load_adapter(adapter_id, viewer, part)
+    sd, configs = store.load_adapter(adapter_id, owner, part)
     comps = {lf.component_of(k) for k in sd}
     targets = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
     lacking = [c for c in comps if targets[c] is None]

@@ -11,6 +11,7 @@ import logging
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -31,6 +32,19 @@ log = logging.getLogger(__name__)
 
 MAX_TOKENS = 77
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class Health:
+    """What the app's banner says about the base model: `state` is "loading", "ready" or
+    "failed"; `detail` is the latest loading step, or the reason and the fix."""
+
+    state: str
+    model: str
+    device: str
+    dtype: str
+    offline: bool
+    detail: str = ""
 
 
 class Engine:
@@ -110,6 +124,19 @@ class Engine:
             yield Progress(0, 0, f"{msg} ({time.monotonic() - started:.0f} s)")
         self.load()
 
+    def health(self) -> Health:
+        """The model's state now, for the banner (never blocks, never loads)."""
+        facts = dict(model=self.spec.source, device=str(self.device),
+                     dtype=str(self.dtype).replace("torch.", ""), offline=self.offline)
+        if self._pipe is not None:
+            return Health("ready", **facts)
+        if self._load_error is not None:
+            err = self._load_error
+            detail = str(err) if isinstance(err, UserError) else \
+                f"{type(err).__name__} while loading; see the server log."
+            return Health("failed", **facts, detail=detail)
+        return Health("loading", **facts, detail=self._load_messages[-1] if self._load_messages else "")
+
     @property
     def pipe(self):
         return self.load()
@@ -152,13 +179,13 @@ class Engine:
             return self._resident
 
     # ------------------------------------------------------------------ jobs
-    def run(self, work: Callable[[JobContext], Result], *, owner: str = "local",
+    def run(self, work: Callable[[JobContext], Result], *, stop_key: str = "local",
             kind: str = "job", needs_model: bool = True) -> Iterator[Progress | Notice | Result]:
         """Stream `work` as a job on the accelerator (one at a time, in arrival order). The job
         is registered from the start, so a Stop reaches it while the model is still loading,
         too; on a shared instance it is refused at once (`UserError`) if it would take more
         than its owner's share (`self.limits`), and stopped after the time limit."""
-        job = Job(owner, kind)
+        job = Job(stop_key, kind)
         self.jobs.admit(job, self.limits)
         try:
             if needs_model:
@@ -171,9 +198,9 @@ class Engine:
         finally:
             self.jobs.remove(job)
 
-    def cancel(self, owner: str) -> int:
-        """Stop the owner's running jobs (each stops within one step)."""
-        return self.jobs.cancel(owner)
+    def cancel(self, stop_key: str) -> int:
+        """Stop the jobs started with this Stop key (each stops within one step)."""
+        return self.jobs.cancel(stop_key)
 
     # ------------------------------------------------------------------ helpers for methods
     def clean_prompt(self, prompt: str, ctx: JobContext | None = None) -> str:
@@ -243,14 +270,14 @@ class Engine:
                        **call_kwargs)
         return out.images
 
-    def generate(self, prompts: Sequence[str], *, owner: str = "local", **kwargs) -> Iterator:
+    def generate(self, prompts: Sequence[str], *, stop_key: str = "local", **kwargs) -> Iterator:
         """A plain batch, one image per prompt, streamed."""
         prompts = validate.prompt_list(prompts)
 
         def work(ctx: JobContext) -> Result:
             images = self.text_to_image(ctx, prompts, **kwargs)
             return Result(images=images, info={"prompts": list(prompts)})
-        return self.run(work, owner=owner, kind="generate")
+        return self.run(work, stop_key=stop_key, kind="generate")
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image, width: int, height: int) -> torch.Tensor:

@@ -691,11 +691,11 @@ def save_outcome(engine, recipe: Recipe, cfg: TrainSettings, out: Outcome, *, ow
     return a
 
 
-def train(engine, recipe: Recipe, config: TrainSettings, *, owner: str = "local", job_owner: str | None = None,
+def train(engine, recipe: Recipe, config: TrainSettings, *, owner: str = "local", stop_key: str | None = None,
           run_root: Path | None = None, step_hook=None) -> Iterator[Any]:
     """Stream a training job (holding the engine's GPU slot); ends with a `Result` whose info
     has the library entry ("adapter_id", "adapter_name") and the loss figures. `owner` owns the
-    adapter; `job_owner` (default: `owner`) is the key that `engine.cancel` stops the job by."""
+    adapter; `stop_key` (default: `owner`) is the key that `engine.cancel` stops the job by."""
     trainer = Trainer(engine, recipe, config, run_root=run_root, step_hook=step_hook, owner=owner)
 
     def work(ctx) -> Result:
@@ -712,7 +712,7 @@ def train(engine, recipe: Recipe, config: TrainSettings, *, owner: str = "local"
                             "loss_after": out.loss_after, "trainable_params": out.trainable_params,
                             "history": out.history, "seconds": round(out.seconds, 2),
                             "sample_prompts": [p for _, p in out.samples], **out.extra})
-    return engine.run(work, owner=job_owner or owner, kind=f"train-{recipe.method}")
+    return engine.run(work, stop_key=stop_key or owner, kind=f"train-{recipe.method}")
 
 
 if __name__ == "__main__":  # `python -m core.train ...`: the CLI lives in core/train_cli.py

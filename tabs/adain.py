@@ -249,7 +249,7 @@ class AdaINTab:
         done: list = []
         last = 0.0
         try:
-            for ev in self.ctx.engine.run(work, owner=caller.stop_key, kind="adain", needs_model=False):
+            for ev in self.ctx.engine.run(work, stop_key=caller.stop_key, kind="adain", needs_model=False):
                 if isinstance(ev, Progress) and not ev.total:  # waiting for the accelerator
                     yield gr.skip(), ev.message
                 elif isinstance(ev, Progress):
@@ -426,7 +426,7 @@ class AdaINTab:
 
         history: list[dict] = []
         try:
-            for item in self.ctx.engine.run(work, owner=caller.stop_key, kind="adain-train", needs_model=False):
+            for item in self.ctx.engine.run(work, stop_key=caller.stop_key, kind="adain-train", needs_model=False):
                 ev = item.progress if isinstance(item, _Samples) else item
                 if isinstance(ev, Progress):
                     if ev.metrics:

@@ -205,7 +205,7 @@ def build(ctx: AppContext) -> None:
                           checkpoint_every=ckpt_n, resume=resume_b,
                           sample_steps=3 if engine.offline else 30, sample_guidance=7.5)
         yield "**Starting**", None, [], None
-        events = blora.train_blora(engine, images, cfg, owner=caller.owner, job_owner=caller.stop_key,
+        events = blora.train_blora(engine, images, cfg, owner=caller.owner, stop_key=caller.stop_key,
                                    trigger=trig.strip() or None, name=name_v, rank=rank_n, joint=joint_b)
 
         def row(ev, history):  # one curve per image: a new image restarts the step count
@@ -250,7 +250,7 @@ def build(ctx: AppContext) -> None:
             lines = []  # a use button takes its own preset prompts
         events = blora.generate(engine, use=use, content=(c_id, cw_f) if c_id is not None else None,
                                 style=(s_id, sw_f) if s_id is not None else None, prompts=lines,
-                                viewer=caller.owner, owner=caller.stop_key, seed=seed_n, steps=steps_n,
+                                owner=caller.owner, stop_key=caller.stop_key, seed=seed_n, steps=steps_n,
                                 guidance=guid_f)
         try:
             for ev in events:

@@ -455,7 +455,7 @@ def build(ctx: AppContext) -> None:
         owner = caller.owner
         sd.adapter_spec(r)
         contents, n_samples = sd.check_grid(grid["contents"], grid["samples_per_prompt"], grid["sample_steps"])
-        round_kw = dict(job_owner=caller.stop_key, rank=r, contents=contents, samples_per_prompt=n_samples,
+        round_kw = dict(stop_key=caller.stop_key, rank=r, contents=contents, samples_per_prompt=n_samples,
                         seed=grid["seed"], sample_steps=grid["sample_steps"], guidance=grid["guidance"],
                         metrics=ctx.metrics)
         notes: list[str] = []
@@ -510,7 +510,7 @@ def build(ctx: AppContext) -> None:
         owner = caller.owner
         if rid is None:
             raise UserError("Pick a round (train one first).")
-        events = sd.generate_candidates(engine, rid, owner=owner, job_owner=caller.stop_key,
+        events = sd.generate_candidates(engine, rid, owner=owner, stop_key=caller.stop_key,
                                         contents=sd.parse_prompts(grid["contents"]),
                                         samples_per_prompt=grid["samples_per_prompt"], seed=grid["seed"],
                                         sample_steps=grid["sample_steps"], guidance=grid["guidance"],
@@ -618,7 +618,7 @@ def build(ctx: AppContext) -> None:
         lines = [ln.strip() for ln in prompt_v.splitlines() if ln.strip()]
         events = sd.generate_with_subject(engine, style_adapter_id=sid, subject_adapter_id=bid,
                                           prompts=lines, style_weight=style_wf, subject_weight=subject_wf,
-                                          viewer=caller.owner, job_owner=caller.stop_key, seed=seed_n,
+                                          owner=caller.owner, stop_key=caller.stop_key, seed=seed_n,
                                           steps=steps_n, guidance=guid_f)
         try:
             for ev in events:

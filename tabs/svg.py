@@ -180,7 +180,7 @@ def build(ctx: AppContext) -> None:
                                negative_prompt=negative_v, preview_every=max(1, min(10, steps_n // 40)))
         events = vf.text_to_svg(engine, prompt_v, options, init=start_v, k=k_n, sample_steps=sample_n,
                                 live_steps=live_n, metrics=ctx.metrics, data_dir=ctx.data_dir,
-                                owner=caller.owner, job_owner=caller.stop_key)
+                                owner=caller.owner, stop_key=caller.stop_key)
         notes: list[str] = []
         shown: list = []            # the candidates, repeated in the last update (API callers see only it)
         files: tuple = ()           # the current SVG and PNG (delivered copies), once there is one
@@ -223,7 +223,7 @@ def build(ctx: AppContext) -> None:
         caller = ctx.caller(request)
         events = vf.image_to_svg(engine, images[0], num_paths=n_paths, init=method_v, steps=steps_n,
                                  size=size_n, data_dir=ctx.data_dir, owner=caller.owner,
-                                 job_owner=caller.stop_key, preview_every=max(1, min(10, steps_n // 40)))
+                                 stop_key=caller.stop_key, preview_every=max(1, min(10, steps_n // 40)))
         files: tuple = ()
         try:
             for event in events:
@@ -256,7 +256,7 @@ def build(ctx: AppContext) -> None:
         caller = ctx.caller(request)
         events = vf.icon_set(engine, prompts_v.splitlines(), num_paths=n_paths, live_steps=live_n, live_size=size_n,
                              seed=seed_n, steps=steps_n, guidance=guid_f, metrics=ctx.metrics,
-                             data_dir=ctx.data_dir, owner=caller.owner, job_owner=caller.stop_key)
+                             data_dir=ctx.data_dir, owner=caller.owner, stop_key=caller.stop_key)
         files: dict[str, None] = {}     # every icon's SVG and PNG so far (delivered copies), in order
         try:
             for event in events:

@@ -413,7 +413,7 @@ def test_the_shared_unet_is_left_exactly_as_it_was(engine, trained, resident):
     assert np.array_equal(plain(engine), base)
     stopped = []
     with pytest.raises(Cancelled):  # Stop in the middle of denoising
-        for ev in blora.generate(engine, owner="canceller", steps=20, **halves):
+        for ev in blora.generate(engine, stop_key="canceller", steps=20, **halves):
             if isinstance(ev, Progress) and ev.step >= 2 and not stopped:
                 stopped.append(engine.cancel("canceller"))
     assert stopped == [1]

@@ -391,7 +391,7 @@ def test_subject_and_style_adapters_together(engine, round1):
     oracle = stack(engine.text_to_image(ctx(), [prompt], seed=5, steps=3, pipe=pipe))[0]
     assert np.abs(both - oracle).max() <= 3 and np.abs(both - oracle).mean() <= 0.1
     res2 = last(sd.generate_with_subject(engine, style_adapter_id=style_id, subject_adapter_id=subject_id,
-                                         prompts=[prompt], viewer="local", seed=5, steps=3))
+                                         prompts=[prompt], owner="local", seed=5, steps=3))
     assert np.abs(np.asarray(res2.images[0], dtype=np.float32) - both).max() <= 1.0
 
 

@@ -258,7 +258,7 @@ def test_cancel_keeps_last_checkpoint_and_resume_continues(engine, subjects, tmp
     events = []
     with pytest.raises(Cancelled):
         for ev in train(engine, recipe(engine, subjects, name="resumed"), TrainSettings(**cfg), run_root=root,
-                        job_owner="stopper", step_hook=stop_at_5):
+                        stop_key="stopper", step_hook=stop_at_5):
             events.append(ev)
     assert [e.step for e in events if isinstance(e, Checkpointed)] == [2, 4]
     ckpts = list(root.glob("*/ckpt-*"))
@@ -737,7 +737,7 @@ def test_text_encoder_lora_removed_on_cancel(engine, subjects, tmp_path):
     cfg = TrainSettings(steps=3, learning_rate=1e-2, checkpoint_every=1)
     with pytest.raises(Cancelled):
         for _ in train(engine, recipe(engine, subjects, text_encoder_rank=4), cfg,
-                       job_owner="te-stopper", step_hook=stop, run_root=tmp_path):
+                       stop_key="te-stopper", step_hook=stop, run_root=tmp_path):
             pass
     assert_pristine(engine)
     assert_te_pristine(engine, before)

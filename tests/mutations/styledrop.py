@@ -23,7 +23,7 @@ MUTATIONS = [
              'return w * float(scores["clip_style"]) + (1 - w) * float(scores["clip_text"])',
              (f"{T}::test_clip_picks_by_hand",)),
     Mutation("styledrop-liked-at-net-zero", SD,
-             "liked = store.liked(last.id, viewer, min_net=1)", "liked = store.liked(last.id, viewer, min_net=0)",
+             "liked = store.liked(last.id, owner, min_net=1)", "liked = store.liked(last.id, owner, min_net=0)",
              (f"{T}::test_training_set_is_the_style_image_and_exactly_the_liked_candidates",),
              "round 2 trains on unrated and cancelled-out candidates too"),
 ]

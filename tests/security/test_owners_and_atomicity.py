@@ -40,7 +40,7 @@ def test_a_checkpoint_is_its_owners_alone(engine, tmp_path):
 
     a_events = []
     with pytest.raises(Cancelled):
-        for ev in train(engine, recipe(), TrainSettings(**cfg), run_root=root, owner="visitor:a", job_owner="page-a",
+        for ev in train(engine, recipe(), TrainSettings(**cfg), run_root=root, owner="visitor:a", stop_key="page-a",
                         step_hook=stop_at_2):
             a_events.append(ev)
     assert [e.step for e in a_events if isinstance(e, Checkpointed)] == [1, 2]
@@ -101,7 +101,7 @@ def test_a_stopped_grid_keeps_no_half_round(engine):
     liked = store.candidates(store.rounds(loop.id, "visitor:y")[-1].id, "visitor:y")
     store.rate(liked[0].id, "visitor:y", 1)
     events = sd.train_round(engine, loop.id, TrainSettings(steps=2, learning_rate=1e-3), owner="visitor:y",
-                            job_owner="page-y", contents=["a cat", "a dog"], samples_per_prompt=1, sample_steps=3)
+                            stop_key="page-y", contents=["a cat", "a dog"], samples_per_prompt=1, sample_steps=3)
     with pytest.raises(Cancelled):
         for ev in events:
             if str(getattr(ev, "message", "")).startswith("Candidates"):  # the grid of round 2 has begun
