@@ -330,7 +330,7 @@ def _hub_file(repo_id: str, stem: str, revision: str | None) -> Path:
                     "decoder.pth (--adain-weights or STUDIO_ADAIN_WEIGHTS).") from exc
             except EntryNotFoundError as exc:  # the repo exists but lacks this file name
                 last = exc
-            except Exception as exc:  # noqa: BLE001 - no repo, gated, network down ...
+            except Exception as exc:  # no repo, gated, network down ...
                 raise UserError(f"Could not download AdaIN weights from the Hub repo {repo_id}: "
                                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
     raise UserError(f"The Hub repo {repo_id} has no {stem}.safetensors or {stem}.pth "

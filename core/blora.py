@@ -47,7 +47,7 @@ from . import lora_format as lf
 from .errors import UserError
 from .events import Progress, Result
 from .images import center_crop_resize, load_image
-from .train import AdapterSpec, Example, Recipe, TrainConfig, Trainer, save_outcome
+from .train import AdapterSpec, Example, Recipe, TrainSettings, Trainer, save_outcome
 
 METHOD = "b-lora"
 CONTENT_BLOCK = "up_blocks.0.attentions.0"
@@ -174,7 +174,7 @@ def make_recipe(engine, image: Image.Image, *, trigger: str, name: str = "", ran
                   extra={"instance_prompt": prompt, "blocks": dict(BLOCKS), "images": len(examples)})
 
 
-def train_blora(engine, images: Sequence[Image.Image], config: TrainConfig, *, owner: str = "local",
+def train_blora(engine, images: Sequence[Image.Image], config: TrainSettings, *, owner: str = "local",
                 stop_key: str | None = None,
                 trigger: str | None = None, name: str = "", rank: int = 64, joint: bool = False,
                 sample_prompts: Sequence[str] | None = None, step_hook=None) -> Iterator[Any]:
@@ -250,7 +250,7 @@ def half_state_dict(engine, adapter_id: int, part: str, owner: Any
         stray = [k for k in recorded if block_of(k) != part]
         if stray:
             raise UserError(f"The {part} half of {a.name!r} holds weights outside the {part} block "
-                            f"{BLOCKS[part]} ({lf._few(stray)}); it was not loaded.")
+                            f"{BLOCKS[part]} ({lf.few(stray)}); it was not loaded.")
     if not keys:
         raise UserError(f"{a.name!r} has no {part} half (no LoRA weights in {BLOCKS[part]}).")
     sub = {k: sd[k] for k in keys}
@@ -279,7 +279,7 @@ def load_half(engine, half: Half, owner: Any) -> str:
     if wrong or not placed:
         unet.delete_adapters(name)
         raise UserError(f"The {half.part} half did not load into {BLOCKS[half.part]} only "
-                        f"({lf._few(wrong) if wrong else 'nothing loaded'}).")
+                        f"({lf.few(wrong) if wrong else 'nothing loaded'}).")
     return name
 
 

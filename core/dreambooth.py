@@ -26,13 +26,13 @@ from .errors import UserError
 from .events import Result
 from .images import center_crop_resize, load_image
 from .store import Adapter
-from .train import AdapterSpec, Example, Recipe, TrainConfig, train
+from .train import AdapterSpec, Example, Recipe, TrainSettings, train
 
 MIN_IMAGES, MAX_IMAGES = 1, 20
 MAX_CLASS_IMAGES = 400
 RARE_MIN_ID = 40000  # CLIP BPE ids are roughly merge order: high ids are rare merges
 
-# Presets shown in the UI: (description, TrainConfig fields, recipe fields)
+# Presets shown in the UI: (description, TrainSettings fields, recipe fields)
 PRESETS: dict[str, dict[str, Any]] = {
     "SDXL LoRA (DB-LoRA, 400 steps)": dict(
         steps=400, learning_rate=1e-4, rank=8, batch_size=1, grad_accum=1, gradient_checkpointing=True,
@@ -223,7 +223,7 @@ def make_recipe(engine, images: Sequence[Image.Image], *, identifier: str, class
                   prepare=prepare)
 
 
-def train_dreambooth(engine, recipe: Recipe, config: TrainConfig, *, owner: str = "local", **kw) -> Iterator:
+def train_dreambooth(engine, recipe: Recipe, config: TrainSettings, *, owner: str = "local", **kw) -> Iterator:
     return train(engine, recipe, config, owner=owner, **kw)
 
 
@@ -345,7 +345,7 @@ def add_cli_args(p) -> None:
     p.add_argument("--export", default="", help="also write a kohya-format copy to this path")
 
 
-def from_cli(engine, a, cfg: TrainConfig) -> tuple[Recipe, TrainConfig]:
+def from_cli(engine, a, cfg: TrainSettings) -> tuple[Recipe, TrainSettings]:
     engine.load()
     imgs = subject_images(a.images, engine.resolution)
     recipe = make_recipe(engine, imgs, identifier=a.identifier, class_noun=a.class_noun, prior=not a.no_prior,

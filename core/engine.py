@@ -13,16 +13,20 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
 
-from . import devices, models
+from . import devices, models, validate
 from .errors import UserError
 from .events import Notice, Progress, Result
 from .jobs import GpuSlot, Job, JobContext, JobLimits, JobRegistry, stream
 from .preview import fit_latent_rgb_map, latents_to_previews
+
+if TYPE_CHECKING:
+    from .library import ResidentAdapters
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,9 @@ class Engine:
         self._pipe = None
         self._derived: dict[Any, Any] = {}
         self._rgb_map: torch.Tensor | None = None
+        self._library_lock = threading.Lock()
+        self._store: Store | None = None
+        self._resident: ResidentAdapters | None = None
 
     # ------------------------------------------------------------------ loading
     @property
@@ -149,6 +156,27 @@ class Engine:
             derived.set_progress_bar_config(disable=True)
             self._derived[key] = derived
         return self._derived[key]
+
+    # ------------------------------------------------------------------ the adapter library
+    @property
+    def store(self) -> Store:
+        """The adapter library every tab shares (`<data_dir>/library`), opened on first use."""
+        with self._library_lock:
+            if self._store is None:
+                from .store import Store
+
+                self._store = Store(self.data_dir / "library")
+            return self._store
+
+    @property
+    def resident_adapters(self) -> ResidentAdapters:
+        """Which library adapters are loaded on this engine's UNet and text encoders."""
+        with self._library_lock:
+            if self._resident is None:
+                from .library import ResidentAdapters
+
+                self._resident = ResidentAdapters(self)
+            return self._resident
 
     # ------------------------------------------------------------------ jobs
     def run(self, work: Callable[[JobContext], Result], *, stop_key: str = "local",
@@ -244,7 +272,7 @@ class Engine:
 
     def generate(self, prompts: Sequence[str], *, stop_key: str = "local", **kwargs) -> Iterator:
         """A plain batch, one image per prompt, streamed."""
-        prompts = _check_prompts(prompts)
+        prompts = validate.prompt_list(prompts)
 
         def work(ctx: JobContext) -> Result:
             images = self.text_to_image(ctx, prompts, **kwargs)
@@ -270,11 +298,3 @@ class Engine:
                 vae.to(orig)
         return z.to(self.dtype)
 
-
-def _check_prompts(prompts: Sequence[str], limit: int = 8) -> list[str]:
-    prompts = [p.strip() for p in prompts if p and p.strip()]
-    if not prompts:
-        raise UserError("Write at least one prompt.")
-    if len(prompts) > limit:
-        raise UserError(f"{len(prompts)} prompts given; at most {limit} at a time.")
-    return prompts

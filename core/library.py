@@ -18,7 +18,6 @@ and the text encoders' modules as they were loaded.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections import OrderedDict
 from typing import Any, Iterator, Mapping
 
@@ -26,29 +25,20 @@ import torch
 
 from .errors import UserError
 from .lora_format import TEXT_ENCODERS
-from .store import Store, load_into_text_encoder
+from .adapters import load_into_text_encoder, load_into_unet
+from .store import Store
 
-_LOCK = threading.Lock()
 MAX_RESIDENT = 8  # library adapters kept loaded on the UNet (least recently used go first)
 
 
 def get_store(engine) -> Store:
-    """The engine's shared adapter library (created on first use)."""
-    with _LOCK:
-        store = getattr(engine, "_studio_store", None)
-        if store is None:
-            store = Store(engine.data_dir / "library")
-            engine._studio_store = store
-        return store
+    """The engine's shared adapter library (`Engine.store`, opened on first use)."""
+    return engine.store
 
 
 def adapters(engine) -> "ResidentAdapters":
-    with _LOCK:
-        res = getattr(engine, "_studio_adapters", None)
-        if res is None:
-            res = ResidentAdapters(engine)
-            engine._studio_adapters = res
-        return res
+    """The engine's `ResidentAdapters` (`Engine.resident_adapters`)."""
+    return engine.resident_adapters
 
 
 def base_model_id(engine) -> str:
@@ -255,16 +245,6 @@ class ResidentAdapters:
             disable_everywhere(self.engine)
 
 
-def load_into_unet(unet, state_dict: Mapping[str, torch.Tensor], adapter_name: str, metadata=None) -> None:
-    """A LoRA state dict ("unet."-prefixed keys) as peft adapter `adapter_name`, by diffusers' own
-    loader; its new modules take the UNet's mode (they are made in training mode, where an
-    adapter saved with dropout would drop out at inference)."""
-    from diffusers.loaders.lora_pipeline import StableDiffusionXLLoraLoaderMixin as Mixin
-
-    Mixin.load_lora_into_unet(dict(state_dict), None, unet, adapter_name=adapter_name, metadata=metadata)
-    unet.train(unet.training)
-
-
 def peft_wrapped(unet) -> list[str]:
     """Names of the modules that are peft wrappers (`BaseTunerLayer`), with or without adapters."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -315,10 +295,10 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def generate(engine, prompts, weights: Mapping[int, float], *, owner: Any, stop_key: str | None = None, **kwargs):
     """A batch with adapters of `owner`'s library (or published ones) active, a weight each,
     streamed; adapters off afterwards. `stop_key` (default: `owner`) is what a Stop reaches it by."""
-    from .engine import _check_prompts
     from .events import Result
+    from .validate import prompt_list
 
-    prompts = _check_prompts(prompts)
+    prompts = prompt_list(prompts)
     weights = {int(k): float(v) for k, v in weights.items()}
     store = get_store(engine)
     for i in weights:

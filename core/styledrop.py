@@ -551,8 +551,7 @@ def clip_feedback(engine, round_id: int, *, owner: str, mode: str = "top_k", k: 
 def candidate_votes(engine, candidate_id: int, owner: str) -> dict:
     """One candidate's combined counts and the caller's own rating (after an API rating)."""
     store = store_of(engine)
-    row, _ = store._candidate_loop(int(candidate_id), owner)  # visibility-checked lookup of its round
-    rid = row["round_id"]
+    rid = store.candidate_round(int(candidate_id), owner)  # visibility-checked lookup of its round
     s = store.scores(rid, owner)[int(candidate_id)]
     return {"candidate": int(candidate_id), "round_id": rid, "up": s.up, "down": s.down, "net": s.net,
             "liked": s.net >= 1, "mine": store.my_ratings(rid, owner).get(int(candidate_id), 0)}

@@ -13,8 +13,8 @@ from PIL import Image
 from core import blora, library
 from core.engine import Engine
 from core.errors import Cancelled, UserError
-from core.events import Notice, Progress, Result
-from core.train import Checkpointed, TrainConfig, TrainStep
+from core.events import Checkpointed, Notice, Progress, Result, TrainStep
+from core.train import TrainSettings
 
 QUICK = dict(steps=8, learning_rate=1e-2, sample_steps=2)
 # the paper's blocks, written out (not read from core.blora: a swap of its constants must fail here)
@@ -83,7 +83,7 @@ def trained(engine):
     def hook(step):
         trainable.append({n for n, p in unet.named_parameters() if p.requires_grad})
 
-    result, events = final(blora.train_blora(engine, [picture(0), picture(1)], TrainConfig(**QUICK), rank=4,
+    result, events = final(blora.train_blora(engine, [picture(0), picture(1)], TrainSettings(**QUICK), rank=4,
                                              sample_prompts=["A [v] thing"], step_hook=hook))
     return dict(result=result, events=events, before=before, others=others, trainable=trainable,
                 ids=[a["adapter_id"] for a in result.info["adapters"]])
@@ -134,7 +134,7 @@ def test_training_lowers_the_loss(engine):
     """40 steps at lr 3e-3 (rank 8) on one picture: the eval loss on fixed draws falls to at
     most 0.92 of its start. Measured, seeds 0-4: 0.893-0.900 (the fall is the same ~10% whichever
     seed draws the steps); with LoRA on to_q alone 0.998, with the learning rate 100x smaller ~1."""
-    cfg = TrainConfig(steps=40, learning_rate=3e-3, seed=0)
+    cfg = TrainSettings(steps=40, learning_rate=3e-3, seed=0)
     result, events = final(blora.train_blora(engine, [picture(0)], cfg, rank=8, sample_prompts=[]))
     info = result.info["adapters"][0]
     losses = [e.loss for e in events if isinstance(e, TrainStep)]
@@ -150,7 +150,7 @@ def test_training_lowers_the_loss(engine):
 def test_stop_keeps_the_last_checkpoint_and_a_rerun_resumes(engine, tmp_path):
     unet = engine.pipe.unet
     state = unet_state(unet)
-    cfg = TrainConfig(steps=12, learning_rate=1e-3, checkpoint_every=4, seed=0)
+    cfg = TrainSettings(steps=12, learning_rate=1e-3, checkpoint_every=4, seed=0)
 
     def stop_at(step):
         if step == 6:
@@ -175,7 +175,7 @@ def test_stop_keeps_the_last_checkpoint_and_a_rerun_resumes(engine, tmp_path):
 
 def test_sd15_is_refused(tiny_sd_engine):
     with pytest.raises(UserError, match="needs an SDXL model"):
-        list(blora.train_blora(tiny_sd_engine, [picture(0)], TrainConfig(steps=2)))
+        list(blora.train_blora(tiny_sd_engine, [picture(0)], TrainSettings(steps=2)))
 
 
 # --------------------------------------------------------------------------- loading by block
@@ -218,9 +218,11 @@ def test_a_half_cannot_land_in_the_other_block(engine, trained):
     store = library.get_store(engine)
     sd, configs = store.load_adapter(a, "local")
     # a file whose "content" part names the style block's keys (and vice versa)
-    swapped = store.save_adapter(owner="local", name="swapped", method="b-lora", base_model=library.base_model_id(engine),
+    swapped = store.save_adapter(owner="local", name="swapped", method="b-lora",
+                                 base_model=library.base_model_id(engine),
                                  state_dict=sd, configs=configs, trigger_words="[x]",
-                                 parts={"content": [f"unet.{blora.STYLE_BLOCK}"], "style": [f"unet.{blora.CONTENT_BLOCK}"]})
+                                 parts={"content": [f"unet.{blora.STYLE_BLOCK}"],
+                                        "style": [f"unet.{blora.CONTENT_BLOCK}"]})
     with pytest.raises(UserError, match="outside the content block"):
         blora.half_state_dict(engine, swapped.id, "content", "local")
     # style-only weights: there is no content half to load
@@ -250,7 +252,7 @@ def test_halves_compute_what_their_blocks_merged_by_hand_compute(engine, trained
     from the stored files; every wrong pairing (a half from the other image, the blocks swapped,
     the weight squared) is far outside the tolerance. The image is the merged model's too; no
     halves, or both weights 0, is the base model bit for bit."""
-    from .lora_oracle import merged_pipe, pixels as stack, predict, unet_inputs
+    from .lora_oracle import merged_pipe, predict, unet_inputs
 
     a, b = trained["ids"]
     store = library.get_store(engine)

@@ -54,7 +54,8 @@ def test_api_train_then_the_four_uses(client, live_app, tmp_path):
     thumbs, content, style = client.predict(None, None, "alice", api_name="/blora_library")
     assert len(thumbs) >= 2  # one thumbnail per B-LoRA
     a, b = (str(m["adapter_id"]) for m in made)
-    gallery, status, used = client.predict(STYLE_TRANSFER, a, 1.0, b, 0.5, "", 0, 2, 5.0, "alice", api_name="/blora_generate")
+    gallery, status, used = client.predict(STYLE_TRANSFER, a, 1.0, b, 0.5, "", 0, 2, 5.0, "alice",
+                                           api_name="/blora_generate")
     assert len(gallery) == 1 and "Done" in status
     assert [(h["part"], str(h["adapter_id"]), h["weight"], h["block"]) for h in used["halves"]] == [
         ("content", a, 1.0, "up_blocks.0.attentions.0"), ("style", b, 0.5, "up_blocks.0.attentions.1")]

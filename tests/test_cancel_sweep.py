@@ -37,7 +37,7 @@ from core.errors import Cancelled
 from core.events import Result
 from core.metrics import Metrics
 from core.style_aligned import SharingOptions, style_aligned_set
-from core.train import TrainConfig, train
+from core.train import TrainSettings, train
 
 from .test_blora import picture
 from .test_styledrop import last
@@ -53,10 +53,10 @@ TAIL = {"dreambooth training": 3, "b-lora training": 3, "vectorize": 0}
 KNOWN_BUGS: dict = {}  # (kind, point) -> reason, marked strict xfail
 
 
-def quick() -> TrainConfig:
+def quick() -> TrainSettings:
     """Three steps with gradient checkpointing, samples and a checkpoint on the way; never resumes
     a stopped run."""
-    return TrainConfig(steps=3, learning_rate=1e-3, gradient_checkpointing=True, sample_every=2, sample_steps=2,
+    return TrainSettings(steps=3, learning_rate=1e-3, gradient_checkpointing=True, sample_every=2, sample_steps=2,
                        checkpoint_every=2, resume=False)
 
 
@@ -92,7 +92,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def made(engine, tmp_path_factory):
     """What the generation jobs use: a B-LoRA, a DreamBooth adapter, a StyleDrop round, the
     tiny scoring models and a folder for SVG runs."""
-    cfg = TrainConfig(steps=2, learning_rate=1e-3, sample_steps=2, resume=False)
+    cfg = TrainSettings(steps=2, learning_rate=1e-3, sample_steps=2, resume=False)
     b = last(blora.train_blora(engine, [picture(0)], cfg, rank=4, sample_prompts=[]))
     recipe = db.make_recipe(engine, [picture(1)], identifier="sks", class_noun="dog", prior=False,
                             sample_prompts=[])
@@ -273,7 +273,7 @@ def test_a_stop_while_the_model_loads_is_not_lost(tmp_path, monkeypatch):
 def test_a_stopped_training_run_says_so_in_its_own_last_update():
     """The UI side (tabs.common.stream_training, used by Personalize and B-LoRA): the Stop button
     only cancels; the run's own last update is the Stopped line, with the loss curve so far."""
-    from core.train import TrainStep
+    from core.events import TrainStep
     from tabs.common import stream_training
 
     def events():

@@ -12,7 +12,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor, AttnP
 from core.errors import Cancelled, UserError
 from core.events import Progress, Result
 from core.style_aligned import (SharedAttentionProcessor, SharingOptions, SharingState, adain,
-                                ddim_invert, sharing_layers, style_aligned, style_aligned_set)
+                                ddim_invert, sharing_layers, style_aligned_set)
 
 
 def _arr(img):
