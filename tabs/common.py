@@ -353,7 +353,7 @@ def user_errors(fn: Callable) -> Callable:
                 yield from fn(*args, **kwargs)
             except GeneratorExit:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - everything is reported
+            except BaseException as exc:  # everything is reported, as a gr.Error
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 raise _translate(exc, where) from exc
@@ -363,7 +363,7 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             raise _translate(exc, where) from exc
@@ -470,7 +470,8 @@ def stream_training(events, *, plot: Callable[[list[dict]], Any],
                 notes.append(ev.message)
                 yield "\n\n".join(notes + [line]), gr.skip(), gr.skip(), gr.skip()
             elif isinstance(ev, Progress):
-                yield "\n\n".join(notes + [status_text(ev, clock if ev.total else None)]), gr.skip(), gr.skip(), gr.skip()
+                status = "\n\n".join(notes + [status_text(ev, clock if ev.total else None)])
+                yield status, gr.skip(), gr.skip(), gr.skip()
             elif isinstance(ev, Result):
                 message, info = finish(ev)
                 yield "\n\n".join(notes + [message]), plot(history), shown[:24], info
