@@ -547,3 +547,24 @@ def md_text(value: Any, limit: int = 200) -> str:
     if len(s) > limit:
         s = s[: limit - 1] + "…"
     return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+# ------------------------------------------------------------------ a newcomer's view
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
+
+
+def example(name: str) -> str:
+    """The path of one of our own example images (assets/examples, drawn by its make.py)."""
+    path = EXAMPLES_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"assets/examples/{name} is missing: run python assets/examples/make.py")
+    return str(path)
+
+
+def about(summary: str, details: str) -> None:
+    """A tab's one-line summary in plain words, with the method's details (the paper's terms,
+    formulas, deviations) behind an "About this method" accordion."""
+    gr.Markdown(summary)
+    with gr.Accordion("About this method", open=False):
+        gr.Markdown(details)
