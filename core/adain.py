@@ -872,12 +872,16 @@ def load_checkpoint(out_dir: Path, model: AdaINNet, opt: torch.optim.Adam) -> tu
 def train_decoder(cfg: TrainConfig, *, model: AdaINNet | None = None,
                   should_stop: Callable[[], bool] | None = None,
                   sample_pair: tuple[Image.Image, Image.Image] | None = None,
+                  keep_unsaved: Callable[[], bool] | None = None,
                   ) -> Iterator[Progress | Result]:
     """Train g with the encoder fixed. Yields Progress every `log_every` steps (metrics: loss,
     loss_c, loss_s, lr; `preview` holds sample transfers every `sample_every` steps), writes a
     checkpoint every `save_every` steps, and ends with a Result. When `should_stop()` turns
-    true, the current state is checkpointed and the Result says cancelled; a generator closed
-    from outside (GeneratorExit) writes nothing, leaving the last checkpoint as it was."""
+    true, the current state is checkpointed and the Result says cancelled; a stop before the
+    run's first checkpoint (none written yet, none resumed from) checkpoints only if
+    `keep_unsaved()` says so (when given). A generator closed from outside (GeneratorExit)
+    writes nothing, leaving the last checkpoint as it was. The Result's info: step, cancelled,
+    history, decoder (its file) and saved_step (the step of the checkpoint on disk, 0: none)."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     device = torch.device(cfg.device)
@@ -949,13 +953,13 @@ def train_decoder(cfg: TrainConfig, *, model: AdaINNet | None = None,
             yield Progress(step, cfg.steps, f"step {step}/{cfg.steps} loss {rec['loss']:.4f} "
                            f"({rate:.2f} it/s)", preview=preview,
                            metrics={k: v for k, v in rec.items() if k != "step"})
-    if cancelled and step > saved:
+    if cancelled and step > saved and (saved > 0 or keep_unsaved is None or keep_unsaved()):
         save_checkpoint(out_dir, model, opt, step, cfg, history)
         saved = step
     model.decoder.eval()
     yield Result(images=samples(), files=[str(out_dir / DECODER_NAME), str(out_dir / CKPT_NAME)],
                  info={"step": step, "cancelled": cancelled, "history": history,
-                       "decoder": str(out_dir / DECODER_NAME)})
+                       "decoder": str(out_dir / DECODER_NAME), "saved_step": saved})
 
 
 # --------------------------------------------------------------------------------------------
