@@ -43,7 +43,7 @@ from .validate import shown
 
 LOCAL = "local"            # the owner on a private instance (tabs.common.owner_key)
 BUILT_IN = "built-in"      # the decoder that comes with the weights
-WEIGHTS_ENV = "STUDIO_ADAIN_WEIGHTS"
+WEIGHTS_ENV = adain.WEIGHTS_ENV
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TRAIN_IMAGE_SIDE = 1024    # staged uploads are re-encoded at most this large (training resizes to <= 1024)
 
