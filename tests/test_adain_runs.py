@@ -207,7 +207,8 @@ def test_a_transfer_job_and_its_stop(engine, tmp_path):
     req = adain.TransferRequest([content, content], [style], size=32)
     events = list(adain_runs.transfer(engine, model, req, stop_key="page"))
     assert [e.step for e in events if isinstance(e, Progress)] == [1, 2]
-    assert isinstance(events[-1], Result) and [im.size for im in events[-1].images] == [(32, 24)] * 2  # 40 * 32 / 48 = 26.7: to 8s
+    # 48x40 at a longer side of 32: 32x26.7, both sides rounded to multiples of 8
+    assert isinstance(events[-1], Result) and [im.size for im in events[-1].images] == [(32, 24)] * 2
     other = Job("someone-else", "generate")
     engine.gpu_lock.acquire(other)  # the job waits in line, where a Stop reaches it
     try:
