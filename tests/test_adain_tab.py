@@ -168,6 +168,14 @@ def test_build_registers_the_adain_endpoint(ctx):
     assert {"adain", "adain_webcam", "adain_train", "adain_stop"} <= names
     stream = next(fn for fn in demo.fns.values() if fn.api_name == "adain_webcam")
     assert stream.concurrency_id == "gpu"
+    # tiny mode starts from the tiny preset (a run in well under a minute), not the paper's recipe
+    values = {b.label: b.value for b in demo.blocks.values() if isinstance(b, gr.Number)}
+    preset = adain_runs.TINY_PRESET
+    assert (values["Steps"], values["Batch"], values["Resize shorter side to"], values["Random crop"],
+            values["Samples every N steps"], values["Checkpoint every N steps"]) == \
+        (preset.steps, preset.batch_size, preset.resize, preset.crop, preset.sample_every, preset.save_every)
+    # at least 40x less pixel work than the old defaults (200 steps of 8 crops of 256 px: 15-25 min)
+    assert preset.steps * preset.batch_size * preset.crop ** 2 * 40 < 200 * 8 * 256 ** 2
 
 
 def test_weights_choice(tmp_path, monkeypatch):
