@@ -873,6 +873,24 @@ def load_checkpoint(out_dir: Path, model: AdaINNet, opt: torch.optim.Adam) -> tu
     return int(meta.get("step", 0)), json.loads(meta.get("history", "[]"))
 
 
+def _model_to_train(cfg: TrainConfig, model: AdaINNet | None, device: torch.device) -> AdaINNet:
+    """`model`, else the network `cfg` asks for, on `device` in fp32: the encoder fixed, the
+    decoder in training mode."""
+    if model is None:
+        if cfg.tiny:
+            model = tiny_model(cfg.seed)
+        else:
+            model = AdaINNet(1.0)
+            if cfg.encoder_init == "torchvision":
+                init_encoder_from_torchvision(model)
+            else:
+                load_encoder_weights(model, cfg.weights)
+    model = model.to(device).float()
+    model.encoder.eval().requires_grad_(False)
+    model.decoder.train()
+    return model
+
+
 def train_decoder(cfg: TrainConfig, *, model: AdaINNet | None = None,
                   should_stop: Callable[[], bool] | None = None,
                   sample_pair: tuple[Image.Image, Image.Image] | None = None,
@@ -897,18 +915,7 @@ def train_decoder(cfg: TrainConfig, *, model: AdaINNet | None = None,
                            what="content image")
     styles = CropSampler(list_images(cfg.style_dir, what="style"), cfg.resize, cfg.crop, rng,
                          what="style image")
-    if model is None:
-        if cfg.tiny:
-            model = tiny_model(cfg.seed)
-        else:
-            model = AdaINNet(1.0)
-            if cfg.encoder_init == "torchvision":
-                init_encoder_from_torchvision(model)
-            else:
-                load_encoder_weights(model, cfg.weights)
-    model = model.to(device).float()
-    model.encoder.eval().requires_grad_(False)
-    model.decoder.train()
+    model = _model_to_train(cfg, model, device)
     opt = torch.optim.Adam(model.decoder.parameters(), lr=cfg.lr)
     out_dir = Path(cfg.out_dir)
     start, history = 0, []
