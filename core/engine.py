@@ -11,6 +11,7 @@ import logging
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -27,6 +28,19 @@ log = logging.getLogger(__name__)
 
 MAX_TOKENS = 77
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class Health:
+    """What the app's banner says about the base model: `state` is "loading", "ready" or
+    "failed"; `detail` is the latest loading step, or the reason and the fix."""
+
+    state: str
+    model: str
+    device: str
+    dtype: str
+    offline: bool
+    detail: str = ""
 
 
 class Engine:
@@ -102,6 +116,19 @@ class Engine:
             msg = self._load_messages[-1] if self._load_messages else f"Loading {self.spec.source}"
             yield Progress(0, 0, f"{msg} ({time.monotonic() - started:.0f} s)")
         self.load()
+
+    def health(self) -> Health:
+        """The model's state now, for the banner (never blocks, never loads)."""
+        facts = dict(model=self.spec.source, device=str(self.device),
+                     dtype=str(self.dtype).replace("torch.", ""), offline=self.offline)
+        if self._pipe is not None:
+            return Health("ready", **facts)
+        if self._load_error is not None:
+            err = self._load_error
+            detail = str(err) if isinstance(err, UserError) else \
+                f"{type(err).__name__} while loading; see the server log."
+            return Health("failed", **facts, detail=detail)
+        return Health("loading", **facts, detail=self._load_messages[-1] if self._load_messages else "")
 
     @property
     def pipe(self):

@@ -329,3 +329,15 @@ def generate(engine, prompts, weights: Mapping[int, float], *, owner: Any, stop_
             images = engine.text_to_image(ctx, prompts, **kwargs)
         return Result(images=images, info={"prompts": list(prompts), "adapters": weights})
     return engine.run(work, stop_key=stop_key or owner, kind="generate")
+
+
+def import_arguments(engine) -> dict[str, Any]:
+    """What `Store.import_lora` checks an uploaded LoRA against on this engine, as its keyword
+    arguments: the base model's id and architecture, the UNet's config (kohya key layouts) and
+    the shapes of the modules a LoRA may adapt (UNet and text encoders)."""
+    from .lora_format import module_shapes
+
+    pipe = engine.pipe
+    return dict(base_model=base_model_id(engine), arch=arch_of(engine), unet_config=pipe.unet.config,
+                base_modules=module_shapes(unet=pipe.unet, text_encoder=pipe.text_encoder,
+                                           text_encoder_2=getattr(pipe, "text_encoder_2", None)))

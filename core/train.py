@@ -324,7 +324,7 @@ class Trainer:
         total = len(ex) + len(pr)
         lat = []
         for i, e in enumerate(list(ex) + list(pr)):
-            ctx.progress(i, total, f"Encoding training images {i + 1}/{total}")
+            ctx.progress(i + 1, total, f"Encoding training images {i + 1}/{total}")
             lat.append(self.engine.encode_image(e.image, res, res)[0])
         self.latents = torch.stack(lat[:len(ex)])
         self.prior_latents = torch.stack(lat[len(ex):]) if pr else None

@@ -187,10 +187,11 @@ def job_updates(events, *, stopped: str, done: str = "**Done.**",
     from core.events import Notice, Progress, Result
 
     notes: list[str] = []
-    last = "**Starting**"
+    last = ""
+    clock = JobClock()
 
     def text(current: str) -> str:
-        return "\n\n".join(notes + [current])
+        return "\n\n".join(notes + [current] if current else notes)
 
     try:
         for ev in events:
@@ -199,7 +200,7 @@ def job_updates(events, *, stopped: str, done: str = "**Done.**",
             elif isinstance(ev, Result):
                 last = done
             elif isinstance(ev, Progress):
-                last = status_text(ev)
+                last = status_text(ev, clock if ev.total else None)
             elif line is not None:
                 last = line(ev) or last
             yield JobUpdate(text(last), ev)
@@ -245,17 +246,57 @@ def client_address(request: gr.Request | None, proxy_hops: int = 0) -> str | Non
     return str(host)[:64] if host else None
 
 
-def status_text(event) -> str:
-    """One status line for a core event (Progress / Notice / Result)."""
+def status_text(event, clock: "JobClock | None" = None) -> str:
+    """One status line for a core event (Progress / Notice / Result); with a `clock`, a progress
+    line also says how long the job has run and, from the pace so far, how long is left."""
     from core.events import Notice, Progress
 
     if isinstance(event, Progress):
-        if event.total:
-            return f"**{event.message or 'Working'}** ({100 * event.fraction:.0f}%)"
-        return f"**{event.message or 'Working'}**"
+        text = f"**{event.message or 'Working'}**"
+        if event.total and not _COUNTED.search(event.message or ""):  # "3/8" says it already
+            text += f" ({100 * event.fraction:.0f}%)"
+        return f"{text} · {clock.tick(event)}" if clock is not None else text
     if isinstance(event, Notice):
         return f"Note: {event.message}"
     return "**Done.**"
+
+
+_COUNTED = re.compile(r"\b\d+\s*/\s*\d+\b")
+
+
+def duration_text(seconds: float) -> str:
+    """"8 s", "2 min 05 s", "1 h 04 min"."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class JobClock:
+    """A job's elapsed time, and the time left in its current phase from the pace so far.
+
+    A phase is a run of progress events with the same message (numbers aside) and total; its
+    pace is measured from its first event, so a slow start (loading, a first compiled step)
+    counts once and the estimate settles as the phase goes on."""
+
+    def __init__(self, now: Callable[[], float] = time.monotonic):
+        self._now = now
+        self.start = now()
+        self._phase: tuple | None = None  # (key, first step, its time)
+
+    def tick(self, event) -> str:
+        now = self._now()
+        key = (re.sub(r"\d+", "#", event.message or ""), event.total)
+        if self._phase is None or self._phase[0] != key or event.step < self._phase[1]:
+            self._phase = (key, event.step, now)
+        _, step0, t0 = self._phase
+        text = f"{duration_text(now - self.start)} elapsed"
+        if event.total and step0 < event.step < event.total:
+            left = (now - t0) / (event.step - step0) * (event.total - event.step)
+            text += f" · about {duration_text(left)} left"
+        return text
 
 
 OOM_ADVICE = ("The device ran out of memory. Try a smaller image size, fewer images per "
@@ -410,11 +451,12 @@ def stream_training(events, *, plot: Callable[[list[dict]], Any],
     notes: list[str] = []
     shown: list[tuple] = []
     last_plot, line = 0.0, "**Starting**"
+    clock = JobClock()
     try:
         for ev in events:
             if isinstance(ev, TrainStep):
                 history.append(row(ev, history))
-                line = f"**{ev.message}** · lr {ev.lr:.1e} · {ev.seconds:.2f} s/step"
+                line = f"**{ev.message}** · lr {ev.lr:.1e} · {ev.seconds:.2f} s/step · {clock.tick(ev)}"
                 now = time.monotonic()
                 if now - last_plot >= PLOT_EVERY_S or ev.step == ev.total:
                     last_plot = now
@@ -428,7 +470,7 @@ def stream_training(events, *, plot: Callable[[list[dict]], Any],
                 notes.append(ev.message)
                 yield "\n\n".join(notes + [line]), gr.skip(), gr.skip(), gr.skip()
             elif isinstance(ev, Progress):
-                yield "\n\n".join(notes + [status_text(ev)]), gr.skip(), gr.skip(), gr.skip()
+                yield "\n\n".join(notes + [status_text(ev, clock if ev.total else None)]), gr.skip(), gr.skip(), gr.skip()
             elif isinstance(ev, Result):
                 message, info = finish(ev)
                 yield "\n\n".join(notes + [message]), plot(history), shown[:24], info
