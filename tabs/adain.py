@@ -27,7 +27,8 @@ from core import validate as v
 from core.adain_runs import BUILT_IN, DecoderSamples, DecoderTraining, TrainSettings
 from core.errors import UserError
 from core.events import Progress, Result
-from tabs.common import GPU, AppContext, Tab, gpu, job_updates, session_key, status_text, user_errors
+from tabs.common import (GPU, AppContext, JobClock, Tab, gpu, job_updates, session_key, status_text,
+                         user_errors)
 from tabs.widgets import Dropdown, Image, ImageEditor, Number, Slider
 
 TITLE = "AdaIN Transfer"
@@ -299,9 +300,10 @@ class AdaINTab(Tab):
 
     def _training_updates(self, events, *, log_every: int, owner: str):
         history: list[dict] = []
+        clock = JobClock()  # elapsed and time left on the lines with samples too
 
         def line(ev):
-            return status_text(ev.progress) if isinstance(ev, DecoderSamples) else None
+            return status_text(ev.progress, clock) if isinstance(ev, DecoderSamples) else None
 
         for u in job_updates(events, stopped="Stopped before the first step; nothing was saved.", line=line):
             ev = u.event.progress if isinstance(u.event, DecoderSamples) else u.event
