@@ -218,9 +218,9 @@ PAPER_PRESET = TrainSettings(steps=160_000, batch_size=8, resize=512, crop=256, 
                              save_every=1000)
 # Tiny offline mode: the same recipe at sizes that finish in under a minute on 2 CPU cores (batch 8
 # at 256 px took 15-25 minutes). Measured through the tab with 6 uploads of 640x480 on 2 cores
-# shared with other work (load average 8-10): 200 steps took 47 s with OMP_NUM_THREADS=1 and
-# 715 s with torch's default of 2 threads (two OpenMP threads spinning against the other load);
-# hence 100 steps (26 s with OMP_NUM_THREADS=1, at the same load).
+# shared with other work (load average 8-10): 200 steps took 47 s with OMP_NUM_THREADS=1, and 715 s
+# with torch's 2 threads spinning against the other load; hence 100 steps: 26 s with
+# OMP_NUM_THREADS=1, and 26 s with 2 threads under OMP_WAIT_POLICY=PASSIVE (what app.py sets).
 TINY_PRESET = TrainSettings(steps=100, batch_size=4, resize=128, crop=64, sample_every=10, save_every=25)
 
 
