@@ -56,6 +56,7 @@ MUTATIONS = [
              (f"{RT}::test_a_stop_before_the_first_checkpoint_keeps_nothing",),
              "the user's Stop treated like the time limit"),
     Mutation("adain-owner-runs-shared", R,
-             "    if owner == LOCAL:\n        return runs_root(data_dir)", "    if True:\n        return runs_root(data_dir)",
+             "    if owner == LOCAL:\n        return runs_root(data_dir)",
+             "    if True:\n        return runs_root(data_dir)",
              (f"{RT}::test_each_owner_has_a_folder_of_runs",), "every owner's decoders in one folder"),
 ]
