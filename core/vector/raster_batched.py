@@ -27,8 +27,17 @@ import math
 import numpy as np
 import torch
 
-from .rasterizer import (MAX_EDGE, MAX_PIECES, REACH, _bernstein, _box, _filled, _pick,
-                         _ranges, _signed_distance, box_cdf)
+from .rasterizer import (
+    MAX_EDGE,
+    MAX_PIECES,
+    REACH,
+    _bernstein,
+    _box,
+    _pick,
+    _ranges,
+    _signed_distance,
+    box_cdf,
+)
 from .scene import Scene
 
 CAP_CODES = {"round": 0, "butt": 1, "square": 2}
@@ -100,10 +109,29 @@ class _Layers:
         self.n_pix = self.w * self.h
         self.poff = torch.cumsum(self.n_pix, 0) - self.n_pix
         self.total = int(self.n_pix.sum())
+        # rows of all boxes stacked, padded to the widest box: [R, Wmax] grids whose `mask`
+        # (col < w) selects the layer pixels in their flat order (layer, row, col)
+        self.row_layer = torch.repeat_interleave(torch.arange(len(self.w), device=dev), self.h)
+        self.row_y = torch.arange(len(self.row_layer), device=dev) - \
+            torch.repeat_interleave(torch.cumsum(self.h, 0) - self.h, self.h)
+        self.wmax = int(self.w.max()) if len(self.w) else 0
+        cols = torch.arange(self.wmax, device=dev)
+        self.mask = cols[None, :] < self.w[self.row_layer][:, None]
+
+    def layer_of_pixel(self):
+        return self.row_layer[:, None].expand(-1, self.wmax)[self.mask]
+
+    def canvas_pixel(self, W: int):
+        """Canvas pixel index (y * W + x) of every layer pixel."""
+        lay = self.row_layer
+        y = self.y0[lay] + self.row_y
+        x = self.x0[lay][:, None] + torch.arange(self.wmax, device=lay.device)[None, :]
+        return (y[:, None] * W + x)[self.mask]
 
 
 def _winding_all(a, b, le, L: _Layers):
-    """Winding numbers (int) of every pixel centre of every layer box, by scanline deposits."""
+    """Winding numbers (int) of the pixel centres of all layer boxes on the stacked rows
+    [R, Wmax] (`L.mask` selects the real ones), by scanline deposits."""
     x0, y0, w, h = L.x0[le], L.y0[le], L.w[le], L.h[le]
     dt = a.dtype
     ymin = torch.minimum(a[:, 1], b[:, 1])
@@ -111,47 +139,49 @@ def _winding_all(a, b, le, L: _Layers):
     rlo = torch.minimum(torch.ceil(ymin - 0.5 - y0.to(dt)).long().clamp_min(0), h)
     rhi = torch.minimum(torch.ceil(ymax - 0.5 - y0.to(dt)).long().clamp_min(0), h)
     e, r = _ranges(rlo, rhi)
-    row_len = L.w + 1
-    doff = torch.cumsum(L.h * row_len, 0) - L.h * row_len
-    dep = torch.zeros(int((L.h * row_len).sum()), dtype=torch.int64, device=a.device)
+    # deposits on the stacked rows [R, Wmax + 1]; a reverse sum along each row
+    row_start = torch.cumsum(L.h, 0) - L.h
+    dep = torch.zeros(len(L.row_layer), L.wmax + 1, dtype=torch.int32, device=a.device)
     if len(e):
         ae, be = a[e], b[e]
         yc = y0[e].to(dt) + r.to(dt) + 0.5
         xi = ae[:, 0] + (yc - ae[:, 1]) * (be[:, 0] - ae[:, 0]) / (be[:, 1] - ae[:, 1])
         k = torch.minimum(torch.ceil(xi - 0.5 - x0[e].to(dt)).clamp_min(0), w[e].to(dt)).long()
-        sign = torch.where(be[:, 1] > ae[:, 1], 1, -1)
-        dep.index_add_(0, doff[le[e]] + r * row_len[le[e]] + k, sign)
-    cs = torch.cumsum(dep, 0)
-    lay, local = _ranges(torch.zeros_like(L.n_pix), L.n_pix)
-    row, col = local // L.w[lay].clamp_min(1), local % L.w[lay].clamp_min(1)
-    base = doff[lay] + row * row_len[lay]
-    return cs[base + L.w[lay]] - cs[base + col]              # winding of a +x ray
+        sign = torch.where(be[:, 1] > ae[:, 1], 1, -1).to(torch.int32)
+        dep.index_put_((row_start[le[e]] + r, k), sign, accumulate=True)
+    return dep.sum(1, keepdim=True) - dep.cumsum(1)[:, :L.wmax]   # [R, Wmax], +x ray
 
 
 def _edge_sides_all(a, b, le, first, count, evenodd, chunk=1 << 22):
     """Per edge: is its left side filled, and does filled-ness change across it (relevant)?
-    Probes just left and right of each midpoint against the edges of the same layer."""
+    Probes just left and right of each midpoint against the edges of the same layer, on
+    edges padded per layer [layers, Emax] (padding: NaN, never crossed)."""
     d = b - a
     length = d.norm(dim=1).clamp_min(1e-12)
     left = torch.stack([-d[:, 1], d[:, 0]], 1) / length[:, None]
     mid = 0.5 * (a + b)
-    probes = torch.cat([mid + 1e-3 * left, mid - 1e-3 * left])
-    p_layer = torch.cat([le, le])
-    sign = torch.where(b[:, 1] > a[:, 1], 1, -1)
-    dy = torch.where(b[:, 1] == a[:, 1], torch.ones_like(a[:, 1]), b[:, 1] - a[:, 1])
-    wind = torch.zeros(len(probes), dtype=torch.int64, device=a.device)
-    step = max(1, chunk // max(1, int(count.max()) if len(count) else 1))
-    for i in range(0, len(probes), step):
-        pl = p_layer[i:i + step]
-        pi, j = _ranges(first[pl], first[pl] + count[pl])
-        q = probes[i + pi]
-        crosses = (a[j, 1] <= q[:, 1]) != (b[j, 1] <= q[:, 1])
-        xi = a[j, 0] + (q[:, 1] - a[j, 1]) * (b[j, 0] - a[j, 0]) / dy[j]
-        hit = (crosses & (q[:, 0] < xi)).long() * sign[j]
-        wind.index_add_(0, i + pi, hit)
-    eo = evenodd[p_layer]
+    n_lay, emax = len(count), int(count.max())
+    pos = torch.arange(len(a), device=a.device) - first[le]
+    pa = torch.full((n_lay, emax, 2), math.nan, dtype=a.dtype, device=a.device)
+    pb = pa.clone()
+    pa[le, pos], pb[le, pos] = a, b
+    sign = torch.where(pb[..., 1] > pa[..., 1], 1, -1).to(torch.int32)
+    dy = torch.where(pb[..., 1] == pa[..., 1], torch.ones_like(pa[..., 1]), pb[..., 1] - pa[..., 1])
+    probes = torch.zeros(n_lay, 2 * emax, 2, dtype=a.dtype, device=a.device)
+    probes[le, pos] = mid + 1e-3 * left
+    probes[le, emax + pos] = mid - 1e-3 * left
+    wind = torch.zeros(n_lay, 2 * emax, dtype=torch.int32, device=a.device)
+    step = max(1, chunk // (2 * emax * emax))
+    for i in range(0, n_lay, step):
+        sl = slice(i, i + step)
+        q = probes[sl, :, None]                                          # [l, 2E, 1, 2]
+        ea, eb = pa[sl, None], pb[sl, None]                              # [l, 1, E, 2]
+        crosses = (ea[..., 1] <= q[..., 1]) != (eb[..., 1] <= q[..., 1])
+        xi = ea[..., 0] + (q[..., 1] - ea[..., 1]) * (eb[..., 0] - ea[..., 0]) / dy[sl, None]
+        wind[sl] = (crosses & (q[..., 0] < xi)).to(torch.int32).mul(sign[sl, None]).sum(2).to(torch.int32)
+    eo = evenodd[:, None]
     f = torch.where(eo, (wind & 1).bool(), wind != 0)
-    return f[:len(a)], f[:len(a)] != f[len(a):]
+    return f[le, pos], f[le, pos] != f[le, emax + pos]
 
 
 def _pairs_all(a, b, le, L: _Layers, reach):
@@ -182,8 +212,7 @@ def fill_coverage_all(A, B, le, L: _Layers, evenodd):
         a, b = A.detach(), B.detach()
         n_pix = L.total
         wind = _winding_all(a, b, le, L)
-        lay_pix = torch.repeat_interleave(torch.arange(len(L.w), device=a.device), L.n_pix)
-        filled = torch.where(evenodd[lay_pix], (wind & 1).bool(), wind != 0)
+        filled = torch.where(evenodd[L.row_layer][:, None], (wind & 1).bool(), wind != 0)[L.mask]
         reach = torch.full((len(a),), REACH, dtype=a.dtype, device=a.device)
         e, pix, q = _pairs_all(a, b, le, L, reach)
         ae, d = a[e], (b - a)[e]
@@ -305,12 +334,6 @@ def stroke_coverage_all(A, B, le, L: _Layers, half, reach, cap_code, caps):
     return base.index_put((sel,), cov), painted
 
 
-def _canvas_pixels(L: _Layers, W: int):
-    lay, local = _ranges(torch.zeros_like(L.n_pix), L.n_pix)
-    w = L.w[lay].clamp_min(1)
-    return lay, (L.y0[lay] + local // w) * W + L.x0[lay] + local % w
-
-
 def transmittance(one_minus: torch.Tensor, last: torch.Tensor, depth: int):
     """Segmented inclusive reverse product scan: R_i = prod_{i <= j <= last[i]} one_minus[j]
     (Hillis-Steele, ceil(log2 depth) steps; differentiable, no division)."""
@@ -413,7 +436,7 @@ def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: floa
         eidx, le = select(ids)
         evenodd = torch.as_tensor([shapes[i].fill_rule == "evenodd" for i in ids], device=dev)
         cov, painted = fill_coverage_all(A[eidx], B[eidx], le, L, evenodd)
-        lay, cpix = _canvas_pixels(L, W)
+        lay, cpix = L.layer_of_pixel(), L.canvas_pixel(W)
         opacity = torch.stack([shapes[i].fill[3] for i in ids])
         colors = torch.stack([torch.cat([shapes[i].fill[:3], one]) for i in ids])
         paint_rank = torch.as_tensor([rank[(0, k)] for k in range(len(fills))], device=dev)
@@ -429,7 +452,7 @@ def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: floa
         reach = r + REACH + torch.where(code == 2, r, torch.zeros_like(r))
         caps_t = torch.as_tensor(caps, device=dev)[eidx]
         cov, painted = stroke_coverage_all(A[eidx], B[eidx], le, L, halves[ids], reach, code, caps_t)
-        lay, cpix = _canvas_pixels(L, W)
+        lay, cpix = L.layer_of_pixel(), L.canvas_pixel(W)
         opacity = torch.stack([shapes[i].stroke[3] for i in ids])
         colors = torch.stack([torch.cat([shapes[i].stroke[:3], one]) for i in ids])
         paint_rank = torch.as_tensor([rank[(1, k)] for k in range(len(strokes))], device=dev)
