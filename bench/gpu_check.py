@@ -39,6 +39,12 @@ Python wheels, `py3-none-any`, work anywhere; compiled ones such as bitsandbytes
 """
 from __future__ import annotations
 
+import os
+
+# before torch starts OpenMP: idle threads sleep instead of spinning (on a shared, loaded CPU
+# spinning threads made the rasterizer 4x slower and erratic; issue 19)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import contextlib
 import datetime as dt
@@ -413,7 +419,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny family, tiny sizes")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--budget", type=float, default=460.0, help="seconds; later sections are skipped past it")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; smoke: 2)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; smoke: 1)")
     ap.add_argument("--out", default=str(RESULTS), help="folder for <date>-<gpu>.md")
     a = ap.parse_args(argv)
     if a.model in ("tiny", "tiny-sd"):
@@ -422,7 +428,7 @@ def main(argv=None) -> int:
         a.model = a.model if a.model in ("tiny", "tiny-sd") else "tiny"
         a.device = "cpu" if a.device == "auto" else a.device
         a.dtype = "auto"
-        a.threads = a.threads or 2
+        a.threads = a.threads or 1
     if a.threads:
         torch.set_num_threads(a.threads)
     z = smoke_sizes() if a.smoke else Sizes()
@@ -437,7 +443,7 @@ def main(argv=None) -> int:
               "device": gpu, "model": a.model + (" (random weights)" if a.model == "sdxl-arch" else ""),
               "dtype": str(engine.dtype).replace("torch.", ""), "mode": "smoke (tiny sizes)" if a.smoke else "full",
               "torch": torch.__version__, "python": platform.python_version(),
-              "CPU threads": torch.get_num_threads(), "command": "python -m bench.gpu_check " + " ".join(argv or sys.argv[1:])}
+              "CPU threads": torch.get_num_threads(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "command": "python -m bench.gpu_check " + " ".join(argv or sys.argv[1:])}
     if dev.type == "cuda":
         header["CUDA"] = torch.version.cuda
         header["GPU memory"] = f"{torch.cuda.get_device_properties(dev).total_memory / 2**30:.1f} GiB"
