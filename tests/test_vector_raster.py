@@ -330,18 +330,30 @@ def _paths_scenes():
     }
 
 
+def _render_path(scene, size, path):
+    """White-background RGB by the loop, or by the batched path with one composite mode."""
+    if path == "loop":
+        return render(scene, size, size, path="loop")
+    from core.vector.raster_batched import render_batched
+    p = scene.shapes[0].points
+    canvas = torch.ones(4, size, size, dtype=p.dtype)
+    return render_batched(scene, size, size, canvas, composite_mode=path.split("-")[1])[:3]
+
+
+@pytest.mark.parametrize("mode", ["batched-scan", "batched-boxes"])
 @pytest.mark.parametrize("name", list(_paths_scenes()))
-def test_batched_path_matches_the_loop(name):
-    """Same image and gradients (points, colours, widths) from both paths, to 1e-5."""
+def test_batched_path_matches_the_loop(name, mode):
+    """Same image and gradients (points, colours, widths) from both paths, to 1e-5, with
+    either composite (the scan over paint order, or box by box)."""
     scene, size = _paths_scenes()[name]
     weights = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
     results = []
-    for path in ("loop", "batched"):
+    for path in ("loop", mode):
         s = scene.clone()
         params = s.parameters()
         for p in params:
             p.requires_grad_(True)
-        img = render(s, size, size, path=path)
+        img = _render_path(s, size, path)
         (img * weights).sum().backward()
         results.append((img.detach(), [p.grad for p in params]))
     (img_a, grads_a), (img_b, grads_b) = results
@@ -366,11 +378,12 @@ def test_batched_composite_is_alpha_over_in_paint_order():
     cols = [(1.0, 0, 0, 0.5), (0, 1.0, 0, 0.25), (0, 0, 1.0, 0.75)]
     sq = [polygon_shape([(4 + k, 4 + k), (20 + k, 4 + k), (20 + k, 20 + k), (4 + k, 20 + k)], fill=c)
           for k, c in enumerate(cols)]
-    img = render(Scene(32, 32, sq), path="batched", background=(1, 1, 1))
     expected = np.ones(3)
     for *rgb, a in cols:
         expected = (1 - a) * expected + a * np.array(rgb)
-    assert np.allclose(img[:, 12, 12].double().numpy(), expected, atol=1e-6)
+    for mode in ("batched-scan", "batched-boxes"):
+        img = _render_path(Scene(32, 32, sq), 32, mode)
+        assert np.allclose(img[:, 12, 12].double().numpy(), expected, atol=1e-6), mode
 
 
 def test_path_choice():

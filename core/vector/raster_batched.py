@@ -101,7 +101,8 @@ def flatten_all(shapes, scale: torch.Tensor, tol: float = 0.05):
 
 
 class _Layers:
-    """Per-layer tables (long tensors on the device) and per-edge layer ids."""
+    """Per-layer tables (long tensors on the device). Layer pixels are numbered layer by
+    layer, row by row: pixel offset `poff`, `total` of them; rows likewise (`row_*`)."""
 
     def __init__(self, boxes, dev):
         t = torch.as_tensor(np.asarray(boxes, np.int64).reshape(-1, 4), device=dev)
@@ -109,29 +110,28 @@ class _Layers:
         self.n_pix = self.w * self.h
         self.poff = torch.cumsum(self.n_pix, 0) - self.n_pix
         self.total = int(self.n_pix.sum())
-        # rows of all boxes stacked, padded to the widest box: [R, Wmax] grids whose `mask`
-        # (col < w) selects the layer pixels in their flat order (layer, row, col)
         self.row_layer = torch.repeat_interleave(torch.arange(len(self.w), device=dev), self.h)
         self.row_y = torch.arange(len(self.row_layer), device=dev) - \
             torch.repeat_interleave(torch.cumsum(self.h, 0) - self.h, self.h)
-        self.wmax = int(self.w.max()) if len(self.w) else 0
-        cols = torch.arange(self.wmax, device=dev)
-        self.mask = cols[None, :] < self.w[self.row_layer][:, None]
+        self.row_w = self.w[self.row_layer]
 
-    def layer_of_pixel(self):
-        return self.row_layer[:, None].expand(-1, self.wmax)[self.mask]
+    def per_pixel(self, values: torch.Tensor) -> torch.Tensor:
+        """A per-layer value repeated over the layer's pixels."""
+        return torch.repeat_interleave(values, self.n_pix, dim=0, output_size=self.total)
 
-    def canvas_pixel(self, W: int):
+    def canvas_pixel(self, W: int) -> torch.Tensor:
         """Canvas pixel index (y * W + x) of every layer pixel."""
         lay = self.row_layer
-        y = self.y0[lay] + self.row_y
-        x = self.x0[lay][:, None] + torch.arange(self.wmax, device=lay.device)[None, :]
-        return (y[:, None] * W + x)[self.mask]
+        row_base = (self.y0[lay] + self.row_y) * W + self.x0[lay]
+        row_first = torch.cumsum(self.row_w, 0) - self.row_w
+        col = torch.arange(self.total, device=lay.device) - \
+            torch.repeat_interleave(row_first, self.row_w, output_size=self.total)
+        return torch.repeat_interleave(row_base, self.row_w, output_size=self.total) + col
 
 
 def _winding_all(a, b, le, L: _Layers):
-    """Winding numbers (int) of the pixel centres of all layer boxes on the stacked rows
-    [R, Wmax] (`L.mask` selects the real ones), by scanline deposits."""
+    """Winding numbers (int) of the pixel centres of all layer boxes (flat, layer pixel
+    order), by scanline deposits on rows of w + 1 slots and a reverse sum along each row."""
     x0, y0, w, h = L.x0[le], L.y0[le], L.w[le], L.h[le]
     dt = a.dtype
     ymin = torch.minimum(a[:, 1], b[:, 1])
@@ -139,49 +139,61 @@ def _winding_all(a, b, le, L: _Layers):
     rlo = torch.minimum(torch.ceil(ymin - 0.5 - y0.to(dt)).long().clamp_min(0), h)
     rhi = torch.minimum(torch.ceil(ymax - 0.5 - y0.to(dt)).long().clamp_min(0), h)
     e, r = _ranges(rlo, rhi)
-    # deposits on the stacked rows [R, Wmax + 1]; a reverse sum along each row
-    row_start = torch.cumsum(L.h, 0) - L.h
-    dep = torch.zeros(len(L.row_layer), L.wmax + 1, dtype=torch.int32, device=a.device)
+    slots = L.row_w + 1
+    row_start = torch.cumsum(slots, 0) - slots                       # flat slot of each row
+    layer_row0 = torch.cumsum(L.h, 0) - L.h                           # first row of each layer
+    dep = torch.zeros(int(slots.sum()), dtype=torch.int64, device=a.device)
     if len(e):
         ae, be = a[e], b[e]
         yc = y0[e].to(dt) + r.to(dt) + 0.5
         xi = ae[:, 0] + (yc - ae[:, 1]) * (be[:, 0] - ae[:, 0]) / (be[:, 1] - ae[:, 1])
         k = torch.minimum(torch.ceil(xi - 0.5 - x0[e].to(dt)).clamp_min(0), w[e].to(dt)).long()
-        sign = torch.where(be[:, 1] > ae[:, 1], 1, -1).to(torch.int32)
-        dep.index_put_((row_start[le[e]] + r, k), sign, accumulate=True)
-    return dep.sum(1, keepdim=True) - dep.cumsum(1)[:, :L.wmax]   # [R, Wmax], +x ray
+        sign = torch.where(be[:, 1] > ae[:, 1], 1, -1)
+        dep.index_add_(0, row_start[layer_row0[le[e]] + r] + k, sign)
+    cs = torch.cumsum(dep, 0)
+    row_end = row_start + L.row_w                                     # each row's extra slot
+    keep = torch.ones_like(cs, dtype=torch.bool)
+    keep[row_end] = False
+    # sum of the deposits right of each pixel: row total minus the inclusive prefix
+    return torch.repeat_interleave(cs[row_end], L.row_w, output_size=L.total) - cs[keep]
 
 
-def _edge_sides_all(a, b, le, first, count, evenodd, chunk=1 << 22):
+def _edge_sides_all(a, b, le, evenodd):
     """Per edge: is its left side filled, and does filled-ness change across it (relevant)?
-    Probes just left and right of each midpoint against the edges of the same layer, on
-    edges padded per layer [layers, Emax] (padding: NaN, never crossed)."""
+
+    Probes just left and right of each midpoint, winding numbers against the edges of the
+    same layer. Only edges whose y-range holds the probe can cross its +x ray, so candidates
+    come from unit-height bands: each edge is listed in every band floor(y) it spans, and a
+    probe meets the edges of its layer listed in its band (O(E) pairs, not O(E^2))."""
     d = b - a
     length = d.norm(dim=1).clamp_min(1e-12)
     left = torch.stack([-d[:, 1], d[:, 0]], 1) / length[:, None]
     mid = 0.5 * (a + b)
-    n_lay, emax = len(count), int(count.max())
-    pos = torch.arange(len(a), device=a.device) - first[le]
-    pa = torch.full((n_lay, emax, 2), math.nan, dtype=a.dtype, device=a.device)
-    pb = pa.clone()
-    pa[le, pos], pb[le, pos] = a, b
-    sign = torch.where(pb[..., 1] > pa[..., 1], 1, -1).to(torch.int32)
-    dy = torch.where(pb[..., 1] == pa[..., 1], torch.ones_like(pa[..., 1]), pb[..., 1] - pa[..., 1])
-    probes = torch.zeros(n_lay, 2 * emax, 2, dtype=a.dtype, device=a.device)
-    probes[le, pos] = mid + 1e-3 * left
-    probes[le, emax + pos] = mid - 1e-3 * left
-    wind = torch.zeros(n_lay, 2 * emax, dtype=torch.int32, device=a.device)
-    step = max(1, chunk // (2 * emax * emax))
-    for i in range(0, n_lay, step):
-        sl = slice(i, i + step)
-        q = probes[sl, :, None]                                          # [l, 2E, 1, 2]
-        ea, eb = pa[sl, None], pb[sl, None]                              # [l, 1, E, 2]
-        crosses = (ea[..., 1] <= q[..., 1]) != (eb[..., 1] <= q[..., 1])
-        xi = ea[..., 0] + (q[..., 1] - ea[..., 1]) * (eb[..., 0] - ea[..., 0]) / dy[sl, None]
-        wind[sl] = (crosses & (q[..., 0] < xi)).to(torch.int32).mul(sign[sl, None]).sum(2).to(torch.int32)
-    eo = evenodd[:, None]
+    probes = torch.cat([mid + 1e-3 * left, mid - 1e-3 * left])
+    p_layer = torch.cat([le, le])
+    sign = torch.where(b[:, 1] > a[:, 1], 1, -1)
+    dy = torch.where(b[:, 1] == a[:, 1], torch.ones_like(a[:, 1]), b[:, 1] - a[:, 1])
+    lo_band = torch.floor(torch.minimum(a[:, 1], b[:, 1])).long()
+    hi_band = torch.floor(torch.maximum(a[:, 1], b[:, 1])).long()
+    base = int(lo_band.min())
+    n_band = int(hi_band.max()) - base + 1
+    e_of, band = _ranges(lo_band, hi_band + 1)
+    keys, order = torch.sort(le[e_of] * n_band + (band - base))
+    listed = e_of[order]
+    p_band = torch.floor(probes[:, 1]).long()
+    inside = (p_band >= base) & (p_band < base + n_band)
+    p_key = p_layer * n_band + (p_band - base).clamp(0, n_band - 1)
+    lo = torch.searchsorted(keys, p_key)
+    hi = torch.where(inside, torch.searchsorted(keys, p_key, right=True), lo)
+    pi, j = _ranges(lo, hi)
+    q, e = probes[pi], listed[j]
+    crosses = (a[e, 1] <= q[:, 1]) != (b[e, 1] <= q[:, 1])
+    xi = a[e, 0] + (q[:, 1] - a[e, 1]) * (b[e, 0] - a[e, 0]) / dy[e]
+    wind = torch.zeros(len(probes), dtype=torch.int64, device=a.device)
+    wind.index_add_(0, pi, (crosses & (q[:, 0] < xi)).long() * sign[e])
+    eo = evenodd[p_layer]
     f = torch.where(eo, (wind & 1).bool(), wind != 0)
-    return f[le, pos], f[le, pos] != f[le, emax + pos]
+    return f[:len(a)], f[:len(a)] != f[len(a):]
 
 
 def _pairs_all(a, b, le, L: _Layers, reach):
@@ -212,7 +224,7 @@ def fill_coverage_all(A, B, le, L: _Layers, evenodd):
         a, b = A.detach(), B.detach()
         n_pix = L.total
         wind = _winding_all(a, b, le, L)
-        filled = torch.where(evenodd[L.row_layer][:, None], (wind & 1).bool(), wind != 0)[L.mask]
+        filled = torch.where(L.per_pixel(evenodd), (wind & 1).bool(), wind != 0)
         reach = torch.full((len(a),), REACH, dtype=a.dtype, device=a.device)
         e, pix, q = _pairs_all(a, b, le, L, reach)
         ae, d = a[e], (b - a)[e]
@@ -221,10 +233,7 @@ def fill_coverage_all(A, B, le, L: _Layers, evenodd):
         t = ((rel * d).sum(1) / len2).clamp(0, 1)
         near = ae + t[:, None] * d
         dist2 = ((q - near) ** 2).sum(1)
-        n_lay = len(L.w)
-        count = torch.bincount(le, minlength=n_lay)
-        first = torch.cumsum(count, 0) - count
-        f_left_e, relevant_e = _edge_sides_all(a, b, le, first, count, evenodd)
+        f_left_e, relevant_e = _edge_sides_all(a, b, le, evenodd)
         relevant, f_left = relevant_e[e] & (len2 > 1e-10), f_left_e[e]
         side = torch.where(f_left, 1.0, -1.0).to(a.dtype)
         normal = side[:, None] * torch.stack([-d[:, 1], d[:, 0]], 1) / len2.sqrt()[:, None]
@@ -373,9 +382,13 @@ def composite(canvas, pix, layer, alpha, color):
     return out.reshape(C, H, W)
 
 
-def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: float = 0.05):
+def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: float = 0.05,
+                   composite_mode: str = "auto"):
     """Composite `scene` at W x H over a premultiplied [4, H, W] canvas (same result as
-    rasterizer.render_premultiplied with samples=1)."""
+    rasterizer.render_premultiplied with samples=1).
+
+    composite_mode: "scan" (all layers at once, `composite`), "boxes" (layer by layer on
+    in-place box slices, `_OverFlat`) or "auto": scan on CUDA, boxes on a CPU (measured)."""
     shapes = [s for s in scene.shapes if s.num_segments > 0]
     if not shapes:
         return canvas.detach().clone() if not canvas.requires_grad else canvas * 1
@@ -416,9 +429,7 @@ def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: floa
     if not order:
         return canvas * 1
     A, B, shape_of_edge, outline, caps = flatten_all(shapes, scale, tol)
-    rank = {key: k for k, key in enumerate(order)}
     one = torch.ones(1, device=dev, dtype=dt)
-    pix_all, layer_all, alpha_all, color_all = [], [], [], []
 
     def select(layer_shapes, mask=None):
         """Edge indices (into A, B) of each layer's shape, concatenated, and their layer ids."""
@@ -430,19 +441,16 @@ def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: floa
         lid = np.searchsorted(np.asarray(layer_shapes), shape_of_edge[idx])
         return torch.as_tensor(idx, device=dev), torch.as_tensor(lid, device=dev)
 
+    kinds = []               # per kind (fill, stroke): (layers, alpha flat, painted, colours [n, 4])
     if fills:
         L = _Layers([b for _, b in fills], dev)
         ids = [i for i, _ in fills]
         eidx, le = select(ids)
         evenodd = torch.as_tensor([shapes[i].fill_rule == "evenodd" for i in ids], device=dev)
         cov, painted = fill_coverage_all(A[eidx], B[eidx], le, L, evenodd)
-        lay, cpix = L.layer_of_pixel(), L.canvas_pixel(W)
         opacity = torch.stack([shapes[i].fill[3] for i in ids])
         colors = torch.stack([torch.cat([shapes[i].fill[:3], one]) for i in ids])
-        paint_rank = torch.as_tensor([rank[(0, k)] for k in range(len(fills))], device=dev)
-        m = torch.nonzero(painted).squeeze(1)
-        pix_all.append(cpix[m]); layer_all.append(paint_rank[lay[m]])
-        alpha_all.append(cov[m] * opacity[lay[m]]); color_all.append(colors[lay[m]])
+        kinds.append((L, cov * L.per_pixel(opacity), painted, colors))
     if strokes:
         L = _Layers([b for _, b, _ in strokes], dev)
         ids = [i for i, _, _ in strokes]
@@ -452,12 +460,63 @@ def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: floa
         reach = r + REACH + torch.where(code == 2, r, torch.zeros_like(r))
         caps_t = torch.as_tensor(caps, device=dev)[eidx]
         cov, painted = stroke_coverage_all(A[eidx], B[eidx], le, L, halves[ids], reach, code, caps_t)
-        lay, cpix = L.layer_of_pixel(), L.canvas_pixel(W)
         opacity = torch.stack([shapes[i].stroke[3] for i in ids])
         colors = torch.stack([torch.cat([shapes[i].stroke[:3], one]) for i in ids])
-        paint_rank = torch.as_tensor([rank[(1, k)] for k in range(len(strokes))], device=dev)
+        kinds.append((L, cov * L.per_pixel(opacity), painted, colors))
+    # paint order: (kind, index within kind) per layer
+    kind_of = {0: 0, 1: len(kinds) - 1}
+    paint = [(kind_of[k], idx) for k, idx in order]
+    if composite_mode == "auto":
+        composite_mode = "scan" if dev.type == "cuda" else "boxes"
+    if composite_mode == "boxes":
+        boxes = [(_box_tuple(kinds[k][0], idx), k, int(kinds[k][0].poff[idx])) for k, idx in paint]
+        colors = torch.cat([kinds[k][3][idx:idx + 1] for k, idx in paint])
+        return _OverFlat.apply(boxes, canvas, colors, *[kd[1] for kd in kinds])
+    pix_all, layer_all, alpha_all, color_all = [], [], [], []
+    for k, (L, alpha, painted, colors) in enumerate(kinds):
+        ranks = torch.as_tensor([p for p, (kk, _) in enumerate(paint) if kk == k], device=dev)
         m = torch.nonzero(painted).squeeze(1)
-        pix_all.append(cpix[m]); layer_all.append(paint_rank[lay[m]])
-        alpha_all.append(cov[m] * opacity[lay[m]]); color_all.append(colors[lay[m]])
+        lay = L.per_pixel(torch.arange(len(L.w), device=dev))[m]
+        pix_all.append(L.canvas_pixel(W)[m])
+        layer_all.append(ranks[lay])
+        alpha_all.append(alpha[m])
+        color_all.append(colors[lay])
     return composite(canvas, torch.cat(pix_all), torch.cat(layer_all), torch.cat(alpha_all),
                      torch.cat(color_all))
+
+
+def _box_tuple(L: _Layers, i: int):
+    return tuple(int(v) for v in (L.x0[i], L.y0[i], L.w[i], L.h[i]))
+
+
+class _OverFlat(torch.autograd.Function):
+    """Alpha-over in paint order, layer by layer on its box (in-place slices; the CPU's
+    fastest way), reading each layer's alpha from a flat buffer of all boxes of its kind."""
+
+    @staticmethod
+    def forward(ctx, boxes, canvas, colors, *flats):
+        img = canvas.detach().clone()
+        before = []
+        for j, ((x0, y0, w, h), k, off) in enumerate(boxes):
+            a = flats[k][off:off + w * h].view(h, w)
+            sub = img[:, y0:y0 + h, x0:x0 + w]
+            before.append(sub.clone())
+            sub.mul_(1 - a).add_(a * colors[j][:, None, None])
+        ctx.boxes, ctx.before = boxes, before
+        ctx.save_for_backward(colors, *flats)
+        return img
+
+    @staticmethod
+    def backward(ctx, grad):
+        colors, *flats = ctx.saved_tensors
+        g_img = grad.clone()
+        g_flats = [torch.zeros_like(f) for f in flats]
+        g_colors = torch.zeros_like(colors)
+        for j in reversed(range(len(ctx.boxes))):
+            (x0, y0, w, h), k, off = ctx.boxes[j]
+            a = flats[k][off:off + w * h].view(h, w)
+            g = g_img[:, y0:y0 + h, x0:x0 + w]
+            g_flats[k][off:off + w * h] = (g * (colors[j][:, None, None] - ctx.before[j])).sum(0).reshape(-1)
+            g_colors[j] = (g * a).sum((1, 2))
+            g.mul_(1 - a)
+        return (None, g_img if ctx.needs_input_grad[1] else None, g_colors, *g_flats)

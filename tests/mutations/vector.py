@@ -81,7 +81,7 @@ MUTATIONS = [
     Mutation("rast-batched-transmittance-inclusive", RB,
              "excl = torch.where(idx < last, torch.cat([incl[1:], incl[:1]]), torch.ones_like(incl))",
              "excl = incl",
-             (f"{TR}::test_alpha_over_is_exact_inside",), "each layer attenuated by itself"),
+             (f"{TR}::test_batched_composite_is_alpha_over_in_paint_order",), "each layer attenuated by itself"),
     Mutation("rast-batched-stroke-caps-ignored", RB,
              "cap = torch.where(code > 0, caps[ep], torch.zeros_like(caps[ep]))", "cap = torch.zeros_like(caps[ep])",
              (f"{TR}::test_strokes_match_cairosvg_round_joins_all_caps",), "butt and square caps drawn round"),
