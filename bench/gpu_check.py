@@ -17,7 +17,8 @@ global time budget, --budget, turns the sections left into `SKIPPED:` lines):
 3. adain: frames per second at 256/512/1024, fp16 (fp32 on CPU), channels_last, with the
    style's statistics cached (the webcam case; bench/adain.py's `bench_device`).
 4. rasterizer: forward+backward of random blob scenes 64/256 paths @256, 128@512, 256@600,
-   the per-shape loop and the batched path side by side (bench/vector.py's scenes).
+   the per-shape loop and the batched path side by side (bench/vector.py's scenes), the
+   batched path with both composites (scan: CUDA's default; boxes: the CPU's).
 5. vectorfusion: one SDS iteration at render 600 / input 512 (64 paths), and the projected
    time of a full run of 1000 iterations (SDS loop only: no candidates, no LIVE).
 6. app: the whole app's peak memory with every tab's core function used once on one engine
@@ -275,19 +276,27 @@ def section_adain(device, z: Sizes, rep: Report) -> None:
 # --- 4. rasterizer ------------------------------------------------------------------------
 
 def raster_time(n: int, size: int, device, path: str, repeats: int) -> float:
-    """Seconds (min over repeats, after a warm-up) of one render + MSE + backward."""
+    """Seconds (min over repeats, after a warm-up) of one render + MSE + backward. `path`:
+    loop, batched (its automatic composite), batched-scan or batched-boxes."""
     from bench.vector import random_scene
+    from core.vector.raster_batched import render_batched
     from core.vector.rasterizer import render
 
     scene = random_scene(n, size, device)
     for p in scene.parameters():
         p.requires_grad_(True)
     target = torch.rand(3, size, size, device=device)
+    white = torch.ones(4, size, size, device=device)
+
+    def image():
+        if path.startswith("batched-"):
+            return render_batched(scene, size, size, white, composite_mode=path.split("-")[1])[:3]
+        return render(scene, size, size, path=path)
 
     def once():
         for p in scene.parameters():
             p.grad = None
-        ((render(scene, size, size, path=path) - target) ** 2).mean().backward()
+        ((image() - target) ** 2).mean().backward()
         sync(device)
 
     once()
@@ -303,12 +312,17 @@ def section_rasterizer(device, z: Sizes, rep: Report) -> None:
     from bench.vector import random_scene
     from core.vector.rasterizer import choose_path
 
+    auto_mode = "scan" if device.type == "cuda" else "boxes"
+    other = "boxes" if auto_mode == "scan" else "scan"
     for n, size in z.raster:
-        t = {path: raster_time(n, size, device, path, z.raster_repeats) for path in ("loop", "batched")}
-        auto = choose_path(random_scene(n, size, device), "auto", size * size)
+        t = {path: raster_time(n, size, device, path, z.raster_repeats)
+             for path in ("loop", "batched", f"batched-{other}")}
+        auto = choose_path(random_scene(n, size, device), "auto")
         goal = "goal <= 20 ms" if (n, size) == (256, 600) else ""
         rep.row("rasterizer", f"{n} paths @{size} loop fwd+bwd", 1000 * t["loop"], "ms")
-        rep.row("rasterizer", f"{n} paths @{size} batched fwd+bwd", 1000 * t["batched"], "ms", goal)
+        rep.row("rasterizer", f"{n} paths @{size} batched fwd+bwd", 1000 * t["batched"], "ms",
+                f"{auto_mode} composite; {goal}".rstrip("; "))
+        rep.row("rasterizer", f"{n} paths @{size} batched, {other} composite", 1000 * t[f"batched-{other}"], "ms")
         rep.row("rasterizer", f"{n} paths @{size} loop / batched", t["loop"] / t["batched"], "x",
                 f"auto picks {auto}")
 

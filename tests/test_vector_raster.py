@@ -389,8 +389,7 @@ def test_batched_composite_is_alpha_over_in_paint_order():
 def test_path_choice():
     from core.vector.rasterizer import choose_path
     one, many = Scene(64, 64, _blobs(1, 64).shapes), _blobs(8, 64)
-    assert choose_path(one) == "loop" and choose_path(many, pixels=64 * 64) == "batched"
-    assert choose_path(many, pixels=600 * 600) == "loop"          # CPU, large canvas
+    assert choose_path(one) == "loop" and choose_path(many) == "batched"
     assert choose_path(one, "batched") == "batched"
     with pytest.raises(ValueError):
         choose_path(one, "nope")

@@ -449,28 +449,19 @@ def _device(scene: Scene):
 PATHS = ("auto", "batched", "loop")
 
 
-BATCHED_CPU_MAX_PIXELS = 320 * 320
-
-
-def choose_path(scene: Scene, path: str = "auto", pixels: int = 0) -> str:
+def choose_path(scene: Scene, path: str = "auto") -> str:
     """'batched' (raster_batched.py: all shapes in a few large tensor operations) or 'loop'
     (one shape at a time, `layers` + `_Over`).
 
-    Auto, from CPU measurements (1 thread, random blobs as in bench/vector.py, fwd+bwd):
-    batched wins 1.3-1.7x for 8-256 shapes at 256 px, the loop wins for a lone shape (0.6x)
-    and for large canvases (128@512: 0.5x, 256@600: 0.4x; in-place box slices beat gathers
-    there). On a GPU the loop costs a few kernel launches per shape, so batched is chosen
-    from two shapes up (bench/gpu_check.py times both)."""
+    Auto: batched from two shapes up. Measured on a CPU (1 thread, bench/vector.py's random
+    blobs, forward+backward, one run side by side): batched 3-6x faster for 8-256 paths at
+    256 px, 3x at 128@512, 1.7x at 256@600; the loop 1.4x faster for a lone shape. On a GPU
+    the loop costs several kernel launches per shape (bench/gpu_check.py times both)."""
     if path not in PATHS:
         raise ValueError(f"unknown rasterizer path {path!r}: use one of {PATHS}")
     if path != "auto":
         return path
-    shapes = scene.shapes
-    if len(shapes) < 2:
-        return "loop"
-    if shapes[0].points.device.type != "cpu":
-        return "batched"
-    return "batched" if pixels <= BATCHED_CPU_MAX_PIXELS else "loop"
+    return "batched" if len(scene.shapes) >= 2 else "loop"
 
 
 def render_premultiplied(scene: Scene, width: int, height: int, canvas: torch.Tensor,
@@ -479,7 +470,7 @@ def render_premultiplied(scene: Scene, width: int, height: int, canvas: torch.Te
     W, H = int(width) * samples, int(height) * samples
     if samples > 1:
         canvas = F.interpolate(canvas[None], size=(H, W), mode="nearest")[0]
-    if choose_path(scene, path, W * H) == "batched":
+    if choose_path(scene, path) == "batched":
         from .raster_batched import render_batched
         out = render_batched(scene, W, H, canvas, tol)
     else:
