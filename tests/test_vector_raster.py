@@ -124,7 +124,7 @@ def test_area_coverage_is_exact_along_a_slanted_edge(degrees):
     cov = render_rgba(Scene(64, 64, [region]))[3].double().numpy()
     checked = 0
     for i in range(2, 58):
-        for j in range(0, min(int(x_far) - 1, 63)):
+        for j in range(min(int(x_far) - 1, 63)):
             exact = _pixel_area_below(j, i, y0, slope)
             if 0 < exact < 1:
                 assert cov[i, j] == pytest.approx(exact, abs=2e-4), (i, j)
@@ -393,3 +393,16 @@ def test_path_choice():
     assert choose_path(one, "batched") == "batched"
     with pytest.raises(ValueError):
         choose_path(one, "nope")
+
+
+def test_batched_edge_sides_with_a_far_off_point():
+    """A control point far off the canvas (edges spanning huge heights: the all-edges
+    fallback of the band lookup) renders as the loop does."""
+    far = polygon_shape([(4, 4), (28, 4), (28, 28), (4, 28)], fill=(0.2, 0.4, 0.6, 1.0))
+    far.points = far.points.clone()
+    far.points[4] = torch.tensor([16.0, 1e9])
+    ok = polygon_shape([(8, 8), (24, 8), (24, 24), (8, 24)], fill=(1, 0, 0, 0.5))
+    scene = Scene(32, 32, [far, ok])
+    with torch.no_grad():
+        a, b = render(scene, path="loop"), render(scene, path="batched")
+    assert torch.isfinite(b).all() and (a - b).abs().max() <= 1e-5

@@ -179,20 +179,32 @@ def _edge_sides_all(a, b, le, evenodd):
     p_layer = torch.cat([le, le])
     sign = torch.where(b[:, 1] > a[:, 1], 1, -1)
     dy = torch.where(b[:, 1] == a[:, 1], torch.ones_like(a[:, 1]), b[:, 1] - a[:, 1])
-    lo_band = torch.floor(torch.minimum(a[:, 1], b[:, 1])).long()
-    hi_band = torch.floor(torch.maximum(a[:, 1], b[:, 1])).long()
-    base = int(lo_band.min())
-    n_band = int(hi_band.max()) - base + 1
-    e_of, band = _ranges(lo_band, hi_band + 1)
-    keys, order = torch.sort(le[e_of] * n_band + (band - base))
-    listed = e_of[order]
-    p_band = torch.floor(probes[:, 1]).long()
-    inside = (p_band >= base) & (p_band < base + n_band)
-    p_key = p_layer * n_band + (p_band - base).clamp(0, n_band - 1)
-    lo = torch.searchsorted(keys, p_key)
-    hi = torch.where(inside, torch.searchsorted(keys, p_key, right=True), lo)
-    pi, j = _ranges(lo, hi)
-    q, e = probes[pi], listed[j]
+    # NaN/inf edges never cross a ray (their comparisons or xi are NaN): listed nowhere
+    finite = torch.isfinite(a[:, 1]) & torch.isfinite(b[:, 1])
+    big = 1e12
+    lo_band = torch.where(finite, torch.floor(torch.minimum(a[:, 1], b[:, 1]).clamp(-big, big)),
+                          torch.ones_like(a[:, 1])).long()
+    hi_band = torch.where(finite, torch.floor(torch.maximum(a[:, 1], b[:, 1]).clamp(-big, big)),
+                          torch.zeros_like(a[:, 1])).long()
+    listings = int((hi_band - lo_band + 1).clamp_min(0).sum())
+    if listings <= 64 * len(a) + 100_000:
+        base = int(lo_band.min())
+        n_band = int(hi_band.max()) - base + 1
+        e_of, band = _ranges(lo_band, hi_band + 1)
+        keys, order = torch.sort(le[e_of] * n_band + (band - base))
+        listed = e_of[order]
+        p_band = torch.floor(probes[:, 1].nan_to_num(0.0).clamp(-big, big)).long()
+        inside = (p_band >= base) & (p_band < base + n_band)
+        p_key = p_layer * n_band + (p_band - base).clamp(0, n_band - 1)
+        lo = torch.searchsorted(keys, p_key)
+        hi = torch.where(inside, torch.searchsorted(keys, p_key, right=True), lo)
+        pi, j = _ranges(lo, hi)
+        e = listed[j]
+    else:   # edges spanning huge heights (far-off control points): every edge of the layer
+        count = torch.bincount(le, minlength=int(le.max()) + 1)
+        first = torch.cumsum(count, 0) - count
+        pi, e = _ranges(first[p_layer], first[p_layer] + count[p_layer])
+    q = probes[pi]
     crosses = (a[e, 1] <= q[:, 1]) != (b[e, 1] <= q[:, 1])
     xi = a[e, 0] + (q[:, 1] - a[e, 1]) * (b[e, 0] - a[e, 0]) / dy[e]
     wind = torch.zeros(len(probes), dtype=torch.int64, device=a.device)
