@@ -324,6 +324,11 @@ def _paths_scenes():
         "thin-and-covered": (Scene(64, 64, [
             polygon_shape([(-5, -5), (70, -5), (70, 70), (-5, 70)], fill=(0.5, 0.5, 0.5, 1)),
             polygon_shape([(10.3, 10.1), (50.2, 10.1), (50.2, 10.4), (10.3, 10.4)], fill=(0, 0, 0, 1))]), 64),
+        "evenodd-only": (Scene(64, 64, [
+            polygon_shape([(32, 4), (48, 60), (6, 24), (58, 24), (16, 60)], fill=(0.9, 0.6, 0.1, 0.8),
+                          fill_rule="evenodd"),
+            polygon_shape([(10, 10), (40, 12), (38, 40), (12, 38)], fill=(0.1, 0.3, 0.9, 0.7),
+                          fill_rule="evenodd")]), 64),
         "icon": (read_svg(ICONS[1]), 96),
         "blobs-32": (_blobs(32, 128), 128),
         "blobs-strokes-open": (_blobs(24, 96, seed=3, stroke=True), 96),

@@ -242,7 +242,10 @@ def fill_coverage_all(A, B, le, L: _Layers, evenodd):
         a, b = A.detach(), B.detach()
         n_pix = L.total
         wind = _winding_all(a, b, le, L)
-        filled = torch.where(L.per_pixel(evenodd), (wind & 1).bool(), wind != 0)
+        if bool(evenodd.all()) or not bool(evenodd.any()):       # one rule for all: no per-pixel map
+            filled = (wind & 1).bool() if bool(evenodd.any()) else wind != 0
+        else:
+            filled = torch.where(L.per_pixel(evenodd), (wind & 1).bool(), wind != 0)
         reach = torch.full((len(a),), REACH, dtype=a.dtype, device=a.device)
         e, pix, q = _pairs_all(a, b, le, L, reach)
         ae, d = a[e], (b - a)[e]
@@ -459,7 +462,7 @@ def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: floa
         lid = np.searchsorted(np.asarray(layer_shapes), shape_of_edge[idx])
         return torch.as_tensor(idx, device=dev), torch.as_tensor(lid, device=dev)
 
-    kinds = []               # per kind (fill, stroke): (layers, alpha flat, painted, colours [n, 4])
+    kinds = []     # per kind (fill, stroke): (layers, coverage flat, painted, colours [n, 4], opacity [n])
     if fills:
         L = _Layers([b for _, b in fills], dev)
         ids = [i for i, _ in fills]
@@ -468,7 +471,7 @@ def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: floa
         cov, painted = fill_coverage_all(A[eidx], B[eidx], le, L, evenodd)
         opacity = torch.stack([shapes[i].fill[3] for i in ids])
         colors = torch.stack([torch.cat([shapes[i].fill[:3], one]) for i in ids])
-        kinds.append((L, cov * L.per_pixel(opacity), painted, colors))
+        kinds.append((L, cov, painted, colors, opacity))
     if strokes:
         L = _Layers([b for _, b, _ in strokes], dev)
         ids = [i for i, _, _ in strokes]
@@ -480,7 +483,7 @@ def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: floa
         cov, painted = stroke_coverage_all(A[eidx], B[eidx], le, L, halves[ids], reach, code, caps_t)
         opacity = torch.stack([shapes[i].stroke[3] for i in ids])
         colors = torch.stack([torch.cat([shapes[i].stroke[:3], one]) for i in ids])
-        kinds.append((L, cov * L.per_pixel(opacity), painted, colors))
+        kinds.append((L, cov, painted, colors, opacity))
     # paint order: (kind, index within kind) per layer
     kind_of = {0: 0, 1: len(kinds) - 1}
     paint = [(kind_of[k], idx) for k, idx in order]
@@ -488,16 +491,19 @@ def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: floa
         composite_mode = "scan" if dev.type == "cuda" else "boxes"
     if composite_mode == "boxes":
         boxes = [(_box_tuple(kinds[k][0], idx), k, int(kinds[k][0].poff[idx])) for k, idx in paint]
-        colors = torch.cat([kinds[k][3][idx:idx + 1] for k, idx in paint])
-        return _OverFlat.apply(boxes, canvas, colors, *[kd[1] for kd in kinds])
+        colors = torch.cat([kd[3] for kd in kinds])                  # [fills + strokes, 4]
+        opacity = torch.cat([kd[4] for kd in kinds])
+        shift = [0, len(kinds[0][3])]
+        at = torch.as_tensor([shift[k] + idx for k, idx in paint], device=dev)   # paint order
+        return _OverFlat.apply(boxes, canvas, colors[at], opacity[at], *[kd[1] for kd in kinds])
     pix_all, layer_all, alpha_all, color_all = [], [], [], []
-    for k, (L, alpha, painted, colors) in enumerate(kinds):
+    for k, (L, cov, painted, colors, opacity) in enumerate(kinds):
         ranks = torch.as_tensor([p for p, (kk, _) in enumerate(paint) if kk == k], device=dev)
         m = torch.nonzero(painted).squeeze(1)
         lay = L.per_pixel(torch.arange(len(L.w), device=dev))[m]
         pix_all.append(L.canvas_pixel(W)[m])
         layer_all.append(ranks[lay])
-        alpha_all.append(alpha[m])
+        alpha_all.append(cov[m] * opacity[lay])
         color_all.append(colors[lay])
     return composite(canvas, torch.cat(pix_all), torch.cat(layer_all), torch.cat(alpha_all),
                      torch.cat(color_all))
@@ -509,32 +515,36 @@ def _box_tuple(L: _Layers, i: int):
 
 class _OverFlat(torch.autograd.Function):
     """Alpha-over in paint order, layer by layer on its box (in-place slices; the CPU's
-    fastest way), reading each layer's alpha from a flat buffer of all boxes of its kind."""
+    fastest way); layer j's alpha is its coverage, read from the flat buffer of all boxes of
+    its kind, times its opacity."""
 
     @staticmethod
-    def forward(ctx, boxes, canvas, colors, *flats):
+    def forward(ctx, boxes, canvas, colors, opacity, *flats):
         img = canvas.detach().clone()
         before = []
         for j, ((x0, y0, w, h), k, off) in enumerate(boxes):
-            a = flats[k][off:off + w * h].view(h, w)
+            a = flats[k][off:off + w * h].view(h, w) * opacity[j]
             sub = img[:, y0:y0 + h, x0:x0 + w]
             before.append(sub.clone())
             sub.mul_(1 - a).add_(a * colors[j][:, None, None])
         ctx.boxes, ctx.before = boxes, before
-        ctx.save_for_backward(colors, *flats)
+        ctx.save_for_backward(colors, opacity, *flats)
         return img
 
     @staticmethod
     def backward(ctx, grad):
-        colors, *flats = ctx.saved_tensors
+        colors, opacity, *flats = ctx.saved_tensors
         g_img = grad.clone()
         g_flats = [torch.zeros_like(f) for f in flats]
-        g_colors = torch.zeros_like(colors)
+        g_colors, g_opacity = torch.zeros_like(colors), torch.zeros_like(opacity)
         for j in reversed(range(len(ctx.boxes))):
             (x0, y0, w, h), k, off = ctx.boxes[j]
-            a = flats[k][off:off + w * h].view(h, w)
+            cov = flats[k][off:off + w * h].view(h, w)
+            a = cov * opacity[j]
             g = g_img[:, y0:y0 + h, x0:x0 + w]
-            g_flats[k][off:off + w * h] = (g * (colors[j][:, None, None] - ctx.before[j])).sum(0).reshape(-1)
+            g_alpha = (g * (colors[j][:, None, None] - ctx.before[j])).sum(0)
+            g_flats[k][off:off + w * h] = (g_alpha * opacity[j]).reshape(-1)
+            g_opacity[j] = (g_alpha * cov).sum()
             g_colors[j] = (g * a).sum((1, 2))
             g.mul_(1 - a)
-        return (None, g_img if ctx.needs_input_grad[1] else None, g_colors, *g_flats)
+        return (None, g_img if ctx.needs_input_grad[1] else None, g_colors, g_opacity, *g_flats)

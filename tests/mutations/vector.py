@@ -90,6 +90,7 @@ MUTATIONS = [
              "hi_band = torch.floor(torch.minimum(a[:, 1], b[:, 1])).long()",
              (SAME,), "an edge listed only in the band of its lower end: probes miss crossings"),
     Mutation("rast-batched-boxes-alpha-gradient-ignores-below", RB,
-             "(g * (colors[j][:, None, None] - ctx.before[j])).sum(0)", "(g * colors[j][:, None, None]).sum(0)",
+             "g_alpha = (g * (colors[j][:, None, None] - ctx.before[j])).sum(0)",
+             "g_alpha = (g * colors[j][:, None, None]).sum(0)",
              (FD,), "the box composite's alpha gradient without what lies below"),
 ]
