@@ -452,6 +452,10 @@ def main(argv=None) -> int:
 
     engine = Engine(a.model, device=a.device, dtype=a.dtype, data_dir=tempfile.mkdtemp(prefix="gpu-check-"))
     dev = engine.device
+    if not a.smoke and dev.type != "cuda":
+        print(f"gpu_check: no CUDA device here ({dev}); the full sizes would take hours. "
+              "Run `python -m bench.gpu_check --smoke` for the CPU form.", file=sys.stderr)
+        return 2
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu-{platform.machine()}"
     header = {"date (UTC)": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
               "device": gpu, "model": a.model + (" (random weights)" if a.model == "sdxl-arch" else ""),
