@@ -457,7 +457,7 @@ def main(argv=None) -> int:
               "Run `python -m bench.gpu_check --smoke` for the CPU form.", file=sys.stderr)
         return 2
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu-{platform.machine()}"
-    header = {"date (UTC)": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+    header = {"date (UTC)": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
               "device": gpu, "model": a.model + (" (random weights)" if a.model == "sdxl-arch" else ""),
               "dtype": str(engine.dtype).replace("torch.", ""), "mode": "smoke (tiny sizes)" if a.smoke else "full",
               "torch": torch.__version__, "python": platform.python_version(),
@@ -504,7 +504,7 @@ def main(argv=None) -> int:
     header["total time"] = f"{time.perf_counter() - start:.1f} s"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     path = out / f"{stamp}-{_slug(gpu)}{'-smoke' if a.smoke else ''}.md"
     path.write_text(rep.markdown(), encoding="utf-8")
     print(f"report: {path}")
