@@ -461,7 +461,4 @@ class AdaINTab(Tab):
         self.wire_stop(tr["stop"])
 
 
-def build(ctx: AppContext) -> AdaINTab:
-    tab = AdaINTab(ctx)
-    tab.build()
-    return tab
+build = AdaINTab.mount  # the tab module's entry point (tabs/__init__.py)

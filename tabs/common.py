@@ -166,6 +166,14 @@ class Tab:
     def build(self) -> None:  # pragma: no cover - every tab defines it
         raise NotImplementedError
 
+    @classmethod
+    def mount(cls, ctx: AppContext) -> "Tab":
+        """The tab's handlers bound to `ctx`, with its widgets laid out in the current Blocks
+        context (a tab module's `build`)."""
+        tab = cls(ctx)
+        tab.build()
+        return tab
+
 
 @dataclass
 class JobUpdate:

@@ -17,7 +17,7 @@ from core.errors import UserError
 from core.events import Progress, Result
 from core.train import MAX_STEPS, TrainConfig
 
-from .common import GPU, AppContext, Tab, deliver, gpu, job_updates, md_text, stream_training, user_errors
+from .common import GPU, Tab, deliver, gpu, job_updates, md_text, stream_training, user_errors
 from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "Personalize"
@@ -434,7 +434,4 @@ class PersonalizeTab(Tab):
         self.wire_stop(w.stop_btn)
 
 
-def build(ctx: AppContext) -> PersonalizeTab:
-    tab = PersonalizeTab(ctx)
-    tab.build()
-    return tab
+build = PersonalizeTab.mount  # the tab module's entry point (tabs/__init__.py)

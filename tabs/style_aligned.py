@@ -8,7 +8,7 @@ from core.events import Progress, Result
 from core.images import load_image
 from core.style_aligned import MAX_SET, SharingOptions, style_aligned_set
 
-from .common import GPU, AppContext, Tab, about, example, gpu, job_updates, user_errors
+from .common import GPU, Tab, about, example, gpu, job_updates, user_errors
 from .widgets import Number, Slider
 
 TITLE = "Style-Aligned Set"
@@ -173,7 +173,4 @@ class StyleAlignedTab(Tab):
         ]
 
 
-def build(ctx: AppContext) -> StyleAlignedTab:
-    tab = StyleAlignedTab(ctx)
-    tab.build()
-    return tab
+build = StyleAlignedTab.mount  # the tab module's entry point (tabs/__init__.py)

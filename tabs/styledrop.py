@@ -570,7 +570,4 @@ class StyleDropTab(Tab):
         self.wire_stop(ui.stop)
 
 
-def build(ctx: AppContext) -> StyleDropTab:
-    tab = StyleDropTab(ctx)
-    tab.build()
-    return tab
+build = StyleDropTab.mount  # the tab module's entry point (tabs/__init__.py)
