@@ -14,6 +14,7 @@ import pandas as pd
 
 from core import blora
 from core import validate as v
+from core.errors import UserError
 from core.events import Progress, Result
 from core.train import MAX_STEPS
 
@@ -85,6 +86,21 @@ class BLoRATab(Tab):
         """The training settings of a preset, in the order of PRESET_FIELDS."""
         settings = blora.preset_settings(preset, self.engine)
         return tuple(settings[k] for k in PRESET_FIELDS)
+
+    @staticmethod
+    def loss_axes(steps) -> dict:
+        """The loss plot's axes: steps 0 to the run's last, loss from 0. A run stopped at step 1
+        still has a readable plot (one point alone gives each axis an empty range, drawn as a lone
+        "1.000000" tick; its loss is in the status line, as a line needs two points)."""
+        try:
+            last = v.whole(steps, "Steps", 1, MAX_STEPS)
+        except UserError:
+            last = None
+        return dict(x_lim=[0, last], y_lim=[0, None])
+
+    def update_loss_axes(self, steps):
+        """The plot's axes for a new step count (page helper)."""
+        return gr.update(**self.loss_axes(steps))
 
     @user_errors
     @gpu(duration=600)
@@ -197,9 +213,7 @@ class BLoRATab(Tab):
                 train = self._training_inputs()
             with gr.Column(scale=1):
                 train.status = gr.Markdown("", elem_id="bl-status")
-                # both axes from 0: a run stopped at step 1 still has readable axes (one point alone
-                # gives an empty range, drawn as a lone "1.000000" tick)
-                train.loss_plot = gr.LinePlot(None, x="step", y="loss", x_lim=[0, None], y_lim=[0, None],
+                train.loss_plot = gr.LinePlot(None, x="step", y="loss", **self.loss_axes(train.steps.value),
                                               title="Training loss (the B-LoRA being trained)", height=240,
                                               elem_id="bl-loss")
                 train.samples = gr.Gallery(label="Samples while training", columns=4, height="auto",
@@ -297,6 +311,7 @@ class BLoRATab(Tab):
     def _wire(self, train: SimpleNamespace, mix: SimpleNamespace) -> None:
         ui = dict(api_visibility="private")  # page helpers, not part of the API
         train.files.change(self.show_crops, train.files, train.crops, **ui)
+        train.steps.change(self.update_loss_axes, train.steps, train.loss_plot, queue=False, **ui)
         train.preset.change(self.apply_preset, train.preset, [train.steps, train.lr, train.rank, train.sample_every,
                                                               train.ckpt_every, train.gc], queue=False, **ui)
         library_out = [mix.library, mix.ids, mix.content, mix.style]
