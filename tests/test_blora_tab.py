@@ -337,3 +337,24 @@ def test_browser_train_pick_and_transfer(live_app, page, tmp_path):
     assert page.locator("#bl-gallery img").count() >= 1
     assert "content #" in page.locator("#bl-gen-status").inner_text()
     screenshot(page, "blora-mix")
+
+
+@pytest.mark.browser
+def test_browser_a_run_stopped_at_its_first_step_has_a_readable_plot(live_app, page, tmp_path):
+    """Issue 16 item 9: one point alone used to give each axis an empty range, drawn as a lone
+    "1.000000" tick; the axes now run from 0 (steps up to the run's last)."""
+    page.goto(live_app.url)
+    page.get_by_role("tab", name="B-LoRA Mix").click()
+    page.locator("#bl-files input[type=file]").set_input_files([picture_file(tmp_path / "one.png", 0)])
+    page.wait_for_function("() => document.querySelectorAll('#bl-crops img').length >= 1", timeout=60_000)
+    page.get_by_text("Training settings").click()
+    box = page.locator("#bl-steps input")
+    box.fill("1")
+    box.press("Tab")
+    page.locator("#bl-train").click()
+    page.wait_for_function("() => document.querySelector('#bl-status').innerText.includes('Done')", timeout=120_000)
+    page.wait_for_selector("#bl-loss svg text", timeout=30_000)
+    labels = page.eval_on_selector_all("#bl-loss svg text", "els => els.map(e => e.textContent)")
+    assert "1.000000" not in labels and "step" in labels and "loss" in labels
+    ticks = [float(t) for t in labels if t.replace(".", "", 1).isdigit()]
+    assert min(ticks) == 0 and 1 in ticks and len(ticks) >= 4    # both axes from 0, with a range
