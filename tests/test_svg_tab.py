@@ -68,8 +68,10 @@ def test_text_to_svg_streams_candidates_frames_and_the_last_sds_step(tab):
     assert any(line.startswith("**SDS 3/3") for line in statuses)
     assert statuses.index("**Candidates ranked by CLIP.**") < min(i for i, line in enumerate(statuses) if "SDS" in line)
     assert Path(svg_file).read_text() == info["svg"] and Path(preview).read_bytes() == Path(png_file).read_bytes()
-    frames = [u for u in updates if isinstance(u[3], str)]            # every frame offers its SVG
-    assert len(frames) >= 4 and all(u[3].endswith(".svg") and u[4].endswith(".png") for u in frames)
+    # every frame offers its SVG (frames that pile up behind a slow consumer are coalesced, but the
+    # last SDS frame always comes before the result)
+    frames = [u for u in updates if isinstance(u[3], str)]
+    assert len(frames) >= 2 and all(u[3].endswith(".svg") and u[4].endswith(".png") for u in frames)
 
 
 def test_no_sds_steps_closes_without_a_step_count(tab):
