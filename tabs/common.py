@@ -186,12 +186,18 @@ class JobUpdate:
     stopped: bool = False
 
 
-def job_updates(events, *, stopped: str, done: str = "**Done.**",
-                line: Callable[[Any], str | None] | None = None):
+def job_updates(events, *, stopped: str | Callable[[], str], done: str | Callable[[Any], str] = "**Done.**",
+                line: Callable[[Any], str | None] | None = None,
+                progress: Callable[[Any], str] | None = None):
     """Turn a job's core events into `JobUpdate`s: Notices are kept above the latest progress
     line, a Result closes with `done`, and a Stop (or the time limit) ends with `stopped` (and
     the reason), as the job's own last update so no progress line can overwrite it. `line(event)`
-    may give the status line of a method's own events (None: keep the last one)."""
+    may give the status line of a method's own events (None: keep the last one).
+
+    `done` may be a function of the Result (the line of an intermediate stage's Result, or a
+    closing line that says what was made), `stopped` a function called at the Stop (what was
+    kept depends on how far the job got), `progress(event)` the line of a Progress (default
+    `status_text`)."""
     from core.events import Notice, Progress, Result
 
     notes: list[str] = []
@@ -206,14 +212,14 @@ def job_updates(events, *, stopped: str, done: str = "**Done.**",
             if isinstance(ev, Notice):
                 notes.append(ev.message)
             elif isinstance(ev, Result):
-                last = done
+                last = done(ev) if callable(done) else done
             elif isinstance(ev, Progress):
-                last = status_text(ev, clock if ev.total else None)
+                last = progress(ev) if progress else status_text(ev, clock if ev.total else None)
             elif line is not None:
                 last = line(ev) or last
             yield JobUpdate(text(last), ev)
     except Cancelled as exc:
-        yield JobUpdate(text(stopped_text(exc, stopped)), None, stopped=True)
+        yield JobUpdate(text(stopped_text(exc, stopped() if callable(stopped) else stopped)), None, stopped=True)
 
 
 def visitor_handlers(ctx: AppContext) -> tuple[Callable, Callable]:
