@@ -214,12 +214,12 @@ def _train_row(engine, rep: Report, label: str, recipe, cfg) -> None:
 def section_training(engine, z: Sizes, rep: Report) -> None:
     from bench.train import images
     from core import blora, dreambooth, styledrop
-    from core.train import TrainConfig
+    from core.train import TrainSettings
 
     subject = images(2, z.image)
 
     def cfg(**kw):
-        return TrainConfig(steps=z.train_steps, learning_rate=1e-4, sample_every=0, checkpoint_every=0,
+        return TrainSettings(steps=z.train_steps, learning_rate=1e-4, sample_every=0, checkpoint_every=0,
                            resume=False, eval_draws=1, **kw)
 
     rep.row("training", "cached latents", "always", "", "VAE latents and text embeddings encoded once up front")
@@ -366,7 +366,7 @@ def section_app(engine, z: Sizes, rep: Report) -> None:
     from core.events import Result
     from core.jobs import Job, JobContext
     from core.style_aligned import style_aligned_set
-    from core.train import TrainConfig, Trainer
+    from core.train import TrainSettings, Trainer
     from core.vector.vectorize import run, vectorize
 
     def drain(events):
@@ -389,7 +389,7 @@ def section_app(engine, z: Sizes, rep: Report) -> None:
         adain.stylize_tensor(net, x, [x.flip(-1)])
     steps["AdaIN"] = peak_gib(dev)[0]
     subject = images(1, z.image)
-    cfg = TrainConfig(steps=z.app_steps, learning_rate=1e-4, sample_every=0, checkpoint_every=0,
+    cfg = TrainSettings(steps=z.app_steps, learning_rate=1e-4, sample_every=0, checkpoint_every=0,
                       resume=False, eval_draws=1)
     from bench.train import run_row
     for name, recipe in (

@@ -779,7 +779,7 @@ class CropSampler:
 
 
 @dataclass
-class TrainConfig:
+class DecoderTrainConfig:
     content_dir: str
     style_dir: str
     out_dir: str = "data/adain/decoder"
@@ -805,7 +805,7 @@ class TrainConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def learning_rate(cfg: TrainConfig, iteration: int) -> float:
+def learning_rate(cfg: DecoderTrainConfig, iteration: int) -> float:
     """The paper's decay: lr / (1 + 5e-5 * iteration)."""
     return cfg.lr / (1.0 + cfg.lr_decay * iteration)
 
@@ -832,7 +832,7 @@ DECODER_NAME = "decoder.safetensors"
 
 
 def save_checkpoint(out_dir: Path, model: AdaINNet, opt: torch.optim.Adam, step: int,
-                    cfg: TrainConfig, history: list[dict]) -> Path:
+                    cfg: DecoderTrainConfig, history: list[dict]) -> Path:
     """checkpoint.safetensors (decoder + Adam state + step, for resume) and
     decoder.safetensors (the decoder alone, for transfer); both written atomically."""
     tensors = {f"decoder.{k}": v for k, v in model.decoder.state_dict().items()}
@@ -873,7 +873,7 @@ def load_checkpoint(out_dir: Path, model: AdaINNet, opt: torch.optim.Adam) -> tu
     return int(meta.get("step", 0)), json.loads(meta.get("history", "[]"))
 
 
-def _model_to_train(cfg: TrainConfig, model: AdaINNet | None, device: torch.device) -> AdaINNet:
+def _model_to_train(cfg: DecoderTrainConfig, model: AdaINNet | None, device: torch.device) -> AdaINNet:
     """`model`, else the network `cfg` asks for, on `device` in fp32: the encoder fixed, the
     decoder in training mode."""
     if model is None:
@@ -891,7 +891,7 @@ def _model_to_train(cfg: TrainConfig, model: AdaINNet | None, device: torch.devi
     return model
 
 
-def train_decoder(cfg: TrainConfig, *, model: AdaINNet | None = None,
+def train_decoder(cfg: DecoderTrainConfig, *, model: AdaINNet | None = None,
                   should_stop: Callable[[], bool] | None = None,
                   sample_pair: tuple[Image.Image, Image.Image] | None = None,
                   keep_unsaved: Callable[[], bool] | None = None,
@@ -1008,7 +1008,7 @@ def _train_options(tr: argparse.ArgumentParser) -> None:
                       ("style-weight", float), ("content-weight", float), ("resize", int),
                       ("crop", int), ("save-every", int), ("sample-every", int),
                       ("log-every", int), ("seed", int)):
-        tr.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_")),
+        tr.add_argument(f"--{name}", type=typ, default=getattr(DecoderTrainConfig, name.replace("-", "_")),
                         help=f"{_TRAIN_HELP[name]} (default: %(default)s)")
     tr.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
     tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -1049,7 +1049,7 @@ def _cli(argv: Sequence[str] | None = None) -> int:
             res.images[0].save(args.out)
             print(args.out)
         else:
-            cfg = TrainConfig(
+            cfg = DecoderTrainConfig(
                 content_dir=args.content, style_dir=args.style, out_dir=args.out, steps=args.steps,
                 batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
                 style_weight=args.style_weight, content_weight=args.content_weight,

@@ -201,7 +201,7 @@ class WebcamStylizer:
 # ------------------------------------------------------------------ training
 
 @dataclass(frozen=True)
-class TrainSettings:
+class DecoderSettings:
     """The recipe fields a user sets for a decoder training run."""
 
     steps: int
@@ -214,17 +214,17 @@ class TrainSettings:
 
 
 # The paper's recipe (160k steps, batch 8, random 256 crops of images resized to 512).
-PAPER_PRESET = TrainSettings(steps=160_000, batch_size=8, resize=512, crop=256, sample_every=500,
+PAPER_PRESET = DecoderSettings(steps=160_000, batch_size=8, resize=512, crop=256, sample_every=500,
                              save_every=1000)
 # Tiny offline mode: the same recipe at sizes that finish in under a minute on 2 CPU cores (batch 8
 # at 256 px took 15-25 minutes). Measured through the tab with 6 uploads of 640x480 on 2 cores
 # shared with other work (load average 8-10): 200 steps took 47 s with OMP_NUM_THREADS=1, and 715 s
 # with torch's 2 threads spinning against the other load; hence 100 steps: 26 s with
 # OMP_NUM_THREADS=1, and 26 s with 2 threads under OMP_WAIT_POLICY=PASSIVE (what app.py sets).
-TINY_PRESET = TrainSettings(steps=100, batch_size=4, resize=128, crop=64, sample_every=10, save_every=25)
+TINY_PRESET = DecoderSettings(steps=100, batch_size=4, resize=128, crop=64, sample_every=10, save_every=25)
 
 
-def preset(*, tiny: bool) -> TrainSettings:
+def preset(*, tiny: bool) -> DecoderSettings:
     return TINY_PRESET if tiny else PAPER_PRESET
 
 
@@ -253,12 +253,12 @@ def training_images(run_dir: Path, *, uploads: Sequence[str], server_dir: str, w
     raise UserError(f"Upload {what} images or give a {what} folder on the server.")
 
 
-def train_config(engine: Any, *, run_dir: Path, content_dir: Path, style_dir: Path, settings: TrainSettings,
-                 weights: str | None = None) -> adain.TrainConfig:
+def train_config(engine: Any, *, run_dir: Path, content_dir: Path, style_dir: Path, settings: DecoderSettings,
+                 weights: str | None = None) -> adain.DecoderTrainConfig:
     """The trainer's settings for a run on the engine's device (`weights`: the app's
     --adain-weights, if any)."""
     tiny = is_tiny(engine)
-    return adain.TrainConfig(
+    return adain.DecoderTrainConfig(
         content_dir=str(content_dir), style_dir=str(style_dir), out_dir=str(run_dir), steps=settings.steps,
         batch_size=settings.batch_size, resize=settings.resize, crop=settings.crop,
         sample_every=settings.sample_every, save_every=settings.save_every,
@@ -297,7 +297,7 @@ class DecoderTraining:
                    stop_reason=stop_reason, history=tuple(info["history"]), samples=tuple(result.images))
 
 
-def train(engine: Any, cfg: adain.TrainConfig, *, run: str, stop_key: str = LOCAL
+def train(engine: Any, cfg: adain.DecoderTrainConfig, *, run: str, stop_key: str = LOCAL
           ) -> Iterator[Progress | DecoderSamples | DecoderTraining]:
     """Train a decoder as a job: Progress lines (metrics: loss, loss_c, loss_s, lr),
     DecoderSamples now and then, and a DecoderTraining at the end. A Stop (or the time limit)

@@ -189,11 +189,6 @@ class TrainSettings:
         return self
 
 
-# The old name, kept for callers that have not moved yet (tabs/personalize.py, tabs/blora.py,
-# tabs/styledrop.py, core/styledrop.py); core/adain.py has a `TrainConfig` of its own.
-TrainConfig = TrainSettings
-
-
 @dataclass
 class Outcome:
     """What a finished run leaves: the peft adapter on the UNet (or an extracted state dict)."""

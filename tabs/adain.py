@@ -24,7 +24,7 @@ import pandas as pd
 
 from core import adain, adain_runs
 from core import validate as v
-from core.adain_runs import BUILT_IN, DecoderSamples, DecoderTraining, TrainSettings
+from core.adain_runs import BUILT_IN, DecoderSamples, DecoderTraining, DecoderSettings
 from core.errors import UserError
 from core.events import Progress, Result
 from tabs.common import (GPU, AppContext, JobClock, Tab, gpu, job_updates, session_key, status_text,
@@ -148,7 +148,7 @@ class AdaINTab(Tab):
         return adain_runs.max_side(self.engine)
 
     @property
-    def preset(self) -> TrainSettings:
+    def preset(self) -> DecoderSettings:
         return adain_runs.preset(tiny=self.tiny)
 
     def decoder_choices(self, owner: str = adain_runs.LOCAL) -> list[str]:
@@ -263,8 +263,8 @@ class AdaINTab(Tab):
         return out, text, state
 
     # ------------------------------------------------------------------ training
-    def _settings(self, steps, batch_size, resize, crop, sample_every, save_every, resume) -> TrainSettings:
-        settings = TrainSettings(
+    def _settings(self, steps, batch_size, resize, crop, sample_every, save_every, resume) -> DecoderSettings:
+        settings = DecoderSettings(
             steps=v.whole(steps, "Steps", 1, MAX_TRAIN_STEPS), batch_size=v.whole(batch_size, "Batch", 1, 32),
             resize=v.whole(resize, "Resize shorter side to", 16, 1024), crop=v.whole(crop, "Random crop", 16, 1024),
             sample_every=v.whole(sample_every, "Samples every N steps", 1, MAX_TRAIN_STEPS),
@@ -423,7 +423,7 @@ class AdaINTab(Tab):
                 w["status"] = gr.Markdown()
         return w
 
-    def _recipe(self, w: dict, p: TrainSettings) -> None:
+    def _recipe(self, w: dict, p: DecoderSettings) -> None:
         with gr.Accordion("Recipe (the paper's defaults)", open=False):
             w["resize"] = Number(value=p.resize, precision=0, label="Resize shorter side to")
             w["crop"] = Number(value=p.crop, precision=0, label="Random crop")

@@ -15,7 +15,7 @@ from core import dreambooth, library
 from core import validate as v
 from core.errors import UserError
 from core.events import Progress, Result
-from core.train import MAX_STEPS, TrainConfig
+from core.train import MAX_STEPS, TrainSettings
 
 from .common import GPU, Tab, deliver, gpu, job_updates, md_text, stream_training, user_errors
 from .widgets import Dropdown, Number, Radio, Slider
@@ -188,7 +188,7 @@ class PersonalizeTab(Tab):
             engine, images, identifier=word, class_noun=cls, prior=prior_b, num_class_images=n_class,
             prior_weight=lam_f, rank=rank_n, full=full, name=name, class_steps=4 if engine.offline else None,
             text_encoder_rank=te_rank_n)
-        config = TrainConfig(steps=steps_n, learning_rate=lr_f, batch_size=batch_n, grad_accum=accum_n,
+        config = TrainSettings(steps=steps_n, learning_rate=lr_f, batch_size=batch_n, grad_accum=accum_n,
                              gradient_checkpointing=gc_b, snr_gamma=snr_f or None, seed=seed_n,
                              sample_every=sample_every_n, checkpoint_every=ckpt_n, resume=resume_b,
                              sample_steps=4 if engine.offline else 25)

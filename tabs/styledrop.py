@@ -19,7 +19,7 @@ from core.errors import UserError
 from core.events import Notice, Progress, Result
 from core.images import load_image
 from core.throttle import DistinctLimit, Throttle
-from core.train import MAX_STEPS, TrainConfig
+from core.train import MAX_STEPS, TrainSettings
 
 from .common import GPU, AppContext, Tab, gpu, html_text, job_updates, md_text, stream_training, user_errors
 from .widgets import Dropdown, Number, Radio, Slider
@@ -269,7 +269,7 @@ class StyleDropTab(Tab):
               request: gr.Request = None):
         """Train the loop's next round (no loop: a new loop from the style image) and its grid,
         streamed: (status, loss plot, loop view ×6, info)."""
-        config = TrainConfig(steps=v.whole(steps, "Steps", 1, MAX_STEPS),
+        config = TrainSettings(steps=v.whole(steps, "Steps", 1, MAX_STEPS),
                              learning_rate=v.real(learning_rate, "Learning rate", 1e-8, 0.1),
                              gradient_checkpointing=v.flag(gradient_checkpointing, "Gradient checkpointing"),
                              seed=v.seed(seed, "Training seed"), sample_every=0, resume=False)

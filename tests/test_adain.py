@@ -347,7 +347,7 @@ def small_cfg(dataset, out, **kw):
                 batch_size=4, lr=1e-3, resize=48, crop=32, save_every=20, sample_every=30,
                 log_every=5, tiny=True, seed=0)
     base.update(kw)
-    return adain.TrainConfig(**base)
+    return adain.DecoderTrainConfig(**base)
 
 
 def np_mean_std(x, eps=adain.EPS):
@@ -384,7 +384,7 @@ def test_decoder_loss_is_the_papers(model):
 
 
 def test_learning_rate_decay_is_the_papers():
-    cfg = adain.TrainConfig("c", "s")
+    cfg = adain.DecoderTrainConfig("c", "s")
     assert (cfg.lr, cfg.style_weight, cfg.batch_size, cfg.resize, cfg.crop) == (1e-4, 10.0, 8, 512, 256)
     assert adain.learning_rate(cfg, 0) == pytest.approx(1e-4)
     assert adain.learning_rate(cfg, 20_000) == pytest.approx(1e-4 / 2)
@@ -443,9 +443,9 @@ def test_training_reports_bad_folders(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="holds no images"):
-        next(adain.train_decoder(adain.TrainConfig(str(empty), str(empty), tiny=True)))
+        next(adain.train_decoder(adain.DecoderTrainConfig(str(empty), str(empty), tiny=True)))
     with pytest.raises(UserError, match="does not exist"):
-        next(adain.train_decoder(adain.TrainConfig(str(tmp_path / "x"), str(empty), tiny=True)))
+        next(adain.train_decoder(adain.DecoderTrainConfig(str(tmp_path / "x"), str(empty), tiny=True)))
 
 
 def test_cli_train_tiny(dataset, tmp_path):

@@ -116,7 +116,7 @@ def test_training_images_come_from_uploads_else_a_server_folder(tmp_path):
 
 
 def test_train_config_carries_the_settings(engine, tmp_path):
-    settings = adain_runs.TrainSettings(steps=7, batch_size=3, resize=64, crop=48, sample_every=4, save_every=5,
+    settings = adain_runs.DecoderSettings(steps=7, batch_size=3, resize=64, crop=48, sample_every=4, save_every=5,
                                         resume=False)
     cfg = adain_runs.train_config(engine, run_dir=tmp_path / "r", content_dir=tmp_path / "c",
                                   style_dir=tmp_path / "s", settings=settings, weights="/ignored-in-tiny-mode")
@@ -137,7 +137,7 @@ def test_train_config_carries_the_settings(engine, tmp_path):
 def make_run(engine, tmp_path, **over):
     images = [save_image(tmp_path / f"i{i}.png", i, (48, 48)) for i in range(2)]
     run_dir = adain_runs.runs_for(engine.data_dir) / "r"
-    settings = dataclasses.replace(adain_runs.TrainSettings(steps=6, batch_size=2, resize=40, crop=32,
+    settings = dataclasses.replace(adain_runs.DecoderSettings(steps=6, batch_size=2, resize=40, crop=32,
                                                             sample_every=3, save_every=3), **over)
     return adain_runs.train_config(engine, run_dir=run_dir, content_dir=adain_runs.stage_images(
         images, run_dir / "content", what="content"), style_dir=adain_runs.stage_images(
@@ -183,7 +183,7 @@ def test_keep_unsaved_decides_only_before_the_first_checkpoint(tmp_path):
         save_image(images / f"{i}.png", i, (40, 40))
 
     def run(out, stop_at, save_every, keep):
-        cfg = adain.TrainConfig(content_dir=str(images), style_dir=str(images), out_dir=str(out), steps=50,
+        cfg = adain.DecoderTrainConfig(content_dir=str(images), style_dir=str(images), out_dir=str(out), steps=50,
                                 batch_size=1, resize=32, crop=32, save_every=save_every, log_every=1,
                                 sample_every=50, tiny=True)
         steps = []

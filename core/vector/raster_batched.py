@@ -33,17 +33,8 @@ import math
 import numpy as np
 import torch
 
-from .rasterizer import (
-    MAX_EDGE,
-    MAX_PIECES,
-    REACH,
-    _bernstein,
-    _box,
-    _pick,
-    _ranges,
-    _signed_distance,
-    box_cdf,
-)
+from .raster_primitives import (MAX_EDGE, MAX_PIECES, REACH, bernstein, box_cdf, index_ranges, pick_nearest,
+                                pixel_box, signed_distance)
 from .scene import Scene
 
 CAP_CODES = {"round": 0, "butt": 1, "square": 2}
@@ -99,7 +90,7 @@ def flatten_all(shapes, scale: torch.Tensor, tol: float = 0.05):
     caps[v_first[open_]] |= 1                           # an open subpath's first edge
     caps[(v_first + n_vert - 2)[open_]] |= 2            # and its last outline edge
     dev = seg.device
-    basis = torch.as_tensor(_bernstein(ts), dtype=seg.dtype, device=dev)
+    basis = torch.as_tensor(bernstein(ts), dtype=seg.dtype, device=dev)
     verts = (basis[:, :, None] * seg[torch.as_tensor(seg_ids, device=dev)]).sum(1)
     A = verts[torch.as_tensor(starts, device=dev)]
     B = verts[torch.as_tensor(ends, device=dev)]
@@ -144,7 +135,7 @@ def _winding_all(a, b, le, L: _Layers):
     ymax = torch.maximum(a[:, 1], b[:, 1])
     rlo = torch.minimum(torch.ceil(ymin - 0.5 - y0.to(dt)).long().clamp_min(0), h)
     rhi = torch.minimum(torch.ceil(ymax - 0.5 - y0.to(dt)).long().clamp_min(0), h)
-    e, r = _ranges(rlo, rhi)
+    e, r = index_ranges(rlo, rhi)
     slots = L.row_w + 1
     row_start = torch.cumsum(slots, 0) - slots                       # flat slot of each row
     layer_row0 = torch.cumsum(L.h, 0) - L.h                           # first row of each layer
@@ -190,7 +181,7 @@ def _edge_sides_all(a, b, le, evenodd):
     if listings <= 64 * len(a) + 100_000:
         base = int(lo_band.min())
         n_band = int(hi_band.max()) - base + 1
-        e_of, band = _ranges(lo_band, hi_band + 1)
+        e_of, band = index_ranges(lo_band, hi_band + 1)
         keys, order = torch.sort(le[e_of] * n_band + (band - base))
         listed = e_of[order]
         p_band = torch.floor(probes[:, 1].nan_to_num(0.0).clamp(-big, big)).long()
@@ -198,12 +189,12 @@ def _edge_sides_all(a, b, le, evenodd):
         p_key = p_layer * n_band + (p_band - base).clamp(0, n_band - 1)
         lo = torch.searchsorted(keys, p_key)
         hi = torch.where(inside, torch.searchsorted(keys, p_key, right=True), lo)
-        pi, j = _ranges(lo, hi)
+        pi, j = index_ranges(lo, hi)
         e = listed[j]
     else:   # edges spanning huge heights (far-off control points): every edge of the layer
         count = torch.bincount(le, minlength=int(le.max()) + 1)
         first = torch.cumsum(count, 0) - count
-        pi, e = _ranges(first[p_layer], first[p_layer] + count[p_layer])
+        pi, e = index_ranges(first[p_layer], first[p_layer] + count[p_layer])
     q = probes[pi]
     crosses = (a[e, 1] <= q[:, 1]) != (b[e, 1] <= q[:, 1])
     xi = a[e, 0] + (q[:, 1] - a[e, 1]) * (b[e, 0] - a[e, 0]) / dy[e]
@@ -227,7 +218,7 @@ def _pairs_all(a, b, le, L: _Layers, reach):
     jhi = torch.minimum(jhi.clamp_min(0), size)
     nx = (jhi[:, 0] - jlo[:, 0]).clamp_min(0)
     ny = (jhi[:, 1] - jlo[:, 1]).clamp_min(0)
-    e, local = _ranges(torch.zeros_like(nx), nx * ny)
+    e, local = index_ranges(torch.zeros_like(nx), nx * ny)
     nxe = nx[e].clamp_min(1)
     col = jlo[e, 0] + local % nxe
     row = jlo[e, 1] + local // nxe
@@ -259,17 +250,17 @@ def fill_coverage_all(A, B, le, L: _Layers, evenodd):
         side = torch.where(f_left, 1.0, -1.0).to(a.dtype)
         normal = side[:, None] * torch.stack([-d[:, 1], d[:, 0]], 1) / len2.sqrt()[:, None]
         inf = torch.full_like(dist2, math.inf)
-        best = _pick(pix, torch.where(relevant, dist2, inf), n_pix, REACH * REACH)
+        best = pick_nearest(pix, torch.where(relevant, dist2, inf), n_pix, REACH * REACH)
         has1 = best >= 0
         p1_of_pair = best[pix]
         n1 = normal[p1_of_pair.clamp_min(0)]
         inner = (t > 0) & (t < 1)
         p1_inner = inner[p1_of_pair.clamp_min(0)] & (p1_of_pair >= 0)
         opposed = relevant & inner & p1_inner & ((normal * n1).sum(1) < -0.5)
-        best2 = _pick(pix, torch.where(opposed, dist2, inf), n_pix, REACH * REACH)
+        best2 = pick_nearest(pix, torch.where(opposed, dist2, inf), n_pix, REACH * REACH)
         dot = (normal * n1).sum(1)
         turned = relevant & (p1_of_pair >= 0) & (dot >= -0.5) & (dot < 0.9)
-        best3 = _pick(pix, torch.where(turned, dist2, inf), n_pix, REACH * REACH)
+        best3 = pick_nearest(pix, torch.where(turned, dist2, inf), n_pix, REACH * REACH)
         sel = torch.nonzero(has1).squeeze(1)
         p = best[sel]
         inside = torch.where(filled[sel], 1.0, -1.0).to(a.dtype)
@@ -289,22 +280,22 @@ def fill_coverage_all(A, B, le, L: _Layers, evenodd):
     if len(sel) == 0:
         return base, painted
     interior = (t[p] > 0) & (t[p] < 1)
-    sd = _signed_distance(A, B, e[p], q[p], side[p], inside, interior)
+    sd = signed_distance(A, B, e[p], q[p], side[p], inside, interior)
     dn = d[p] / len2[p].sqrt()[:, None]
     cov = box_cdf(sd, -dn[:, 1], dn[:, 0])
     if len(sel2):
         interior2 = (t[p2] > 0) & (t[p2] < 1)
-        sd2 = _signed_distance(A, B, e[p2], q[p2], side[p2], inside[sel2], interior2)
+        sd2 = signed_distance(A, B, e[p2], q[p2], side[p2], inside[sel2], interior2)
         dn2 = d[p2] / len2[p2].sqrt()[:, None]
         cov2 = box_cdf(sd2, -dn2[:, 1], dn2[:, 0])
         both = cov[sel2] + cov2 - torch.where(sliver, 1.0, 0.0).to(cov.dtype)
         cov = cov.index_put((sel2,), both.clamp(0, 1))
     if len(sel3):
         ones = torch.ones(len(sel3), dtype=A.dtype, device=A.device)
-        fa = box_cdf(_signed_distance(A, B, e[p1c], q[p1c], side[p1c], ones, ones > 0),
+        fa = box_cdf(signed_distance(A, B, e[p1c], q[p1c], side[p1c], ones, ones > 0),
                      -dn[sel3, 1], dn[sel3, 0])
         dn3 = d[p3] / len2[p3].sqrt()[:, None]
-        fb = box_cdf(_signed_distance(A, B, e[p3], q[p3], side[p3], ones, ones > 0),
+        fb = box_cdf(signed_distance(A, B, e[p3], q[p3], side[p3], ones, ones > 0),
                      -dn3[:, 1], dn3[:, 0])
         cov = cov.index_put((sel3,), torch.where(convex, fa * fb, fa + fb - fa * fb))
     return base.index_put((sel,), cov), painted
@@ -325,7 +316,7 @@ def stroke_coverage_all(A, B, le, L: _Layers, half, reach, cap_code, caps):
         len2 = (d * d).sum(1).clamp_min(1e-12)
         t = ((rel * d).sum(1) / len2).clamp(0, 1)
         dist2 = ((rel - t[:, None] * d) ** 2).sum(1)
-        best = _pick(pix, dist2, L.total, (reach * reach).to(a.dtype)[le[e]])
+        best = pick_nearest(pix, dist2, L.total, (reach * reach).to(a.dtype)[le[e]])
         sel = torch.nonzero(best >= 0).squeeze(1)
         p = best[sel]
         ep, qp = e[p], q[p]
@@ -438,12 +429,12 @@ def render_batched(scene: Scene, W: int, H: int, canvas: torch.Tensor, tol: floa
             continue
         lo_i, hi_i = host[i, :2].tolist(), host[i, 2:4].tolist()
         if s.fill is not None:
-            box = _box(lo_i, hi_i, REACH + 1, W, H)
+            box = pixel_box(lo_i, hi_i, REACH + 1, W, H)
             if box is not None:
                 order.append((0, len(fills)))
                 fills.append((i, box))
         if has_stroke:
-            box = _box(lo_i, hi_i, r + REACH + 1, W, H)
+            box = pixel_box(lo_i, hi_i, r + REACH + 1, W, H)
             if box is not None:
                 order.append((1, len(strokes)))
                 strokes.append((i, box, r))

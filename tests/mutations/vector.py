@@ -10,6 +10,7 @@ SDS = f"{T}::test_sds_gradient_is_w_t_times_eps_difference"
 REINIT = f"{T}::test_reinitialize_replaces_exactly_the_paths_below_threshold"
 FD = f"{TR}::test_gradients_match_finite_differences"
 RB = "core/vector/raster_batched.py"
+RP = "core/vector/raster_primitives.py"
 SAME = f"{TR}::test_batched_path_matches_the_loop"      # the loop path, now second to auto
 
 MUTATIONS = [
@@ -56,7 +57,7 @@ MUTATIONS = [
              "torch.where(convex, fa * fb, fa + fb - fa * fb)",
              "torch.where(convex, torch.minimum(fa, fb), fa + fb - fa * fb)",
              (SAME, f"{TR}::test_area_coverage_is_exact_along_axis_aligned_edges",)),
-    Mutation("rast-box-filter-not-normalised", R,
+    Mutation("rast-box-filter-not-normalised", RP,
              "mid = 0.5 + x / a", "mid = 0.5 + x", (f"{TR}::test_area_coverage_is_exact_along_a_slanted_edge",),
              "coverage ramp as if every edge were axis-aligned"),
     Mutation("rast-alpha-gradient-ignores-what-is-below", R,
