@@ -15,10 +15,10 @@ import pandas as pd
 from core import blora
 from core import validate as v
 from core.errors import UserError
-from core.events import Progress, Result
+from core.events import Result
 from core.train import MAX_STEPS
 
-from .common import GPU, AppContext, Tab, gpu, job_updates, md_text, stream_training, user_errors
+from .common import GPU, AppContext, Tab, captioned, gpu, image_updates, md_text, stream_training, user_errors
 from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "B-LoRA Mix"
@@ -184,13 +184,8 @@ class BLoRATab(Tab):
             self.engine, use=use, content=(content_id, content_w) if content_id is not None else None,
             style=(style_id, style_w) if style_id is not None else None, prompts=lines, owner=caller.owner,
             stop_key=caller.stop_key, seed=seed_n, steps=steps_n, guidance=guidance_f)
-        for u in job_updates(events, stopped=GENERATE_STOPPED, done=_generated_line):
-            if isinstance(u.event, Result):
-                yield list(zip(u.event.images, u.event.info["prompts"])), u.status, u.event.info
-            elif isinstance(u.event, Progress) and u.event.preview:
-                yield u.event.preview, u.status, gr.skip()
-            else:
-                yield gr.skip(), u.status, gr.skip()
+        yield from image_updates(events, stopped=GENERATE_STOPPED, done=_generated_line, rest=(gr.skip(),),
+                                 finish=lambda result, status: (captioned(result), status, result.info))
 
     def use_handler(self, use: str):
         """The handler of one use's button: `generate` with that use (the same inputs but `use`)."""
@@ -334,7 +329,4 @@ class BLoRATab(Tab):
         self.wire_stop(mix.stop)
 
 
-def build(ctx: AppContext) -> BLoRATab:
-    tab = BLoRATab(ctx)
-    tab.build()
-    return tab
+build = BLoRATab.mount  # the tab module's entry point (tabs/__init__.py)

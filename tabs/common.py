@@ -222,6 +222,28 @@ def job_updates(events, *, stopped: str | Callable[[], str], done: str | Callabl
         yield JobUpdate(text(stopped_text(exc, stopped() if callable(stopped) else stopped)), None, stopped=True)
 
 
+def image_updates(events, *, finish: Callable[[Any, str], tuple], rest: tuple = (), **how):
+    """The updates (gallery, status, *rest) of a job that makes images: the latest preview while
+    it runs, `finish(result, status)` at the end, the status alone otherwise (after a Stop too);
+    `rest` is what the other outputs get meanwhile (default: left as they are). `how`: the
+    arguments of `job_updates` (stopped, done, ...)."""
+    from core.events import Progress, Result
+
+    rest = rest or ()
+    for u in job_updates(events, **how):
+        if isinstance(u.event, Result):
+            yield finish(u.event, u.status)
+        elif isinstance(u.event, Progress) and u.event.preview:
+            yield (u.event.preview, u.status, *rest)
+        else:
+            yield (gr.skip(), u.status, *rest)
+
+
+def captioned(result) -> list[tuple]:
+    """A Result's images with their prompts as captions (info["prompts"], one per image)."""
+    return list(zip(result.images, result.info["prompts"], strict=True))
+
+
 def visitor_handlers(ctx: AppContext) -> tuple[Callable, Callable]:
     """(page-load hook that gives the page its visitor token, the `/visitor` endpoint)."""
     def assign_visitor(current: Any, request: gr.Request, profile: gr.OAuthProfile | None) -> str | None:

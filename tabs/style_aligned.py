@@ -4,11 +4,10 @@ from __future__ import annotations
 import gradio as gr
 
 from core import validate as v
-from core.events import Progress, Result
 from core.images import load_image
 from core.style_aligned import MAX_SET, SharingOptions, style_aligned_set
 
-from .common import GPU, Tab, about, example, gpu, job_updates, user_errors
+from .common import GPU, Tab, about, example, gpu, image_updates, user_errors
 from .widgets import Number, Slider
 
 TITLE = "Style-Aligned Set"
@@ -99,15 +98,12 @@ class StyleAlignedTab(Tab):
             guidance=guidance_f, width=width_n, height=height_n, negative_prompt=negative,
             reference_image=reference, reference_prompt=reference_prompt, metrics=self.ctx.metrics,
             stop_key=self.caller(request).stop_key)
-        for u in job_updates(events, stopped="**Stopped.** The set was not finished."):
-            if isinstance(u.event, Result):
-                info = dict(u.event.info)
-                note = self.ctx.metrics.note if self.ctx.metrics else ""
-                yield u.event.images, u.status, _metrics_markdown(info, note), info
-            elif isinstance(u.event, Progress) and u.event.preview:
-                yield u.event.preview, u.status, "", None   # no scores of an earlier set under this one
-            else:
-                yield gr.skip(), u.status, "", None
+        note = self.ctx.metrics.note if self.ctx.metrics else ""
+        # no scores of an earlier set under this one while it runs, nor after a Stop
+        yield from image_updates(events, stopped="**Stopped.** The set was not finished.", rest=("", None),
+                                 finish=lambda result, status: (result.images, status,
+                                                                _metrics_markdown(result.info, note),
+                                                                dict(result.info)))
 
     # ------------------------------------------------------------------ layout and wiring
     def build(self) -> None:

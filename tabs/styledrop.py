@@ -16,12 +16,13 @@ import pandas as pd
 from core import library, styledrop
 from core import validate as v
 from core.errors import UserError
-from core.events import Notice, Progress, Result
+from core.events import Notice, Result
 from core.images import load_image
 from core.throttle import DistinctLimit, Throttle
 from core.train import MAX_STEPS, TrainSettings
 
-from .common import GPU, AppContext, Tab, gpu, html_text, job_updates, md_text, stream_training, user_errors
+from .common import (GPU, AppContext, Tab, captioned, gpu, html_text, image_updates, job_updates, md_text,
+                     stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 # Ratings of someone else's published loop, per client address: at most RATES_PER_MINUTE, and
@@ -412,14 +413,10 @@ class StyleDropTab(Tab):
             self.engine, style_adapter_id=style_id, subject_adapter_id=subject_id, prompts=lines,
             style_weight=style_weight, subject_weight=subject_weight, owner=caller.owner,
             stop_key=caller.stop_key, seed=seed, steps=steps, guidance=guidance)
-        for u in job_updates(events, stopped="**Stopped.** The images were not finished."):
-            if isinstance(u.event, Result):
-                used = ", ".join(f"#{i} × {w:g}" for i, w in u.event.info["adapters"].items())
-                yield list(zip(u.event.images, u.event.info["prompts"])), f"{u.status} Adapters: {used}."
-            elif isinstance(u.event, Progress) and u.event.preview:
-                yield u.event.preview, u.status
-            else:
-                yield gr.skip(), u.status
+        def finish(result, status):
+            used = ", ".join(f"#{i} × {w:g}" for i, w in result.info["adapters"].items())
+            return captioned(result), f"{status} Adapters: {used}."
+        yield from image_updates(events, stopped="**Stopped.** The images were not finished.", finish=finish)
 
     # ------------------------------------------------------------------ layout and wiring
     def build(self) -> None:

@@ -20,7 +20,7 @@ from core.events import Progress, Result
 from core.images import load_image
 from core.vector import results
 
-from .common import GPU, AppContext, Tab, deliver, gpu, job_updates, status_text, user_errors
+from .common import GPU, Tab, deliver, gpu, job_updates, status_text, user_errors
 from .widgets import Number, Radio, Slider
 
 TITLE = "Text-to-SVG"
@@ -328,7 +328,4 @@ class SvgTab(Tab):
         self.wire_stop(stop, api_name="svg_icon_set_stop")
 
 
-def build(ctx: AppContext) -> SvgTab:
-    tab = SvgTab(ctx)
-    tab.build()
-    return tab
+build = SvgTab.mount  # the tab module's entry point (tabs/__init__.py)
