@@ -1,4 +1,9 @@
-"""Image -> SVG: LIVE from scratch, or vtracer's tracing refined by our rasterizer.
+"""Image -> SVG: vtracer's tracing refined by our rasterizer (the default), or LIVE from scratch.
+
+The default ('vtracer'): vtracer traces the image at the working size; when that has more paths
+than the budget, the least important are dropped a batch at a time, a path's importance being
+how much the rendering error grows without it (`prune`); then all paths are refined with the
+L2 loss (`refine`), stopping early once the PSNR stops improving.
 
 `vectorize(...)` is a generator: it yields `VectorProgress` events (step, loss, PSNR, the
 current SVG text and a rendered frame) and finally one `Result` whose `info` has 'svg' (the
@@ -10,9 +15,11 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import UserError
@@ -25,7 +32,10 @@ from .svg_io import parse_svg, scene_to_svg
 
 log = logging.getLogger(__name__)
 
-INITS = ("live", "vtracer")
+INITS = ("vtracer", "live")
+DEFAULT_INIT = "vtracer"
+DEFAULT_STEPS = {"vtracer": 150, "live": 500}
+PLATEAU, PLATEAU_WINDOW = 0.02, 40    # refinement stops once 40 steps gained < 0.02 dB
 MAX_PATHS = 512
 MAX_STEPS = 100_000
 
@@ -33,12 +43,17 @@ MAX_STEPS = 100_000
 def image_tensor(image, size: int, device=None) -> tuple[torch.Tensor, tuple[int, int]]:
     """Load (safely) and resize so the longer side is `size`; returns [3, h, w] and the original size."""
     img = load_image(image, what="image to vectorize")
-    orig = img.size
-    scale = size / max(orig)
-    w, h = max(1, round(orig[0] * scale)), max(1, round(orig[1] * scale))
-    img = img.resize((w, h), Image.Resampling.LANCZOS)
+    return resized(img, size, device), img.size
+
+
+def resized(img: Image.Image, size: int, device=None) -> torch.Tensor:
+    """`img` resized (Lanczos) so its longer side is `size`, as a [3, h, w] tensor in [0, 1]."""
+    scale = size / max(img.size)
+    w, h = max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))
+    if (w, h) != img.size:
+        img = img.resize((w, h), Image.Resampling.LANCZOS)
     arr = torch.as_tensor(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return arr.contiguous().to(device or "cpu"), orig
+    return arr.contiguous().to(device or "cpu")
 
 
 def vtracer_svg(target: torch.Tensor, **options) -> str:
@@ -54,18 +69,20 @@ def vtracer_svg(target: torch.Tensor, **options) -> str:
     return vtracer.convert_raw_image_to_svg(buf.getvalue(), img_format="png", **opts)
 
 
-def vtracer_scene(target: torch.Tensor, num_paths: int | None = None) -> Scene:
-    """vtracer's tracing as a Scene with at most `num_paths` paths.
+COARSER = [{}, dict(filter_speckle=8, layer_difference=32),
+           dict(filter_speckle=16, color_precision=4, layer_difference=48)]
 
-    Coarser settings are tried first (higher speckle filter, fewer color levels); if there are
-    still too many paths, the smallest (by control-polygon area) are dropped; in stacked mode
-    the larger shapes beneath fill the gap.
+
+def vtracer_scene(target: torch.Tensor, num_paths: int | None = None) -> Scene:
+    """vtracer alone under a path budget (the baseline; our default used it before `prune`).
+
+    Coarser settings are tried in turn (higher speckle filter, fewer color levels) and the first
+    tracing with at most `num_paths` paths is kept; if even the coarsest has too many, the
+    smallest (by control-polygon area) are dropped. Returned in `target`'s pixel space.
     """
     H, W = target.shape[1:]
-    attempts = [{}, dict(filter_speckle=8, layer_difference=32), dict(filter_speckle=16,
-                color_precision=4, layer_difference=48)]
     scene = None
-    for opts in attempts:
+    for opts in COARSER:
         scene = parse_svg(vtracer_svg(target, **opts))
         if num_paths is None or len(scene.shapes) <= num_paths:
             break
@@ -75,14 +92,72 @@ def vtracer_scene(target: torch.Tensor, num_paths: int | None = None) -> Scene:
     return scaled(scene, W, H).to(target.device)
 
 
+def downsampled(target: torch.Tensor, factor: int) -> torch.Tensor:
+    """Box-filtered `target` ([3, H, W]) at 1/factor of its size (rounded)."""
+    if factor <= 1:
+        return target
+    h, w = max(1, round(target.shape[1] / factor)), max(1, round(target.shape[2] / factor))
+    return F.interpolate(target[None], size=(h, w), mode="area")[0]
+
+
+def removal_errors(scene: Scene, target: torch.Tensor) -> np.ndarray:
+    """For each path, the squared rendering error (summed) of the scene without it, minus that
+    of the whole scene: what the path is worth. `target` sets the size it is measured at."""
+    H, W = target.shape[1:]
+    with torch.no_grad():
+        base = float(((render(scene, W, H) - target) ** 2).sum())
+        out = []
+        for i in range(len(scene.shapes)):
+            rest = Scene(scene.width, scene.height, scene.shapes[:i] + scene.shapes[i + 1:],
+                         scene.background)
+            out.append(float(((render(rest, W, H) - target) ** 2).sum()) - base)
+    return np.array(out)
+
+
+def prune(scene: Scene, target: torch.Tensor, num_paths: int, measure_at: int = 64) -> Scene:
+    """Drop the least important paths until `num_paths` remain (the budget filled exactly).
+
+    Greedy in batches: each round measures every path's `removal_errors` (at `measure_at` px)
+    and drops the half of the excess that costs least; in stacked mode the shapes beneath
+    fill the gap. Paths beyond 4x the budget are first dropped by area (smallest first).
+    """
+    shapes = list(scene.shapes)
+    if len(shapes) > 4 * num_paths:
+        keep = sorted(np.argsort([-shape_area(s) for s in shapes])[:4 * num_paths].tolist())
+        shapes = [shapes[i] for i in keep]
+    small = downsampled(target, max(1, round(max(target.shape[1:]) / measure_at)))
+    while len(shapes) > num_paths:
+        excess = len(shapes) - num_paths
+        cost = removal_errors(Scene(scene.width, scene.height, shapes, scene.background), small)
+        drop = set(np.argsort(cost, kind="stable")[:max(1, (excess + 1) // 2)].tolist())
+        shapes = [s for i, s in enumerate(shapes) if i not in drop]
+    return Scene(scene.width, scene.height, shapes, scene.background)
+
+
+def vtracer_init(target: torch.Tensor, num_paths: int) -> Scene:
+    """vtracer's tracing of `target` (at the working size: finer than tracing the image at its
+    own size, and better refined) `prune`d to at most `num_paths` paths."""
+    H, W = target.shape[1:]
+    scene = scaled(parse_svg(vtracer_svg(target)), W, H).to(target.device)
+    if len(scene.shapes) > num_paths:
+        scene = prune(scene, target, num_paths)
+    return scene
+
+
 def refine(scene: Scene, target: torch.Tensor, steps: int, point_lr: float | None = None,
            color_lr: float = 0.01, xing_weight: float = 0.0, preview_every: int = 25,
-           first_step: int = 0, total: int | None = None):
-    """Differentiable refinement of all paths with the plain L2 loss; yields VectorProgress."""
+           first_step: int = 0, total: int | None = None, plateau: float | None = None):
+    """Differentiable refinement of all paths with the plain L2 loss; yields VectorProgress and
+    returns the number of steps taken.
+
+    `plateau` (dB): the loop ends early once the best loss of the last `PLATEAU_WINDOW` steps
+    gained less than that on the best before them (checked every 10 steps; None: never).
+    """
     _, H, W = target.shape
     fitter = Fitter(point_lr if point_lr is not None else 0.5 * max(H, W) / 240, color_lr)
     fitter.add(scene.shapes)
     total = total or steps
+    losses: list[float] = []
     for i in range(steps):
         fitter.set_point_scale(1.0 if i < 0.2 * steps else 1.0 - 0.6 * (i - 0.2 * steps) / (0.8 * steps))
         img = render(scene, W, H)
@@ -90,14 +165,28 @@ def refine(scene: Scene, target: torch.Tensor, steps: int, point_lr: float | Non
         if xing_weight:
             loss = loss + xing_weight * xing_loss(scene.shapes)
         fitter.step(loss, scene.shapes)
-        if (i + 1) % preview_every == 0 or i == steps - 1:
+        losses.append(loss.item())
+        stop = plateau is not None and _plateaued(losses, plateau)
+        if (i + 1) % preview_every == 0 or i == steps - 1 or stop:
             with torch.no_grad():
                 img = render(scene, W, H)
             yield progress_event(first_step + i + 1, total, scene, img, loss.item(), target,
-                         f"refining {len(scene.shapes)} paths")
+                                 f"refining {len(scene.shapes)} paths")
+        if stop:
+            break
     for s in scene.shapes:
         for p in s.parameters():
             p.requires_grad_(False)
+    return len(losses)
+
+
+def _plateaued(losses: list[float], plateau: float, window: int = PLATEAU_WINDOW) -> bool:
+    """Whether the best loss so far is less than `plateau` dB better than the best before the
+    last `window` steps (Adam's loss oscillates: the best is steadier than the last)."""
+    if len(losses) <= window or len(losses) % 10:
+        return False
+    before, now = min(losses[:-window]), min(losses)
+    return 10 * math.log10(before / max(now, 1e-12)) < plateau
 
 
 def scaled(scene: Scene, width: float, height: float) -> Scene:
@@ -112,12 +201,13 @@ def scaled(scene: Scene, width: float, height: float) -> Scene:
     return out
 
 
-def vectorize(image, num_paths: int = 16, init: str = "live", steps: int | None = None,
+def vectorize(image, num_paths: int = 16, init: str = DEFAULT_INIT, steps: int | None = None,
               size: int = 128, device=None, seed: int = 0, preview_every: int = 25, **live_options):
     """Vectorize an image (path, bytes, PIL or array); a generator of VectorProgress, then a Result.
 
+    init='vtracer' (default): vtracer's tracing, `prune`d to `num_paths` paths when it has more,
+    refined for at most `steps` (default 150), stopping early on a PSNR plateau (`PLATEAU`).
     init='live': LIVE from scratch with `num_paths` paths (default `steps` 500).
-    init='vtracer': vtracer's tracing (at most `num_paths` paths) refined for `steps` (default 150).
     `size` is the working resolution (longer side, px); the SVG is written in the image's size.
     """
     if init not in INITS:
@@ -128,19 +218,19 @@ def vectorize(image, num_paths: int = 16, init: str = "live", steps: int | None 
         raise UserError(f"The number of steps must be between 0 and {MAX_STEPS}.")
     if not 16 <= int(size) <= 1024:
         raise UserError("The working size must be between 16 and 1024 px.")
-    target, (ow, oh) = image_tensor(image, int(size), device)
+    img = load_image(image, what="image to vectorize")
+    (ow, oh), target = img.size, resized(img, int(size), device)
+    steps = DEFAULT_STEPS[init] if steps is None else int(steps)
     if init == "live":
-        steps = 500 if steps is None else int(steps)
         scene = yield from live(target, num_paths=int(num_paths), steps=max(steps, 1), seed=seed,
                                 preview_every=preview_every, **live_options)
     else:
-        steps = 150 if steps is None else int(steps)
-        scene = vtracer_scene(target, int(num_paths))
+        scene = vtracer_init(target, int(num_paths))
         with torch.no_grad():
-            img = render(scene, target.shape[2], target.shape[1])
-        yield progress_event(0, steps, scene, img, float(((img - target) ** 2).sum(0).mean()), target,
-                     f"vtracer: {len(scene.shapes)} paths")
-        yield from refine(scene, target, steps, preview_every=preview_every)
+            first = render(scene, target.shape[2], target.shape[1])
+        yield progress_event(0, steps, scene, first, float(((first - target) ** 2).sum(0).mean()),
+                             target, f"vtracer: {len(scene.shapes)} paths")
+        yield from refine(scene, target, steps, preview_every=preview_every, plateau=PLATEAU)
     with torch.no_grad():
         img = render(scene, target.shape[2], target.shape[1])
     out = scaled(scene, ow, oh)
