@@ -281,7 +281,7 @@ class SvgTab(Tab):
                                 type="filepath", elem_id="vec-image")
                 image_view = gr.Image(label="As read", interactive=False, height=160, elem_id="vec-image-view")
                 method = Radio([("LIVE (layer by layer)", "live"), ("vtracer + refinement", "vtracer")],
-                               value="live", label="Method", elem_id="vec-method")
+                               value="vtracer", label="Method", elem_id="vec-method")
                 with gr.Row():
                     paths = Slider(1, 512, value=16, step=1, label="Path budget", elem_id="vec-paths")
                     steps = Slider(0, 5000, value=100 if tiny else 500, step=1, label="Steps", elem_id="vec-steps")

@@ -1,6 +1,7 @@
 """Command line for the vector tools.
 
     python -m core.vector render IN.svg -o OUT.png --size 256
+    python -m core.vector vectorize IN.png -o OUT.svg --paths 16              # vtracer + refinement
     python -m core.vector vectorize IN.png -o OUT.svg --paths 16 --init live --steps 500
 
 Bad input gives a one-line message on stderr and exit status 2.
@@ -57,6 +58,7 @@ def _vectorize(a) -> None:
 
 
 def main(argv=None) -> int:
+    from .vectorize import DEFAULT_INIT, DEFAULT_STEPS, INITS
     ap = argparse.ArgumentParser(prog="python -m core.vector", description="Vector tools: "
                                  "our differentiable rasterizer and image-to-SVG vectorizer.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -70,9 +72,12 @@ def main(argv=None) -> int:
     v.add_argument("input")
     v.add_argument("-o", "--output", required=True)
     v.add_argument("--paths", type=int, default=16)
-    v.add_argument("--init", choices=["live", "vtracer"], default="live")
+    v.add_argument("--init", choices=list(INITS), default=DEFAULT_INIT,
+                   help="vtracer: vtracer's tracing pruned to the path budget, then refined by "
+                        "our rasterizer (default, the best we have); live: LIVE from scratch")
     v.add_argument("--steps", type=int, default=None,
-                   help="optimization steps (default 500 for live, 150 for vtracer)")
+                   help="optimization steps (default " + ", ".join(
+                       f"{n} for {k}" for k, n in DEFAULT_STEPS.items()) + ")")
     v.add_argument("--size", type=int, default=128, help="working resolution (longer side)")
     v.add_argument("--device", default="cpu")
     v.add_argument("--seed", type=int, default=0)

@@ -186,7 +186,7 @@ def _plateaued(losses: list[float], plateau: float, window: int = PLATEAU_WINDOW
     if len(losses) <= window or len(losses) % 10:
         return False
     before, now = min(losses[:-window]), min(losses)
-    return 10 * math.log10(before / max(now, 1e-12)) < plateau
+    return 10 * math.log10(max(before, 1e-12) / max(now, 1e-12)) < plateau
 
 
 def scaled(scene: Scene, width: float, height: float) -> Scene:
