@@ -12,6 +12,9 @@ FD = f"{TR}::test_gradients_match_finite_differences"
 RB = "core/vector/raster_batched.py"
 RP = "core/vector/raster_primitives.py"
 SAME = f"{TR}::test_batched_path_matches_the_loop"      # the loop path, now second to auto
+VEC = "core/vector/vectorize.py"
+TV = "tests/test_vector_vectorize.py"
+BUDGET = f"{TV}::test_budget_is_filled_and_refined_vtracer_beats_vtracer_at_equal_paths"
 
 MUTATIONS = [
     Mutation("vf-guidance-halves-swapped", VF,
@@ -99,4 +102,16 @@ MUTATIONS = [
              "g_alpha = (g * (colors[j][:, None, None] - ctx.before[j])).sum(0)",
              "g_alpha = (g * colors[j][:, None, None]).sum(0)",
              (FD,), "the box composite's alpha gradient without what lies below"),
+    Mutation("vec-default-is-live", VEC,
+             'DEFAULT_INIT = "vtracer"', 'DEFAULT_INIT = "live"',
+             (f"{TV}::test_the_default_method_is_vtracer_plus_refinement",),
+             "the default left on the method that loses to vtracer"),
+    Mutation("vec-prune-drops-the-most-important", VEC,
+             'drop = set(np.argsort(cost, kind="stable")', 'drop = set(np.argsort(-cost, kind="stable")',
+             (f"{TV}::test_prune_drops_the_path_that_costs_least", f"{BUDGET}[1]"),
+             "the budget filled by keeping the paths that matter least"),
+    Mutation("vec-budget-not-filled", VEC,
+             "    if len(scene.shapes) > num_paths:\n        scene = prune(scene, target, num_paths)",
+             "    if len(scene.shapes) > num_paths:\n        scene = vtracer_scene(target, num_paths)",
+             (f"{BUDGET}[1]",), "vtracer's coarser retry kept: the budget left unused"),
 ]
