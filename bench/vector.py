@@ -21,10 +21,15 @@
 """
 from __future__ import annotations
 
+import os
+
+# before torch starts OpenMP: idle threads sleep instead of spinning (issue 19: on a loaded CPU
+# spinning threads made the rasterizer 4x slower and erratic); reported with the thread count
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import glob
 import math
-import os
 import time
 
 import numpy as np
@@ -84,9 +89,16 @@ def peak_rss_mb() -> float:
         return float("nan")
 
 
+def thread_settings() -> str:
+    """The CPU threading this run uses: torch's thread count and OpenMP's wait policy."""
+    return (f"CPU threads {torch.get_num_threads()} (of {os.cpu_count()} cores), "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (ACTIVE: spinning)')}, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+
+
 def bench_raster(threads: int):
     torch.set_num_threads(threads)
-    print(f"== rasterizer forward+backward (torch {torch.__version__}, CPU threads {threads})")
+    print(f"== rasterizer forward+backward (torch {torch.__version__}, {thread_settings()})")
     print(f"{'device':6s} {'paths':>5s} {'px':>4s} {'time':>9s} {'diffvg CPU':>10s} {'goal':>7s}  peak")
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for dev in devices:
@@ -103,7 +115,7 @@ def bench_vectorize(size: int, steps: int, live_steps: int, live_paths: int, ico
     from core.vector.live import psnr
     from core.vector.svg_io import parse_svg
     from core.vector.vectorize import image_tensor, run, vectorize, vtracer_svg
-    print(f"\n== vectorization at {size} px (icons rendered by cairosvg on white)")
+    print(f"\n== vectorization at {size} px (icons rendered by cairosvg on white; {thread_settings()})")
     print(f"{'icon':14s} | {'vtracer':>14s} | {'vtracer+refine':>19s} | {'LIVE':>19s} | "
           f"{'vtracer fine':>14s}")
     rows = []
@@ -185,7 +197,7 @@ def bench_sds(model: str, paths: list[int], steps: int, input_size: int | None, 
     engine.load()
     R, S = vf.sizes(engine, input_size)
     print(f"\n== SDS iterations: {model} on {engine.device} ({str(engine.dtype).replace('torch.', '')} UNet, "
-          f"fp32 encoder), render {R} px, encode {S} px, {steps} iterations per row")
+          f"fp32 encoder), render {R} px, encode {S} px, {steps} iterations per row; {thread_settings()}")
     print(f"{'paths':>5s} {'s/iter':>8s} {'loop':>8s} {'1000 iters (est.)':>18s}  peak")
     for n in paths:
         o = vf.VFOptions(num_paths=n, steps=steps, preview_every=10**9, reinit_every=50, input_size=S, seed=0)
