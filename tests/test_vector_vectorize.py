@@ -1,6 +1,7 @@
 """Image -> SVG: LIVE's parts, both vectorizers on committed icons, events, bad input, CLI."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,8 @@ from PIL import Image
 from core.errors import UserError
 from core.events import Result
 from core.vector.__main__ import main as cli
-from core.vector.live import (SparseCoordInit, VectorProgress, connected_components, path_schedule,
-                              psnr, udf_weight, xing_loss)
+from core.vector.live import (LiveSettings, SparseCoordInit, VectorProgress, connected_components, live,
+                              path_schedule, psnr, udf_weight, xing_loss)
 from core.vector.rasterizer import render
 from core.vector.scene import Shape, circle_shape
 from core.vector.svg_io import parse_svg
@@ -64,7 +65,76 @@ def test_xing_loss_penalises_self_intersection_only():
     assert float(xing_loss([circle_shape((10, 10), 5)])) == 0.0
     bow = Shape(torch.tensor([[0.0, 0], [10, 10], [10, 0], [0, 10], [-5, 5], [-5, 0]]),
                 [(2, True)], fill=torch.tensor([0, 0, 0, 1.0]))
-    assert float(xing_loss([bow])) > 0.1
+    assert float(xing_loss([bow], scale=1.0)) > 0.1      # the penalty itself, before LIVE's 1e-3 scale
+
+
+def _xing_by_hand(points: list[tuple[float, float]]) -> float:
+    """LIVE's formula for one closed path of cubics, in plain float64 Python (no scale)."""
+    def sin(a, b):
+        return (a[0] * b[1] - a[1] * b[0]) / (math.hypot(*a) * math.hypot(*b))
+
+    n = len(points) // 3
+    total = 0.0
+    for k in range(n):
+        p0, p1, p2, p3 = (points[(3 * k + j) % len(points)] for j in range(4))
+        u, m, v = ((p1[0] - p0[0], p1[1] - p0[1]), (p2[0] - p1[0], p2[1] - p1[1]),
+                   (p3[0] - p2[0], p3[1] - p2[1]))
+        d = 1.0 if sin(u, m) >= 0 else 0.0
+        total += d * max(0.0, -sin(u, v)) + (1 - d) * max(0.0, sin(u, v))
+    return total / n
+
+
+def test_xing_loss_is_lives_formula_scaled_by_1e3_and_averaged_over_paths():
+    # a bow tie of two cubics: the first crosses itself (sin(u, m) = -1/sqrt 2 < 0 so D = 0,
+    # sin(u, v) = 200/200 = 1: penalty 1), the second turns consistently (penalty 0)
+    bow_pts = [(0.0, 0.0), (10.0, 10.0), (10.0, 0.0), (0.0, 10.0), (-5.0, 5.0), (-5.0, 0.0)]
+    assert _xing_by_hand(bow_pts) == pytest.approx(0.5, abs=1e-12)
+    odd_pts = [(0.0, 0.0), (7.0, 1.0), (2.0, 6.0), (9.0, 8.0), (3.0, 12.0), (-4.0, 3.0),
+               (1.0, -6.0), (-2.0, 9.0), (5.0, -3.0)]
+    shapes = [Shape(torch.tensor(pts, dtype=torch.float64), [(len(pts) // 3, True)],
+                    fill=torch.tensor([0, 0, 0, 1.0], dtype=torch.float64))
+              for pts in (bow_pts, odd_pts)]
+    shapes.append(circle_shape((10, 10), 5))                         # no crossing: 0
+    expected = 1e-3 * (_xing_by_hand(bow_pts) + _xing_by_hand(odd_pts) + 0.0) / 3
+    assert expected > 1e-4
+    got = float(xing_loss(shapes))
+    assert got == pytest.approx(expected, rel=1e-6)                 # unscaled would be 1000x this
+    # LIVE's loss adds it with weight 0.01 on top of the 1e-3 scale: 1e-5 in all
+    assert LiveSettings.paper().xing_weight * 1e-3 == pytest.approx(1e-5)
+
+
+def test_live_settings_presets_are_the_reference_and_ours():
+    paper = LiveSettings()
+    assert paper == LiveSettings.paper()
+    # LIVE/config/base.yaml num_iter 500 per stage; PSR VectorFusion: repeat 16, 600 px, no floor
+    assert (paper.steps_per_stage, paper.schedule, paper.schedule_each, paper.size, paper.uniform_weight,
+            paper.xing_weight) == (500, "repeat", 16, 600, 0.0, 0.01)
+    assert paper.path_schedule(64) == [16, 16, 16, 16] and paper.total_steps(64) == 2000
+    fast = LiveSettings.fast()
+    assert (fast.steps_per_stage, fast.steps, fast.schedule, fast.size, fast.uniform_weight) == (
+        None, 500, "exp", 256, 0.1)
+    assert fast.path_schedule(16) == path_schedule(16) and fast.total_steps(64) == 500
+    with pytest.raises(Exception):
+        paper.steps_per_stage = 1                                    # frozen
+
+
+def test_live_runs_steps_per_stage_when_asked():
+    target = torch.ones(3, 16, 16)
+    target[:, 4:12, 4:12] = 0.0
+    gen = live(target, num_paths=4, schedule=[2, 2], steps=999, steps_per_stage=3, preview_every=1)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            scene = stop.value
+            break
+    assert [e.step for e in events] == [1, 2, 3, 4, 5, 6] and all(e.total == 6 for e in events)
+    assert [e.metrics["paths"] for e in events] == [2, 2, 2, 4, 4, 4]
+    assert len(scene.shapes) == 4
+    # without it, `steps` is the budget of the whole run, split across the stages
+    events = [e for e in live(target, num_paths=4, schedule=[2, 2], steps=5, preview_every=1)]
+    assert [e.metrics["paths"] for e in events] == [2, 2, 4, 4, 4] and events[-1].total == 5
 
 
 def test_udf_weight_is_one_on_the_outline_and_zero_far_away():

@@ -8,16 +8,24 @@ paths so far (earlier layers keep training) with
     loss = mean(w * sum_c (render - target)^2) + xing_weight * xing_loss
 
 where w is the UDF weight: 1 on the outline of the newest paths, falling linearly to 0 at
-`udf_reach` px, added to the previous stage's weight and clipped to [0, 1]. We add a small
-uniform floor (`uniform_weight`, 0 gives LIVE exactly) so the interior colour of a large
-path keeps a gradient after its outline weight has moved away. The xing loss penalises
-self-intersecting cubics. Adam with betas (0.9, 0.9), eps 1e-6; point learning rate 1.0 at
-240 px (scaled with the canvas), color 0.01, the point rate decaying to 0.4x over each stage.
+`udf_reach` px, added to the previous stage's weight and clipped to [0, 1]. `uniform_weight`
+adds a uniform floor to w: 0 (LIVE exactly, the "paper" settings) or 0.1 (our "fast" settings,
+not in LIVE or the paper: the interior colour of a large path keeps a gradient after its
+outline weight has moved away, which matters when a stage has few steps). The xing loss
+penalises self-intersecting cubics; as in LIVE it is scaled by 1e-3 inside (`xing_loss`'s
+`scale`) and weighted by `xing_weight` 0.01 outside, 1e-5 in all. Adam with betas (0.9, 0.9),
+eps 1e-6; point learning rate 1.0 at 240 px (scaled with the canvas), color 0.01, the point
+rate decaying to 0.4x over each stage.
+
+Budget: LIVE runs a fixed number of steps *per stage* (500, LIVE/config/base.yaml `num_iter`;
+PyTorch-SVGRender conf/x/vectorfusion.yaml `num_iter: 500 # num_iter per path group`);
+`live(..., steps_per_stage=500)` does that. Without it, `steps` is a total budget split
+evenly across the stages (the "fast" settings). `LiveSettings.paper()` / `.fast()` hold both.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -54,6 +62,67 @@ def path_schedule(num_paths: int, kind: str = "exp", first: int = 1, max_per_sta
         total += n
         k += 1
     return out
+
+
+XING_SCALE = 1e-3      # LIVE/xing_loss.py: xing_loss(x_list, scale=1e-3)
+XING_WEIGHT = 0.01     # LIVE/config/base.yaml loss.xing_loss_weight; PyTorch-SVGRender xing_loss_weight
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """LIVE's budget and loss settings. The defaults are the reference's ("paper"):
+
+    - `steps_per_stage` 500: LIVE/config/base.yaml `num_iter: 500`, run for every path group
+      (LIVE/main.py; PyTorch-SVGRender VectorFusion_pipeline.py LIVE_rendering, conf/x/
+      vectorfusion.yaml `num_iter: 500 # num_iter per path group`). None: `steps` is a total
+      budget split across the stages.
+    - `schedule` 'repeat' with `schedule_each` 16: PyTorch-SVGRender conf/x/vectorfusion.yaml
+      (`path_schedule: 'repeat'`, `schedule_each: 16`; 128 paths give [16] * 8). The paper's
+      own figures suggest 8, 8, 16, 16, 16 for 64 paths (unverified; see the research notes).
+    - `size` 600: the target is resized to 600 x 600 (conf/x/vectorfusion.yaml `image_size`);
+      VectorFusion scales it with the model (600 / 512 of the model's input size).
+    - `uniform_weight` 0.0: LIVE has no floor on the UDF weight (LIVE/main.py get_sdf).
+    - `xing_weight` 0.01 (base.yaml `xing_loss_weight`), on top of `xing_loss`'s 1e-3 scale.
+
+    `fast()` is our quicker setting: 500 steps in all, split across an 'exp' schedule
+    (1, 2, 4, ... paths per stage), at most 256 px, with a 0.1 uniform floor on the weight
+    (our deviation, documented above)."""
+
+    steps_per_stage: int | None = 500
+    steps: int = 500                 # the total budget when steps_per_stage is None
+    schedule: str = "repeat"
+    schedule_each: int = 16
+    size: int | None = 600           # None: the caller's size (VectorFusion: its render size)
+    uniform_weight: float = 0.0
+    xing_weight: float = XING_WEIGHT
+
+    @classmethod
+    def paper(cls) -> LiveSettings:
+        return cls()
+
+    @classmethod
+    def fast(cls) -> LiveSettings:
+        return replace(cls(), steps_per_stage=None, steps=500, schedule="exp", schedule_each=1,
+                       size=256, uniform_weight=0.1)
+
+    def path_schedule(self, num_paths: int) -> list[int]:
+        return path_schedule(num_paths, self.schedule, first=self.schedule_each)
+
+    def total_steps(self, num_paths: int) -> int:
+        """Optimization steps of a whole LIVE run for `num_paths` paths."""
+        if self.steps_per_stage is None:
+            return self.steps
+        return self.steps_per_stage * len(self.path_schedule(num_paths))
+
+
+def stage_budget(steps: int, stages: int, steps_per_stage: int | None = None) -> list[int]:
+    """Steps of each stage: `steps_per_stage` each (LIVE), or `steps` split evenly (the last
+    stage takes the remainder)."""
+    if steps_per_stage is not None:
+        return [max(1, int(steps_per_stage))] * stages
+    per_stage = [max(1, steps // stages)] * stages
+    per_stage[-1] += steps - sum(per_stage)
+    return per_stage
 
 
 # ----------------------------------------------------------------------------- init
@@ -147,8 +216,11 @@ def udf_weight(shapes: list[Shape], H: int, W: int, reach: float, device) -> tor
     return ((reach - best.sqrt()) / reach).clamp(0, 1).reshape(H, W)
 
 
-def xing_loss(shapes: list[Shape]) -> torch.Tensor:
-    """Self-intersection penalty per cubic: P0P1 and P2P3 should turn the way P0P1, P1P2 does."""
+def xing_loss(shapes: list[Shape], scale: float = XING_SCALE) -> torch.Tensor:
+    """LIVE's self-intersection penalty: per cubic (P0..P3), with sin(u, v) = u x v / |u||v|,
+    D = [sin(P0P1, P1P2) >= 0] and l = D relu(-sin(P0P1, P2P3)) + (1 - D) relu(sin(P0P1, P2P3))
+    (P2P3 should turn the way P0P1, P1P2 does); the mean over a path's cubics times `scale`
+    (1e-3 as in LIVE/xing_loss.py), then the mean over paths. Callers weight it again (0.01)."""
     losses = []
     for s in shapes:
         seg = s.segments()
@@ -159,7 +231,7 @@ def xing_loss(shapes: list[Shape]) -> torch.Tensor:
 
         D = (sin(u, m) >= 0).to(seg.dtype)
         s13 = sin(u, v)
-        losses.append((D * torch.relu(-s13) + (1 - D) * torch.relu(s13)).mean())
+        losses.append((D * torch.relu(-s13) + (1 - D) * torch.relu(s13)).mean() * scale)
     if not losses:
         return torch.zeros(())
     return torch.stack(losses).mean()
@@ -219,12 +291,15 @@ def progress_event(step, total, scene, img, loss, target, message, with_svg=True
 
 def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None = None,
          steps: int = 500, radius: float | None = None, udf_reach: float | None = None,
-         uniform_weight: float = 0.1, xing_weight: float = 0.01, point_lr: float | None = None,
-         color_lr: float = 0.01, preview_every: int = 25, seed: int = 0):
+         uniform_weight: float = 0.1, xing_weight: float = XING_WEIGHT, point_lr: float | None = None,
+         color_lr: float = 0.01, preview_every: int = 25, seed: int = 0,
+         steps_per_stage: int | None = None):
     """Fit `target` ([3, H, W] in [0, 1], on white) with LIVE; a generator of VectorProgress.
 
     `steps` is the total optimization budget, split across the stages of `schedule`
-    (default: 'exp' schedule for `num_paths`). Returns (StopIteration value) the Scene.
+    (default: 'exp' schedule for `num_paths`), unless `steps_per_stage` is given: then every
+    stage runs that many steps, as LIVE does (500). The keyword defaults are the image-to-SVG
+    tool's quick ones; `LiveSettings` has the reference's. Returns (StopIteration value) the Scene.
     """
     torch.manual_seed(seed)
     _, H, W = target.shape
@@ -233,8 +308,8 @@ def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None =
     reach = udf_reach if udf_reach is not None else max(3.0, 10.0 * size / 240)
     point_lr = point_lr if point_lr is not None else 1.0 * size / 240
     schedule = schedule or path_schedule(num_paths)
-    per_stage = [max(1, steps // len(schedule))] * len(schedule)
-    per_stage[-1] += steps - sum(per_stage)
+    per_stage = stage_budget(steps, len(schedule), steps_per_stage)
+    steps = sum(per_stage)
     scene = Scene(W, H, [])
     fitter = Fitter(point_lr, color_lr)
     weight = torch.zeros(H, W, device=target.device)
