@@ -1,6 +1,7 @@
 """Image -> SVG: LIVE's parts, both vectorizers on committed icons, events, bad input, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_live_settings_presets_are_the_reference_and_ours():
     assert (fast.steps_per_stage, fast.steps, fast.schedule, fast.size, fast.uniform_weight) == (
         None, 500, "exp", 256, 0.1)
     assert fast.path_schedule(16) == path_schedule(16) and fast.total_steps(64) == 500
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         paper.steps_per_stage = 1                                    # frozen
 
 

@@ -221,20 +221,29 @@ def xing_loss(shapes: list[Shape], scale: float = XING_SCALE) -> torch.Tensor:
     D = [sin(P0P1, P1P2) >= 0] and l = D relu(-sin(P0P1, P2P3)) + (1 - D) relu(sin(P0P1, P2P3))
     (P2P3 should turn the way P0P1, P1P2 does); the mean over a path's cubics times `scale`
     (1e-3 as in LIVE/xing_loss.py), then the mean over paths. Callers weight it again (0.01)."""
-    losses = []
+    # paths with the same number of cubics are evaluated together: one batch of small tensor
+    # ops per segment count instead of one per path (the per-path loop cost ~0.5 ms a path)
+    groups: dict[tuple, list[torch.Tensor]] = {}
     for s in shapes:
         seg = s.segments()
-        u, m, v = seg[:, 1] - seg[:, 0], seg[:, 2] - seg[:, 1], seg[:, 3] - seg[:, 2]
+        groups.setdefault((seg.shape[0], seg.dtype, seg.device), []).append(seg)
+    if not groups:
+        return torch.zeros(())
 
-        def sin(a, b):
-            return (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+    def sin(a, b):
+        return (a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-8)
 
+    per_path = []
+    for segs in groups.values():
+        seg = torch.stack(segs)                                        # [P, S, 4, 2]
+        u, m, v = seg[..., 1, :] - seg[..., 0, :], seg[..., 2, :] - seg[..., 1, :], seg[..., 3, :] - seg[..., 2, :]
         D = (sin(u, m) >= 0).to(seg.dtype)
         s13 = sin(u, v)
-        losses.append((D * torch.relu(-s13) + (1 - D) * torch.relu(s13)).mean() * scale)
-    if not losses:
-        return torch.zeros(())
-    return torch.stack(losses).mean()
+        per_path.append((D * torch.relu(-s13) + (1 - D) * torch.relu(s13)).mean(-1) * scale)
+    dtype = per_path[0].dtype
+    for t in per_path[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.cat([t.to(dtype) for t in per_path]).mean()
 
 
 # ----------------------------------------------------------------------------- optimization
