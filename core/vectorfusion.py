@@ -112,7 +112,8 @@ class VectorFusionSettings:
       `num_inference_steps: 50`, `guidance_scale: 7.5`.
     - `live`: `LiveSettings.paper()` (core/vector/live.py): 500 steps per path stage
       (`num_iter: 500 # num_iter per path group`), 'repeat' schedule of 16 paths per stage, at
-      600 px (`image_size: 600`; the render size of a 512 px model), no uniform weight floor.
+      600 px (`image_size: 600`; the render size of a 512 px model), no uniform weight floor,
+      circles of radius 20 px, UDF reach 10 px and point learning rate 1.0 at 600 px.
     - The xing loss: `xing_loss`'s 1e-3 scale (LIVE/xing_loss.py) times `VFOptions.xing_weight`
       0.01 (`xing_loss_weight: 0.01`), in LIVE and in the SDS stage (iconographic only).
 
@@ -609,7 +610,7 @@ def live_streamed(ctx: JobContext, files: "SvgFiles", image: Image.Image, size: 
                                         np.float32) / 255).permute(2, 0, 1).contiguous().to(device)
     gen = live(target, num_paths=num_paths, schedule=st.path_schedule(num_paths), steps=steps, seed=seed,
                preview_every=preview_every, uniform_weight=st.uniform_weight, xing_weight=st.xing_weight,
-               steps_per_stage=st.steps_per_stage)
+               steps_per_stage=st.steps_per_stage, **st.geometry(size))
     while True:
         try:
             ev = next(gen)

@@ -111,10 +111,17 @@ def test_live_settings_presets_are_the_reference_and_ours():
     assert (paper.steps_per_stage, paper.schedule, paper.schedule_each, paper.size, paper.uniform_weight,
             paper.xing_weight) == (500, "repeat", 16, 600, 0.0, 0.01)
     assert paper.path_schedule(64) == [16, 16, 16, 16] and paper.total_steps(64) == 2000
+    # PSR VectorFusion at 600 px: circles of radius 20, LIVE's 10 px UDF reach, point rate 1.0;
+    # lengths scale with the canvas (300 px: half of each)
+    assert paper.geometry(600) == pytest.approx({"radius": 20.0, "udf_reach": 10.0, "point_lr": 1.0})
+    assert paper.geometry(300) == pytest.approx({"radius": 10.0, "udf_reach": 5.0, "point_lr": 0.5})
     fast = LiveSettings.fast()
     assert (fast.steps_per_stage, fast.steps, fast.schedule, fast.size, fast.uniform_weight) == (
         None, 500, "exp", 256, 0.1)
     assert fast.path_schedule(16) == path_schedule(16) and fast.total_steps(64) == 500
+    # LIVE's own lengths taken at 240 px (live()'s keyword defaults, floored at 2 px and 3 px)
+    assert fast.geometry(240) == pytest.approx({"radius": 5.0, "udf_reach": 10.0, "point_lr": 1.0})
+    assert fast.geometry(48) == pytest.approx({"radius": 2.0, "udf_reach": 3.0, "point_lr": 0.2})
     with pytest.raises(dataclasses.FrozenInstanceError):
         paper.steps_per_stage = 1                                    # frozen
 

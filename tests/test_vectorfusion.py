@@ -343,7 +343,15 @@ def test_a_preset_sets_every_budget_it_is_not_given(tiny_engine, metrics, tmp_pa
         calls.append((len(prompts), kw["steps"], kw["guidance"]))
         return text_to_image(ctx, prompts, **kw)
 
+    live_kwargs = []
+    live = vf.live
+
+    def recording_live(target, **kw):
+        live_kwargs.append(dict(kw, size=tuple(target.shape[1:])))
+        return live(target, **kw)
+
     monkeypatch.setattr(tiny_engine, "text_to_image", recording_text_to_image)
+    monkeypatch.setattr(vf, "live", recording_live)
     st = replace(vf.VectorFusionSettings.paper(), sds_steps=3, k=2, sample_steps=1,
                  live=replace(LiveSettings.paper(), steps_per_stage=2, schedule_each=2))
     events = drain(vf.text_to_svg(tiny_engine, "a cup", vf.VFOptions(num_paths=4, preview_every=1), preset=st,
@@ -356,6 +364,11 @@ def test_a_preset_sets_every_budget_it_is_not_given(tiny_engine, metrics, tmp_pa
     assert len(final.info["losses"]) == 3 and final.info["preset"] == "paper"
     assert all(e.total == 4 + 3 for e in events if isinstance(e, vf.SvgProgress))
     assert len(parse_svg(final.info["baseline_svg"]).shapes) == 4
+    # LIVE at the render size (75 px here, under the paper's 600), with the paper's lengths scaled
+    # from 600 px: radius 20 -> 2.5, reach 10 -> 1.25 (floored at 3), point rate 1.0 -> 0.125
+    (kw,) = live_kwargs
+    assert kw["size"] == (75, 75) and kw["steps_per_stage"] == 2 and kw["uniform_weight"] == 0.0
+    assert (kw["radius"], kw["udf_reach"], kw["point_lr"]) == pytest.approx((2.5, 3.0, 0.125))
     # no preset named: the offline tiny family runs "fast"
     events = drain(vf.text_to_svg(tiny_engine, "a cup", vf.VFOptions(num_paths=2, steps=1), init="scratch",
                                   data_dir=tmp_path))

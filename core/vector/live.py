@@ -83,10 +83,15 @@ class LiveSettings:
       VectorFusion scales it with the model (600 / 512 of the model's input size).
     - `uniform_weight` 0.0: LIVE has no floor on the UDF weight (LIVE/main.py get_sdf).
     - `xing_weight` 0.01 (base.yaml `xing_loss_weight`), on top of `xing_loss`'s 1e-3 scale.
+    - Lengths in px at a canvas of `ref_size` px, scaled linearly to the canvas used
+      (`geometry`): at 600 px the initial circles have `radius` 20 (conf/x/vectorfusion.yaml
+      `radius: 20`), the UDF weight reaches 0 at `udf_reach` 10 px (LIVE/main.py get_sdf
+      `truncate=10`) and the point learning rate is `point_lr` 1.0 px/step (`lr_stage_one.point`).
 
     `fast()` is our quicker setting: 500 steps in all, split across an 'exp' schedule
     (1, 2, 4, ... paths per stage), at most 256 px, with a 0.1 uniform floor on the weight
-    (our deviation, documented above)."""
+    (our deviation, documented above), and LIVE's own lengths (radius 5, reach 10, point rate
+    1.0) taken at 240 px instead of at 600 (so 2.5x larger at the same canvas)."""
 
     steps_per_stage: int | None = 500
     steps: int = 500                 # the total budget when steps_per_stage is None
@@ -95,6 +100,10 @@ class LiveSettings:
     size: int | None = 600           # None: the caller's size (VectorFusion: its render size)
     uniform_weight: float = 0.0
     xing_weight: float = XING_WEIGHT
+    ref_size: int = 600
+    radius: float = 20.0
+    udf_reach: float = 10.0
+    point_lr: float = 1.0
 
     @classmethod
     def paper(cls) -> LiveSettings:
@@ -103,7 +112,14 @@ class LiveSettings:
     @classmethod
     def fast(cls) -> LiveSettings:
         return replace(cls(), steps_per_stage=None, steps=500, schedule="exp", schedule_each=1,
-                       size=256, uniform_weight=0.1)
+                       size=256, uniform_weight=0.1, ref_size=240, radius=5.0, udf_reach=10.0, point_lr=1.0)
+
+    def geometry(self, size: int) -> dict:
+        """`live()`'s radius, udf_reach and point_lr for a `size` px canvas (at least 2 px and
+        3 px for the first two, so tiny canvases still get a visible circle and weight band)."""
+        k = size / self.ref_size
+        return {"radius": max(2.0, self.radius * k), "udf_reach": max(3.0, self.udf_reach * k),
+                "point_lr": self.point_lr * k}
 
     def path_schedule(self, num_paths: int) -> list[int]:
         return path_schedule(num_paths, self.schedule, first=self.schedule_each)
