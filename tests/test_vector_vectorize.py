@@ -13,8 +13,8 @@ from PIL import Image
 from core.errors import UserError
 from core.events import Result
 from core.vector.__main__ import main as cli
-from core.vector.live import (LiveSettings, SparseCoordInit, VectorProgress, connected_components, live,
-                              path_schedule, psnr, udf_weight, xing_loss)
+from core.vector.live import (Fitter, LiveSettings, SparseCoordInit, VectorProgress, connected_components,
+                              live, path_schedule, point_lr_factor, psnr, udf_weight, xing_loss)
 from core.vector.rasterizer import render
 from core.vector.scene import Shape, circle_shape
 from core.vector.svg_io import parse_svg
@@ -124,6 +124,21 @@ def test_live_settings_presets_are_the_reference_and_ours():
     assert fast.geometry(48) == pytest.approx({"radius": 2.0, "udf_reach": 3.0, "point_lr": 0.2})
     with pytest.raises(dataclasses.FrozenInstanceError):
         paper.steps_per_stage = 1                                    # frozen
+
+
+def test_point_rate_decays_with_each_groups_age_as_in_live():
+    # 1 for the first 20 % of a 500-step block, then linear 0.4^k -> 0.4^(k+1) across block k
+    expected = {0: 1.0, 99: 1.0, 100: 1.0 * 0.8 + 0.4 * 0.2, 250: 0.5 + 0.2, 500: 0.4,
+                750: 0.4 * 0.5 + 0.16 * 0.5, 1000: 0.16}
+    for age, value in expected.items():
+        assert point_lr_factor(age, 500) == pytest.approx(value, abs=1e-12), age
+    fitter = Fitter(point_lr=2.0)
+    fitter.add([circle_shape((5, 5), 2)], born=0)
+    fitter.add([circle_shape((9, 9), 2)], born=500)
+    fitter.set_point_ages(750, every=500)
+    rates = [g["lr"] for g in fitter.opt.param_groups if g["kind"] == "points"]
+    assert rates == pytest.approx([2.0 * 0.28, 2.0 * 0.7])        # ages 750 and 250
+    assert LiveSettings.paper().point_schedule == "age" and LiveSettings.fast().point_schedule == "stage"
 
 
 def test_live_runs_steps_per_stage_when_asked():

@@ -83,6 +83,8 @@ class LiveSettings:
       VectorFusion scales it with the model (600 / 512 of the model's input size).
     - `uniform_weight` 0.0: LIVE has no floor on the UDF weight (LIVE/main.py get_sdf).
     - `xing_weight` 0.01 (base.yaml `xing_loss_weight`), on top of `xing_loss`'s 1e-3 scale.
+    - `point_schedule` 'age': each path group's point rate decays with its own age
+      (`point_lr_factor`: 1 for 100 steps, then 1 -> 0.4 -> 0.16 ... per 500 steps).
     - Lengths in px at a canvas of `ref_size` px, scaled linearly to the canvas used
       (`geometry`): at 600 px the initial circles have `radius` 20 (conf/x/vectorfusion.yaml
       `radius: 20`), the UDF weight reaches 0 at `udf_reach` 10 px (LIVE/main.py get_sdf
@@ -90,7 +92,8 @@ class LiveSettings:
 
     `fast()` is our quicker setting: 500 steps in all, split across an 'exp' schedule
     (1, 2, 4, ... paths per stage), at most 256 px, with a 0.1 uniform floor on the weight
-    (our deviation, documented above), and LIVE's own lengths (radius 5, reach 10, point rate
+    (our deviation, documented above), the point rate of every group re-run 1 -> 0.4 within
+    each stage ('stage'), and LIVE's own lengths (radius 5, reach 10, point rate
     1.0) taken at 240 px instead of at 600 (so 2.5x larger at the same canvas)."""
 
     steps_per_stage: int | None = 500
@@ -100,6 +103,7 @@ class LiveSettings:
     size: int | None = 600           # None: the caller's size (VectorFusion: its render size)
     uniform_weight: float = 0.0
     xing_weight: float = XING_WEIGHT
+    point_schedule: str = "age"
     ref_size: int = 600
     radius: float = 20.0
     udf_reach: float = 10.0
@@ -112,7 +116,8 @@ class LiveSettings:
     @classmethod
     def fast(cls) -> LiveSettings:
         return replace(cls(), steps_per_stage=None, steps=500, schedule="exp", schedule_each=1,
-                       size=256, uniform_weight=0.1, ref_size=240, radius=5.0, udf_reach=10.0, point_lr=1.0)
+                       size=256, uniform_weight=0.1, point_schedule="stage", ref_size=240, radius=5.0,
+                       udf_reach=10.0, point_lr=1.0)
 
     def geometry(self, size: int) -> dict:
         """`live()`'s radius, udf_reach and point_lr for a `size` px canvas (at least 2 px and
@@ -264,6 +269,20 @@ def xing_loss(shapes: list[Shape], scale: float = XING_SCALE) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- optimization
 
+def point_lr_factor(age: int, every: int, keep: float = 0.2, decay: float = 0.4) -> float:
+    """LIVE's point learning-rate factor for a path group `age` steps old: 1 for the first
+    `keep` of `every` steps, then linear from decay^k to decay^(k+1) across block k = age // every
+    (PyTorch-SVGRender painter/vectorfusion/painter_params.py LinearDecayWithKeepLRLambda with
+    conf/x/vectorfusion.yaml keep_ratio 0.2, decay_ratio 0.4, decay_every = num_iter; each
+    group keeps its own schedule while later groups train, as LIVE's `trainable.record`)."""
+    if age < keep * every:
+        return 1.0
+    k, rest = divmod(age, every)
+    r = rest / every
+    return decay ** k * (1 - r) + decay ** (k + 1) * r
+
+
+
 class Fitter:
     """Adam over the scene's points and colors, LIVE's settings; colors clamped to [0, 1]."""
 
@@ -271,8 +290,9 @@ class Fitter:
         self.point_lr, self.color_lr, self.width_lr = point_lr, color_lr, width_lr
         self.opt = None
 
-    def add(self, shapes: list[Shape]):
-        groups = [{"params": [s.points for s in shapes], "lr": self.point_lr, "kind": "points"},
+    def add(self, shapes: list[Shape], born: int = 0):
+        """Optimize `shapes` too; `born` (the step they are added at) sets their point rate's age."""
+        groups = [{"params": [s.points for s in shapes], "lr": self.point_lr, "kind": "points", "born": born},
                   {"params": [s.fill for s in shapes if s.fill is not None], "lr": self.color_lr,
                    "kind": "color"}]
         strokes = [s for s in shapes if s.stroke is not None]
@@ -293,6 +313,12 @@ class Fitter:
         for g in self.opt.param_groups:
             if g["kind"] == "points":
                 g["lr"] = self.point_lr * factor
+
+    def set_point_ages(self, step: int, every: int):
+        """LIVE's schedule: each group's point rate follows `point_lr_factor` of its own age."""
+        for g in self.opt.param_groups:
+            if g["kind"] == "points":
+                g["lr"] = self.point_lr * point_lr_factor(step - g["born"], every)
 
     def step(self, loss: torch.Tensor, shapes: list[Shape]):
         self.opt.zero_grad(set_to_none=True)
@@ -318,12 +344,14 @@ def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None =
          steps: int = 500, radius: float | None = None, udf_reach: float | None = None,
          uniform_weight: float = 0.1, xing_weight: float = XING_WEIGHT, point_lr: float | None = None,
          color_lr: float = 0.01, preview_every: int = 25, seed: int = 0,
-         steps_per_stage: int | None = None):
+         steps_per_stage: int | None = None, point_schedule: str = "stage"):
     """Fit `target` ([3, H, W] in [0, 1], on white) with LIVE; a generator of VectorProgress.
 
     `steps` is the total optimization budget, split across the stages of `schedule`
     (default: 'exp' schedule for `num_paths`), unless `steps_per_stage` is given: then every
-    stage runs that many steps, as LIVE does (500). The keyword defaults are the image-to-SVG
+    stage runs that many steps, as LIVE does (500). `point_schedule` 'stage': every group's point
+    rate runs 1 -> 0.4 again within each stage (ours); 'age': LIVE's per-group decay by age
+    (`point_lr_factor`, blocks of one stage's steps). The keyword defaults are the image-to-SVG
     tool's quick ones; `LiveSettings` has the reference's. Returns (StopIteration value) the Scene.
     """
     torch.manual_seed(seed)
@@ -344,12 +372,15 @@ def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None =
         init = SparseCoordInit(img, target, seed=seed + stage)
         added = [new_path(init(), radius, target) for _ in range(count)]
         scene.shapes.extend(added)
-        fitter.add(added)
+        fitter.add(added, born=step)
         weight = (weight + udf_weight(added, H, W, reach, target.device)).clamp(0, 1)
         w = weight + uniform_weight
         for i in range(n_steps):
             frac = i / max(1, n_steps)
-            fitter.set_point_scale(1.0 if frac < 0.2 else 1.0 - 0.6 * (frac - 0.2) / 0.8)
+            if point_schedule == "age":
+                fitter.set_point_ages(step, every=max(1, n_steps))
+            else:
+                fitter.set_point_scale(1.0 if frac < 0.2 else 1.0 - 0.6 * (frac - 0.2) / 0.8)
             img = render(scene, W, H)
             loss = (w * ((img - target) ** 2).sum(0)).mean()
             if xing_weight:
