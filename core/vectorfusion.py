@@ -610,7 +610,8 @@ def live_streamed(ctx: JobContext, files: "SvgFiles", image: Image.Image, size: 
                                         np.float32) / 255).permute(2, 0, 1).contiguous().to(device)
     gen = live(target, num_paths=num_paths, schedule=st.path_schedule(num_paths), steps=steps, seed=seed,
                preview_every=preview_every, uniform_weight=st.uniform_weight, xing_weight=st.xing_weight,
-               steps_per_stage=st.steps_per_stage, point_schedule=st.point_schedule, **st.geometry(size))
+               steps_per_stage=st.steps_per_stage, point_schedule=st.point_schedule, udf_every=st.udf_every,
+               **st.geometry(size))
     while True:
         try:
             ev = next(gen)

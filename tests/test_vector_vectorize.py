@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from pathlib import Path
 
@@ -139,6 +140,31 @@ def test_point_rate_decays_with_each_groups_age_as_in_live():
     rates = [g["lr"] for g in fitter.opt.param_groups if g["kind"] == "points"]
     assert rates == pytest.approx([2.0 * 0.28, 2.0 * 0.7])        # ages 750 and 250
     assert LiveSettings.paper().point_schedule == "age" and LiveSettings.fast().point_schedule == "stage"
+
+
+def test_udf_weight_follows_the_new_paths_every_step_when_asked(monkeypatch):
+    """LIVE recomputes the UDF weight of the stage's new paths inside the step loop, from where
+    they are now; `udf_every=0` computes it once per stage, where they start."""
+    live_module = importlib.import_module("core.vector.live")    # (core.vector.live is also the function)
+
+    target = torch.ones(3, 16, 16)
+    target[:, 4:12, 4:12] = 0.0
+    seen = []
+    original = live_module.udf_weight
+
+    def recording(shapes, *a, **kw):
+        seen.append([s.points.detach().clone() for s in shapes])
+        return original(shapes, *a, **kw)
+
+    monkeypatch.setattr(live_module, "udf_weight", recording)
+    list(live(target, num_paths=2, schedule=[1, 1], steps_per_stage=3, udf_every=1, uniform_weight=0.0))
+    assert len(seen) == 6 and all(len(shapes) == 1 for shapes in seen)      # the new path only
+    assert not torch.equal(seen[0][0], seen[1][0])                           # where it is now
+    assert not torch.equal(seen[1][0], seen[2][0])
+    seen.clear()
+    list(live(target, num_paths=2, schedule=[1, 1], steps_per_stage=3, udf_every=0))
+    assert len(seen) == 2
+    assert LiveSettings.paper().udf_every == 1 and LiveSettings.fast().udf_every == 0
 
 
 def test_live_runs_steps_per_stage_when_asked():

@@ -368,7 +368,7 @@ def test_a_preset_sets_every_budget_it_is_not_given(tiny_engine, metrics, tmp_pa
     # from 600 px: radius 20 -> 2.5, reach 10 -> 1.25 (floored at 3), point rate 1.0 -> 0.125
     (kw,) = live_kwargs
     assert kw["size"] == (75, 75) and kw["steps_per_stage"] == 2 and kw["uniform_weight"] == 0.0
-    assert kw["point_schedule"] == "age"
+    assert kw["point_schedule"] == "age" and kw["udf_every"] == 1
     assert (kw["radius"], kw["udf_reach"], kw["point_lr"]) == pytest.approx((2.5, 3.0, 0.125))
     # no preset named: the offline tiny family runs "fast"
     events = drain(vf.text_to_svg(tiny_engine, "a cup", vf.VFOptions(num_paths=2, steps=1), init="scratch",

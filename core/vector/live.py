@@ -85,6 +85,9 @@ class LiveSettings:
     - `xing_weight` 0.01 (base.yaml `xing_loss_weight`), on top of `xing_loss`'s 1e-3 scale.
     - `point_schedule` 'age': each path group's point rate decays with its own age
       (`point_lr_factor`: 1 for 100 steps, then 1 -> 0.4 -> 0.16 ... per 500 steps).
+    - `udf_every` 1: the UDF weight of the stage's new paths follows their outlines, recomputed
+      every step (LIVE/main.py and PSR LIVE_rendering compute it inside the step loop) and added
+      to the weight the previous stages ended with.
     - Lengths in px at a canvas of `ref_size` px, scaled linearly to the canvas used
       (`geometry`): at 600 px the initial circles have `radius` 20 (conf/x/vectorfusion.yaml
       `radius: 20`), the UDF weight reaches 0 at `udf_reach` 10 px (LIVE/main.py get_sdf
@@ -92,7 +95,9 @@ class LiveSettings:
 
     `fast()` is our quicker setting: 500 steps in all, split across an 'exp' schedule
     (1, 2, 4, ... paths per stage), at most 256 px, with a 0.1 uniform floor on the weight
-    (our deviation, documented above), the point rate of every group re-run 1 -> 0.4 within
+    (our deviation, documented above) on a weight computed once where the stage's paths start
+    (`udf_every` 0: cheaper, and the floor keeps the gradient that a fixed weight would lose
+    once the paths move), the point rate of every group re-run 1 -> 0.4 within
     each stage ('stage'), and LIVE's own lengths (radius 5, reach 10, point rate
     1.0) taken at 240 px instead of at 600 (so 2.5x larger at the same canvas)."""
 
@@ -104,6 +109,7 @@ class LiveSettings:
     uniform_weight: float = 0.0
     xing_weight: float = XING_WEIGHT
     point_schedule: str = "age"
+    udf_every: int = 1
     ref_size: int = 600
     radius: float = 20.0
     udf_reach: float = 10.0
@@ -116,8 +122,8 @@ class LiveSettings:
     @classmethod
     def fast(cls) -> LiveSettings:
         return replace(cls(), steps_per_stage=None, steps=500, schedule="exp", schedule_each=1,
-                       size=256, uniform_weight=0.1, point_schedule="stage", ref_size=240, radius=5.0,
-                       udf_reach=10.0, point_lr=1.0)
+                       size=256, uniform_weight=0.1, point_schedule="stage", udf_every=0, ref_size=240,
+                       radius=5.0, udf_reach=10.0, point_lr=1.0)
 
     def geometry(self, size: int) -> dict:
         """`live()`'s radius, udf_reach and point_lr for a `size` px canvas (at least 2 px and
@@ -344,15 +350,17 @@ def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None =
          steps: int = 500, radius: float | None = None, udf_reach: float | None = None,
          uniform_weight: float = 0.1, xing_weight: float = XING_WEIGHT, point_lr: float | None = None,
          color_lr: float = 0.01, preview_every: int = 25, seed: int = 0,
-         steps_per_stage: int | None = None, point_schedule: str = "stage"):
+         steps_per_stage: int | None = None, point_schedule: str = "stage", udf_every: int = 0):
     """Fit `target` ([3, H, W] in [0, 1], on white) with LIVE; a generator of VectorProgress.
 
     `steps` is the total optimization budget, split across the stages of `schedule`
     (default: 'exp' schedule for `num_paths`), unless `steps_per_stage` is given: then every
     stage runs that many steps, as LIVE does (500). `point_schedule` 'stage': every group's point
     rate runs 1 -> 0.4 again within each stage (ours); 'age': LIVE's per-group decay by age
-    (`point_lr_factor`, blocks of one stage's steps). The keyword defaults are the image-to-SVG
-    tool's quick ones; `LiveSettings` has the reference's. Returns (StopIteration value) the Scene.
+    (`point_lr_factor`, blocks of one stage's steps). `udf_every` k > 0: the UDF weight of the
+    stage's new paths is recomputed from their current outlines every k steps (LIVE: every
+    step); 0: once, where the paths start (ours, with the uniform floor). The keyword defaults
+    are the image-to-SVG tool's quick ones; `LiveSettings` has the reference's. Returns (StopIteration value) the Scene.
     """
     torch.manual_seed(seed)
     _, H, W = target.shape
@@ -365,7 +373,7 @@ def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None =
     steps = sum(per_stage)
     scene = Scene(W, H, [])
     fitter = Fitter(point_lr, color_lr)
-    weight = torch.zeros(H, W, device=target.device)
+    keep = torch.zeros(H, W, device=target.device)      # the weight the earlier stages ended with
     step = 0
     img = torch.ones_like(target)
     for stage, (count, n_steps) in enumerate(zip(schedule, per_stage)):
@@ -373,9 +381,11 @@ def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None =
         added = [new_path(init(), radius, target) for _ in range(count)]
         scene.shapes.extend(added)
         fitter.add(added, born=step)
-        weight = (weight + udf_weight(added, H, W, reach, target.device)).clamp(0, 1)
-        w = weight + uniform_weight
+        weight = keep
         for i in range(n_steps):
+            if i == 0 or (udf_every and i % udf_every == 0):     # the new paths' outlines as they move
+                weight = (keep + udf_weight(added, H, W, reach, target.device)).clamp(0, 1)
+                w = weight + uniform_weight
             frac = i / max(1, n_steps)
             if point_schedule == "age":
                 fitter.set_point_ages(step, every=max(1, n_steps))
@@ -392,6 +402,7 @@ def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None =
                     img = render(scene, W, H)
                 yield progress_event(step, steps, scene, img, loss.item(), target,
                              f"LIVE stage {stage + 1}/{len(schedule)}: {len(scene.shapes)} paths")
+        keep = weight
         with torch.no_grad():
             img = render(scene, W, H)
     for s in scene.shapes:
