@@ -13,6 +13,11 @@ from pathlib import Path
 
 log = logging.getLogger("studio")
 
+# Idle OpenMP threads sleep instead of spinning: on a shared CPU (a Space, CI) spinning threads
+# made CPU jobs several times slower and erratic. Set before torch loads its OpenMP runtime; an
+# operator's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     env = os.environ.get
@@ -115,6 +120,7 @@ def build_app(args: argparse.Namespace):
     from tabs import TAB_MODULES
     from tabs.common import AppContext, visitor_handlers
     from tabs.gradio_fixes import cached_images_written_once
+    from tabs.health import HealthBanner
 
     cached_images_written_once()
     data_dir = Path(args.data_dir)
@@ -131,15 +137,14 @@ def build_app(args: argparse.Namespace):
         # secret is public by design: the token's own signature is what cannot be forged
         ctx.visitor = gr.BrowserState(None, storage_key="style-studio-visitor",
                                       secret=identity.browser_secret(data_dir))
-        gr.Markdown(f"# Style studio\nModel: `{engine.spec.source}` on `{engine.device}`"
-                    + (" (offline tiny models: images are noise, the machinery is real)"
-                       if engine.offline else ""))
+        gr.Markdown("# Style studio")
+        HealthBanner(ctx).build(demo)
         if args.multi_user and os.environ.get("OAUTH_CLIENT_ID"):  # a Space with `hf_oauth: true`
             gr.LoginButton()
         for name in TAB_MODULES:
             module = importlib.import_module(name)
             with gr.Tab(module.TITLE):
-                module.build(ctx)
+                ctx.tabs[name] = module.build(ctx)
 
         assign_visitor, visitor = visitor_handlers(ctx)
         demo.load(assign_visitor, ctx.visitor, ctx.visitor, api_visibility="private")

@@ -1,7 +1,7 @@
 """AdaIN frames per second (not a test).
 
-    python bench/adain.py                 # CPU (NCHW, channels_last), CUDA fp16 channels_last
-    python bench/adain.py --sizes 256 512 1024 --iters 50 --devices cuda
+    python -m bench.adain                 # CPU (NCHW, channels_last), CUDA fp16 channels_last
+    python -m bench.adain --sizes 256 512 1024 --iters 50 --devices cuda
 
 Batch 1, the paper's full-width network (random weights: speed does not depend on them).
 "frame" = content encoder + AdaIN + decoder with the style's features cached (the webcam
@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core import adain  # noqa: E402
+from core import adain
 
 PAPER_FPS = {256: 56.0, 512: 15.0}
 
@@ -56,10 +54,10 @@ def bench_device(device: torch.device, dtype: torch.dtype, sizes, iters, warmup,
         with torch.inference_mode():
             fs = model.encode(s)
 
-            def frame():
+            def frame(c=c, fs=fs):
                 return model.decode(adain.adain(model.encode(c), fs))
 
-            def with_style():
+            def with_style(c=c, s=s):
                 return model.decode(adain.adain(model.encode(c), model.encode(s)))
 
             n = iters if device.type == "cuda" else max(2, iters // (1 if size <= 256 else 4))

@@ -56,14 +56,15 @@ def cmd_converge(a) -> None:
     from core import blora
     from core.engine import Engine
     from core.events import Result
-    from core.train import TrainConfig, TrainStep
+    from core.events import TrainStep
+    from core.train import TrainSettings
 
     torch.set_num_threads(a.threads)
     engine = Engine("tiny", data_dir=tempfile.mkdtemp(prefix="blora-bench-"))
     engine.load()
     for lr in a.lr:
         for rank in a.rank:
-            cfg = TrainConfig(steps=a.steps, learning_rate=lr, seed=0, sample_steps=3)
+            cfg = TrainSettings(steps=a.steps, learning_rate=lr, seed=0, sample_steps=3)
             losses, res = [], None
             t0 = time.monotonic()
             for ev in blora.train_blora(engine, [test_image()], cfg, rank=rank, sample_prompts=[]):
@@ -87,14 +88,14 @@ def cmd_speed(a) -> None:
         return
     from core import blora
     from core.engine import Engine
-    from core.events import Result
-    from core.train import TrainConfig, TrainStep
+    from core.events import TrainStep
+    from core.train import TrainSettings
 
     engine = Engine("sdxl-arch", data_dir=tempfile.mkdtemp(prefix="blora-bench-"))
     engine.load()
     for gc in (True, False):
         torch.cuda.reset_peak_memory_stats()
-        cfg = TrainConfig(steps=a.steps, learning_rate=5e-5, gradient_checkpointing=gc, sample_steps=2)
+        cfg = TrainSettings(steps=a.steps, learning_rate=5e-5, gradient_checkpointing=gc, sample_steps=2)
         secs = []
         for ev in blora.train_blora(engine, [test_image(size=1024)], cfg, rank=64, sample_prompts=[]):
             if isinstance(ev, TrainStep):

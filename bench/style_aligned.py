@@ -1,7 +1,7 @@
 """Benchmark: a plain batch vs a Style-Aligned set of the same size, side by side in one run.
 
-    python bench/style_aligned.py                       # CPU, tiny family
-    python bench/style_aligned.py --model sdxl-arch --size 1024 --steps 50 --dtype fp16   # GPU
+    python -m bench.style_aligned                       # CPU, tiny family
+    python -m bench.style_aligned --model sdxl-arch --size 1024 --steps 50 --dtype fp16   # GPU
 
 Prints time and peak memory of each, their ratios, and the same for a shared-score shift
 (log 2). Not a test: machines are noisy, so compare the ratios of one run.
@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from core.engine import Engine  # noqa: E402
-from core.events import Result  # noqa: E402
-from core.style_aligned import SharingOptions, style_aligned_set  # noqa: E402
+from core.engine import Engine
+from core.events import Result
+from core.style_aligned import SharingOptions, style_aligned_set
 
 PROMPTS = ["A guitar", "A hot air balloon", "A sailboat", "A mountain"]
 

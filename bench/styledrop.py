@@ -36,7 +36,8 @@ def cmd_round(a) -> None:
     from core import styledrop as sd
     from core.engine import Engine
     from core.metrics import Metrics
-    from core.train import TrainConfig, TrainStep
+    from core.events import TrainStep
+    from core.train import TrainSettings
     from core.events import Result
 
     engine = Engine(a.model, device=a.device, dtype=a.dtype, data_dir=tempfile.mkdtemp(prefix="bench-styledrop-"))
@@ -50,7 +51,7 @@ def cmd_round(a) -> None:
         torch.cuda.reset_peak_memory_stats()
     steps, t0 = [], time.monotonic()
     info = {}
-    for ev in sd.train_round(engine, loop.id, TrainConfig(steps=a.steps, learning_rate=1e-4,
+    for ev in sd.train_round(engine, loop.id, TrainSettings(steps=a.steps, learning_rate=1e-4,
                                                           gradient_checkpointing=a.gc),
                              owner="bench", contents=sd.DEFAULT_CONTENT_PROMPTS[:a.prompts], samples_per_prompt=1,
                              sample_steps=a.sample_steps, metrics=Metrics(tiny=engine.offline, device=engine.device)):

@@ -1,7 +1,7 @@
 """Training benchmark for the three recipes of the shared trainer, side by side in one run.
 
-    python bench/train.py                                   # CPU, tiny family
-    python bench/train.py --model sdxl-arch --steps 20      # a GPU: real SDXL shapes at 1024 px
+    python -m bench.train                                   # CPU, tiny family
+    python -m bench.train --model sdxl-arch --steps 20      # a GPU: real SDXL shapes at 1024 px
 
 Rows: DreamBooth-LoRA (with and without prior preservation, with and without gradient
 checkpointing), B-LoRA (rank 64, the two up_blocks.0 attention blocks) and StyleDrop (the
@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
 
 def lora_params(unet, targets, rank: int) -> int:
@@ -65,7 +62,7 @@ def peak(device) -> str:
 
 def run_row(engine, name: str, recipe, cfg, trainer_cls) -> None:
     from core.events import Result
-    from core.train import TrainStep
+    from core.events import TrainStep
 
     trainer = trainer_cls(engine, recipe, cfg, run_root=Path(tempfile.mkdtemp()))
     if engine.device.type == "cuda":
@@ -85,7 +82,8 @@ def run_row(engine, name: str, recipe, cfg, trainer_cls) -> None:
     library.adapters(engine).unload_all()
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
     per_step = statistics.median(steps) if steps else float("nan")
-    print(f"{name:38s} params {last.info['params']:>11,d}   {per_step * 1000:9.1f} ms/step   peak {peak(engine.device)}")
+    print(f"{name:38s} params {last.info['params']:>11,d}   {per_step * 1000:9.1f} ms/step   "
+          f"peak {peak(engine.device)}")
     return per_step
 
 
@@ -99,7 +97,7 @@ def main():
 
     from core import blora, dreambooth, styledrop
     from core.engine import Engine
-    from core.train import TrainConfig, Trainer
+    from core.train import TrainSettings, Trainer
 
     print("trainable parameters on sdxl-arch (meta device):",
           ", ".join(f"{k} {v:,d}" for k, v in sdxl_arch_counts().items()))
@@ -111,7 +109,7 @@ def main():
     subject = images(4, res)
 
     def cfg(**kw):
-        return TrainConfig(steps=args.steps, learning_rate=1e-4, sample_every=0, checkpoint_every=0,
+        return TrainSettings(steps=args.steps, learning_rate=1e-4, sample_every=0, checkpoint_every=0,
                            resume=False, eval_draws=1, **kw)
 
     rows = []

@@ -1,8 +1,8 @@
 """Benchmark for core/vector (not a test): rasterizer speed and vectorization quality.
 
-    python bench/vector.py                 # both parts
-    python bench/vector.py --part raster   # forward+backward timings only
-    python bench/vector.py --part vectorize --size 128 --steps 150
+    python -m bench.vector                 # both parts
+    python -m bench.vector --part raster   # forward+backward timings only
+    python -m bench.vector --part vectorize --size 128 --steps 150
 
 1. Rasterizer forward+backward time on random scenes of closed 4-segment cubic paths:
    (64 paths, 256 px), (128, 512), (256, 600). Each path is a random blob: a centre uniform
@@ -25,16 +25,13 @@ import argparse
 import glob
 import math
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from core.vector.rasterizer import render  # noqa: E402
-from core.vector.scene import Scene, Shape  # noqa: E402
+from core.vector.rasterizer import render
+from core.vector.scene import Scene, Shape
 
 SCENES = [(64, 256, 0.83), (128, 512, 6.5), (256, 600, 16.1)]
 
@@ -83,7 +80,7 @@ def peak_rss_mb() -> float:
     try:
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    except Exception:
+    except ImportError:  # no resource module off Unix
         return float("nan")
 
 

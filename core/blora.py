@@ -36,7 +36,7 @@ import contextlib
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -47,7 +47,7 @@ from . import lora_format as lf
 from .errors import UserError
 from .events import Progress, Result
 from .images import center_crop_resize, load_image
-from .train import AdapterSpec, Example, Recipe, TrainConfig, Trainer, save_outcome
+from .train import AdapterSpec, Example, Recipe, TrainSettings, Trainer, save_outcome
 
 METHOD = "b-lora"
 CONTENT_BLOCK = "up_blocks.0.attentions.0"
@@ -124,14 +124,14 @@ def check_trigger(trigger: str) -> str:
     return trigger
 
 
-def fresh_triggers(engine, viewer, n: int, base: str | None = None) -> list[str]:
+def fresh_triggers(engine, owner, n: int, base: str | None = None) -> list[str]:
     """Triggers for `n` new B-LoRAs: `base` (numbered when several), else "[vN]" words not yet
-    used by the viewer's B-LoRAs."""
+    used by the owner's B-LoRAs."""
     if base:
         if n == 1:
             return [base]
         return [f"{base[:-1]}{i + 1}]" if base.endswith("]") else f"{base}{i + 1}" for i in range(n)]
-    used = {a.trigger_words for a in library.get_store(engine).list_adapters(viewer, method=METHOD)}
+    used = {a.trigger_words for a in library.get_store(engine).list_adapters(owner, method=METHOD)}
     out, k = [], 1
     while len(out) < n:
         if f"[v{k}]" not in used:
@@ -174,15 +174,63 @@ def make_recipe(engine, image: Image.Image, *, trigger: str, name: str = "", ran
                   extra={"instance_prompt": prompt, "blocks": dict(BLOCKS), "images": len(examples)})
 
 
-def train_blora(engine, images: Sequence[Image.Image], config: TrainConfig, *, owner: str = "local",
-                job_owner: str | None = None,
+def train_config(engine, *, steps: int, learning_rate: float, gradient_checkpointing: bool = False,
+                 seed: int = 0, sample_every: int = 0, checkpoint_every: int = 0,
+                 resume: bool = True) -> TrainSettings:
+    """The trainer settings of a B-LoRA run from what the tab asks for: the paper's constant
+    learning rate and batch 1, samples of 3 steps on the tiny family (30 on a real model)."""
+    return TrainSettings(steps=steps, learning_rate=learning_rate, lr_scheduler="constant", batch_size=1,
+                       gradient_checkpointing=gradient_checkpointing, seed=seed, sample_every=sample_every,
+                       checkpoint_every=checkpoint_every, resume=resume,
+                       sample_steps=3 if engine.offline else 30, sample_guidance=7.5)
+
+
+@dataclass(frozen=True)
+class TrainedBLoRA:
+    """One B-LoRA a training run saved to the library: its entry, trigger, the instance loss on
+    fixed draws before and after, and how many keys each half holds."""
+
+    adapter_id: int
+    adapter_name: str
+    trigger: str
+    loss_before: float
+    loss_after: float
+    trainable_params: int
+    seconds: float
+    parts: dict[str, int] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class BLoRATraining:
+    """What a finished `train_blora` job made, in training order (the last is the newest)."""
+
+    adapters: tuple[TrainedBLoRA, ...]
+
+    @classmethod
+    def from_result(cls, result: Result) -> BLoRATraining:
+        return cls.from_info(result.info)
+
+    @classmethod
+    def from_info(cls, info: Any) -> BLoRATraining:
+        """From a Result's info, or the info a page kept of it (None or anything else: none)."""
+        rows = info.get("adapters") if isinstance(info, dict) else None
+        return cls(tuple(TrainedBLoRA(**a) for a in rows or () if isinstance(a, dict)))
+
+    def as_info(self) -> dict:
+        """The JSON a page keeps: {"adapters": [one dict per B-LoRA]}."""
+        return {"adapters": [asdict(a) for a in self.adapters]}
+
+
+def train_blora(engine, images: Sequence[Image.Image], config: TrainSettings, *, owner: str = "local",
+                stop_key: str | None = None,
                 trigger: str | None = None, name: str = "", rank: int = 64, joint: bool = False,
                 sample_prompts: Sequence[str] | None = None, step_hook=None) -> Iterator[Any]:
     """Train one B-LoRA per image (or one from all images when `joint`), in one job on the shared
     trainer; each is saved to the library with both halves and the image as its first thumbnail.
     Streams the trainer's events (TrainStep, TrainSamples, Checkpointed, Notice, Progress) and
-    ends with a Result whose info lists the new entries. `owner` owns the entries; `job_owner`
-    (default: `owner`) is the key a Stop button cancels the job with."""
+    ends with a Result whose info lists the new entries (read it as `BLoRATraining.from_result`).
+    `owner` owns the entries; `stop_key` (default: `owner`) is the key a Stop button cancels the
+    job with."""
     images = list(images)
     if not images:
         raise UserError("Upload an image to train a B-LoRA on.")
@@ -210,14 +258,14 @@ def train_blora(engine, images: Sequence[Image.Image], config: TrainConfig, *, o
             # rather than left on the UNet; a Stop now takes effect at the next step, if there is one
             ctx.emit(Progress(config.steps, config.steps, "Saving the B-LoRA to the library"))
             a = save_outcome(engine, recipe, config, out, owner=owner)
-            made.append({"adapter_id": a.id, "adapter_name": a.name, "trigger": recipe.trigger_words,
-                         "loss_before": out.loss_before, "loss_after": out.loss_after,
-                         "trainable_params": out.trainable_params, "seconds": round(out.seconds, 2),
-                         "parts": {p: len(k) for p, k in a.parts.items()}})
+            made.append(asdict(TrainedBLoRA(
+                adapter_id=a.id, adapter_name=a.name, trigger=recipe.trigger_words,
+                loss_before=out.loss_before, loss_after=out.loss_after, trainable_params=out.trainable_params,
+                seconds=round(out.seconds, 2), parts={p: len(k) for p, k in a.parts.items()})))
             history += [{**h, "image": i + 1} for h in out.history]
             all_samples += [im for im, _ in out.samples[1:]]
         return Result(images=all_samples, info={"adapters": made, "history": history})
-    return engine.run(work, owner=job_owner or owner, kind="train-b-lora")
+    return engine.run(work, stop_key=stop_key or owner, kind="train-b-lora")
 
 
 # --------------------------------------------------------------------------- loading halves
@@ -235,22 +283,22 @@ class Half:
         return f"blora-{self.part}-{int(self.adapter_id)}"
 
 
-def half_state_dict(engine, adapter_id: int, part: str, viewer: Any
+def half_state_dict(engine, adapter_id: int, part: str, owner: Any
                     ) -> tuple[dict[str, torch.Tensor], dict[str, dict], Any]:
     """The keys of one half, selected by block: only keys under the half's own block are taken
     (an entry's recorded part list must agree); a half with no keys there is refused."""
     if part not in BLOCKS:
         raise UserError(f"A B-LoRA half is \"content\" or \"style\", not {part!r}.")
     store = library.get_store(engine)
-    a = store.get_adapter(int(adapter_id), viewer)
-    sd, header_configs = store.load_adapter(a.id, viewer)
+    a = store.get_adapter(int(adapter_id), owner)
+    sd, header_configs = store.load_adapter(a.id, owner)
     keys = sorted(k for k in sd if lf.component_of(k) == "unet" and block_of(k) == part)
     recorded = a.parts.get(part)
     if recorded is not None:
         stray = [k for k in recorded if block_of(k) != part]
         if stray:
             raise UserError(f"The {part} half of {a.name!r} holds weights outside the {part} block "
-                            f"{BLOCKS[part]} ({lf._few(stray)}); it was not loaded.")
+                            f"{BLOCKS[part]} ({lf.few(stray)}); it was not loaded.")
     if not keys:
         raise UserError(f"{a.name!r} has no {part} half (no LoRA weights in {BLOCKS[part]}).")
     sub = {k: sd[k] for k in keys}
@@ -263,11 +311,11 @@ def half_state_dict(engine, adapter_id: int, part: str, viewer: Any
     return sub, {"unet": cfg}, a
 
 
-def load_half(engine, half: Half, viewer: Any) -> str:
+def load_half(engine, half: Half, owner: Any) -> str:
     """Inject one half as its own named peft adapter into the resident UNet; checks afterwards
     that its weights landed only in its own block."""
     unet = engine.pipe.unet
-    sd, configs, _ = half_state_dict(engine, half.adapter_id, half.part, viewer)
+    sd, configs, _ = half_state_dict(engine, half.adapter_id, half.part, owner)
     name = half.peft_name
     if name in library.peft_names(unet):
         unet.delete_adapters(name)
@@ -279,7 +327,7 @@ def load_half(engine, half: Half, viewer: Any) -> str:
     if wrong or not placed:
         unet.delete_adapters(name)
         raise UserError(f"The {half.part} half did not load into {BLOCKS[half.part]} only "
-                        f"({lf._few(wrong) if wrong else 'nothing loaded'}).")
+                        f"({lf.few(wrong) if wrong else 'nothing loaded'}).")
     return name
 
 
@@ -294,7 +342,7 @@ def adapter_modules(unet, adapter_name: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def halves_active(engine, halves: Sequence[Half], viewer: Any) -> Iterator[list[str]]:
+def halves_active(engine, halves: Sequence[Half], owner: Any) -> Iterator[list[str]]:
     """Load the halves into their blocks, active with their (linear) weights, for one block of
     code; afterwards the UNet is as it was: the halves' adapters deleted, every module that was
     wrapped for them unwrapped again, the peft bookkeeping as before, every remaining adapter
@@ -308,7 +356,7 @@ def halves_active(engine, halves: Sequence[Half], viewer: Any) -> Iterator[list[
     names: list[str] = []
     try:
         for h in halves:
-            names.append(load_half(engine, h, viewer))
+            names.append(load_half(engine, h, owner))
         if names:
             unet.set_adapters(names, weights=[float(h.weight) for h in halves])
             unet.enable_adapters()
@@ -383,7 +431,7 @@ def fill_prompt(template: str, content_trigger: str | None, style_trigger: str |
 
 
 def plan(engine, use: str | None, content: tuple[int, float] | None, style: tuple[int, float] | None,
-         prompts: Sequence[str] | None, viewer: Any) -> tuple[list[Half], list[str]]:
+         prompts: Sequence[str] | None, owner: Any) -> tuple[list[Half], list[str]]:
     """The halves and the filled prompts for one of the four uses (or "custom": the halves given,
     the prompts given). Checks that each use has the halves it needs."""
     store = library.get_store(engine)
@@ -405,7 +453,7 @@ def plan(engine, use: str | None, content: tuple[int, float] | None, style: tupl
         aid, weight = int(given[0]), float(1.0 if given[1] is None else given[1])
         if not -2.0 <= weight <= 2.0:
             raise UserError(f"The {part} weight must be between -2 and 2 (got {weight}).")
-        a = store.get_adapter(aid, viewer)
+        a = store.get_adapter(aid, owner)
         triggers[part] = a.trigger_words or None
         halves.append(Half(aid, part, weight))
     templates = [p.strip() for p in (prompts or []) if p and p.strip()]
@@ -421,18 +469,19 @@ def plan(engine, use: str | None, content: tuple[int, float] | None, style: tupl
 
 def generate(engine, *, use: str | None = None, content: tuple[int, float] | None = None,
              style: tuple[int, float] | None = None, prompts: Sequence[str] | None = None,
-             viewer: Any = "local", owner: str = "local", seed: int = 0, steps: int = 30,
+             owner: Any = "local", stop_key: str | None = None, seed: int = 0, steps: int = 30,
              guidance: float = 7.5, width: int | None = None, height: int | None = None,
              fail_after_load: bool = False) -> Iterator[Any]:
     """Generate with B-LoRA halves (streamed, cancellable). No negative prompt (see the module
-    docstring). `content`/`style` are (library id, weight) or None."""
-    halves, filled = plan(engine, use, content, style, prompts, viewer)
+    docstring). `content`/`style` are (library id, weight) or None, read from `owner`'s library
+    (and published entries); `stop_key` (default: `owner`) is what a Stop reaches the job by."""
+    halves, filled = plan(engine, use, content, style, prompts, owner)
     engine.load()
     check_model(engine.pipe.unet)
 
     def work(ctx) -> Result:
         started = time.monotonic()
-        with halves_active(engine, halves, viewer) as names:
+        with halves_active(engine, halves, owner) as names:
             if fail_after_load:  # tests: an error with the halves loaded
                 raise RuntimeError("failure injected after loading the halves")
             images = engine.text_to_image(ctx, filled, seed=int(seed), steps=int(steps), guidance=float(guidance),
@@ -442,18 +491,18 @@ def generate(engine, *, use: str | None = None, content: tuple[int, float] | Non
             "use": use or "custom", "prompts": filled, "seconds": round(time.monotonic() - started, 2),
             "halves": [{"adapter_id": h.adapter_id, "part": h.part, "weight": h.weight, "block": BLOCKS[h.part]}
                        for h in halves], "adapters_loaded": names})
-    return engine.run(work, owner=owner, kind="b-lora")
+    return engine.run(work, stop_key=stop_key or owner, kind="b-lora")
 
 
 # --------------------------------------------------------------------------- the library's B-LoRAs
 
-def entries(engine, viewer: Any) -> list:
-    """The library's B-LoRAs the viewer may use (theirs and published ones), newest first:
+def entries(engine, owner: Any) -> list:
+    """The library's B-LoRAs the owner may use (theirs and published ones), newest first:
     entries trained here, and imported LoRA files with weights in both blocks (e.g. the
     authors' published B-LoRAs, imported on the Personalize tab)."""
     store = library.get_store(engine)
     out = []
-    for a in store.list_adapters(viewer, base_model=library.base_model_id(engine)):
+    for a in store.list_adapters(owner, base_model=library.base_model_id(engine)):
         if a.method == METHOD or {"content", "style"} <= set(a.parts) or \
                 (a.method == "imported" and {"content", "style"} <= _blocks_in_file(a.path)):
             out.append(a)
@@ -471,12 +520,46 @@ def _blocks_in_file(path) -> set[str]:
 
 
 def thumbnail(a) -> str | None:
+    """The file of a B-LoRA's first sample (its training image), or None."""
     return str(a.samples[0].file.path) if a.samples else None
+
+
+def thumbnail_image(a, *, max_side: int = 256) -> Image.Image | None:
+    """A B-LoRA's first sample as an image, at most `max_side` a side (never a path: the library
+    is not served); None when it has none or the file cannot be read."""
+    path = thumbnail(a)
+    try:
+        return load_image(path, what="sample", max_side=max_side) if path else None
+    except UserError:
+        return None
 
 
 def label(a) -> str:
     return f"#{a.id} {a.name} {a.trigger_words}".strip() if a.trigger_words != a.name else f"#{a.id} {a.name}"
 
 
+@dataclass(frozen=True)
+class LibraryEntry:
+    """One B-LoRA as a page lists it: its id (as the pickers hold it), label and thumbnail."""
+
+    id: str
+    label: str
+    thumbnail: Image.Image | None = field(default=None, compare=False, hash=False)
+
+
+def library_entries(engine, *, owner: Any, max_side: int = 256) -> list[LibraryEntry]:
+    """The B-LoRAs `owner` may use (`entries`: theirs and published ones, newest first), each
+    with its label and thumbnail (`thumbnail_image`)."""
+    return [LibraryEntry(str(a.id), label(a), thumbnail_image(a, max_side=max_side))
+            for a in entries(engine, owner)]
+
+
+def preset_settings(name: Any, engine) -> dict[str, Any]:
+    """The settings of the preset called `name` (an unknown name: the engine's default preset)."""
+    return dict(PRESETS.get(name) if isinstance(name, str) and name in PRESETS else PRESETS[default_preset(engine)])
+
+
 __all__ = ["BLOCKS", "CONTENT_BLOCK", "STYLE_BLOCK", "TARGET_MODULES", "PRESETS", "USES", "Half", "make_recipe",
-           "train_blora", "generate", "halves_active", "load_half", "half_state_dict", "entries", "plan"]
+           "train_blora", "generate", "halves_active", "load_half", "half_state_dict", "entries", "plan",
+           "TrainedBLoRA", "BLoRATraining", "LibraryEntry", "library_entries", "thumbnail_image",
+           "train_config", "preset_settings"]

@@ -13,10 +13,11 @@ as a LoRA on the text encoders' attention (`text_encoder_rank` > 0; off by defau
 """
 from __future__ import annotations
 
+import math
 import random
 import re
-from dataclasses import replace
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Iterator, Sequence
 
 from PIL import Image
 
@@ -24,13 +25,14 @@ from . import library
 from .errors import UserError
 from .events import Result
 from .images import center_crop_resize, load_image
-from .train import AdapterSpec, Example, Recipe, TrainConfig, train
+from .store import Adapter
+from .train import AdapterSpec, Example, Recipe, TrainSettings, train
 
 MIN_IMAGES, MAX_IMAGES = 1, 20
 MAX_CLASS_IMAGES = 400
 RARE_MIN_ID = 40000  # CLIP BPE ids are roughly merge order: high ids are rare merges
 
-# Presets shown in the UI: (description, TrainConfig fields, recipe fields)
+# Presets shown in the UI: (description, TrainSettings fields, recipe fields)
 PRESETS: dict[str, dict[str, Any]] = {
     "SDXL LoRA (DB-LoRA, 400 steps)": dict(
         steps=400, learning_rate=1e-4, rank=8, batch_size=1, grad_accum=1, gradient_checkpointing=True,
@@ -71,14 +73,15 @@ def default_preset(engine) -> str:
 # --------------------------------------------------------------------------- identifier
 
 def _tok(engine_or_tokenizer):
-    return getattr(engine_or_tokenizer, "pipe", None).tokenizer if hasattr(engine_or_tokenizer, "pipe") \
-        else engine_or_tokenizer
+    """A tokenizer, or an engine's (its pipeline's first tokenizer)."""
+    return engine_or_tokenizer.pipe.tokenizer if hasattr(engine_or_tokenizer, "pipe") else engine_or_tokenizer
 
 
 def rare_tokens(tokenizer, n: int = 8, seed: int = 0) -> list[str]:
     """Short rare single tokens of the tokenizer's vocabulary (the paper's recommendation: a
-    rare token with a weak prior), e.g. "sks"-like: 3-4 letters, no vowel, a rare merge."""
-    vocab = tokenizer.get_vocab()
+    rare token with a weak prior), e.g. "sks"-like: 3-4 letters, no vowel, a rare merge.
+    `tokenizer` may be an engine (its pipeline's tokenizer)."""
+    vocab = _tok(tokenizer).get_vocab()
     cands = sorted(s[:-4] for s, i in vocab.items()
                    if i >= RARE_MIN_ID and s.endswith("</w>") and re.fullmatch(r"[a-z]{3,4}", s[:-4])
                    and not re.search(r"[aeiouy]", s[:-4]))
@@ -88,7 +91,9 @@ def rare_tokens(tokenizer, n: int = 8, seed: int = 0) -> list[str]:
 
 
 def check_identifier(tokenizer, word: str) -> list[str]:
-    """Warnings about an identifier: several tokens, a common word, not one word."""
+    """Warnings about an identifier: several tokens, a common word, not one word. `tokenizer` may
+    be an engine (its pipeline's tokenizer)."""
+    tokenizer = _tok(tokenizer)
     word = (word or "").strip()
     if not word:
         raise UserError("Choose an identifier for the subject (a rare token such as \"sks\").")
@@ -218,7 +223,7 @@ def make_recipe(engine, images: Sequence[Image.Image], *, identifier: str, class
                   prepare=prepare)
 
 
-def train_dreambooth(engine, recipe: Recipe, config: TrainConfig, *, owner: str = "local", **kw) -> Iterator:
+def train_dreambooth(engine, recipe: Recipe, config: TrainSettings, *, owner: str = "local", **kw) -> Iterator:
     return train(engine, recipe, config, owner=owner, **kw)
 
 
@@ -228,11 +233,70 @@ def fill(template: str, identifier: str, class_noun: str) -> str:
     return template.replace("{v}", identifier).replace("{c}", class_noun)
 
 
-def language_drift(engine, adapter_id: int, *, viewer: Any, metrics, seeds: Sequence[int] = (0, 1, 2, 3),
-                   steps: int = 25, guidance: float = 5.0, weight: float = 1.0, owner: str = "local") -> Iterator:
+# What the Personalize tab lists and generates with: subjects trained here and LoRAs imported into
+# the library (B-LoRA and StyleDrop adapters have tabs of their own, with their own triggers).
+LISTED_METHODS = ("dreambooth", "imported")
+NO_CLASS = "object"  # {c} of a prompt template when no adapter names a class
+
+
+def subject_adapters(engine, *, owner: Any) -> list[Adapter]:
+    """The library adapters that DreamBooth generation uses sensibly (LISTED_METHODS: DreamBooth
+    subjects and imported LoRAs) for this engine's base model: `owner`'s own and published ones,
+    newest first."""
+    store = library.get_store(engine)
+    return [a for a in store.list_adapters(owner, base_model=library.base_model_id(engine))
+            if a.method in LISTED_METHODS]
+
+
+def fill_triggers(engine, templates: Iterable[str], adapter_ids: Iterable[int], *, owner: Any) -> list[str]:
+    """Prompt templates with "{v}" (the identifier) and "{c}" (the class noun) filled from the
+    first of `adapter_ids` (in order) whose library entry has trigger words; without one, "{v} "
+    is dropped and "{c}" becomes "object". Every id is looked up as `owner` sees it, so an id
+    that is not found (or not theirs) is a `UserError` before anything runs."""
+    store = library.get_store(engine)
+    entries = [store.get_adapter(int(i), owner) for i in adapter_ids]
+    trigger = next((a for a in entries if a.trigger_words), None)
+    if trigger is None:
+        return [t.replace("{v} ", "").replace("{v}", "").replace("{c}", NO_CLASS) for t in templates]
+    return [fill(t, trigger.trigger_words, trigger.class_name or NO_CLASS) for t in templates]
+
+
+@dataclass(frozen=True)
+class TrainedAdapter:
+    """What a finished DreamBooth run reports, typed: the library entry it saved (`adapter_id`
+    is None only in a non-main process of a multi-process run, which saves nothing), the
+    instance loss on fixed draws before and after, the count of trained parameters, the wall
+    time, the loss history and the text encoders that got a LoRA."""
+
+    adapter_id: int | None
+    name: str
+    loss_before: float
+    loss_after: float
+    trainable_params: int
+    seconds: float
+    history: tuple[dict, ...] = ()
+    text_encoder_lora: tuple[str, ...] = ()
+
+    @classmethod
+    def from_result(cls, result: Result) -> "TrainedAdapter":
+        """From the trainer's closing `Result` (`core.train.train`; its `info` dict)."""
+        info = result.info
+        aid = info.get("adapter_id")
+        return cls(adapter_id=None if aid is None else int(aid), name=str(info.get("adapter_name") or ""),
+                   loss_before=float(info.get("loss_before", math.nan)),
+                   loss_after=float(info.get("loss_after", math.nan)),
+                   trainable_params=int(info.get("trainable_params", 0)),
+                   seconds=float(info.get("seconds", math.nan)),
+                   history=tuple(info.get("history") or ()),
+                   text_encoder_lora=tuple(info.get("text_encoder_lora") or ()))
+
+
+def language_drift(engine, adapter_id: int, *, owner: Any, metrics, seeds: Sequence[int] = (0, 1, 2, 3),
+                   steps: int = 25, guidance: float = 5.0, weight: float = 1.0,
+                   stop_key: str | None = None) -> Iterator:
     """The class prompt with the adapter on and with the frozen model, same seeds; CLIP image
     similarity per seed (1 = no drift). Streams; ends with a Result (frozen images, then adapted)."""
-    a = library.get_store(engine).get_adapter(adapter_id, viewer)
+    a = library.get_store(engine).get_adapter(adapter_id, owner)
     prompt = a.extra.get("class_prompt") or (class_prompt(a.class_name) if a.class_name else "")
     if not prompt:
         raise UserError("This adapter has no class noun recorded, so there is no class prompt to measure.")
@@ -245,7 +309,7 @@ def language_drift(engine, adapter_id: int, *, viewer: Any, metrics, seeds: Sequ
             with res.active({}):
                 frozen += engine.text_to_image(ctx, [prompt], seed=s, steps=steps, guidance=guidance,
                                                message=f"Frozen model, seed {s}:")
-            with res.active({adapter_id: weight}, viewer):
+            with res.active({adapter_id: weight}, owner):
                 adapted += engine.text_to_image(ctx, [prompt], seed=s, steps=steps, guidance=guidance,
                                                 message=f"With the adapter, seed {s}:")
         emb_f = metrics.clip_image_embeddings(frozen)
@@ -254,7 +318,7 @@ def language_drift(engine, adapter_id: int, *, viewer: Any, metrics, seeds: Sequ
         return Result(images=frozen + adapted,
                       info={"prompt": prompt, "seeds": seeds, "similarity": sims,
                             "mean_similarity": round(sum(sims) / len(sims), 4), "note": metrics.note})
-    return engine.run(work, owner=owner, kind="drift")
+    return engine.run(work, stop_key=stop_key or owner, kind="drift")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -281,7 +345,7 @@ def add_cli_args(p) -> None:
     p.add_argument("--export", default="", help="also write a kohya-format copy to this path")
 
 
-def from_cli(engine, a, cfg: TrainConfig) -> tuple[Recipe, TrainConfig]:
+def from_cli(engine, a, cfg: TrainSettings) -> tuple[Recipe, TrainSettings]:
     engine.load()
     imgs = subject_images(a.images, engine.resolution)
     recipe = make_recipe(engine, imgs, identifier=a.identifier, class_noun=a.class_noun, prior=not a.no_prior,

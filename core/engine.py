@@ -11,22 +11,40 @@ import logging
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
 
-from . import devices, models
+from . import devices, models, validate
 from .errors import UserError
 from .events import Notice, Progress, Result
 from .jobs import GpuSlot, Job, JobContext, JobLimits, JobRegistry, stream
 from .preview import fit_latent_rgb_map, latents_to_previews
 
+if TYPE_CHECKING:
+    from .library import ResidentAdapters
+    from .store import Store
+
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 77
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class Health:
+    """What the app's banner says about the base model: `state` is "loading", "ready" or
+    "failed"; `detail` is the latest loading step, or the reason and the fix."""
+
+    state: str
+    model: str
+    device: str
+    dtype: str
+    offline: bool
+    detail: str = ""
 
 
 class Engine:
@@ -46,6 +64,9 @@ class Engine:
         self._pipe = None
         self._derived: dict[Any, Any] = {}
         self._rgb_map: torch.Tensor | None = None
+        self._library_lock = threading.Lock()
+        self._store: Store | None = None
+        self._resident: ResidentAdapters | None = None
 
     # ------------------------------------------------------------------ loading
     @property
@@ -103,6 +124,19 @@ class Engine:
             yield Progress(0, 0, f"{msg} ({time.monotonic() - started:.0f} s)")
         self.load()
 
+    def health(self) -> Health:
+        """The model's state now, for the banner (never blocks, never loads)."""
+        facts = dict(model=self.spec.source, device=str(self.device),
+                     dtype=str(self.dtype).replace("torch.", ""), offline=self.offline)
+        if self._pipe is not None:
+            return Health("ready", **facts)
+        if self._load_error is not None:
+            err = self._load_error
+            detail = str(err) if isinstance(err, UserError) else \
+                f"{type(err).__name__} while loading; see the server log."
+            return Health("failed", **facts, detail=detail)
+        return Health("loading", **facts, detail=self._load_messages[-1] if self._load_messages else "")
+
     @property
     def pipe(self):
         return self.load()
@@ -123,14 +157,35 @@ class Engine:
             self._derived[key] = derived
         return self._derived[key]
 
+    # ------------------------------------------------------------------ the adapter library
+    @property
+    def store(self) -> Store:
+        """The adapter library every tab shares (`<data_dir>/library`), opened on first use."""
+        with self._library_lock:
+            if self._store is None:
+                from .store import Store
+
+                self._store = Store(self.data_dir / "library")
+            return self._store
+
+    @property
+    def resident_adapters(self) -> ResidentAdapters:
+        """Which library adapters are loaded on this engine's UNet and text encoders."""
+        with self._library_lock:
+            if self._resident is None:
+                from .library import ResidentAdapters
+
+                self._resident = ResidentAdapters(self)
+            return self._resident
+
     # ------------------------------------------------------------------ jobs
-    def run(self, work: Callable[[JobContext], Result], *, owner: str = "local",
+    def run(self, work: Callable[[JobContext], Result], *, stop_key: str = "local",
             kind: str = "job", needs_model: bool = True) -> Iterator[Progress | Notice | Result]:
         """Stream `work` as a job on the accelerator (one at a time, in arrival order). The job
         is registered from the start, so a Stop reaches it while the model is still loading,
         too; on a shared instance it is refused at once (`UserError`) if it would take more
         than its owner's share (`self.limits`), and stopped after the time limit."""
-        job = Job(owner, kind)
+        job = Job(stop_key, kind)
         self.jobs.admit(job, self.limits)
         try:
             if needs_model:
@@ -143,9 +198,9 @@ class Engine:
         finally:
             self.jobs.remove(job)
 
-    def cancel(self, owner: str) -> int:
-        """Stop the owner's running jobs (each stops within one step)."""
-        return self.jobs.cancel(owner)
+    def cancel(self, stop_key: str) -> int:
+        """Stop the jobs started with this Stop key (each stops within one step)."""
+        return self.jobs.cancel(stop_key)
 
     # ------------------------------------------------------------------ helpers for methods
     def clean_prompt(self, prompt: str, ctx: JobContext | None = None) -> str:
@@ -215,14 +270,14 @@ class Engine:
                        **call_kwargs)
         return out.images
 
-    def generate(self, prompts: Sequence[str], *, owner: str = "local", **kwargs) -> Iterator:
+    def generate(self, prompts: Sequence[str], *, stop_key: str = "local", **kwargs) -> Iterator:
         """A plain batch, one image per prompt, streamed."""
-        prompts = _check_prompts(prompts)
+        prompts = validate.prompt_list(prompts)
 
         def work(ctx: JobContext) -> Result:
             images = self.text_to_image(ctx, prompts, **kwargs)
             return Result(images=images, info={"prompts": list(prompts)})
-        return self.run(work, owner=owner, kind="generate")
+        return self.run(work, stop_key=stop_key, kind="generate")
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
@@ -243,11 +298,3 @@ class Engine:
                 vae.to(orig)
         return z.to(self.dtype)
 
-
-def _check_prompts(prompts: Sequence[str], limit: int = 8) -> list[str]:
-    prompts = [p.strip() for p in prompts if p and p.strip()]
-    if not prompts:
-        raise UserError("Write at least one prompt.")
-    if len(prompts) > limit:
-        raise UserError(f"{len(prompts)} prompts given; at most {limit} at a time.")
-    return prompts

@@ -1,7 +1,8 @@
 """Progress events that core generators yield and tabs render.
 
 Every long operation in `core/` is a generator of these. The tabs never look inside the
-model code: they only turn events into widget updates.
+model code: they only turn events into widget updates. The trainer (core/train.py) adds three of
+its own: `TrainStep` every optimizer step, `TrainSamples` and `Checkpointed`.
 """
 from __future__ import annotations
 
@@ -40,3 +41,39 @@ class Notice:
     """Something the user should know that is not an error (e.g. a prompt was truncated)."""
 
     message: str
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclass
+class TrainStep:
+    """One optimizer step (never coalesced, so a loss plot sees every point)."""
+
+    step: int
+    total: int
+    loss: float
+    lr: float
+    instance_loss: float
+    prior_loss: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def message(self) -> str:
+        return f"Training step {self.step}/{self.total}: loss {self.loss:.4f}"
+
+
+@dataclass
+class TrainSamples:
+    """Validation samples generated with the adapter being trained."""
+
+    step: int
+    images: list[Image.Image]
+    prompts: list[str]
+
+
+@dataclass
+class Checkpointed:
+    """A training checkpoint was written at `step` (its folder is `path`)."""
+
+    step: int
+    path: str

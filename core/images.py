@@ -99,7 +99,7 @@ def load_image(source: ImageLike, *, what: str = "image", max_side: int | None =
                         f"{MAX_PIXELS // 1_000_000} megapixels.")
     try:
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block is not worth refusing the image for
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not worth refusing the image for
         pass
     img = _to_rgb(img)
     if max_side and max(img.size) > max_side:

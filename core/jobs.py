@@ -57,7 +57,7 @@ class JobLimits:
 
 @dataclass
 class Job:
-    owner: str  # the Stop key (a JobKey where the app knows whose job it is)
+    stop_key: str  # what a Stop reaches the job by (a JobKey where the app knows whose job it is)
     kind: str
     id: int = field(default_factory=lambda: next(_ids))
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -122,26 +122,26 @@ class JobRegistry:
         with self._lock:
             self._jobs.pop(job.id, None)
 
-    def running(self, owner: str | None = None) -> list[Job]:
+    def running(self, stop_key: str | None = None) -> list[Job]:
         with self._lock:
-            return [j for j in self._jobs.values() if owner is None or j.owner == owner]
+            return [j for j in self._jobs.values() if stop_key is None or j.stop_key == stop_key]
 
-    def cancel(self, owner: str, reason: str | None = None) -> int:
-        jobs = self.running(owner)
+    def cancel(self, stop_key: str, reason: str | None = None) -> int:
+        jobs = self.running(stop_key)
         for job in jobs:
             job.cancel(reason)
         return len(jobs)
 
 
 def _check_limits(job: Job, others: list[Job], limits: JobLimits) -> None:
-    owner, client = getattr(job.owner, "owner", None), getattr(job.owner, "client", None)
+    owner, client = getattr(job.stop_key, "owner", None), getattr(job.stop_key, "client", None)
     if owner and limits.per_owner is not None:
-        mine = [j for j in others if getattr(j.owner, "owner", None) == owner]
+        mine = [j for j in others if getattr(j.stop_key, "owner", None) == owner]
         if len(mine) >= limits.per_owner:
             raise UserError(f"You already have {_jobs_text(mine)} running or waiting; stop it or wait "
                             "for it to finish, then start this one.")
     if client and limits.per_client is not None:
-        theirs = [j for j in others if getattr(j.owner, "client", None) == client]
+        theirs = [j for j in others if getattr(j.stop_key, "client", None) == client]
         if len(theirs) >= limits.per_client:
             raise UserError(f"Your network address already has {len(theirs)} jobs running or waiting "
                             f"(at most {limits.per_client}); wait for one to finish.")

@@ -18,7 +18,6 @@ and the text encoders' modules as they were loaded.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections import OrderedDict
 from typing import Any, Iterator, Mapping
 
@@ -26,29 +25,20 @@ import torch
 
 from .errors import UserError
 from .lora_format import TEXT_ENCODERS
-from .store import Store, load_into_text_encoder
+from .adapters import load_into_text_encoder, load_into_unet
+from .store import Store
 
-_LOCK = threading.Lock()
 MAX_RESIDENT = 8  # library adapters kept loaded on the UNet (least recently used go first)
 
 
 def get_store(engine) -> Store:
-    """The engine's shared adapter library (created on first use)."""
-    with _LOCK:
-        store = getattr(engine, "_studio_store", None)
-        if store is None:
-            store = Store(engine.data_dir / "library")
-            engine._studio_store = store
-        return store
+    """The engine's shared adapter library (`Engine.store`, opened on first use)."""
+    return engine.store
 
 
 def adapters(engine) -> "ResidentAdapters":
-    with _LOCK:
-        res = getattr(engine, "_studio_adapters", None)
-        if res is None:
-            res = ResidentAdapters(engine)
-            engine._studio_adapters = res
-        return res
+    """The engine's `ResidentAdapters` (`Engine.resident_adapters`)."""
+    return engine.resident_adapters
 
 
 def base_model_id(engine) -> str:
@@ -165,11 +155,11 @@ class ResidentAdapters:
         self._evict(keep={int(adapter_id)})
         disable_everywhere(self.engine)
 
-    def ensure(self, adapter_id: int, viewer: Any) -> str:
+    def ensure(self, adapter_id: int, owner: Any) -> str:
         """Load library adapter `adapter_id` into the UNet if it is not there yet."""
         adapter_id = int(adapter_id)
         store = get_store(self.engine)
-        a = store.get_adapter(adapter_id, viewer)  # visibility check every time
+        a = store.get_adapter(adapter_id, owner)  # visibility check every time
         if adapter_id in self._loaded and self._loaded[adapter_id] in peft_names(self.unet):
             self._loaded.move_to_end(adapter_id)
             return self._loaded[adapter_id]
@@ -178,7 +168,7 @@ class ResidentAdapters:
             if name in peft_names(model):
                 delete_adapter(model, name)
         try:
-            self._inject(store, a, viewer, name)
+            self._inject(store, a, owner, name)
         except BaseException:
             delete_everywhere(self.engine, name)  # no half-loaded adapter left behind
             raise
@@ -187,13 +177,13 @@ class ResidentAdapters:
         disable_everywhere(self.engine)
         return name
 
-    def _inject(self, store, a, viewer, name: str) -> None:
+    def _inject(self, store, a, owner, name: str) -> None:
         """A library adapter as peft adapter `name`: its UNet part by diffusers' own loader, its
         text-encoder parts (if any) into the resident text encoders under the same name. Like
         the UNet's, a text-encoder adapter is enabled only inside `active`."""
         from . import lora_format as lf
 
-        sd, configs = store.load_adapter(a.id, viewer)
+        sd, configs = store.load_adapter(a.id, owner)
         unet_sd = {k: v for k, v in sd.items() if k.startswith("unet.")}
         if not unet_sd:
             raise UserError(f"The adapter {a.name!r} has no UNet weights (text encoders only); it cannot be "
@@ -237,14 +227,14 @@ class ResidentAdapters:
             unload_peft(model)
 
     @contextlib.contextmanager
-    def active(self, weights: Mapping[int, float], viewer: Any = None) -> Iterator[list[str]]:
+    def active(self, weights: Mapping[int, float], owner: Any = None) -> Iterator[list[str]]:
         """Activate these library adapters with a weight each for the block; all off after."""
         weights = {int(k): float(v) for k, v in weights.items() if v is not None}
         if not weights:
             disable_everywhere(self.engine)
             yield []
             return
-        names = [self.ensure(i, viewer) for i in weights]
+        names = [self.ensure(i, owner) for i in weights]
         try:
             self.unet.set_adapters(names, weights=[weights[i] for i in weights])
             self.unet.enable_adapters()
@@ -253,16 +243,6 @@ class ResidentAdapters:
             yield names
         finally:
             disable_everywhere(self.engine)
-
-
-def load_into_unet(unet, state_dict: Mapping[str, torch.Tensor], adapter_name: str, metadata=None) -> None:
-    """A LoRA state dict ("unet."-prefixed keys) as peft adapter `adapter_name`, by diffusers' own
-    loader; its new modules take the UNet's mode (they are made in training mode, where an
-    adapter saved with dropout would drop out at inference)."""
-    from diffusers.loaders.lora_pipeline import StableDiffusionXLLoraLoaderMixin as Mixin
-
-    Mixin.load_lora_into_unet(dict(state_dict), None, unet, adapter_name=adapter_name, metadata=metadata)
-    unet.train(unet.training)
 
 
 def peft_wrapped(unet) -> list[str]:
@@ -312,19 +292,32 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def generate(engine, prompts, weights: Mapping[int, float], *, viewer: Any, owner: str = "local", **kwargs):
-    """A batch with library adapters active (a weight each), streamed; adapters off afterwards."""
-    from .engine import _check_prompts
+def generate(engine, prompts, weights: Mapping[int, float], *, owner: Any, stop_key: str | None = None, **kwargs):
+    """A batch with adapters of `owner`'s library (or published ones) active, a weight each,
+    streamed; adapters off afterwards. `stop_key` (default: `owner`) is what a Stop reaches it by."""
     from .events import Result
+    from .validate import prompt_list
 
-    prompts = _check_prompts(prompts)
+    prompts = prompt_list(prompts)
     weights = {int(k): float(v) for k, v in weights.items()}
     store = get_store(engine)
     for i in weights:
-        store.get_adapter(i, viewer)  # not found / not yours: before the job starts
+        store.get_adapter(i, owner)  # not found / not yours: before the job starts
 
     def work(ctx):
-        with adapters(engine).active(weights, viewer):
+        with adapters(engine).active(weights, owner):
             images = engine.text_to_image(ctx, prompts, **kwargs)
         return Result(images=images, info={"prompts": list(prompts), "adapters": weights})
-    return engine.run(work, owner=owner, kind="generate")
+    return engine.run(work, stop_key=stop_key or owner, kind="generate")
+
+
+def import_arguments(engine) -> dict[str, Any]:
+    """What `Store.import_lora` checks an uploaded LoRA against on this engine, as its keyword
+    arguments: the base model's id and architecture, the UNet's config (kohya key layouts) and
+    the shapes of the modules a LoRA may adapt (UNet and text encoders)."""
+    from .lora_format import module_shapes
+
+    pipe = engine.pipe
+    return dict(base_model=base_model_id(engine), arch=arch_of(engine), unet_config=pipe.unet.config,
+                base_modules=module_shapes(unet=pipe.unet, text_encoder=pipe.text_encoder,
+                                           text_encoder_2=getattr(pipe, "text_encoder_2", None)))

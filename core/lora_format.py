@@ -11,12 +11,34 @@ plus the peft `LoraConfig` of each component (rank, alpha, rank/alpha patterns) 
 safetensors header under diffusers' `lora_adapter_metadata` key, exactly as diffusers'
 `save_lora_weights(..., unet_lora_adapter_metadata=...)` writes it, so the alpha survives.
 
-Conversions use diffusers' own helpers: peft `get_peft_model_state_dict` to take an adapter off a
-model, `convert_state_dict_to_kohya` for export (with the real per-module alpha written in place of
-the rank that helper writes), and the pipelines' `lora_state_dict` (kohya -> diffusers, including
-the SDXL sgm block renaming) followed by `convert_unet_state_dict_to_peft` /
-`convert_state_dict_to_peft` for import. Nothing here unpickles: files are sniffed as safetensors
-by content before the Rust parser reads them.
+Every key conversion is diffusers' or peft's own:
+
+* taking an adapter off a model: peft's `get_peft_model_state_dict` (`peft_state_dict`);
+* canonical -> kohya: diffusers' `convert_state_dict_to_kohya` (`to_kohya`);
+* kohya -> canonical: the pipelines' `lora_state_dict` (kohya -> diffusers, with the SDXL sgm
+  block renaming), then `convert_unet_state_dict_to_peft` / `convert_state_dict_to_peft`
+  (`from_kohya`); old diffusers spellings -> peft likewise (`from_diffusers`);
+* which rank/alpha pattern entry applies to a module: peft's `get_pattern_key`.
+
+What is ours, and why:
+
+* the alpha. `convert_state_dict_to_kohya` writes each module's rank as its `.alpha` (scale 1),
+  which changes the weight of any adapter with alpha != rank; `module_scales` computes the alpha
+  that keeps peft's scale (alpha/r, or alpha/sqrt(r) with rsLoRA) and `to_kohya` writes that one.
+* the per-component LoraConfig of a converted file (`config_from_scales`). diffusers'
+  `get_peft_kwargs` derives one too, but its `target_modules` come from a set (the header, and
+  so the stored file's digest, would change from one process to the next) and it keeps module
+  names as the file spells them (text encoders with the `text_model.` level that current
+  transformers no longer has); ours is sorted, normalised and built from exact module names, so
+  no regex from a stranger's file is stored.
+* packing configs into the header (`pack_metadata`/`unpack_metadata`): the layout is diffusers'
+  (`lora_adapter_metadata`, `<component>.<field>`), but its packer `_pack_dict_with_prefix` is
+  private to diffusers.
+* the text-encoder names with and without `text_model.` (`te_flat`, `normalize_module_name`):
+  transformers 5 flattens `CLIPTextModel.text_model`, files and kohya names keep the level.
+* the safety checks (`sniff_safetensors`, `validate`, `check_modules`, `_checked_header_config`):
+  nothing here unpickles; a file is checked as safetensors by content and size before the Rust
+  parser reads it, and against the base model's module shapes before it is stored.
 """
 from __future__ import annotations
 
@@ -75,13 +97,14 @@ def _te_canonical(name: str) -> str:
     return "text_model." + name if name.startswith(_CLIP_INNER) else name
 
 
-def _te_flat(name: str) -> str:
+def te_flat(name: str) -> str:
+    """Text-encoder module/key name without the `text_model.` level, as peft inside the app spells it."""
     return name[len("text_model."):] if name.startswith("text_model.") else name
 
 
 def normalize_module_name(component: str, name: str) -> str:
     """The spelling module-name checks compare: text-encoder names without `text_model.`."""
-    return _te_flat(name) if component in TEXT_ENCODERS else name
+    return te_flat(name) if component in TEXT_ENCODERS else name
 
 
 def split_components(state_dict: Mapping[str, torch.Tensor]) -> dict[str, StateDict]:
@@ -239,7 +262,7 @@ def validate(state_dict: Mapping[str, torch.Tensor]) -> None:
                                         and (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight")))]
     if bad:
         raise UserError("The LoRA file holds entries this app does not understand (only plain LoRA "
-                        f"lora_A/lora_B weights are supported, no DoRA/LoCon/LoHa/bias): {_few(bad)}")
+                        f"lora_A/lora_B weights are supported, no DoRA/LoCon/LoHa/bias): {few(bad)}")
     if not state_dict:
         raise UserError("The LoRA file holds no LoRA weights.")
     for m in modules_in(state_dict):
@@ -289,14 +312,15 @@ def check_modules(state_dict: Mapping[str, torch.Tensor],
                         "does not have: it was made for another model family.")
     if missing:
         raise UserError(f"This LoRA does not fit the current base model: {len(missing)} of its modules do not "
-                        f"exist in it, e.g. {_few(missing)}. It was probably trained for another base model "
+                        f"exist in it, e.g. {few(missing)}. It was probably trained for another base model "
                         "(SD 1.5 vs SDXL?).")
     if wrong:
-        raise UserError(f"This LoRA does not fit the current base model: layer sizes differ at {_few(wrong)}. "
+        raise UserError(f"This LoRA does not fit the current base model: layer sizes differ at {few(wrong)}. "
                         "It was probably trained for another base model (SD 1.5 vs SDXL?).")
 
 
-def _few(items: list[str], n: int = 3) -> str:
+def few(items: list[str], n: int = 3) -> str:
+    """The first `n` of `items` for a message, with how many more there are."""
     items = list(items)
     more = f" (and {len(items) - n} more)" if len(items) > n else ""
     return ", ".join(items[:n]) + more
@@ -409,7 +433,7 @@ def to_kohya(state_dict: Mapping[str, torch.Tensor], configs: Mapping[str, Mappi
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 
     validate(state_dict)
-    for comp, cfg in configs.items():
+    for cfg in configs.values():
         if cfg and (cfg.get("use_dora") or cfg.get("lora_bias")):
             raise UserError("This adapter uses DoRA or LoRA biases, which the kohya format cannot hold.")
     scales = module_scales(state_dict, configs)
@@ -457,10 +481,10 @@ def from_kohya(state_dict: Mapping[str, torch.Tensor], unet_config: Any = None) 
     ups = {k[: -len(".lora_up.weight")] for k in sd if k.endswith(".lora_up.weight")}
     downs = {k[: -len(".lora_down.weight")] for k in sd if k.endswith(".lora_down.weight")}
     if ups != downs:
-        raise UserError(f"The kohya LoRA file is incomplete: {_few(sorted(ups ^ downs))} lack a down or up weight.")
+        raise UserError(f"The kohya LoRA file is incomplete: {few(sorted(ups ^ downs))} lack a down or up weight.")
     others = [k for k in sd if not k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha"))]
     if others:
-        raise UserError(f"The kohya LoRA file holds entries this app does not understand: {_few(others)}")
+        raise UserError(f"The kohya LoRA file holds entries this app does not understand: {few(others)}")
     if unet_config is None:
         unet_config = SimpleNamespace(layers_per_block=2)
     try:
@@ -484,7 +508,7 @@ def from_kohya(state_dict: Mapping[str, torch.Tensor], unet_config: Any = None) 
         out.update({f"{comp}.{k}": v for k, v in part.items()})
     leftover = [k for k in converted if not k.startswith(tuple(c + "." for c in COMPONENTS))]
     if leftover:
-        raise UserError(f"The kohya LoRA file has keys for unknown parts of the model: {_few(leftover)}")
+        raise UserError(f"The kohya LoRA file has keys for unknown parts of the model: {few(leftover)}")
     validate(out)
     scales = {}
     for m in modules_in(out):
@@ -521,7 +545,7 @@ def from_diffusers(state_dict: Mapping[str, torch.Tensor],
         out.update({f"{comp}.{k}": v for k, v in part.items()})
     stray = [k for k in sd if not k.startswith(tuple(c + "." for c in COMPONENTS))]
     if stray:
-        raise UserError(f"The LoRA file has keys for unknown parts of the model: {_few(stray)}")
+        raise UserError(f"The LoRA file has keys for unknown parts of the model: {few(stray)}")
     validate(out)
     header_configs = {c: _checked_header_config(c, v) for c, v in configs_from_header(header).items()}
     scales = module_scales(out, header_configs)
@@ -588,7 +612,7 @@ def read_lora(path: str | os.PathLike, *, base_modules: Mapping | None = None,
         out, configs, fmt = *from_diffusers(sd, header), "diffusers"
     else:
         raise UserError("The file is a safetensors file but not a LoRA this app understands (expected "
-                        f"diffusers/peft or kohya LoRA keys, got e.g. {_few(sorted(sd))}).")
+                        f"diffusers/peft or kohya LoRA keys, got e.g. {few(sorted(sd))}).")
     if base_modules is not None:
         check_modules(out, base_modules)
     return out, configs, fmt

@@ -59,7 +59,20 @@ def resolve(name: str) -> ModelSpec:
                     "(owner/name) or a local diffusers folder.")
 
 
+def _check_available(spec: ModelSpec) -> None:
+    """Fail at once, before diffusers is even imported, when a Hub model can be neither read from
+    the local cache nor downloaded (HF_HUB_OFFLINE): the banner says so within seconds."""
+    if Path(spec.source).is_dir():
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(spec.source, "model_index.json"), str):
+        raise _load_error(spec, OSError("it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set, "
+                                        "so it cannot be downloaded"))
+
+
 def _load_hub_or_folder(spec: ModelSpec, dtype: torch.dtype):
+    _check_available(spec)
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     cls = StableDiffusionXLPipeline if spec.xl else StableDiffusionPipeline
@@ -95,15 +108,14 @@ def _load_error(spec: ModelSpec, exc: Exception) -> UserError:
 def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype,
                   report: Callable[[str], None] = log.info):
     """The base text-to-image pipeline of `spec`, on `device` in `dtype`."""
-    from . import tiny
-
     report(f"Loading {spec.source} on {device} ({str(dtype).replace('torch.', '')})")
-    if spec.name == "tiny":
-        pipe = tiny.tiny_sdxl()
-    elif spec.name == "tiny-sd":
-        pipe = tiny.tiny_sd()
-    elif spec.name == "sdxl-arch":
-        pipe = tiny.sdxl_architecture(dtype=dtype, device=device)
+    if spec.name in ("tiny", "tiny-sd", "sdxl-arch"):  # built here, no download
+        from . import tiny
+
+        if spec.name == "sdxl-arch":
+            pipe = tiny.sdxl_architecture(dtype=dtype, device=device)
+        else:
+            pipe = tiny.tiny_sdxl() if spec.name == "tiny" else tiny.tiny_sd()
     else:
         pipe = _load_hub_or_folder(spec, dtype)
     if pipe.unet.device != device or pipe.unet.dtype != dtype:

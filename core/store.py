@@ -19,11 +19,12 @@ and a `published` flag. Every read takes a `viewer` and shows only the viewer's 
 published ones; changing or deleting needs the owner. A missing id and an id one may not see
 give the same "not found" `UserError`. `ALL` as viewer is for maintenance and tests.
 
-Feedback loops (StyleDrop, issue 7): a loop (style image, descriptors, owner) has numbered
-rounds (each with its adapter and metrics), a round has candidates (image, prompt, seed,
-scores), and a candidate has at most one rating (+1/-1) per rater, upserted, so several people
-rating the same published loop never overwrite each other. `scores`/`liked` combine them with
-a net-score rule.
+`Store` is one class in four files, by concern: this one holds the schema, the plumbing
+(transactions, staged atomic saves, visibility), files, image sets, adapters and recovery;
+core/store_loops.py the feedback loops (StyleDrop, issue 7: loops, rounds, candidates,
+ratings); core/store_exchange.py LoRA import and export; core/store_base.py the records it
+returns (re-exported here) and the small helpers they share. Putting an adapter onto a model is
+not the store's business: core/adapters.py does that.
 """
 from __future__ import annotations
 
@@ -34,15 +35,12 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no cross-process recovery guard
     fcntl = None
 import hashlib
-import json
 import logging
 import os
 import re
 import sqlite3
 import threading
-import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -52,7 +50,12 @@ from PIL import Image
 
 from . import lora_format as lf
 from .errors import UserError
-from .files import TMP_INFIX, atomic_path
+from .files import TMP_INFIX
+# the records are re-exported: callers import them from core.store
+from .store_base import (ALL, Adapter, Candidate, CandidateScore, Loop, RecoveryReport, Round, Sample,  # noqa: F401
+                         StoredFile, combine_ratings, from_json, now, to_json)
+from .store_exchange import ExchangeMixin
+from .store_loops import LoopsMixin
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +65,6 @@ TMP_MARK = TMP_INFIX  # what atomic writes leave when killed
 THUMB_SIDE = 256
 SHARED_OWNER = ""  # system-owned, visible to everyone (e.g. the class-image cache)
 
-
-class _All:
-    def __repr__(self) -> str:
-        return "ALL"
-
-
-ALL = _All()  # viewer that sees everything: maintenance and tests only, never a visitor
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files(
@@ -168,145 +164,7 @@ SELECT id, path FROM files f WHERE
 """
 
 
-# --------------------------------------------------------------------------- records
-
-@dataclass(frozen=True)
-class StoredFile:
-    id: int
-    path: Path
-    kind: str
-    owner: str
-    published: bool
-    created: float
-    size: int
-    sha256: str
-    meta: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Sample:
-    file: StoredFile
-    prompt: str
-
-
-@dataclass(frozen=True)
-class Adapter:
-    id: int
-    name: str
-    method: str
-    base_model: str
-    arch: str
-    trigger_words: str
-    class_name: str
-    rank: int | None
-    steps: int | None
-    hyperparameters: dict
-    extra: dict
-    created: float
-    owner: str
-    published: bool
-    path: Path  # the diffusers-format safetensors file; `pipe.load_lora_weights(str(path))` reads it
-    size: int
-    sha256: str
-    samples: tuple[Sample, ...] = ()
-
-    @property
-    def parts(self) -> dict[str, list[str]]:
-        """Named subsets of the keys (B-LoRA: {"content": [...], "style": [...]}), or {}."""
-        return dict(self.extra.get("parts") or {})
-
-
-@dataclass(frozen=True)
-class Loop:
-    id: int
-    name: str
-    owner: str
-    published: bool
-    base_model: str
-    style_image: Path | None
-    content_description: str
-    style_descriptor: str
-    extra: dict
-    created: float
-
-
-@dataclass(frozen=True)
-class Round:
-    id: int
-    loop_id: int
-    number: int
-    adapter_id: int | None
-    metrics: dict
-    extra: dict
-    created: float
-
-
-@dataclass(frozen=True)
-class Candidate:
-    id: int
-    round_id: int
-    position: int
-    path: Path
-    prompt: str
-    seed: int | None
-    scores: dict
-    created: float
-
-
-@dataclass(frozen=True)
-class CandidateScore:
-    candidate_id: int
-    up: int
-    down: int
-
-    @property
-    def net(self) -> int:
-        return self.up - self.down
-
-    @property
-    def votes(self) -> int:
-        return self.up + self.down
-
-
-@dataclass
-class RecoveryReport:
-    ran: bool = False
-    temp_files_removed: list[str] = field(default_factory=list)
-    orphan_files_removed: list[str] = field(default_factory=list)
-    rows_dropped: list[str] = field(default_factory=list)  # "kind id path" of rows whose file was missing
-
-
-def combine_ratings(ratings: Iterable[tuple[int, str, int]]) -> dict[int, CandidateScore]:
-    """Net-score rule: per candidate, count each rater's latest +1/-1 once; net = ups - downs.
-
-    `ratings` are (candidate_id, rater, value) rows; a later row of the same rater replaces an
-    earlier one, as the table's upsert does.
-    """
-    latest: dict[tuple[int, str], int] = {}
-    for cand, rater, value in ratings:
-        if value not in (-1, 1):
-            raise ValueError(f"rating must be +1 or -1, got {value!r}")
-        latest[(cand, rater)] = value
-    ups: dict[int, int] = {}
-    downs: dict[int, int] = {}
-    for (cand, _), v in latest.items():
-        (ups if v > 0 else downs)[cand] = (ups if v > 0 else downs).get(cand, 0) + 1
-    return {c: CandidateScore(c, ups.get(c, 0), downs.get(c, 0)) for c in set(ups) | set(downs)}
-
-
 # --------------------------------------------------------------------------- helpers
-
-def _now() -> float:
-    return time.time()
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj if obj is not None else {}, sort_keys=True, default=str)
-
-
-def _loads(s: str | None) -> Any:
-    return json.loads(s) if s else {}
-
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -327,11 +185,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _safe_filename(name: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._ -]+", "_", name).strip(" ._") or "adapter"
-    return name[:80]
 
 
 def _as_image(img: Any) -> Image.Image:
@@ -365,33 +218,7 @@ class _Staged:
 
 # --------------------------------------------------------------------------- the store
 
-def load_into_text_encoder(model: torch.nn.Module, comp: str, sd: Mapping[str, torch.Tensor],
-                           configs: Mapping[str, Mapping], adapter_name: str) -> None:
-    """The `comp` ("text_encoder" / "text_encoder_2") part of a canonical LoRA state dict as peft
-    adapter `adapter_name` on a transformers text encoder, with the stored LoraConfig.
-
-    peft directly, as diffusers does for the UNet: transformers' own `add_adapter` refuses the
-    installed peft version (transformers 5.x wants peft >= 0.22)."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-
-    flat = not hasattr(model, "text_model")
-    part_sd = {}
-    for k, v in sd.items():
-        if k.startswith(comp + "."):
-            k = k[len(comp) + 1:]
-            part_sd[lf._te_flat(k) if flat else k] = v
-    cfg = {k: v for k, v in (configs.get(comp) or {}).items()
-           if k in LoraConfig.__dataclass_fields__ and LoraConfig.__dataclass_fields__[k].init}
-    if not cfg:
-        cfg = lf.config_from_scales(comp, sd, lf.module_scales(sd, {}))
-    inject_adapter_in_model(LoraConfig(**cfg), model, adapter_name=adapter_name, state_dict=part_sd)
-    incompatible = set_peft_model_state_dict(model, part_sd, adapter_name=adapter_name)
-    unexpected = [k for k in getattr(incompatible, "unexpected_keys", []) or [] if "lora_" in k]
-    if unexpected:
-        raise UserError(f"The adapter does not fit the {comp}: {lf._few(unexpected)}")
-
-
-class Store:
+class Store(LoopsMixin, ExchangeMixin):
     """The adapter library, files and feedback loops under one data folder. Thread-safe."""
 
     def __init__(self, root: str | os.PathLike, *, recover: bool = True,
@@ -527,8 +354,8 @@ class Store:
             raise
         _fsync_dir(d)
         row = {"path": f"{folder}/{name}", "abs": final, "kind": kind, "owner": owner,
-               "published": int(bool(published)), "created": _now(), "size": size, "sha256": digest,
-               "meta": _dumps(meta or {})}
+               "published": int(bool(published)), "created": now(), "size": size, "sha256": digest,
+               "meta": to_json(meta or {})}
         staged.rows.append(row)
         return row
 
@@ -576,7 +403,7 @@ class Store:
 
     def _file_from_row(self, r: sqlite3.Row) -> StoredFile:
         return StoredFile(r["id"], self._abs(r["path"]), r["kind"], r["owner"], bool(r["published"]),
-                          r["created"], r["size"], r["sha256"], _loads(r["meta"]))
+                          r["created"], r["size"], r["sha256"], from_json(r["meta"]))
 
     def save_image(self, image: Any, *, owner: str, kind: str = "output", published: bool = False,
                    max_side: int | None = None, meta: Mapping | None = None) -> StoredFile:
@@ -727,7 +554,7 @@ class Store:
                     " hyperparameters, extra, created, owner, published, file_id)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (unique, method, base_model, arch, trigger_words, class_name, rank, steps,
-                     _dumps(hyperparameters), _dumps(extra), _now(), owner, int(bool(published)), frow["id"]))
+                     to_json(hyperparameters), to_json(extra), now(), owner, int(bool(published)), frow["id"]))
                 aid = cur.lastrowid
                 for i, (r, prompt) in enumerate(srows):
                     c.execute("INSERT INTO adapter_samples(adapter_id, position, file_id, prompt) VALUES (?,?,?,?)",
@@ -776,7 +603,7 @@ class Store:
                              f"ON f.id = s.file_id WHERE s.adapter_id IN ({q}) ORDER BY s.position", ids):
             samples.setdefault(s["adapter_id"], []).append(Sample(self._file_from_row(s), s["prompt"]))
         return [Adapter(r["id"], r["name"], r["method"], r["base_model"], r["arch"], r["trigger_words"],
-                        r["class_name"], r["rank"], r["steps"], _loads(r["hyperparameters"]), _loads(r["extra"]),
+                        r["class_name"], r["rank"], r["steps"], from_json(r["hyperparameters"]), from_json(r["extra"]),
                         r["created"], r["owner"], bool(r["published"]), self._abs(r["fpath"]), r["fsize"],
                         r["fsha"], tuple(samples.get(r["id"], ()))) for r in rows]
 
@@ -832,7 +659,7 @@ class Store:
             if class_name is not None:
                 c.execute("UPDATE adapters SET class_name = ? WHERE id = ?", (class_name, a.id))
             if extra:
-                c.execute("UPDATE adapters SET extra = ? WHERE id = ?", (_dumps({**a.extra, **extra}), a.id))
+                c.execute("UPDATE adapters SET extra = ? WHERE id = ?", (to_json({**a.extra, **extra}), a.id))
         return self.get_adapter(adapter_id, viewer)
 
     def publish_adapter(self, adapter_id: int, viewer: Any, published: bool = True) -> Adapter:
@@ -880,336 +707,6 @@ class Store:
                 out[comp] = {**cfg, "target_modules": sorted(mods)}
         return out
 
-    def load_into(self, adapter_id: int, viewer: Any, *, adapter_name: str, unet: torch.nn.Module | None = None,
-                  text_encoder: torch.nn.Module | None = None, text_encoder_2: torch.nn.Module | None = None,
-                  part: str | None = None) -> None:
-        """Inject the adapter as the named peft adapter into the given models, through diffusers'
-        own loaders (the path `pipe.load_lora_weights` takes), with its stored rank/alpha config."""
-        from diffusers.loaders.lora_pipeline import StableDiffusionXLLoraLoaderMixin as Mixin
-
-        sd, configs = self.load_adapter(adapter_id, viewer, part)
-        meta = lf.pack_metadata(configs) or None
-        comps = {c for c in (lf.component_of(k) for k in sd)}
-        targets = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
-        lacking = [c for c in comps if targets[c] is None]
-        if lacking:
-            raise UserError(f"This adapter also adapts {', '.join(sorted(lacking))}, which was not given.")
-        if unet is not None and "unet" in comps:
-            Mixin.load_lora_into_unet(sd, None, unet, adapter_name=adapter_name, metadata=meta)
-        for comp in ("text_encoder", "text_encoder_2"):
-            if targets[comp] is not None and comp in comps:
-                load_into_text_encoder(targets[comp], comp, sd, configs, adapter_name)
-
-    def import_lora(self, path: str | os.PathLike, *, owner: str, base_model: str,
-                    base_modules: Mapping[str, Any], name: str | None = None, arch: str = "",
-                    unet_config: Any = None, max_bytes: int = lf.DEFAULT_MAX_BYTES,
-                    trigger_words: str = "", published: bool = False) -> Adapter:
-        """Import a user's LoRA `.safetensors` (diffusers/peft or kohya), checked by content
-        (never unpickled) and against `base_modules` (see `lora_format.module_shapes`)."""
-        sd, configs, fmt = lf.read_lora(path, base_modules=base_modules, max_bytes=max_bytes,
-                                        unet_config=unet_config)
-        stem = Path(path).name
-        stem = stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem
-        return self.save_adapter(owner=owner, name=name or stem, method="imported", base_model=base_model,
-                                 state_dict=sd, configs=configs, arch=arch, trigger_words=trigger_words,
-                                 extra={"source_format": fmt, "original_filename": Path(path).name},
-                                 published=published)
-
-    def export(self, adapter_id: int, viewer: Any, *, fmt: str = "kohya", part: str | None = None,
-               te_style: str = "auto", dest_dir: str | os.PathLike | None = None) -> Path:
-        """Write a download copy: "kohya" (A1111/ComfyUI) or "diffusers"; whole or one part.
-
-        Files go to `<root>/exports/<random>/<name>.safetensors` by default (swept by `recover`).
-        """
-        a = self.get_adapter(adapter_id, viewer)
-        sd, configs = self.load_adapter(adapter_id, viewer, part)
-        if fmt == "kohya":
-            if te_style == "auto" and a.arch.lower().startswith(("sdxl", "xl")):
-                te_style = "te1"
-            out = lf.to_kohya(sd, configs, te_style=te_style)
-            header = {"ss_network_module": "networks.lora", "ss_output_name": a.name,
-                      "ss_network_dim": str(a.rank), "ss_base_model": a.base_model}
-        elif fmt == "diffusers":
-            out, header = sd, lf.file_metadata(configs)
-        else:
-            raise ValueError(f"unknown export format {fmt!r}")
-        if dest_dir is None:
-            self._sweep_exports()
-        folder = Path(dest_dir) if dest_dir is not None else self.root / "exports" / uuid.uuid4().hex
-        folder.mkdir(parents=True, exist_ok=True)
-        fname = _safe_filename(a.name + (f"-{part}" if part else "") + ("" if fmt == "kohya" else "-diffusers"))
-        final = folder / f"{fname}.safetensors"
-        with atomic_path(final) as tmp:
-            lf.write_safetensors(tmp, out, header)
-        return final
-
-    def _sweep_exports(self, max_age_s: float = 3600.0) -> None:
-        """Remove download copies older than an hour (they are re-made on demand)."""
-        cutoff = _now() - max_age_s
-        for d in (self.root / "exports").iterdir():
-            with contextlib.suppress(OSError):
-                if d.stat().st_mtime < cutoff:
-                    for f in d.iterdir() if d.is_dir() else []:
-                        f.unlink()
-                    d.rmdir() if d.is_dir() else d.unlink()
-
-    # ---------------------------------------------------------------- feedback loops (StyleDrop)
-
-    def _loop_from_row(self, r: sqlite3.Row) -> Loop:
-        return Loop(r["id"], r["name"], r["owner"], bool(r["published"]), r["base_model"],
-                    self._abs(r["spath"]) if r["spath"] else None, r["content_description"],
-                    r["style_descriptor"], _loads(r["extra"]), r["created"])
-
-    def create_loop(self, *, owner: str, style_image: Any, name: str = "", content_description: str = "",
-                    style_descriptor: str = "", base_model: str = "", extra: Mapping | None = None,
-                    published: bool = False) -> Loop:
-        """A new feedback loop with its style image (stored full size, as PNG)."""
-        with self._saving() as staged:
-            row = self._stage_image(staged, style_image, kind="style", owner=owner, published=published)
-
-            def body(c):
-                return c.execute(
-                    "INSERT INTO loops(name, owner, published, base_model, style_file_id, content_description,"
-                    " style_descriptor, extra, created) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (name, owner, int(bool(published)), base_model, row["id"], content_description,
-                     style_descriptor, _dumps(extra), _now())).lastrowid
-            lid = self._commit_staged(staged, body)
-        return self.get_loop(lid, ALL)
-
-    def get_loop(self, loop_id: int, viewer: Any) -> Loop:
-        cond, args = self._visible(viewer, "l")
-        rows = self._query("SELECT l.*, f.path AS spath FROM loops l LEFT JOIN files f ON f.id = l.style_file_id "
-                           f"WHERE l.id = ? AND {cond}", (loop_id, *args))
-        if not rows:
-            raise UserError("That feedback loop was not found (it may have been deleted, or be private).")
-        return self._loop_from_row(rows[0])
-
-    def list_loops(self, viewer: Any) -> list[Loop]:
-        cond, args = self._visible(viewer, "l")
-        rows = self._query("SELECT l.*, f.path AS spath FROM loops l LEFT JOIN files f ON f.id = l.style_file_id "
-                           f"WHERE {cond} ORDER BY l.created DESC, l.id DESC", args)
-        return [self._loop_from_row(r) for r in rows]
-
-    def publish_loop(self, loop_id: int, viewer: Any, published: bool = True) -> Loop:
-        """Let everyone see (and rate) the loop, its style image and candidates (owner only)."""
-        lp = self.get_loop(loop_id, viewer)
-        self._check_owner(lp.owner, viewer, "feedback loop")
-        with self._tx() as c:
-            c.execute("UPDATE loops SET published = ? WHERE id = ?", (int(published), lp.id))
-            c.execute("UPDATE files SET published = ? WHERE id = (SELECT style_file_id FROM loops WHERE id = ?) "
-                      "OR id IN "
-                      "(SELECT c.file_id FROM candidates c JOIN rounds r ON r.id = c.round_id WHERE r.loop_id = ?)",
-                      (int(published), lp.id, lp.id))
-        return self.get_loop(loop_id, viewer)
-
-    def delete_loop(self, loop_id: int, viewer: Any, *, delete_adapters: bool = False) -> None:
-        """Delete a loop with its rounds, candidates, ratings and images (owner only)."""
-        lp = self.get_loop(loop_id, viewer)
-        self._check_owner(lp.owner, viewer, "feedback loop")
-        files = [r[0] for r in self._query(
-            "SELECT c.file_id FROM candidates c JOIN rounds r ON r.id = c.round_id WHERE r.loop_id = ? "
-            "UNION SELECT style_file_id FROM loops WHERE id = ? AND style_file_id IS NOT NULL", (lp.id, lp.id))]
-        adapters = [r[0] for r in self._query(
-            "SELECT adapter_id FROM rounds WHERE loop_id = ? AND adapter_id IS NOT NULL", (lp.id,))]
-        with self._tx() as c:
-            c.execute("DELETE FROM loops WHERE id = ?", (lp.id,))
-        self._delete_files(files)
-        if delete_adapters:
-            for aid in adapters:
-                with contextlib.suppress(UserError):
-                    self.delete_adapter(aid, viewer)
-
-    def delete_round(self, round_id: int, viewer: Any, *, delete_adapter: bool = False) -> None:
-        """Delete a round with its candidates, ratings and images (owner only); with
-        `delete_adapter`, its adapter too (an unfinished round: nothing of it stays)."""
-        row, lp = self._round_loop(round_id, viewer)
-        self._check_owner(lp.owner, viewer, "feedback loop")
-        files = [r[0] for r in self._query("SELECT file_id FROM candidates WHERE round_id = ?", (row["id"],))]
-        with self._tx() as c:
-            c.execute("DELETE FROM rounds WHERE id = ?", (row["id"],))
-        self._delete_files(files)
-        if delete_adapter and row["adapter_id"] is not None:
-            with contextlib.suppress(UserError):
-                self.delete_adapter(row["adapter_id"], viewer)
-
-    def _round_from_row(self, r: sqlite3.Row) -> Round:
-        return Round(r["id"], r["loop_id"], r["number"], r["adapter_id"], _loads(r["metrics"]),
-                     _loads(r["extra"]), r["created"])
-
-    def add_round(self, loop_id: int, viewer: Any, *, adapter_id: int | None = None,
-                  metrics: Mapping | None = None, extra: Mapping | None = None) -> Round:
-        """Append round number max+1 to a loop (owner only); `adapter_id` may be set later."""
-        lp = self.get_loop(loop_id, viewer)
-        self._check_owner(lp.owner, viewer, "feedback loop")
-        if adapter_id is not None:
-            self.get_adapter(adapter_id, viewer)
-        with self._tx() as c:
-            n = c.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM rounds WHERE loop_id = ?", (lp.id,)).fetchone()[0]
-            rid = c.execute("INSERT INTO rounds(loop_id, number, adapter_id, metrics, extra, created) "
-                            "VALUES (?,?,?,?,?,?)",
-                            (lp.id, n, adapter_id, _dumps(metrics), _dumps(extra), _now())).lastrowid
-        return self.get_round(rid, viewer)
-
-    def _round_loop(self, round_id: int, viewer: Any) -> tuple[sqlite3.Row, Loop]:
-        rows = self._query("SELECT * FROM rounds WHERE id = ?", (round_id,))
-        if not rows:
-            raise UserError("That round was not found.")
-        try:
-            lp = self.get_loop(rows[0]["loop_id"], viewer)
-        except UserError:
-            raise UserError("That round was not found.") from None
-        return rows[0], lp
-
-    def get_round(self, round_id: int, viewer: Any) -> Round:
-        return self._round_from_row(self._round_loop(round_id, viewer)[0])
-
-    def rounds(self, loop_id: int, viewer: Any) -> list[Round]:
-        """All rounds of a loop, in order, each with its adapter id and metrics."""
-        self.get_loop(loop_id, viewer)
-        return [self._round_from_row(r) for r in
-                self._query("SELECT * FROM rounds WHERE loop_id = ? ORDER BY number", (loop_id,))]
-
-    def update_round(self, round_id: int, viewer: Any, *, adapter_id: int | None = None,
-                     metrics: Mapping | None = None, extra: Mapping | None = None) -> Round:
-        """Set the round's adapter and/or merge into its metrics / extra (owner only)."""
-        row, lp = self._round_loop(round_id, viewer)
-        self._check_owner(lp.owner, viewer, "feedback loop")
-        if adapter_id is not None:
-            self.get_adapter(adapter_id, viewer)
-        with self._tx() as c:
-            cur = c.execute("SELECT metrics, extra FROM rounds WHERE id = ?", (round_id,)).fetchone()
-            if adapter_id is not None:
-                c.execute("UPDATE rounds SET adapter_id = ? WHERE id = ?", (adapter_id, round_id))
-            if metrics:
-                c.execute("UPDATE rounds SET metrics = ? WHERE id = ?",
-                          (_dumps({**_loads(cur["metrics"]), **metrics}), round_id))
-            if extra:
-                c.execute("UPDATE rounds SET extra = ? WHERE id = ?",
-                          (_dumps({**_loads(cur["extra"]), **extra}), round_id))
-        return self.get_round(round_id, viewer)
-
-    def add_candidates(self, round_id: int, viewer: Any, items: Sequence[Any]) -> list[Candidate]:
-        """Store a round's generated candidates atomically (owner only).
-
-        `items`: images, or (image, prompt) / (image, prompt, seed) tuples, or dicts with keys
-        image, prompt, seed, scores.
-        """
-        row, lp = self._round_loop(round_id, viewer)
-        self._check_owner(lp.owner, viewer, "feedback loop")
-        norm = []
-        for it in items:
-            if isinstance(it, dict):
-                norm.append((it["image"], it.get("prompt", ""), it.get("seed"), it.get("scores") or {}))
-            elif isinstance(it, tuple):
-                norm.append((it[0], it[1] if len(it) > 1 else "", it[2] if len(it) > 2 else None, {}))
-            else:
-                norm.append((it, "", None, {}))
-        with self._saving() as staged:
-            rows = [self._stage_image(staged, im, kind="candidate", owner=lp.owner, published=lp.published)
-                    for im, *_ in norm]
-
-            def body(c):
-                start = c.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM candidates WHERE round_id = ?",
-                                  (round_id,)).fetchone()[0]
-                ids = []
-                for i, (r, (_, prompt, seed, scores)) in enumerate(zip(rows, norm)):
-                    ids.append(c.execute(
-                        "INSERT INTO candidates(round_id, position, file_id, prompt, seed, scores, created) "
-                        "VALUES (?,?,?,?,?,?,?)",
-                        (round_id, start + i, r["id"], prompt, seed, _dumps(scores), _now())).lastrowid)
-                return ids
-            ids = self._commit_staged(staged, body)
-        byid = {c.id: c for c in self.candidates(round_id, viewer)}
-        return [byid[i] for i in ids]
-
-    def candidates(self, round_id: int, viewer: Any) -> list[Candidate]:
-        self._round_loop(round_id, viewer)
-        rows = self._query("SELECT c.*, f.path AS fpath FROM candidates c JOIN files f ON f.id = c.file_id "
-                           "WHERE c.round_id = ? ORDER BY c.position", (round_id,))
-        return [Candidate(r["id"], r["round_id"], r["position"], self._abs(r["fpath"]), r["prompt"], r["seed"],
-                          _loads(r["scores"]), r["created"]) for r in rows]
-
-    def _candidate_loop(self, candidate_id: int, viewer: Any) -> tuple[sqlite3.Row, Loop]:
-        rows = self._query("SELECT c.*, r.loop_id FROM candidates c JOIN rounds r ON r.id = c.round_id "
-                           "WHERE c.id = ?", (candidate_id,))
-        if not rows:
-            raise UserError("That candidate image was not found.")
-        try:
-            return rows[0], self.get_loop(rows[0]["loop_id"], viewer)
-        except UserError:
-            raise UserError("That candidate image was not found.") from None
-
-    def candidate_loop(self, candidate_id: int, viewer: Any) -> Loop:
-        """The loop a candidate belongs to, if the viewer may see it (else "not found")."""
-        return self._candidate_loop(candidate_id, viewer)[1]
-
-    def set_candidate_scores(self, candidate_id: int, viewer: Any, scores: Mapping[str, float]) -> None:
-        """Merge automatic scores (e.g. {"clip_text": .31, "clip_style": .72}) into a candidate."""
-        row, lp = self._candidate_loop(candidate_id, viewer)
-        self._check_owner(lp.owner, viewer, "feedback loop")
-        with self._tx() as c:
-            cur = c.execute("SELECT scores FROM candidates WHERE id = ?", (candidate_id,)).fetchone()
-            c.execute("UPDATE candidates SET scores = ? WHERE id = ?",
-                      (_dumps({**_loads(cur["scores"]), **scores}), candidate_id))
-
-    def rate(self, candidate_id: int, rater: str, value: int, *, viewer: Any = None) -> None:
-        """Record `rater`'s thumbs up (+1) / down (-1) on a candidate; 0 withdraws it.
-
-        One rating per rater per candidate (upsert); other raters' ratings are untouched. Anyone
-        who can see the loop may rate (its owner; everyone once it is published). Automatic
-        pickers rate under their own key, e.g. "clip", so human and CLIP feedback combine;
-        `viewer` (default: the rater) is whose visibility is checked, so a loop's owner can
-        record an automatic picker's votes on a private loop.
-        """
-        self.rate_many({candidate_id: value}, rater, viewer=viewer)
-
-    def rate_many(self, ratings: Mapping[int, int], rater: str, *, viewer: Any = None) -> None:
-        """Several of one rater's ratings in one transaction ({candidate_id: -1/0/+1})."""
-        if not isinstance(rater, str) or not rater:
-            raise ValueError("rater key required")
-        for cid, v in ratings.items():
-            if v not in (-1, 0, 1):
-                raise UserError("A rating is thumbs up (+1) or thumbs down (-1).")
-            self._candidate_loop(cid, rater if viewer is None else viewer)
-        with self._tx() as c:
-            for cid, v in ratings.items():
-                if v == 0:
-                    c.execute("DELETE FROM ratings WHERE candidate_id = ? AND rater = ?", (cid, rater))
-                else:
-                    c.execute("INSERT INTO ratings(candidate_id, rater, value, time) VALUES (?,?,?,?) "
-                              "ON CONFLICT(candidate_id, rater) DO UPDATE SET value = excluded.value, "
-                              "time = excluded.time", (cid, rater, int(v), _now()))
-
-    def my_ratings(self, round_id: int, rater: str) -> dict[int, int]:
-        """{candidate_id: value} of this rater's ratings in a round (to redraw their thumbs)."""
-        self._round_loop(round_id, rater)
-        return {r[0]: r[1] for r in self._query(
-            "SELECT t.candidate_id, t.value FROM ratings t JOIN candidates c ON c.id = t.candidate_id "
-            "WHERE c.round_id = ? AND t.rater = ?", (round_id, rater))}
-
-    def scores(self, round_id: int, viewer: Any, *, raters: Iterable[str] | None = None,
-               exclude_raters: Iterable[str] = ()) -> dict[int, CandidateScore]:
-        """Combined ratings per candidate of a round (net-score rule; every candidate listed).
-
-        `raters` restricts to some raters (e.g. only "clip"), `exclude_raters` leaves some out.
-        Rater keys are never returned, only counts.
-        """
-        self._round_loop(round_id, viewer)
-        rows = self._query("SELECT t.candidate_id, t.rater, t.value FROM ratings t JOIN candidates c "
-                           "ON c.id = t.candidate_id WHERE c.round_id = ?", (round_id,))
-        allowed = set(raters) if raters is not None else None
-        excluded = set(exclude_raters)
-        combined = combine_ratings((r[0], r[1], r[2]) for r in rows
-                                   if (allowed is None or r[1] in allowed) and r[1] not in excluded)
-        ids = [r[0] for r in self._query("SELECT id FROM candidates WHERE round_id = ?", (round_id,))]
-        return {i: combined.get(i, CandidateScore(i, 0, 0)) for i in ids}
-
-    def liked(self, round_id: int, viewer: Any, *, min_net: int = 1, **kw) -> list[Candidate]:
-        """The candidates whose net score (ups - downs over all raters) is at least `min_net`:
-        the training set of the next round (with the style image). Default: more ups than downs."""
-        sc = self.scores(round_id, viewer, **kw)
-        return [c for c in self.candidates(round_id, viewer) if sc[c.id].net >= min_net]
-
     # ---------------------------------------------------------------- recovery and checks
 
     def _referenced(self) -> set[str]:
@@ -1245,7 +742,7 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
             for d in MANAGED_DIRS:  # empty export folders
-                for dirpath, dirnames, filenames in os.walk(self.root / d, topdown=False):
+                for dirpath, _dirs, _files in os.walk(self.root / d, topdown=False):
                     if Path(dirpath) != self.root / d and not os.listdir(dirpath):
                         with contextlib.suppress(OSError):
                             os.rmdir(dirpath)

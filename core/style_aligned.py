@@ -251,10 +251,10 @@ def build_prompts(prompts: Sequence[str], style: str) -> list[str]:
     return [f"{p}, {style}" if style else p for p in prompts]
 
 
-def style_aligned_set(engine, prompts: Sequence[str], style: str = "", *, owner: str = "local", **settings):
+def style_aligned_set(engine, prompts: Sequence[str], style: str = "", *, stop_key: str = "local", **settings):
     """Generate a style-aligned set as a job (settings: those of `set_work`); a generator of
-    progress events ending in a Result."""
-    return engine.run(set_work(engine, prompts, style, **settings), owner=owner, kind="style_aligned")
+    progress events ending in a Result; `stop_key` is what a Stop reaches it by."""
+    return engine.run(set_work(engine, prompts, style, **settings), stop_key=stop_key, kind="style_aligned")
 
 
 def set_work(engine, prompts: Sequence[str], style: str = "", *,

@@ -34,9 +34,12 @@ CLIP text score, mean CLIP style score) in the store.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
+import functools
+import io
+import os
 import re
-import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -197,12 +200,12 @@ def store_of(engine):
     return library.get_store(engine)
 
 
-def style_images(store, loop, viewer) -> list[Image.Image]:
+def style_images(store, loop, owner) -> list[Image.Image]:
     """The loop's style image(s): the main one, then any extra ones."""
     imgs = []
     if loop.style_image is not None:
         imgs.append(load_image(loop.style_image, what="style image"))
-    for p in store.get_image_set(_extra_style_key(loop.id), viewer):
+    for p in store.get_image_set(_extra_style_key(loop.id), owner):
         imgs.append(load_image(p, what="style image"))
     return imgs
 
@@ -232,19 +235,19 @@ def create_loop(engine, images: Sequence[Image.Image], *, owner: str, content_de
     return loop
 
 
-def training_set(store, loop_id: int, viewer: str) -> tuple[list[tuple[Image.Image, str]],
+def training_set(store, loop_id: int, owner: str) -> tuple[list[tuple[Image.Image, str]],
                                                          list[tuple[Image.Image, str]], list[int], int]:
     """(style examples, liked examples, liked candidate ids, next round number) for the next round:
     round 1 trains on the style image(s) alone; round n+1 on the liked candidates of round n (net
     score >= 1 over all raters) plus the style image(s)."""
-    loop = store.get_loop(loop_id, viewer)
+    loop = store.get_loop(loop_id, owner)
     text = training_text(loop.content_description, loop.style_descriptor)
-    style = [(im, text) for im in style_images(store, loop, viewer)]
-    rounds = store.rounds(loop.id, viewer)
+    style = [(im, text) for im in style_images(store, loop, owner)]
+    rounds = store.rounds(loop.id, owner)
     if not rounds:
         return style, [], [], 1
     last = rounds[-1]
-    liked = store.liked(last.id, viewer, min_net=1)
+    liked = store.liked(last.id, owner, min_net=1)
     if not liked:
         raise UserError(f"No candidate of round {last.number} is liked yet: give thumbs up to the images in the "
                         "style you want (or use CLIP feedback), then train the next round.")
@@ -254,13 +257,13 @@ def training_set(store, loop_id: int, viewer: str) -> tuple[list[tuple[Image.Ima
 
 # --------------------------------------------------------------------------- candidates and scores
 
-def _generate_grid(engine, ctx, adapter_id: int | None, viewer, loop, contents: Sequence[str], *,
+def _generate_grid(engine, ctx, adapter_id: int | None, owner, loop, contents: Sequence[str], *,
                    samples_per_prompt: int, seed: int, steps: int, guidance: float):
     prompts = [sampling_prompt(c, loop.style_descriptor) for c in contents]
     items = []
     total = len(prompts) * samples_per_prompt
-    with library.adapters(engine).active({adapter_id: 1.0} if adapter_id else {}, viewer):
-        for i, (c, p) in enumerate(zip(contents, prompts)):
+    with library.adapters(engine).active({adapter_id: 1.0} if adapter_id else {}, owner):
+        for i, p in enumerate(prompts):
             imgs = engine.text_to_image(ctx, [p] * samples_per_prompt, seed=seed, steps=steps, guidance=guidance,
                                         message=f"Candidates {i * samples_per_prompt + 1}-"
                                                 f"{(i + 1) * samples_per_prompt} of {total}:")
@@ -291,12 +294,12 @@ def round_metrics(cands) -> dict:
     return out
 
 
-def _add_candidates(store, engine, round_id, viewer, loop, items, metrics):
-    style = style_images(store, loop, viewer)
+def _add_candidates(store, engine, round_id, owner, loop, items, metrics):
+    style = style_images(store, loop, owner)
     score_items(items, [content_of(it["prompt"], loop.style_descriptor) for it in items], style, metrics)
-    store.add_candidates(round_id, viewer, items)
-    cands = store.candidates(round_id, viewer)
-    return store.update_round(round_id, viewer, metrics=round_metrics(cands))
+    store.add_candidates(round_id, owner, items)
+    cands = store.candidates(round_id, owner)
+    return store.update_round(round_id, owner, metrics=round_metrics(cands))
 
 
 def check_grid(contents, samples_per_prompt, steps):
@@ -314,7 +317,63 @@ def check_grid(contents, samples_per_prompt, steps):
 
 # --------------------------------------------------------------------------- a round
 
-def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, job_owner: str | None = None,
+@dataclasses.dataclass(frozen=True)
+class RoundOutcome:
+    """What a trained round made (`train_round`'s Result): the round, its adapter, what it was
+    trained on (the style image count and the liked candidates' ids) and its metrics."""
+
+    loop_id: int
+    round_id: int
+    round: int
+    adapter_id: int
+    adapter_name: str
+    trainable_params: int
+    lora_numbers: int
+    loss_before: float | None
+    loss_after: float | None
+    metrics: dict
+    style_images: int
+    liked_candidates: tuple[int, ...]
+    seconds: float
+
+    def info(self) -> dict:
+        """The same as the Result's `info` dict (the API's JSON)."""
+        info = dataclasses.asdict(self)
+        info["trained_on"] = {"style_images": info.pop("style_images"),
+                              "liked_candidates": list(info.pop("liked_candidates"))}
+        return info
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidatesOutcome:
+    """What `generate_candidates` added to a round."""
+
+    loop_id: int
+    round_id: int
+    round: int
+    metrics: dict
+    added: int
+
+    def info(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class RoundResult(Result):
+    """A round job's Result: `outcome` typed for the tab, `info` the same as a dict for the API."""
+
+    outcome: RoundOutcome | CandidatesOutcome | None = None
+
+
+def round_outcome(result: Result) -> RoundOutcome | CandidatesOutcome:
+    """The typed outcome of a `train_round` / `first_round` / `generate_candidates` Result."""
+    outcome = getattr(result, "outcome", None)
+    if not isinstance(outcome, (RoundOutcome, CandidatesOutcome)):
+        raise TypeError("not the Result of a StyleDrop round job")
+    return outcome
+
+
+def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, stop_key: str | None = None,
                 rank: int = 4, contents: str | Sequence[str] = DEFAULT_CONTENT_PROMPTS, samples_per_prompt: int = 1,
                 seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None,
                 step_hook=None, recipe_hook=None) -> Iterator:
@@ -360,13 +419,16 @@ def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, job_ow
             else:
                 store.delete_adapter(a.id, owner)
             raise
-        return Result(images=[it["image"] for it in items],
-                      info={"loop_id": loop.id, "round_id": rnd.id, "round": rnd.number, "adapter_id": a.id,
-                            "adapter_name": a.name, "trainable_params": out.trainable_params,
-                            "lora_numbers": rnd.extra["lora_numbers"], "loss_before": out.loss_before,
-                            "loss_after": out.loss_after, "metrics": rnd.metrics,
-                            "trained_on": rnd.extra["trained_on"], "seconds": round(out.seconds, 2)})
-    return engine.run(work, owner=job_owner or owner, kind="train-styledrop")
+        trained_on = rnd.extra["trained_on"]
+        outcome = RoundOutcome(loop_id=loop.id, round_id=rnd.id, round=rnd.number, adapter_id=a.id,
+                               adapter_name=a.name, trainable_params=out.trainable_params,
+                               lora_numbers=rnd.extra["lora_numbers"], loss_before=out.loss_before,
+                               loss_after=out.loss_after, metrics=dict(rnd.metrics),
+                               style_images=trained_on["style_images"],
+                               liked_candidates=tuple(trained_on["liked_candidates"]),
+                               seconds=round(out.seconds, 2))
+        return RoundResult(images=[it["image"] for it in items], info=outcome.info(), outcome=outcome)
+    return engine.run(work, stop_key=stop_key or owner, kind="train-styledrop")
 
 
 def first_round(engine, images: Sequence[Image.Image], config: TrainConfig, *, owner: str,
@@ -393,7 +455,7 @@ def first_round(engine, images: Sequence[Image.Image], config: TrainConfig, *, o
                 store.put_image_set(_extra_style_key(loop.id), [], owner=owner)
 
 
-def generate_candidates(engine, round_id: int, *, owner: str, job_owner: str | None = None,
+def generate_candidates(engine, round_id: int, *, owner: str, stop_key: str | None = None,
                         contents: str | Sequence[str] = DEFAULT_CONTENT_PROMPTS, samples_per_prompt: int = 1,
                         seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None) -> Iterator:
     """More candidates for a round (its adapter active), appended to its grid and scored."""
@@ -411,10 +473,10 @@ def generate_candidates(engine, round_id: int, *, owner: str, job_owner: str | N
         items = _generate_grid(engine, ctx, rnd.adapter_id, owner, loop, contents, samples_per_prompt=n,
                                seed=seed, steps=sample_steps, guidance=guidance)
         r2 = _add_candidates(store, engine, rnd.id, owner, loop, items, metrics)
-        return Result(images=[it["image"] for it in items],
-                      info={"loop_id": loop.id, "round_id": rnd.id, "round": rnd.number, "metrics": r2.metrics,
-                            "added": len(items)})
-    return engine.run(work, owner=job_owner or owner, kind="styledrop-generate")
+        outcome = CandidatesOutcome(loop_id=loop.id, round_id=rnd.id, round=rnd.number, metrics=dict(r2.metrics),
+                                    added=len(items))
+        return RoundResult(images=[it["image"] for it in items], info=outcome.info(), outcome=outcome)
+    return engine.run(work, stop_key=stop_key or owner, kind="styledrop-generate")
 
 
 # --------------------------------------------------------------------------- feedback
@@ -486,14 +548,13 @@ def clip_feedback(engine, round_id: int, *, owner: str, mode: str = "top_k", k: 
             "text_weight": float(text_weight)}
 
 
-def candidate_votes(engine, candidate_id: int, viewer: str) -> dict:
-    """One candidate's combined counts and the viewer's own rating (after an API rating)."""
+def candidate_votes(engine, candidate_id: int, owner: str) -> dict:
+    """One candidate's combined counts and the caller's own rating (after an API rating)."""
     store = store_of(engine)
-    row, _ = store._candidate_loop(int(candidate_id), viewer)  # visibility-checked lookup of its round
-    rid = row["round_id"]
-    s = store.scores(rid, viewer)[int(candidate_id)]
+    rid = store.candidate_round(int(candidate_id), owner)  # visibility-checked lookup of its round
+    s = store.scores(rid, owner)[int(candidate_id)]
     return {"candidate": int(candidate_id), "round_id": rid, "up": s.up, "down": s.down, "net": s.net,
-            "liked": s.net >= 1, "mine": store.my_ratings(rid, viewer).get(int(candidate_id), 0)}
+            "liked": s.net >= 1, "mine": store.my_ratings(rid, owner).get(int(candidate_id), 0)}
 
 
 # --------------------------------------------------------------------------- what the tab shows
@@ -516,16 +577,16 @@ class Tile:
     liked: bool
 
 
-def round_view(engine, round_id: int, viewer: str) -> dict:
+def round_view(engine, round_id: int, owner: str) -> dict:
     """A round's grid as the tab draws it: each candidate with scores, combined counts, the
-    viewer's own rating and whether CLIP picked it."""
+    caller's own rating and whether CLIP picked it."""
     store = store_of(engine)
-    rnd = store.get_round(round_id, viewer)
-    loop = store.get_loop(rnd.loop_id, viewer)
-    cands = store.candidates(rnd.id, viewer)
-    sc = store.scores(rnd.id, viewer)
-    clip = store.scores(rnd.id, viewer, raters=[CLIP_RATER])
-    mine = store.my_ratings(rnd.id, viewer)
+    rnd = store.get_round(round_id, owner)
+    loop = store.get_loop(rnd.loop_id, owner)
+    cands = store.candidates(rnd.id, owner)
+    sc = store.scores(rnd.id, owner)
+    clip = store.scores(rnd.id, owner, raters=[CLIP_RATER])
+    mine = store.my_ratings(rnd.id, owner)
     tiles = [Tile(c.id, c.position, str(c.path), c.prompt, content_of(c.prompt, loop.style_descriptor), c.seed,
                   c.scores.get("clip_text"), c.scores.get("clip_style"), sc[c.id].up, sc[c.id].down, sc[c.id].net,
                   mine.get(c.id, 0), clip[c.id].up > 0, sc[c.id].net >= 1) for c in cands]
@@ -534,16 +595,16 @@ def round_view(engine, round_id: int, viewer: str) -> dict:
             "clip_picked": sum(t.clip for t in tiles)}
 
 
-def rounds_table(engine, loop_id: int, viewer: str) -> list[dict]:
+def rounds_table(engine, loop_id: int, owner: str) -> list[dict]:
     """One row per round, side by side: adapter, training set, candidates, liked, metrics."""
     store = store_of(engine)
     rows = []
-    for r in store.rounds(loop_id, viewer):
-        liked = len(store.liked(r.id, viewer))
+    for r in store.rounds(loop_id, owner):
+        liked = len(store.liked(r.id, owner))
         name = ""
         if r.adapter_id is not None:
             try:
-                name = store.get_adapter(r.adapter_id, viewer).name
+                name = store.get_adapter(r.adapter_id, owner).name
             except UserError:
                 name = "(deleted)"
         t = r.extra.get("trained_on", {})
@@ -556,6 +617,68 @@ def rounds_table(engine, loop_id: int, viewer: str) -> list[dict]:
     return rows
 
 
+def pick_loop(engine, owner: str, wanted: int | None = None) -> int | None:
+    """The loop to show: `wanted` if the owner may see it, else their own newest, else the
+    newest shared one, else None."""
+    loops = store_of(engine).list_loops(owner)
+    if wanted is not None and int(wanted) in {lp.id for lp in loops}:
+        return int(wanted)
+    own = [lp for lp in loops if lp.owner == owner]
+    return (own or loops)[0].id if (own or loops) else None
+
+
+def set_published(engine, loop_id: int, owner: str, published: bool):
+    """Share a loop for rating (or stop sharing it); only its owner can, a rater's request
+    changes nothing. Returns the loop."""
+    store = store_of(engine)
+    loop = store.get_loop(loop_id, owner)
+    if loop.owner == owner and loop.published != bool(published):
+        loop = store.publish_loop(loop_id, owner, bool(published))
+    return loop
+
+
+TILE_SIDE = 256
+
+
+def tile_thumbnail(path: str | os.PathLike) -> str:
+    """A candidate's small JPEG as a data URI (the grid shows it without a file route), cached
+    by path and modification time; "" for a file that is gone."""
+    try:
+        mtime = os.path.getmtime(path)
+    except OSError:
+        return ""
+    return _thumbnail_uri(str(path), mtime)
+
+
+@functools.lru_cache(maxsize=1024)
+def _thumbnail_uri(path: str, mtime: float) -> str:
+    img = Image.open(path).convert("RGB")
+    img.thumbnail((TILE_SIDE, TILE_SIDE))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSize:
+    """The adapter at rank r on the loaded UNet: transformer blocks, trained parameters (sum of
+    2 r d) and numbers in the saved LoRA file (sum of r (d_ff + d))."""
+
+    rank: int
+    blocks: int
+    trainable_params: int
+    lora_numbers: int
+
+
+def adapter_size(engine, rank: int) -> AdapterSize | None:
+    """The adapter's size at `rank`, or None while the model is not loaded (asking loads nothing)."""
+    if engine.health().state != "ready":
+        return None
+    unet = engine.pipe.unet
+    return AdapterSize(rank=int(rank), blocks=len(ff_out_layers(unet)), trainable_params=param_count(unet, rank),
+                       lora_numbers=lora_numbers(unet, rank))
+
+
 # --------------------------------------------------------------------------- StyleDrop + DreamBooth
 
 def subject_style_prompt(subject_adapter, style_descriptor: str) -> str:
@@ -566,9 +689,17 @@ def subject_style_prompt(subject_adapter, style_descriptor: str) -> str:
     return f"a {subject} {style_phrase(style_descriptor)}"
 
 
+def combined_prompt(engine, *, style_adapter_id: int, subject_adapter_id: int, owner: str) -> str:
+    """"a [V] [class] in [style] style" for two library adapters the owner may use."""
+    store = store_of(engine)
+    style = store.get_adapter(int(style_adapter_id), owner)
+    subject = store.get_adapter(int(subject_adapter_id), owner)
+    return subject_style_prompt(subject, style.trigger_words or "")
+
+
 def generate_with_subject(engine, *, style_adapter_id: int, subject_adapter_id: int | None, prompts: Sequence[str],
-                          style_weight: float = 1.0, subject_weight: float = 1.0, viewer: str,
-                          job_owner: str | None = None, **kwargs) -> Iterator:
+                          style_weight: float = 1.0, subject_weight: float = 1.0, owner: str,
+                          stop_key: str | None = None, **kwargs) -> Iterator:
     """Both adapters active at once (peft set_adapters, a weight each): the style adapter on the
     FF outputs, the subject's LoRA on its own modules."""
     weights = {int(style_adapter_id): float(style_weight)}
@@ -576,4 +707,4 @@ def generate_with_subject(engine, *, style_adapter_id: int, subject_adapter_id: 
         if int(subject_adapter_id) == int(style_adapter_id):
             raise UserError("Pick a subject adapter different from the style adapter.")
         weights[int(subject_adapter_id)] = float(subject_weight)
-    return library.generate(engine, prompts, weights, viewer=viewer, owner=job_owner or viewer, **kwargs)
+    return library.generate(engine, prompts, weights, owner=owner, stop_key=stop_key, **kwargs)

@@ -3,7 +3,7 @@
 A `Recipe` says *what* to learn: the training examples (image + prompt), an optional
 prior-preservation set with its weight lambda, and an `AdapterSpec` saying which UNet modules get
 LoRA (peft target names or a regex over module names, optionally split into named parts) or
-that the whole UNet is fine-tuned. `TrainConfig` holds the hyperparameters. The trainer does the
+that the whole UNet is fine-tuned. `TrainSettings` holds the hyperparameters. The trainer does the
 rest the same way for every method:
 
 * the adapter is injected **in place** into the engine's resident UNet as a named peft adapter
@@ -45,21 +45,21 @@ Headless: `python -m core.train --help` (same code, no gradio). On several GPUs:
 process takes its own GPU (LOCAL_RANK) and draws its own batches, DDP averages the gradients, the
 main process generates the class images first and alone saves the adapter (text-encoder LoRA is
 refused there). Tested on CPU with two gloo processes (tests/test_train.py).
+
+The trainer is one class in three files: the data it caches before the first step is in
+core/train_data.py, its checkpoints (the run's key, atomic saves, resuming) in
+core/train_checkpoints.py, the conditioning, loss, adapter set-up and step loop here; the
+command line in core/train_cli.py.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import hashlib
-import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -68,47 +68,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import library
-from .errors import Cancelled, UserError
-from .events import Notice, Progress, Result
-from .files import atomic_write, owner_dirname
+from .errors import UserError
+# The training events live in core/events.py; tabs still import them from here too.
+from .events import Checkpointed, Progress, Result, TrainSamples, TrainStep
+from .files import owner_dirname
+from .train_checkpoints import Checkpoints
+from .train_data import DataCache, tensor_digest
 
 log = logging.getLogger(__name__)
 
 MAX_STEPS = 20_000
-
-
-# --------------------------------------------------------------------------- events
-
-@dataclass
-class TrainStep:
-    """One optimizer step (never coalesced, so a loss plot sees every point)."""
-
-    step: int
-    total: int
-    loss: float
-    lr: float
-    instance_loss: float
-    prior_loss: float | None = None
-    seconds: float = 0.0
-
-    @property
-    def message(self) -> str:
-        return f"Training step {self.step}/{self.total}: loss {self.loss:.4f}"
-
-
-@dataclass
-class TrainSamples:
-    """Validation samples generated with the adapter being trained."""
-
-    step: int
-    images: list[Image.Image]
-    prompts: list[str]
-
-
-@dataclass
-class Checkpointed:
-    step: int
-    path: str
 
 
 # --------------------------------------------------------------------------- what to train
@@ -180,7 +149,7 @@ class Recipe:
 
 
 @dataclass
-class TrainConfig:
+class TrainSettings:
     steps: int = 400
     learning_rate: float = 1e-4
     batch_size: int = 1
@@ -204,7 +173,7 @@ class TrainConfig:
     keep_checkpoints: bool = False  # after a finished run
     eval_draws: int = 8             # fixed (noise, t) draws for the before/after instance loss
 
-    def check(self) -> "TrainConfig":
+    def check(self) -> "TrainSettings":
         if not 1 <= int(self.steps) <= MAX_STEPS:
             raise UserError(f"Steps must be between 1 and {MAX_STEPS} (got {self.steps}).")
         if not (0 < float(self.learning_rate) <= 1e-1) or not math.isfinite(float(self.learning_rate)):
@@ -218,6 +187,11 @@ class TrainConfig:
         if self.snr_gamma is not None and not float(self.snr_gamma) > 0:
             self.snr_gamma = None
         return self
+
+
+# The old name, kept for callers that have not moved yet (tabs/personalize.py, tabs/blora.py,
+# tabs/styledrop.py, core/styledrop.py); core/adain.py has a `TrainConfig` of its own.
+TrainConfig = TrainSettings
 
 
 @dataclass
@@ -246,7 +220,7 @@ def _mixed_precision(engine, wanted: str) -> str:
     return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(engine.dtype, "no")
 
 
-def _accelerator(engine, cfg: TrainConfig):
+def _accelerator(engine, cfg: TrainSettings):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -261,7 +235,7 @@ def _accelerator(engine, cfg: TrainConfig):
         return Accelerator(**kwargs)
 
 
-def _optimizer(params, cfg: TrainConfig, device: torch.device, notes: list[str]):
+def _optimizer(params, cfg: TrainSettings, device: torch.device, notes: list[str]):
     if cfg.use_8bit_adam and device.type == "cuda":
         try:
             import bitsandbytes as bnb  # optional
@@ -272,20 +246,13 @@ def _optimizer(params, cfg: TrainConfig, device: torch.device, notes: list[str])
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def _tensor_digest(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- the trainer
 
-class Trainer:
+class Trainer(DataCache, Checkpoints):
     """One training run of `recipe` on `engine`'s resident UNet (and, with text-encoder LoRA, its
     text encoders). `run(ctx)` inside a job."""
 
-    def __init__(self, engine, recipe: Recipe, config: TrainConfig, *, run_root: Path | None = None,
+    def __init__(self, engine, recipe: Recipe, config: TrainSettings, *, run_root: Path | None = None,
                  step_hook: Callable[[int], None] | None = None, owner: str = "local"):
         self.engine = engine
         self.recipe = recipe
@@ -301,97 +268,6 @@ class Trainer:
         self._te_lora: dict[str, torch.nn.Module] = {}  # text encoders carrying the training adapter
         self.is_main = True  # False in the secondary processes of `accelerate launch`
         self.tokens: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-
-    # ------------------------------------------------------------- caching
-    @torch.no_grad()
-    def _encode_prompts(self, prompts: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
-        pipe, dev = self.engine.pipe, self.engine.device
-        out = {}
-        library.disable_everywhere(self.engine)
-        for p in dict.fromkeys(prompts):
-            if self.engine.xl:
-                emb, _, pooled, _ = pipe.encode_prompt(prompt=p, device=dev, num_images_per_prompt=1,
-                                                       do_classifier_free_guidance=False)
-                out[p] = {"emb": emb[0], "pooled": pooled[0]}
-            else:
-                emb, _ = pipe.encode_prompt(p, dev, 1, False)
-                out[p] = {"emb": emb[0]}
-        return out
-
-    def _cache(self, ctx) -> None:
-        res = self.engine.resolution
-        ex, pr = self.recipe.examples, self.recipe.prior
-        total = len(ex) + len(pr)
-        lat = []
-        for i, e in enumerate(list(ex) + list(pr)):
-            ctx.progress(i, total, f"Encoding training images {i + 1}/{total}")
-            lat.append(self.engine.encode_image(e.image, res, res)[0])
-        self.latents = torch.stack(lat[:len(ex)])
-        self.prior_latents = torch.stack(lat[len(ex):]) if pr else None
-        self.prompts = [e.prompt for e in ex]
-        self.prior_prompts = [e.prompt for e in pr]
-        self.text = self._encode_prompts(self.prompts + self.prior_prompts)
-        if self.recipe.adapter.text_encoder_rank:
-            self.tokens = self._tokenize(self.prompts + self.prior_prompts)
-
-    def _tokenize(self, prompts: Sequence[str]) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """{prompt: {text encoder: (input ids, attention mask)}}, tokenized as `encode_prompt` does."""
-        pipe = self.engine.pipe
-        pairs = [("text_encoder", "tokenizer")] + ([("text_encoder_2", "tokenizer_2")] if self.engine.xl else [])
-        out: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-        for p in dict.fromkeys(prompts):
-            out[p] = {}
-            for comp, tok_name in pairs:
-                tok = getattr(pipe, tok_name, None)
-                if tok is None or getattr(pipe, comp, None) is None:
-                    continue
-                text = pipe.maybe_convert_prompt(p, tok) if hasattr(pipe, "maybe_convert_prompt") else p
-                enc = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                          return_tensors="pt")
-                out[p][comp] = (enc.input_ids[0], enc.attention_mask[0])
-        return out
-
-    def _encode_live(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(prompt embeddings, pooled or None) through the text encoders as they are now (with the
-        training adapter, with grad): `StableDiffusionXLPipeline.encode_prompt` (penultimate
-        hidden states of both encoders concatenated, pooled from the one that pools) or
-        `StableDiffusionPipeline.encode_prompt` (last hidden state), from the cached ids."""
-        pipe, dev = self.engine.pipe, self.engine.device
-        ref = self.text[prompts[0]]
-
-        def ids(comp: str, i: int = 0) -> torch.Tensor:
-            return torch.stack([self.tokens[p][comp][i] for p in prompts]).to(dev)
-
-        if self.engine.xl:
-            embs, pooled = [], None
-            for comp in ("text_encoder", "text_encoder_2"):
-                te = getattr(pipe, comp, None)
-                if te is None:
-                    continue
-                out = te(ids(comp), output_hidden_states=True)
-                if pooled is None and out[0].ndim == 2:  # only the projection model pools
-                    pooled = out[0]
-                embs.append(out.hidden_states[-2])
-            return torch.cat(embs, dim=-1).to(ref["emb"].dtype), pooled.to(ref["pooled"].dtype)
-        te = pipe.text_encoder
-        mask = ids("text_encoder", 1) if getattr(te.config, "use_attention_mask", False) else None
-        return te(ids("text_encoder"), attention_mask=mask)[0].to(ref["emb"].dtype), None
-
-    def fingerprint(self) -> str:
-        spec = asdict(self.recipe.adapter)
-        if not spec["text_encoder_rank"]:  # UNet-only runs keep the keys they had before the option
-            spec.pop("text_encoder_rank")
-            spec.pop("text_encoder_targets")
-        cfg = {k: v for k, v in asdict(self.cfg).items()
-               if k not in ("steps", "sample_every", "sample_steps", "sample_guidance", "sample_seed",
-                            "checkpoint_every", "resume", "keep_checkpoints", "eval_draws")}
-        owner = [] if self.owner == "local" else [self.owner]  # private runs keep their earlier keys
-        parts = [self.recipe.method, *owner, json.dumps(spec, sort_keys=True, default=str),
-                 json.dumps(cfg, sort_keys=True, default=str), self.engine.spec.source,
-                 str(self.engine.dtype), json.dumps(self.prompts), json.dumps(self.prior_prompts),
-                 str(float(self.recipe.prior_weight) if self.prior_latents is not None else 0.0),
-                 _tensor_digest(self.latents, *([self.prior_latents] if self.prior_latents is not None else []))]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
     # ------------------------------------------------------------- conditioning and loss
     def _cond(self, prompts: Sequence[str]):
@@ -618,76 +494,6 @@ class Trainer:
         if out.adapter_name is not None:
             library.delete_everywhere(self.engine, out.adapter_name)
 
-    # ------------------------------------------------------------- checkpoints
-    def _run_dir(self) -> Path:
-        return self.run_root / f"{self.recipe.method}-{self._key}"
-
-    def _save_checkpoint(self, step, params_named, optimizer, lr_sched, gen, history) -> Path:
-        from safetensors.torch import save_file
-
-        run = self._run_dir()
-        run.mkdir(parents=True, exist_ok=True)
-        final = run / f"ckpt-{step:06d}"
-        tmp = run / f".tmp-ckpt-{step:06d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file({self._portable(n): p.detach().to("cpu").contiguous() for n, p in params_named},
-                  str(tmp / "weights.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict(),
-                    "generator": gen.get_state()}, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "history": history, "key": self._key,
-                                                   "method": self.recipe.method, "time": time.time()}))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write(run / "latest", final.name, fsync=True)
-        for old in run.glob("ckpt-*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
-
-    def _sweep_partial_checkpoints(self) -> None:
-        """Remove checkpoints a killed process was half-way through writing (`.tmp-*`): only
-        complete ones are ever renamed into place, and one run of a key trains at a time."""
-        run = self._run_dir()
-        if run.is_dir():
-            for partial in run.glob(".tmp-*"):
-                shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
-
-    def _portable(self, name: str) -> str:
-        """A parameter name without this run's random adapter name (checkpoints outlive it)."""
-        return name.replace(f".{self.adapter_name}.", ".adapter.")
-
-    def latest_checkpoint(self) -> Path | None:
-        run = self._run_dir()
-        try:
-            name = (run / "latest").read_text().strip()
-        except OSError:
-            return None
-        path = run / name
-        return path if (path / "meta.json").is_file() else None
-
-    def _load_checkpoint(self, path: Path, params_named, optimizer, lr_sched, gen):
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path / "weights.safetensors"))
-        names = {self._portable(n) for n, _ in params_named}
-        if set(weights) != names:
-            raise UserError(f"The checkpoint {path.name} does not match this run's adapter; start afresh "
-                            "(Resume off).")
-        with torch.no_grad():
-            for n, p in params_named:
-                p.copy_(weights[self._portable(n)].to(p.device, p.dtype))
-        state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-        optimizer.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["lr_scheduler"])
-        gen.set_state(state["generator"])
-        meta = json.loads((path / "meta.json").read_text())
-        return int(meta["step"]), list(meta.get("history", []))
-
     # ------------------------------------------------------------- sampling
     def _samples(self, ctx, step: int) -> list[tuple[Image.Image, str]]:
         prompts = self.recipe.sample_prompts
@@ -705,8 +511,8 @@ class Trainer:
 
     # ------------------------------------------------------------- the run
     def run(self, ctx) -> Outcome:
+        """Prepare, then the step loop; the adapter stays on the UNet (see `_detach`)."""
         from diffusers import DDPMScheduler
-        from diffusers.optimization import get_scheduler
 
         started = time.monotonic()
         engine, cfg, recipe = self.engine, self.cfg, self.recipe
@@ -729,7 +535,6 @@ class Trainer:
             raise UserError("Text-encoder LoRA trains in one process only (its gradients are not "
                             "synchronised across processes); drop it or run without `accelerate launch`.")
         self._gc_was = unet.is_gradient_checkpointing
-        params: list[torch.nn.Parameter] = []
         finished = False
         try:
             loss_before = self.eval_loss()
@@ -737,59 +542,18 @@ class Trainer:
             params_named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
             params_named += [(f"{comp}.{n}", p) for comp, te in self._te_lora.items()
                              for n, p in te.named_parameters() if p.requires_grad]
-            n_params = library.count_params(params)
             if cfg.gradient_checkpointing:
                 unet.enable_gradient_checkpointing()
-            optimizer = _optimizer(params, cfg, engine.device, self.notes)
-            lr_sched = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
-                                     num_warmup_steps=int(cfg.lr_warmup_steps), num_training_steps=int(cfg.steps))
-            # each process draws its own examples, noise and timesteps (DDP averages the gradients)
-            gen = torch.Generator().manual_seed(int(cfg.seed) + accelerator.process_index)
-            start, history = 0, []
-            ckpt = self.latest_checkpoint() if cfg.resume else None
-            if ckpt is not None:
-                start, history = self._load_checkpoint(ckpt, params_named, optimizer, lr_sched, gen)
-                if start >= cfg.steps:
-                    start = min(start, cfg.steps)
-                ctx.notice(f"Resumed from the checkpoint at step {start}.")
+            optimizer, lr_sched, gen = self._optimization(params, accelerator)
+            start, history = self._resume(ctx, params_named, optimizer, lr_sched, gen)
             for note in self.notes:
                 ctx.notice(note)
             optimizer = accelerator.prepare_optimizer(optimizer)
             model = accelerator.prepare_model(unet) if accelerator.num_processes > 1 else unet
             self._train_mode(True)
-            n_inst, bs = self.latents.shape[0], int(cfg.batch_size)
-            prior = self.prior_latents is not None and float(recipe.prior_weight) > 0
             samples: list[tuple[Image.Image, str]] = []
             for step in range(start + 1, int(cfg.steps) + 1):
-                t0 = time.monotonic()
-                inst_vals, prior_vals = [], []
-                for _ in range(int(cfg.grad_accum)):
-                    with accelerator.accumulate(model):
-                        idx = torch.randint(0, n_inst, (bs,), generator=gen)
-                        with accelerator.autocast():
-                            inst = self._losses(model, self.latents[idx], [self.prompts[i] for i in idx], gen, True)
-                            loss = inst.mean()
-                            if prior:
-                                pidx = torch.randint(0, self.prior_latents.shape[0], (bs,), generator=gen)
-                                pl = self._losses(model, self.prior_latents[pidx],
-                                                  [self.prior_prompts[i] for i in pidx], gen, False).mean()
-                                loss = loss + float(recipe.prior_weight) * pl
-                                prior_vals.append(pl.item())
-                        if not torch.isfinite(loss):
-                            raise UserError(f"The loss became {loss.item()} at step {step}: lower the learning "
-                                            "rate or use bf16/fp32.")
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and cfg.max_grad_norm:
-                            accelerator.clip_grad_norm_(params, float(cfg.max_grad_norm))
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        inst_vals.append(inst.mean().item())
-                lr = float(lr_sched.get_last_lr()[0])
-                lr_sched.step()
-                il = sum(inst_vals) / len(inst_vals)
-                plv = sum(prior_vals) / len(prior_vals) if prior_vals else None
-                total_loss = il + (float(recipe.prior_weight) * plv if plv is not None else 0.0)
-                point = TrainStep(step, int(cfg.steps), total_loss, lr, il, plv, time.monotonic() - t0)
+                point = self._step(model, accelerator, optimizer, lr_sched, params, gen, step)
                 history.append({k: v for k, v in asdict(point).items()})
                 ctx.check()
                 ctx.emit(point)
@@ -802,20 +566,9 @@ class Trainer:
                 if cfg.sample_every and step % int(cfg.sample_every) == 0 and step < cfg.steps:
                     samples = self._samples(ctx, step)
             samples = self._samples(ctx, int(cfg.steps))
-            self._train_mode(False)
-            loss_after = self.eval_loss()
-            extra = {"resumed_from": start, "mixed_precision": accelerator.mixed_precision,
-                     "processes": accelerator.num_processes,
-                     "weights_digest": _tensor_digest(*(p for _, p in params_named))[:16]}
-            if self._te_lora:
-                extra["text_encoder_lora"] = sorted(self._te_lora)
-            sd = configs = None
-            if recipe.adapter.full:
-                sd, configs, share = self._extract_lora()
-                extra["extracted_energy"] = round(share, 4)
+            out = self._outcome(accelerator, params, params_named, start, history, samples, loss_before, started)
             finished = True
-            return Outcome(None if recipe.adapter.full else self.adapter_name, sd, configs, history, samples,
-                           n_params, loss_before, loss_after, time.monotonic() - started, extra)
+            return out
         finally:
             if not finished:
                 log.info("training stopped; the last checkpoint (if any) is kept in %s", self._run_dir())
@@ -824,10 +577,88 @@ class Trainer:
             if finished and not cfg.keep_checkpoints:
                 shutil.rmtree(self._run_dir(), ignore_errors=True)
 
+    def _optimization(self, params, accelerator):
+        """(optimizer, learning-rate schedule, generator): each process draws its own examples,
+        noise and timesteps (DDP averages the gradients)."""
+        from diffusers.optimization import get_scheduler
+
+        cfg = self.cfg
+        optimizer = _optimizer(params, cfg, self.engine.device, self.notes)
+        lr_sched = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=int(cfg.lr_warmup_steps), num_training_steps=int(cfg.steps))
+        gen = torch.Generator().manual_seed(int(cfg.seed) + accelerator.process_index)
+        return optimizer, lr_sched, gen
+
+    def _resume(self, ctx, params_named, optimizer, lr_sched, gen) -> tuple[int, list[dict]]:
+        """(the step to go on from, the loss history so far): from the latest checkpoint of this
+        run's key when resuming is on and there is one, else (0, [])."""
+        ckpt = self.latest_checkpoint() if self.cfg.resume else None
+        if ckpt is None:
+            return 0, []
+        start, history = self._load_checkpoint(ckpt, params_named, optimizer, lr_sched, gen)
+        if start >= self.cfg.steps:
+            start = min(start, self.cfg.steps)
+        ctx.notice(f"Resumed from the checkpoint at step {start}.")
+        return start, history
+
+    def _step(self, model, accelerator, optimizer, lr_sched, params, gen, step: int) -> TrainStep:
+        """One optimizer step over `grad_accum` micro-batches: the instance loss plus, with prior
+        preservation, lambda times the prior loss on class images with the class prompt."""
+        cfg, recipe = self.cfg, self.recipe
+        n_inst, bs = self.latents.shape[0], int(cfg.batch_size)
+        prior = self.prior_latents is not None and float(recipe.prior_weight) > 0
+        t0 = time.monotonic()
+        inst_vals, prior_vals = [], []
+        for _ in range(int(cfg.grad_accum)):
+            with accelerator.accumulate(model):
+                idx = torch.randint(0, n_inst, (bs,), generator=gen)
+                with accelerator.autocast():
+                    inst = self._losses(model, self.latents[idx], [self.prompts[i] for i in idx], gen, True)
+                    loss = inst.mean()
+                    if prior:
+                        pidx = torch.randint(0, self.prior_latents.shape[0], (bs,), generator=gen)
+                        pl = self._losses(model, self.prior_latents[pidx],
+                                          [self.prior_prompts[i] for i in pidx], gen, False).mean()
+                        loss = loss + float(recipe.prior_weight) * pl
+                        prior_vals.append(pl.item())
+                if not torch.isfinite(loss):
+                    raise UserError(f"The loss became {loss.item()} at step {step}: lower the learning "
+                                    "rate or use bf16/fp32.")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, float(cfg.max_grad_norm))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                inst_vals.append(inst.mean().item())
+        lr = float(lr_sched.get_last_lr()[0])
+        lr_sched.step()
+        il = sum(inst_vals) / len(inst_vals)
+        plv = sum(prior_vals) / len(prior_vals) if prior_vals else None
+        total_loss = il + (float(recipe.prior_weight) * plv if plv is not None else 0.0)
+        return TrainStep(step, int(cfg.steps), total_loss, lr, il, plv, time.monotonic() - t0)
+
+    def _outcome(self, accelerator, params, params_named, start, history, samples, loss_before,
+                 started) -> Outcome:
+        """After the last step: the loss on the same draws as before, what the run reports, and
+        for full fine-tuning the LoRA extracted from the weight change."""
+        self._train_mode(False)
+        loss_after = self.eval_loss()
+        extra = {"resumed_from": start, "mixed_precision": accelerator.mixed_precision,
+                 "processes": accelerator.num_processes,
+                 "weights_digest": tensor_digest(*(p for _, p in params_named))[:16]}
+        if self._te_lora:
+            extra["text_encoder_lora"] = sorted(self._te_lora)
+        sd = configs = None
+        if self.recipe.adapter.full:
+            sd, configs, share = self._extract_lora()
+            extra["extracted_energy"] = round(share, 4)
+        return Outcome(None if self.recipe.adapter.full else self.adapter_name, sd, configs, history, samples,
+                       library.count_params(params), loss_before, loss_after, time.monotonic() - started, extra)
+
 
 # --------------------------------------------------------------------------- save + stream
 
-def save_outcome(engine, recipe: Recipe, cfg: TrainConfig, out: Outcome, *, owner: str):
+def save_outcome(engine, recipe: Recipe, cfg: TrainSettings, out: Outcome, *, owner: str):
     """Put the trained adapter in the library and make it resident under its library id."""
     store = library.get_store(engine)
     hyper = {k: v for k, v in asdict(cfg).items()}
@@ -860,11 +691,11 @@ def save_outcome(engine, recipe: Recipe, cfg: TrainConfig, out: Outcome, *, owne
     return a
 
 
-def train(engine, recipe: Recipe, config: TrainConfig, *, owner: str = "local", job_owner: str | None = None,
+def train(engine, recipe: Recipe, config: TrainSettings, *, owner: str = "local", stop_key: str | None = None,
           run_root: Path | None = None, step_hook=None) -> Iterator[Any]:
     """Stream a training job (holding the engine's GPU slot); ends with a `Result` whose info
     has the library entry ("adapter_id", "adapter_name") and the loss figures. `owner` owns the
-    adapter; `job_owner` (default: `owner`) is the key that `engine.cancel` stops the job by."""
+    adapter; `stop_key` (default: `owner`) is the key that `engine.cancel` stops the job by."""
     trainer = Trainer(engine, recipe, config, run_root=run_root, step_hook=step_hook, owner=owner)
 
     def work(ctx) -> Result:
@@ -881,98 +712,10 @@ def train(engine, recipe: Recipe, config: TrainConfig, *, owner: str = "local", 
                             "loss_after": out.loss_after, "trainable_params": out.trainable_params,
                             "history": out.history, "seconds": round(out.seconds, 2),
                             "sample_prompts": [p for _, p in out.samples], **out.extra})
-    return engine.run(work, owner=job_owner or owner, kind=f"train-{recipe.method}")
+    return engine.run(work, stop_key=stop_key or owner, kind=f"train-{recipe.method}")
 
 
-# --------------------------------------------------------------------------- CLI
-
-def cli_config_args(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--lr", type=float, default=d.learning_rate)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    p.add_argument("--lr-scheduler", default=d.lr_scheduler)
-    p.add_argument("--warmup", type=int, default=d.lr_warmup_steps)
-    p.add_argument("--mixed-precision", default=d.mixed_precision, choices=["auto", "no", "fp16", "bf16"])
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--no-8bit-adam", action="store_true")
-    p.add_argument("--snr-gamma", type=float, default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--sample-every", type=int, default=d.sample_every)
-    p.add_argument("--sample-steps", type=int, default=d.sample_steps)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--no-resume", action="store_true")
-
-
-def config_from_args(a) -> TrainConfig:
-    return TrainConfig(steps=a.steps, learning_rate=a.lr, batch_size=a.batch_size, grad_accum=a.grad_accum,
-                       lr_scheduler=a.lr_scheduler, lr_warmup_steps=a.warmup, mixed_precision=a.mixed_precision,
-                       gradient_checkpointing=a.gradient_checkpointing, use_8bit_adam=not a.no_8bit_adam,
-                       snr_gamma=a.snr_gamma, seed=a.seed, sample_every=a.sample_every,
-                       sample_steps=a.sample_steps, checkpoint_every=a.checkpoint_every,
-                       resume=not a.no_resume)
-
-
-def consume(events: Iterator[Any], out=sys.stdout) -> Result | None:
-    """Print a headless run's events; returns the final Result."""
-    result = None
-    for ev in events:
-        if isinstance(ev, TrainStep):
-            prior = f" prior {ev.prior_loss:.4f}" if ev.prior_loss is not None else ""
-            print(f"step {ev.step}/{ev.total} loss {ev.loss:.4f} (instance {ev.instance_loss:.4f}{prior}) "
-                  f"lr {ev.lr:.2e} {ev.seconds:.2f}s", file=out, flush=True)
-        elif isinstance(ev, Checkpointed):
-            print(f"checkpoint at step {ev.step}: {ev.path}", file=out, flush=True)
-        elif isinstance(ev, TrainSamples):
-            print(f"samples at step {ev.step}: {len(ev.images)} images", file=out, flush=True)
-        elif isinstance(ev, Notice):
-            print(f"note: {ev.message}", file=out, flush=True)
-        elif isinstance(ev, Progress) and not ev.message.startswith("Samples"):
-            print(ev.message, file=out, flush=True)
-        elif isinstance(ev, Result):
-            result = ev
-    return result
-
-
-def main(argv=None) -> int:
-    """`python -m core.train dreambooth ...` (the only recipe so far; see core/dreambooth.py)."""
-    from . import dreambooth
-
-    p = argparse.ArgumentParser(prog="python -m core.train", description=main.__doc__)
-    sub = p.add_subparsers(dest="recipe", required=True)
-    db = sub.add_parser("dreambooth", help="DreamBooth a subject from 1-20 images")
-    dreambooth.add_cli_args(db)
-    cli_config_args(db)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from .engine import Engine
-
-    engine = Engine(a.model, device=a.device, dtype=a.dtype, data_dir=a.data_dir)
-    try:
-        recipe, cfg = dreambooth.from_cli(engine, a, config_from_args(a))
-        result = consume(dreambooth.train_dreambooth(engine, recipe, cfg, owner=a.owner))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (Cancelled, KeyboardInterrupt):
-        print("stopped; the last checkpoint is kept (run again to resume)", file=sys.stderr)
-        return 130
-    info = result.info if result else {}
-    print(json.dumps({k: info[k] for k in ("adapter_id", "adapter_name", "loss_before", "loss_after",
-                                           "trainable_params", "seconds", "processes", "weights_digest")
-                      if k in info}))
-    if a.export and info.get("adapter_id") is not None:  # the main process (the one that saved)
-        path = library.get_store(engine).export(info["adapter_id"], a.owner, fmt="kohya",
-                                                dest_dir=Path(a.export).parent)
-        target = Path(a.export)
-        os.replace(path, target)
-        print(f"exported (kohya) to {target}")
-    return 0
-
-
-if __name__ == "__main__":
-    # run the imported module's main, so that its event classes are the ones the recipes use
-    from core.train import main as _main
+if __name__ == "__main__":  # `python -m core.train ...`: the CLI lives in core/train_cli.py
+    from core.train_cli import main as _main
 
     sys.exit(_main())

@@ -147,6 +147,16 @@ def files(value: Any, field: str, limit: int) -> list[str]:
     return out
 
 
+def prompt_list(prompts: Iterable[str], limit: int = 8) -> list[str]:
+    """The non-blank prompts of a batch, stripped: at least one, at most `limit`."""
+    prompts = [p.strip() for p in prompts if p and p.strip()]
+    if not prompts:
+        raise UserError("Write at least one prompt.")
+    if len(prompts) > limit:
+        raise UserError(f"{len(prompts)} prompts given; at most {limit} at a time.")
+    return prompts
+
+
 def clip_log(value: Any, limit: int = 120) -> str:
     """Text for a log line: one line, at most `limit` characters, with the full length noted."""
     s = value if isinstance(value, str) else repr(type(value))

@@ -644,7 +644,7 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
                 preset: str | VectorFusionSettings | None = None, k: int | None = None,
                 sample_steps: int | None = None, sample_guidance: float | None = None,
                 live_steps: int | None = None, live_size: int | None = None, metrics=None,
-                data_dir=None, owner: str = "local", job_owner: str | None = None):
+                data_dir=None, owner: str = "local", stop_key: str | None = None):
     """VectorFusion as an engine job: a generator of events ending in a Result whose info has
     'svg', 'clip_scores' (baseline), 'losses', 'preset'; `files` = [svg path, png path].
 
@@ -713,12 +713,12 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
                     files=files.paths)
         return Result(images=[img], info=info, files=files.paths)
 
-    return engine.run(work, owner=job_owner or owner, kind="vectorfusion")
+    return engine.run(work, stop_key=stop_key or owner, kind="vectorfusion")
 
 
 def image_to_svg(engine, image, *, num_paths: int = 16, init: str = "live", steps: int | None = None,
                  size: int = 128, seed: int = 0, data_dir=None, owner: str = "local",
-                 job_owner: str | None = None, name: str = "vectorized", preview_every: int = 10):
+                 stop_key: str | None = None, name: str = "vectorized", preview_every: int = 10):
     """Image-to-SVG (LIVE, or vtracer + refinement) as a job; streams SvgProgress, then a Result."""
     from .vector.vectorize import INITS as VEC_INITS, vectorize
 
@@ -744,12 +744,12 @@ def image_to_svg(engine, image, *, num_paths: int = 16, init: str = "live", step
                                  metrics=ev.metrics, svg=ev.svg, files=files.paths))
         raise RuntimeError("the vectorizer ended without a result")
 
-    return engine.run(work, owner=job_owner or owner, kind="vectorize", needs_model=False)
+    return engine.run(work, stop_key=stop_key or owner, kind="vectorize", needs_model=False)
 
 
 def icon_set(engine, prompts: Sequence[str], *, num_paths: int = 16, live_steps: int = 300,
              live_size: int = 128, seed: int = 0, steps: int = 30, guidance: float = 5.0,
-             metrics=None, data_dir=None, owner: str = "local", job_owner: str | None = None):
+             metrics=None, data_dir=None, owner: str = "local", stop_key: str | None = None):
     """A consistent icon family: a Style-Aligned set of the prompts (with the VectorFusion
     suffix as the shared style), each image then vectorized with LIVE, in one job (so a Stop
     reaches it at any point). Streams the set's progress and its Result (info stage "set"),
@@ -783,4 +783,4 @@ def icon_set(engine, prompts: Sequence[str], *, num_paths: int = 16, live_steps:
                                          **{k: v for k, v in set_info.items() if k != "prompts"}},
                       files=paths)
 
-    return engine.run(work, owner=job_owner or owner, kind="icon_set")
+    return engine.run(work, stop_key=stop_key or owner, kind="icon_set")

@@ -1,12 +1,15 @@
-"""The app's tabs: widgets and event wiring only, no model math.
+"""The app's tabs: widgets and event wiring over core/, no model math.
 
-Each tab module defines
+Each tab module defines a `Tab` subclass (tabs.common.Tab) and
 
-    TITLE: str                      # the tab's label
-    def build(ctx: AppContext) -> None   # called inside `with gr.Tab(TITLE):`
+    TITLE: str                               # the tab's label
+    build = XTab.mount                       # called inside `with gr.Tab(TITLE):`
 
-and is listed in TAB_MODULES once it works. `ctx` (tabs.common.AppContext) carries the
-engine, the data folder and the parsed command-line flags.
+The class's handlers are plain methods with named parameters that validate their inputs
+(core.validate) and hand long jobs to core (engine.run); `build()` only lays out widgets and
+wires events to them. Tests build the class on a tiny engine and call the handlers directly
+(tests/tabkit.py); a few client and browser tests check the wiring. `ctx`
+(tabs.common.AppContext) carries the engine, the data folder and the parsed command-line flags.
 """
 
 TAB_MODULES = [

@@ -53,6 +53,7 @@ class AppContext:
     metrics: Any = None  # core.metrics.Metrics
     visitor: Any = None  # gr.BrowserState holding this browser's visitor token (shared instances)
     token_throttle: Throttle = field(default_factory=lambda: Throttle(VISITOR_TOKENS_PER_HOUR, 3600.0))
+    tabs: dict = field(default_factory=dict)  # module name -> its Tab (the handlers), once built
 
     @property
     def shared(self) -> bool:
@@ -113,6 +114,114 @@ class AppContext:
         return library.get_store(self.engine).owner_exists(owner)
 
 
+class Tab:
+    """One tab of the app, the pattern every tab follows:
+
+    - handlers are plain methods with named parameters, each validating its inputs at the top
+      (core.validate) and taking `visitor` (the browser's visitor token) and `request` last;
+      tests call them directly on a tab built with `Tab(ctx)`, no server needed;
+    - `build()` only lays out widgets and wires events to the handlers (`wire_stop`,
+      `on_page_load`, `self.visitor` do the plumbing every tab shares);
+    - long jobs go through `engine.run` in core (GPU slot, Stop, limits) and are rendered with
+      `job_updates` / `stream_training`.
+
+    `title` is the tab's label; `api_prefix` names its endpoints and Stop."""
+
+    title: str = ""
+    api_prefix: str = ""
+
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+
+    @property
+    def engine(self):
+        return self.ctx.engine
+
+    def caller(self, request: gr.Request | None, visitor: Any = None) -> Caller:
+        """Who is asking (owner) and the key this page's Stop reaches its jobs by."""
+        return self.ctx.caller(request, visitor)
+
+    @property
+    def visitor(self):
+        """The input that carries the browser's visitor token (a per-page placeholder where the
+        app has none, as in tests that build one tab alone)."""
+        if getattr(self, "_visitor", None) is None:
+            self._visitor = self.ctx.visitor if self.ctx.visitor is not None else gr.State(None)
+        return self._visitor
+
+    def stop(self, request: gr.Request = None) -> None:
+        """Stop this page's running job of any tab: it stops within one step and its own last
+        update says what was kept (a reply from here could overwrite that line, so none)."""
+        self.engine.cancel(session_key(request))
+
+    def wire_stop(self, button, api_name: str | None = None) -> None:
+        button.click(self.stop, None, None, queue=False, api_name=api_name or f"{self.api_prefix}_stop")
+
+    def on_page_load(self, fn: Callable, inputs, outputs) -> None:
+        """Run `fn` when a page opens (e.g. to list the visitor's own entries)."""
+        root = getattr(gr.context.Context, "root_block", None)
+        if root is not None and hasattr(root, "load"):
+            root.load(fn, inputs, outputs, queue=False, api_visibility="private")
+
+    def build(self) -> None:  # pragma: no cover - every tab defines it
+        raise NotImplementedError
+
+    @classmethod
+    def mount(cls, ctx: AppContext) -> "Tab":
+        """The tab's handlers bound to `ctx`, with its widgets laid out in the current Blocks
+        context (a tab module's `build`)."""
+        tab = cls(ctx)
+        tab.build()
+        return tab
+
+
+@dataclass
+class JobUpdate:
+    """One step of a job as a tab shows it: the status text so far (notes kept, then the latest
+    progress line), the core event that caused it (None after a Stop) and whether the job was
+    stopped."""
+
+    status: str
+    event: Any = None
+    stopped: bool = False
+
+
+def job_updates(events, *, stopped: str | Callable[[], str], done: str | Callable[[Any], str] = "**Done.**",
+                line: Callable[[Any], str | None] | None = None,
+                progress: Callable[[Any], str] | None = None):
+    """Turn a job's core events into `JobUpdate`s: Notices are kept above the latest progress
+    line, a Result closes with `done`, and a Stop (or the time limit) ends with `stopped` (and
+    the reason), as the job's own last update so no progress line can overwrite it. `line(event)`
+    may give the status line of a method's own events (None: keep the last one).
+
+    `done` may be a function of the Result (the line of an intermediate stage's Result, or a
+    closing line that says what was made), `stopped` a function called at the Stop (what was
+    kept depends on how far the job got), `progress(event)` the line of a Progress (default
+    `status_text`)."""
+    from core.events import Notice, Progress, Result
+
+    notes: list[str] = []
+    last = ""
+    clock = JobClock()
+
+    def text(current: str) -> str:
+        return "\n\n".join(notes + [current] if current else notes)
+
+    try:
+        for ev in events:
+            if isinstance(ev, Notice):
+                notes.append(ev.message)
+            elif isinstance(ev, Result):
+                last = done(ev) if callable(done) else done
+            elif isinstance(ev, Progress):
+                last = progress(ev) if progress else status_text(ev, clock if ev.total else None)
+            elif line is not None:
+                last = line(ev) or last
+            yield JobUpdate(text(last), ev)
+    except Cancelled as exc:
+        yield JobUpdate(text(stopped_text(exc, stopped() if callable(stopped) else stopped)), None, stopped=True)
+
+
 def visitor_handlers(ctx: AppContext) -> tuple[Callable, Callable]:
     """(page-load hook that gives the page its visitor token, the `/visitor` endpoint)."""
     def assign_visitor(current: Any, request: gr.Request, profile: gr.OAuthProfile | None) -> str | None:
@@ -151,17 +260,57 @@ def client_address(request: gr.Request | None, proxy_hops: int = 0) -> str | Non
     return str(host)[:64] if host else None
 
 
-def status_text(event) -> str:
-    """One status line for a core event (Progress / Notice / Result)."""
+def status_text(event, clock: "JobClock | None" = None) -> str:
+    """One status line for a core event (Progress / Notice / Result); with a `clock`, a progress
+    line also says how long the job has run and, from the pace so far, how long is left."""
     from core.events import Notice, Progress
 
     if isinstance(event, Progress):
-        if event.total:
-            return f"**{event.message or 'Working'}** ({100 * event.fraction:.0f}%)"
-        return f"**{event.message or 'Working'}**"
+        text = f"**{event.message or 'Working'}**"
+        if event.total and not _COUNTED.search(event.message or ""):  # "3/8" says it already
+            text += f" ({100 * event.fraction:.0f}%)"
+        return f"{text} · {clock.tick(event)}" if clock is not None else text
     if isinstance(event, Notice):
         return f"Note: {event.message}"
     return "**Done.**"
+
+
+_COUNTED = re.compile(r"\b\d+\s*/\s*\d+\b")
+
+
+def duration_text(seconds: float) -> str:
+    """"8 s", "2 min 05 s", "1 h 04 min"."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class JobClock:
+    """A job's elapsed time, and the time left in its current phase from the pace so far.
+
+    A phase is a run of progress events with the same message (numbers aside) and total; its
+    pace is measured from its first event, so a slow start (loading, a first compiled step)
+    counts once and the estimate settles as the phase goes on."""
+
+    def __init__(self, now: Callable[[], float] = time.monotonic):
+        self._now = now
+        self.start = now()
+        self._phase: tuple | None = None  # (key, first step, its time)
+
+    def tick(self, event) -> str:
+        now = self._now()
+        key = (re.sub(r"\d+", "#", event.message or ""), event.total)
+        if self._phase is None or self._phase[0] != key or event.step < self._phase[1]:
+            self._phase = (key, event.step, now)
+        _, step0, t0 = self._phase
+        text = f"{duration_text(now - self.start)} elapsed"
+        if event.total and step0 < event.step < event.total:
+            left = (now - t0) / (event.step - step0) * (event.total - event.step)
+            text += f" · about {duration_text(left)} left"
+        return text
 
 
 OOM_ADVICE = ("The device ran out of memory. Try a smaller image size, fewer images per "
@@ -218,7 +367,7 @@ def user_errors(fn: Callable) -> Callable:
                 yield from fn(*args, **kwargs)
             except GeneratorExit:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - everything is reported
+            except BaseException as exc:  # everything is reported, as a gr.Error
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 raise _translate(exc, where) from exc
@@ -228,7 +377,7 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             raise _translate(exc, where) from exc
@@ -316,11 +465,12 @@ def stream_training(events, *, plot: Callable[[list[dict]], Any],
     notes: list[str] = []
     shown: list[tuple] = []
     last_plot, line = 0.0, "**Starting**"
+    clock = JobClock()
     try:
         for ev in events:
             if isinstance(ev, TrainStep):
                 history.append(row(ev, history))
-                line = f"**{ev.message}** · lr {ev.lr:.1e} · {ev.seconds:.2f} s/step"
+                line = f"**{ev.message}** · lr {ev.lr:.1e} · {ev.seconds:.2f} s/step · {clock.tick(ev)}"
                 now = time.monotonic()
                 if now - last_plot >= PLOT_EVERY_S or ev.step == ev.total:
                     last_plot = now
@@ -334,7 +484,8 @@ def stream_training(events, *, plot: Callable[[list[dict]], Any],
                 notes.append(ev.message)
                 yield "\n\n".join(notes + [line]), gr.skip(), gr.skip(), gr.skip()
             elif isinstance(ev, Progress):
-                yield "\n\n".join(notes + [status_text(ev)]), gr.skip(), gr.skip(), gr.skip()
+                status = "\n\n".join(notes + [status_text(ev, clock if ev.total else None)])
+                yield status, gr.skip(), gr.skip(), gr.skip()
             elif isinstance(ev, Result):
                 message, info = finish(ev)
                 yield "\n\n".join(notes + [message]), plot(history), shown[:24], info
@@ -410,3 +561,24 @@ def md_text(value: Any, limit: int = 200) -> str:
     if len(s) > limit:
         s = s[: limit - 1] + "…"
     return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+# ------------------------------------------------------------------ a newcomer's view
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
+
+
+def example(name: str) -> str:
+    """The path of one of our own example images (assets/examples, drawn by its make.py)."""
+    path = EXAMPLES_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"assets/examples/{name} is missing: run python assets/examples/make.py")
+    return str(path)
+
+
+def about(summary: str, details: str) -> None:
+    """A tab's one-line summary in plain words, with the method's details (the paper's terms,
+    formulas, deviations) behind an "About this method" accordion."""
+    gr.Markdown(summary)
+    with gr.Accordion("About this method", open=False):
+        gr.Markdown(details)

@@ -4,18 +4,35 @@ from __future__ import annotations
 import gradio as gr
 
 from core import validate as v
-from core.errors import Cancelled
-from core.events import Notice, Progress, Result
+from core.events import Progress, Result
 from core.images import load_image
 from core.style_aligned import MAX_SET, SharingOptions, style_aligned_set
 
-from .common import GPU, AppContext, gpu, session_key, status_text, stopped_text, user_errors
+from .common import GPU, Tab, about, example, gpu, job_updates, user_errors
 from .widgets import Number, Slider
 
 TITLE = "Style-Aligned Set"
 
 EXAMPLE_PROMPTS = "A guitar\nA hot air balloon\nA sailboat\nA mountain"
 EXAMPLE_STYLE = "in minimal flat design illustration"
+
+# (prompts, style text, reference image or None, its description): one click fills the form
+EXAMPLES = [
+    (EXAMPLE_PROMPTS, EXAMPLE_STYLE, None, ""),
+    ("A fox\nA lighthouse\nA teapot\nA bicycle", "in a woodblock print of blue waves", None, ""),
+    ("A robot\nA castle\nAn owl", "in the style of the reference", "style-mosaic.png",
+     "a stained-glass mosaic of warm tiles, in mosaic style"),
+]
+
+SUMMARY = ("**Make a set of images in one shared style.** Write one prompt per line and a style; "
+           "every image borrows the look of the first one (or of a reference image you upload).")
+ABOUT = ("Style-Aligned (Hertz et al., CVPR 2024): during denoising, every image's self-attention "
+         "also attends to the reference image's keys and values, with AdaIN aligning each image's "
+         "queries and keys to the reference's statistics. No training. With a reference image, it is "
+         "first inverted with DDIM so that its denoising path can be shared. The scores below the set: "
+         "CLIP text score per image (does it show its prompt?) and the mean pairwise DINO similarity "
+         "(is the style consistent?). Advanced settings follow the paper's ablations: sharing on values "
+         "too, shared group norm, full sharing (the leakage baseline), the shared-score shift.")
 
 
 def _metrics_markdown(info: dict, note: str) -> str:
@@ -33,116 +50,127 @@ def _metrics_markdown(info: dict, note: str) -> str:
     return "\n".join(lines)
 
 
-def build(ctx: AppContext) -> None:
-    engine = ctx.engine
-    res = engine.resolution
-    gr.Markdown("A set of images that share one style: every image attends to the first one "
-                "(the reference) with AdaIN on queries and keys. One prompt per line; the first "
-                "prompt's image is the reference, or upload a reference image below.")
-    with gr.Row():
-        with gr.Column(scale=1):
-            prompts = gr.Textbox(label=f"Prompts, one per line (at most {MAX_SET})", lines=5,
-                                 value=EXAMPLE_PROMPTS, elem_id="sa-prompts")
-            style = gr.Textbox(label="Style text appended to every prompt", value=EXAMPLE_STYLE,
-                               elem_id="sa-style")
-            with gr.Row():
-                seed = Number(label="Seed", value=0, precision=0, minimum=0)
-                steps = Slider(1, 100, value=4 if engine.offline else 50, step=1, label="Steps",
-                                  elem_id="sa-steps")
-                guidance = Slider(0, 20, value=5.0, step=0.5, label="Guidance (1 or less: off)")
-            with gr.Row():
-                width = Slider(64 if engine.offline else 512, 256 if engine.offline else 2048,
-                                  value=res, step=8 if engine.offline else 64, label="Width")
-                height = Slider(64 if engine.offline else 512, 256 if engine.offline else 2048,
-                                   value=res, step=8 if engine.offline else 64, label="Height")
-            negative = gr.Textbox(label="Negative prompt", value="")
-            with gr.Accordion("Reference image (optional)", open=False):
-                ref_file = gr.File(label="Upload an image to follow its style", file_types=["image"],
-                                   type="filepath", elem_id="sa-ref")
-                ref_view = gr.Image(label="Reference as used", interactive=False, height=160)
-                ref_prompt = gr.Textbox(label="Describe the reference (content and style)",
-                                        placeholder="a painting of a house, in impressionist style")
-            with gr.Accordion("Advanced", open=False):
-                d = SharingOptions()
-                adain_q = gr.Checkbox(value=d.adain_queries, label="AdaIN on queries")
-                adain_k = gr.Checkbox(value=d.adain_keys, label="AdaIN on keys")
-                adain_v = gr.Checkbox(value=d.adain_values, label="AdaIN on values")
-                share_gn = gr.Checkbox(value=d.share_group_norm,
-                                       label="Shared group norm (statistics pooled with the reference)")
-                full_share = gr.Checkbox(value=d.full_attention_share,
-                                         label="Full attention sharing (every image with every other: "
-                                               "the paper's leakage baseline)")
-                shift = Slider(0, 2, value=d.shared_score_shift, step=0.01,
-                                  label="Shared-score shift (log 2 = 0.69 doubles the reference's weight)")
-                scale = Slider(0.1, 2, value=d.shared_score_scale, step=0.05,
-                                  label="Scale on the reference keys")
-                fraction = Slider(0, 1, value=d.share_fraction, step=0.05,
-                                     label="Fraction of self-attention layers that share")
-            with gr.Row():
-                run = gr.Button("Generate set", variant="primary", elem_id="sa-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id="sa-stop")
-        with gr.Column(scale=1):
-            status = gr.Markdown("", elem_id="sa-status")
-            gallery = gr.Gallery(label="Set", columns=4, height="auto", elem_id="sa-gallery")
-            metrics_md = gr.Markdown("", elem_id="sa-metrics")
-            metrics_json = gr.JSON(label="Metrics", visible=False)
+class StyleAlignedTab(Tab):
+    title = TITLE
+    api_prefix = "style_aligned"
 
+    # ------------------------------------------------------------------ handlers
     @user_errors
-    def show_reference(path):
+    def show_reference(self, path):
+        """The uploaded reference as it will be used (a clear error for what is not an image)."""
         paths = v.files(path, "Reference image", 1)
         return load_image(paths[0], what="reference image", max_side=1024) if paths else None
 
+    @staticmethod
+    def sharing_options(adain_queries, adain_keys, adain_values, share_group_norm, full_attention_share,
+                        shared_score_shift, shared_score_scale, share_fraction) -> SharingOptions:
+        return SharingOptions(
+            adain_queries=v.flag(adain_queries, "AdaIN on queries"),
+            adain_keys=v.flag(adain_keys, "AdaIN on keys"),
+            adain_values=v.flag(adain_values, "AdaIN on values"),
+            share_group_norm=v.flag(share_group_norm, "Shared group norm"),
+            full_attention_share=v.flag(full_attention_share, "Full attention sharing"),
+            shared_score_shift=v.real(shared_score_shift, "Shared-score shift", 0, 2),
+            shared_score_scale=v.real(shared_score_scale, "Scale on the reference keys", 0.1, 2),
+            share_fraction=v.real(share_fraction, "Fraction of self-attention layers that share", 0, 1))
+
     @user_errors
     @gpu(duration=120)
-    def generate(prompt_text, style_text, seed_v, steps_v, guidance_v, w, h, neg, ref_path, ref_text,
-                 aq, ak, av, gn, full, shift_v, scale_v, frac, request: gr.Request):
-        seed_n = v.seed(seed_v)
-        steps_n = v.whole(steps_v, "Steps", 1, 100)
-        guidance_f = v.real(guidance_v, "Guidance", 0, 20)
-        w, h = v.whole(w, "Width", 8, 4096), v.whole(h, "Height", 8, 4096)
-        options = SharingOptions(adain_queries=v.flag(aq, "AdaIN on queries"), adain_keys=v.flag(ak, "AdaIN on keys"),
-                                 adain_values=v.flag(av, "AdaIN on values"),
-                                 share_group_norm=v.flag(gn, "Shared group norm"),
-                                 full_attention_share=v.flag(full, "Full attention sharing"),
-                                 shared_score_shift=v.real(shift_v, "Shared-score shift", 0, 2),
-                                 shared_score_scale=v.real(scale_v, "Scale on the reference keys", 0.1, 2),
-                                 share_fraction=v.real(frac, "Fraction of self-attention layers that share", 0, 1))
-        prompt_text = v.text(prompt_text, "Prompts", 10_000)
-        style_text = v.text(style_text, "Style text appended to every prompt", 1_000)
-        neg, ref_text = v.text(neg, "Negative prompt", 2_000), v.text(ref_text, "Describe the reference", 1_000)
-        ref_paths = v.files(ref_path, "Reference image", 1)
-        ref = load_image(ref_paths[0], what="reference image", max_side=2048) if ref_paths else None
+    def generate(self, prompts, style, seed, steps, guidance, width, height, negative, reference_file,
+                 reference_prompt, adain_queries, adain_keys, adain_values, share_group_norm,
+                 full_attention_share, shared_score_shift, shared_score_scale, share_fraction,
+                 request: gr.Request = None):
+        """The set, streamed: (gallery, status, metrics table, metrics)."""
+        seed_n = v.seed(seed)
+        steps_n = v.whole(steps, "Steps", 1, 100)
+        guidance_f = v.real(guidance, "Guidance", 0, 20)
+        width_n, height_n = v.whole(width, "Width", 8, 4096), v.whole(height, "Height", 8, 4096)
+        options = self.sharing_options(adain_queries, adain_keys, adain_values, share_group_norm,
+                                       full_attention_share, shared_score_shift, shared_score_scale,
+                                       share_fraction)
+        prompts = v.text(prompts, "Prompts", 10_000)
+        style = v.text(style, "Style text appended to every prompt", 1_000)
+        negative = v.text(negative, "Negative prompt", 2_000)
+        reference_prompt = v.text(reference_prompt, "Describe the reference", 1_000)
+        ref_paths = v.files(reference_file, "Reference image", 1)
+        reference = load_image(ref_paths[0], what="reference image", max_side=2048) if ref_paths else None
         events = style_aligned_set(
-            engine, prompt_text.splitlines(), style_text, options=options, seed=seed_n,
-            steps=steps_n, guidance=guidance_f, width=w, height=h,
-            negative_prompt=neg, reference_image=ref, reference_prompt=ref_text,
-            metrics=ctx.metrics, owner=ctx.caller(request).stop_key)  # Stop reaches this page's job
-        notes = []
-        try:
-            for event in events:
-                if isinstance(event, Notice):
-                    notes.append(event.message)
-                    yield gr.skip(), "\n\n".join(notes), gr.skip(), gr.skip()
-                elif isinstance(event, Progress):
-                    line = status_text(event)
-                    yield (event.preview if event.preview else gr.skip(),
-                           "\n\n".join(notes + [line]), gr.skip(), gr.skip())
-                elif isinstance(event, Result):
-                    info = {k: v for k, v in event.info.items()}
-                    yield (event.images, "\n\n".join(notes + ["**Done.**"]),
-                           _metrics_markdown(info, ctx.metrics.note if ctx.metrics else ""), info)
-        except Cancelled as exc:
-            # the job's own last word, so no progress line that was already on its way can
-            # overwrite it (a reply from the Stop handler could be)
-            yield (gr.skip(), "\n\n".join(notes + [stopped_text(exc, "**Stopped.** The set was not finished.")]),
-                   gr.skip(), gr.skip())
+            self.engine, prompts.splitlines(), style, options=options, seed=seed_n, steps=steps_n,
+            guidance=guidance_f, width=width_n, height=height_n, negative_prompt=negative,
+            reference_image=reference, reference_prompt=reference_prompt, metrics=self.ctx.metrics,
+            stop_key=self.caller(request).stop_key)
+        for u in job_updates(events, stopped="**Stopped.** The set was not finished."):
+            if isinstance(u.event, Result):
+                info = dict(u.event.info)
+                note = self.ctx.metrics.note if self.ctx.metrics else ""
+                yield u.event.images, u.status, _metrics_markdown(info, note), info
+            elif isinstance(u.event, Progress) and u.event.preview:
+                yield u.event.preview, u.status, "", None   # no scores of an earlier set under this one
+            else:
+                yield gr.skip(), u.status, "", None
 
-    ref_file.change(show_reference, ref_file, ref_view, api_visibility="private")
-    inputs = [prompts, style, seed, steps, guidance, width, height, negative, ref_file, ref_prompt,
-              adain_q, adain_k, adain_v, share_gn, full_share, shift, scale, fraction]
-    run.click(generate, inputs, [gallery, status, metrics_md, metrics_json], api_name="style_aligned", **GPU)
+    # ------------------------------------------------------------------ layout and wiring
+    def build(self) -> None:
+        offline = self.engine.offline
+        res = self.engine.resolution
+        about(SUMMARY, ABOUT)
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompts = gr.Textbox(label=f"Prompts, one per line (at most {MAX_SET})", lines=5,
+                                     value=EXAMPLE_PROMPTS, elem_id="sa-prompts")
+                style = gr.Textbox(label="Style text appended to every prompt", value=EXAMPLE_STYLE,
+                                   elem_id="sa-style")
+                with gr.Row():
+                    run = gr.Button("Generate set", variant="primary", elem_id="sa-generate")
+                    stop = gr.Button("Stop", variant="stop", elem_id="sa-stop")
+                with gr.Row():
+                    seed = Number(label="Seed", value=0, precision=0, minimum=0)
+                    steps = Slider(1, 100, value=4 if offline else 50, step=1, label="Steps", elem_id="sa-steps")
+                    guidance = Slider(0, 20, value=5.0, step=0.5, label="Guidance (1 or less: off)")
+                with gr.Row():
+                    lo, hi, step = (64, 256, 8) if offline else (512, 2048, 64)
+                    width = Slider(lo, hi, value=res, step=step, label="Width")
+                    height = Slider(lo, hi, value=res, step=step, label="Height")
+                negative = gr.Textbox(label="Negative prompt", value="")
+                with gr.Accordion("Reference image (optional)", open=False):
+                    ref_file = gr.File(label="Upload an image to follow its style", file_types=["image"],
+                                       type="filepath", elem_id="sa-ref")
+                    ref_view = gr.Image(label="Reference as used", interactive=False, height=200)
+                    ref_prompt = gr.Textbox(label="Describe the reference (content and style)",
+                                            placeholder="a painting of a house, in impressionist style")
+                with gr.Accordion("Advanced", open=False):
+                    sharing = self._sharing_widgets()
+            with gr.Column(scale=1):
+                status = gr.Markdown("", elem_id="sa-status")
+                gallery = gr.Gallery(label="Set", columns=4, height="auto", elem_id="sa-gallery")
+                metrics_md = gr.Markdown("", elem_id="sa-metrics")
+                metrics_json = gr.JSON(label="Metrics", visible=False)
 
-    def cancel(request: gr.Request):
-        engine.cancel(session_key(request))  # the running job stops within one step and says so
+        with gr.Row():
+            gr.Examples([[p, st, example(ref) if ref else None, rp] for p, st, ref, rp in EXAMPLES],
+                        [prompts, style, ref_file, ref_prompt], label="Examples: click one, then Generate set",
+                        examples_per_page=len(EXAMPLES))
+        ref_file.change(self.show_reference, ref_file, ref_view, api_visibility="private")
+        inputs = [prompts, style, seed, steps, guidance, width, height, negative, ref_file, ref_prompt, *sharing]
+        run.click(self.generate, inputs, [gallery, status, metrics_md, metrics_json], api_name="style_aligned", **GPU)
+        self.wire_stop(stop)
 
-    stop.click(cancel, None, None, queue=False, api_name="style_aligned_stop")
+    @staticmethod
+    def _sharing_widgets() -> list:
+        """The shared-attention settings, in `sharing_options`' order."""
+        d = SharingOptions()
+        return [
+            gr.Checkbox(value=d.adain_queries, label="AdaIN on queries"),
+            gr.Checkbox(value=d.adain_keys, label="AdaIN on keys"),
+            gr.Checkbox(value=d.adain_values, label="AdaIN on values"),
+            gr.Checkbox(value=d.share_group_norm, label="Shared group norm (statistics pooled with the reference)"),
+            gr.Checkbox(value=d.full_attention_share,
+                        label="Full attention sharing (every image with every other: the paper's leakage baseline)"),
+            Slider(0, 2, value=d.shared_score_shift, step=0.01,
+                   label="Shared-score shift (log 2 = 0.69 doubles the reference's weight)"),
+            Slider(0.1, 2, value=d.shared_score_scale, step=0.05, label="Scale on the reference keys"),
+            Slider(0, 1, value=d.share_fraction, step=0.05, label="Fraction of self-attention layers that share"),
+        ]
+
+
+build = StyleAlignedTab.mount  # the tab module's entry point (tabs/__init__.py)

@@ -42,7 +42,8 @@ def unet_inputs(engine, prompt: str, seed: int = 0, t: int = 500) -> tuple:
     pipe = engine.pipe
     with torch.no_grad():
         if engine.xl:
-            emb, _, pooled, _ = pipe.encode_prompt(prompt=prompt, device=engine.device, do_classifier_free_guidance=False)
+            emb, _, pooled, _ = pipe.encode_prompt(prompt=prompt, device=engine.device,
+                                                   do_classifier_free_guidance=False)
             r = engine.resolution
             kw = {"encoder_hidden_states": emb, "added_cond_kwargs": {
                 "text_embeds": pooled, "time_ids": torch.tensor([[r, r, 0, 0, r, r]], dtype=emb.dtype)}}

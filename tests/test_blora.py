@@ -13,8 +13,8 @@ from PIL import Image
 from core import blora, library
 from core.engine import Engine
 from core.errors import Cancelled, UserError
-from core.events import Notice, Progress, Result
-from core.train import Checkpointed, TrainConfig, TrainStep
+from core.events import Checkpointed, Notice, Progress, Result, TrainStep
+from core.train import TrainSettings
 
 QUICK = dict(steps=8, learning_rate=1e-2, sample_steps=2)
 # the paper's blocks, written out (not read from core.blora: a swap of its constants must fail here)
@@ -83,7 +83,7 @@ def trained(engine):
     def hook(step):
         trainable.append({n for n, p in unet.named_parameters() if p.requires_grad})
 
-    result, events = final(blora.train_blora(engine, [picture(0), picture(1)], TrainConfig(**QUICK), rank=4,
+    result, events = final(blora.train_blora(engine, [picture(0), picture(1)], TrainSettings(**QUICK), rank=4,
                                              sample_prompts=["A [v] thing"], step_hook=hook))
     return dict(result=result, events=events, before=before, others=others, trainable=trainable,
                 ids=[a["adapter_id"] for a in result.info["adapters"]])
@@ -134,7 +134,7 @@ def test_training_lowers_the_loss(engine):
     """40 steps at lr 3e-3 (rank 8) on one picture: the eval loss on fixed draws falls to at
     most 0.92 of its start. Measured, seeds 0-4: 0.893-0.900 (the fall is the same ~10% whichever
     seed draws the steps); with LoRA on to_q alone 0.998, with the learning rate 100x smaller ~1."""
-    cfg = TrainConfig(steps=40, learning_rate=3e-3, seed=0)
+    cfg = TrainSettings(steps=40, learning_rate=3e-3, seed=0)
     result, events = final(blora.train_blora(engine, [picture(0)], cfg, rank=8, sample_prompts=[]))
     info = result.info["adapters"][0]
     losses = [e.loss for e in events if isinstance(e, TrainStep)]
@@ -150,7 +150,7 @@ def test_training_lowers_the_loss(engine):
 def test_stop_keeps_the_last_checkpoint_and_a_rerun_resumes(engine, tmp_path):
     unet = engine.pipe.unet
     state = unet_state(unet)
-    cfg = TrainConfig(steps=12, learning_rate=1e-3, checkpoint_every=4, seed=0)
+    cfg = TrainSettings(steps=12, learning_rate=1e-3, checkpoint_every=4, seed=0)
 
     def stop_at(step):
         if step == 6:
@@ -175,7 +175,7 @@ def test_stop_keeps_the_last_checkpoint_and_a_rerun_resumes(engine, tmp_path):
 
 def test_sd15_is_refused(tiny_sd_engine):
     with pytest.raises(UserError, match="needs an SDXL model"):
-        list(blora.train_blora(tiny_sd_engine, [picture(0)], TrainConfig(steps=2)))
+        list(blora.train_blora(tiny_sd_engine, [picture(0)], TrainSettings(steps=2)))
 
 
 # --------------------------------------------------------------------------- loading by block
@@ -218,9 +218,11 @@ def test_a_half_cannot_land_in_the_other_block(engine, trained):
     store = library.get_store(engine)
     sd, configs = store.load_adapter(a, "local")
     # a file whose "content" part names the style block's keys (and vice versa)
-    swapped = store.save_adapter(owner="local", name="swapped", method="b-lora", base_model=library.base_model_id(engine),
+    swapped = store.save_adapter(owner="local", name="swapped", method="b-lora",
+                                 base_model=library.base_model_id(engine),
                                  state_dict=sd, configs=configs, trigger_words="[x]",
-                                 parts={"content": [f"unet.{blora.STYLE_BLOCK}"], "style": [f"unet.{blora.CONTENT_BLOCK}"]})
+                                 parts={"content": [f"unet.{blora.STYLE_BLOCK}"],
+                                        "style": [f"unet.{blora.CONTENT_BLOCK}"]})
     with pytest.raises(UserError, match="outside the content block"):
         blora.half_state_dict(engine, swapped.id, "content", "local")
     # style-only weights: there is no content half to load
@@ -250,7 +252,7 @@ def test_halves_compute_what_their_blocks_merged_by_hand_compute(engine, trained
     from the stored files; every wrong pairing (a half from the other image, the blocks swapped,
     the weight squared) is far outside the tolerance. The image is the merged model's too; no
     halves, or both weights 0, is the base model bit for bit."""
-    from .lora_oracle import merged_pipe, pixels as stack, predict, unet_inputs
+    from .lora_oracle import merged_pipe, predict, unet_inputs
 
     a, b = trained["ids"]
     store = library.get_store(engine)
@@ -411,7 +413,7 @@ def test_the_shared_unet_is_left_exactly_as_it_was(engine, trained, resident):
     assert np.array_equal(plain(engine), base)
     stopped = []
     with pytest.raises(Cancelled):  # Stop in the middle of denoising
-        for ev in blora.generate(engine, owner="canceller", steps=20, **halves):
+        for ev in blora.generate(engine, stop_key="canceller", steps=20, **halves):
             if isinstance(ev, Progress) and ev.step >= 2 and not stopped:
                 stopped.append(engine.cancel("canceller"))
     assert stopped == [1]
@@ -445,3 +447,49 @@ def test_the_four_uses_take_the_right_halves(engine, trained):
         blora.plan(engine, "Teleport", c, s, None, "local")
     img, r = gen(engine, use="Consistent style", content=c, style=s, steps=2)
     assert img.shape[0] == 4 and [h["part"] for h in r.info["halves"]] == ["style"]
+
+
+# --------------------------------------------------------------------------- what the tab reads
+
+def test_library_entries_carry_labels_and_thumbnails(engine, trained):
+    listed = blora.library_entries(engine, owner="local")
+    by_id = {int(e.id): e for e in listed}
+    assert set(trained["ids"]) <= set(by_id)
+    assert [e.id for e in listed] == [str(a.id) for a in blora.entries(engine, "local")]      # newest first
+    for aid, picture_kind in zip(trained["ids"], (0, 1)):
+        e = by_id[aid]
+        a = library.get_store(engine).get_adapter(aid, "local")
+        assert e.label == f"#{aid} {a.name} {a.trigger_words}" or e.label == f"#{aid} {a.name}"
+        # the thumbnail is the training picture (the first sample), read back from the library
+        expected = np.asarray(picture(picture_kind).resize(e.thumbnail.size), np.float32)
+        assert np.abs(np.asarray(e.thumbnail, np.float32) - expected).mean() < 12
+    small = blora.library_entries(engine, owner="local", max_side=16)
+    assert all(max(e.thumbnail.size) <= 16 for e in small)
+    assert blora.library_entries(engine, owner="nobody") == []
+
+
+def test_a_missing_thumbnail_file_is_no_thumbnail(engine, trained, tmp_path):
+    from types import SimpleNamespace
+
+    gone = SimpleNamespace(samples=[SimpleNamespace(file=SimpleNamespace(path=tmp_path / "gone.png"))])
+    assert blora.thumbnail_image(gone) is None
+    assert blora.thumbnail_image(SimpleNamespace(samples=[])) is None
+
+
+def test_the_training_result_reads_back_typed(trained):
+    run = blora.BLoRATraining.from_result(trained["result"])
+    assert [a.adapter_id for a in run.adapters] == trained["ids"]
+    assert all(a.parts == {"content": 32, "style": 32} and a.trainable_params > 0 for a in run.adapters)
+    assert run.as_info()["adapters"] == trained["result"].info["adapters"]
+    assert blora.BLoRATraining.from_info(None).adapters == () and blora.BLoRATraining.from_info("x").adapters == ()
+
+
+def test_train_config_and_presets_plan_the_run(engine):
+    cfg = blora.train_config(engine, steps=7, learning_rate=2e-3, seed=3, sample_every=2, checkpoint_every=4)
+    assert (cfg.steps, cfg.learning_rate, cfg.lr_scheduler, cfg.batch_size, cfg.seed) == (7, 2e-3, "constant", 1, 3)
+    assert (cfg.sample_every, cfg.checkpoint_every, cfg.sample_steps) == (2, 4, 3)    # tiny: 3 sampling steps
+    assert blora.preset_settings("Paper (SDXL, 1000 steps)", engine)["steps"] == 1000
+    assert blora.preset_settings("nonsense", engine) == blora.PRESETS["Quick test (tiny models)"]
+    settings = blora.preset_settings("Paper (SDXL, 1000 steps)", engine)
+    settings["steps"] = 1
+    assert blora.PRESETS["Paper (SDXL, 1000 steps)"]["steps"] == 1000                 # a copy

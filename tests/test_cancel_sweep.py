@@ -37,7 +37,7 @@ from core.errors import Cancelled
 from core.events import Result
 from core.metrics import Metrics
 from core.style_aligned import SharingOptions, style_aligned_set
-from core.train import TrainConfig, train
+from core.train import TrainSettings, train
 
 from .test_blora import picture
 from .test_styledrop import last
@@ -53,10 +53,10 @@ TAIL = {"dreambooth training": 3, "b-lora training": 3, "vectorize": 0}
 KNOWN_BUGS: dict = {}  # (kind, point) -> reason, marked strict xfail
 
 
-def quick() -> TrainConfig:
+def quick() -> TrainSettings:
     """Three steps with gradient checkpointing, samples and a checkpoint on the way; never resumes
     a stopped run."""
-    return TrainConfig(steps=3, learning_rate=1e-3, gradient_checkpointing=True, sample_every=2, sample_steps=2,
+    return TrainSettings(steps=3, learning_rate=1e-3, gradient_checkpointing=True, sample_every=2, sample_steps=2,
                        checkpoint_every=2, resume=False)
 
 
@@ -92,7 +92,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def made(engine, tmp_path_factory):
     """What the generation jobs use: a B-LoRA, a DreamBooth adapter, a StyleDrop round, the
     tiny scoring models and a folder for SVG runs."""
-    cfg = TrainConfig(steps=2, learning_rate=1e-3, sample_steps=2, resume=False)
+    cfg = TrainSettings(steps=2, learning_rate=1e-3, sample_steps=2, resume=False)
     b = last(blora.train_blora(engine, [picture(0)], cfg, rank=4, sample_prompts=[]))
     recipe = db.make_recipe(engine, [picture(1)], identifier="sks", class_noun="dog", prior=False,
                             sample_prompts=[])
@@ -121,24 +121,24 @@ def styledrop_round(engine, owner, m):
 
 # every kind of engine job: (engine, owner that Stop cancels by, what `made` made) -> its events
 JOBS: dict[str, Callable[[Engine, str, Any], Iterator]] = {
-    "generate": lambda e, owner, m: e.generate(["a lighthouse"], seed=1, steps=4, owner=owner),
+    "generate": lambda e, owner, m: e.generate(["a lighthouse"], seed=1, steps=4, stop_key=owner),
     "style-aligned set": lambda e, owner, m: style_aligned_set(e, ["a cat", "a dog"], "flat", steps=4,
-                                                               owner=owner),
+                                                               stop_key=owner),
     "style-aligned set, image reference": lambda e, owner, m: style_aligned_set(
         e, ["a cat"], "flat", steps=3, reference_image=picture(0), reference_prompt="a square",
-        options=SharingOptions(share_group_norm=True), metrics=m.metrics, owner=owner),
+        options=SharingOptions(share_group_norm=True), metrics=m.metrics, stop_key=owner),
     "dreambooth training": dreambooth_job,
-    "library generation": lambda e, owner, m: library.generate(e, ["a sks dog"], {m.dreambooth: 1.0}, viewer="local",
-                                                               owner=owner, steps=4),
-    "language drift": lambda e, owner, m: db.language_drift(e, m.dreambooth, viewer="local", metrics=m.metrics,
-                                                            seeds=(0, 1), steps=2, owner=owner),
+    "library generation": lambda e, owner, m: library.generate(e, ["a sks dog"], {m.dreambooth: 1.0}, owner="local",
+                                                               stop_key=owner, steps=4),
+    "language drift": lambda e, owner, m: db.language_drift(e, m.dreambooth, owner="local", metrics=m.metrics,
+                                                            seeds=(0, 1), steps=2, stop_key=owner),
     "b-lora training": lambda e, owner, m: blora.train_blora(e, [picture(0), picture(1)], quick(), rank=4,
                                                              sample_prompts=["A [v] cat"], owner=owner),
     "b-lora generation": lambda e, owner, m: blora.generate(e, use="Image style transfer", content=(m.blora, 1.0),
-                                                            style=(m.blora, 0.8), steps=4, owner=owner),
+                                                            style=(m.blora, 0.8), steps=4, stop_key=owner),
     "styledrop round": styledrop_round,
     "styledrop candidates": lambda e, owner, m: sd.generate_candidates(
-        e, m.round, owner="local", job_owner=owner, contents=["a cat"], samples_per_prompt=2, sample_steps=4),
+        e, m.round, owner="local", stop_key=owner, contents=["a cat"], samples_per_prompt=2, sample_steps=4),
     "vectorfusion": lambda e, owner, m: vf.text_to_svg(
         e, "a lighthouse", vf.VFOptions(num_paths=4, steps=4, preview_every=2), k=2, sample_steps=2,
         live_steps=3, metrics=m.metrics, data_dir=m.svg_dir, owner=owner),
@@ -261,7 +261,7 @@ def test_a_stop_while_the_model_loads_is_not_lost(tmp_path, monkeypatch):
     e = Engine("tiny", data_dir=tmp_path)
     seen = []
     with pytest.raises(Cancelled):
-        for ev in e.generate(["a lighthouse"], steps=2, owner="early"):
+        for ev in e.generate(["a lighthouse"], steps=2, stop_key="early"):
             seen.append(ev)
             assert e.cancel("early") == 1
     assert len(seen) == 1 and seen[0].message.startswith("Loading")
@@ -273,7 +273,7 @@ def test_a_stop_while_the_model_loads_is_not_lost(tmp_path, monkeypatch):
 def test_a_stopped_training_run_says_so_in_its_own_last_update():
     """The UI side (tabs.common.stream_training, used by Personalize and B-LoRA): the Stop button
     only cancels; the run's own last update is the Stopped line, with the loss curve so far."""
-    from core.train import TrainStep
+    from core.events import TrainStep
     from tabs.common import stream_training
 
     def events():

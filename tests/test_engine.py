@@ -79,7 +79,7 @@ def test_preview_map_tracks_the_decoder(tiny_engine):
 
 def test_cancel_stops_within_one_step(tiny_engine):
     steps_seen = []
-    events = tiny_engine.generate(["a cat"], seed=0, steps=50, owner="alice")
+    events = tiny_engine.generate(["a cat"], seed=0, steps=50, stop_key="alice")
     with pytest.raises(Cancelled):
         for ev in events:
             if isinstance(ev, Progress) and ev.step:

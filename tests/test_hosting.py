@@ -21,9 +21,9 @@ def private_app(tmp_path_factory):
 def test_login_protects_a_private_instance(private_app):
     from gradio_client import Client
 
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever the client's HTTP layer raises
         Client(private_app.url, verbose=False)  # no credentials: refused
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever the client's HTTP layer raises
         Client(private_app.url, auth=("ada", "wrong"), verbose=False)
     client = Client(private_app.url, auth=("ada", "s3cret"), verbose=False)
     gallery, status, _, info = client.predict(
@@ -85,7 +85,7 @@ def test_zero_gpu_decorator(monkeypatch):
     fake = types.ModuleType("spaces")
     fake.__spec__ = importlib.machinery.ModuleSpec("spaces", None)
 
-    def GPU(duration):  # noqa: N802 - the package's name
+    def GPU(duration):  # named like the package's decorator
         def wrap(fn):
             seen.append(duration)
             return lambda *a, **k: ("on-gpu", fn(*a, **k))

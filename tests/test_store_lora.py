@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from core import adapters
 from core import lora_format as lf
 from core.errors import UserError
 from core.store import ALL, Store
@@ -155,7 +156,7 @@ def test_pipeline_load_lora_weights_reads_the_stored_file(store, trained):
 def test_load_into_restores_outputs_including_text_encoders(store, trained):
     a = save_trained(store, trained)
     unet, te1, te2 = tiny_unet(), tiny_te(CLIPTextModel), tiny_te(CLIPTextModelWithProjection)
-    store.load_into(a.id, "alice", adapter_name="s", unet=unet, text_encoder=te1, text_encoder_2=te2)
+    adapters.load_into(store, a.id, "alice", adapter_name="s", unet=unet, text_encoder=te1, text_encoder_2=te2)
     for comp, model in (("unet", unet), ("text_encoder", te1), ("text_encoder_2", te2)):
         assert_same_deltas(deltas(model, "s"), deltas(trained[comp], "default"))
     torch.manual_seed(0)
@@ -196,7 +197,7 @@ def test_kohya_export_names_alpha_and_round_trip(store, trained, base_shapes):
     assert lf.module_scales(sd2, configs2) == want_scales
     # and the re-imported adapter acts exactly like the original once loaded
     unet, te2 = tiny_unet(), tiny_te(CLIPTextModelWithProjection)
-    store.load_into(b.id, "alice", adapter_name="k", unet=unet, text_encoder=tiny_te(), text_encoder_2=te2)
+    adapters.load_into(store, b.id, "alice", adapter_name="k", unet=unet, text_encoder=tiny_te(), text_encoder_2=te2)
     assert_same_deltas(deltas(unet, "k"), deltas(trained["unet"], "default"))
     assert_same_deltas(deltas(te2, "k"), deltas(trained["text_encoder_2"], "default"))
 
@@ -360,7 +361,7 @@ def test_parts_keep_content_and_style_halves_in_one_entry(store, tmp_path):
     content, _ = store.load_adapter(a.id, "alice", part="content")
     assert set(content) == set(a.parts["content"])
     target = tiny_unet()
-    store.load_into(a.id, "alice", adapter_name="c", unet=target, part="content")
+    adapters.load_into(store, a.id, "alice", adapter_name="c", unet=target, part="content")
     got = deltas(target, "c")
     assert set(got) == {"up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "up_blocks.0.attentions.0.proj_in"}
     want = deltas(unet, "default")

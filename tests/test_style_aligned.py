@@ -12,7 +12,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor, AttnP
 from core.errors import Cancelled, UserError
 from core.events import Progress, Result
 from core.style_aligned import (SharedAttentionProcessor, SharingOptions, SharingState, adain,
-                                ddim_invert, sharing_layers, style_aligned, style_aligned_set)
+                                ddim_invert, sharing_layers, style_aligned_set)
 
 
 def _arr(img):
@@ -275,7 +275,7 @@ def test_processors_restored_and_plain_generation_unchanged(tiny_engine):
 
         # an exception mid-run (cancel at step 2) restores them too
         events = style_aligned_set(tiny_engine, ["a", "b"], seed=1, steps=6,
-                                   options=SharingOptions(share_group_norm=True), owner="x")
+                                   options=SharingOptions(share_group_norm=True), stop_key="x")
         with pytest.raises(Cancelled):
             for ev in events:
                 if isinstance(ev, Progress) and ev.step == 2:

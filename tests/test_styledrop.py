@@ -20,7 +20,7 @@ from core.events import Result
 from core.jobs import Job, JobContext
 from core.metrics import Metrics
 from core.store import ALL
-from core.train import TrainConfig, train
+from core.train import TrainSettings, train
 
 CFG = dict(steps=4, learning_rate=1e-2)
 GRID = dict(contents=["a cat", "a tree", "a boat"], samples_per_prompt=2, sample_steps=2)
@@ -80,7 +80,7 @@ def round1(engine, metrics):
 
     before = {k.replace(".base_layer", ""): v.clone() for k, v in library.snapshot(engine.pipe.unet).items()
               if "lora_" not in k}  # (earlier tests may have left peft wrappers: base_layer names)
-    res = last(sd.train_round(engine, loop.id, TrainConfig(**CFG), owner="local", metrics=metrics, step_hook=hook,
+    res = last(sd.train_round(engine, loop.id, TrainSettings(**CFG), owner="local", metrics=metrics, step_hook=hook,
                               recipe_hook=lambda r: seen.setdefault("recipe", r), **GRID))
     after = {k.replace(".base_layer", ""): v for k, v in library.snapshot(engine.pipe.unet).items() if "lora_" not in k}
     return dict(loop=loop, result=res, seen=seen, grads=grads, before=before, after=after)
@@ -88,7 +88,8 @@ def round1(engine, metrics):
 
 def test_training_text_and_prompts():
     assert sd.training_text("a cat", "watercolor painting") == "a cat in watercolor painting style"
-    assert sd.training_text(" a  cat ", "melting golden 3d rendering style") == "a cat in melting golden 3d rendering style"
+    assert (sd.training_text(" a  cat ", "melting golden 3d rendering style")
+            == "a cat in melting golden 3d rendering style")
     assert sd.content_of("a cat in oil style", "oil") == "a cat"
     with pytest.raises(UserError, match="style descriptor"):
         sd.training_text("a cat", "  ")
@@ -102,7 +103,7 @@ def test_adapter_is_the_identity_at_step_0_after_every_feed_forward(engine):
     from core.train import Trainer
 
     recipe = sd.make_recipe(engine, [(style_image(), "a square in flat style")], rank=4)
-    t = Trainer(engine, recipe, TrainConfig(steps=1, seed=2))
+    t = Trainer(engine, recipe, TrainSettings(steps=1, seed=2))
     t._cache(ctx())
     unet = engine.pipe.unet
     blocks = [n for n, _ in unet.named_modules() if re.fullmatch(r".*transformer_blocks\.\d+", n)]
@@ -122,8 +123,8 @@ def test_adapter_is_the_identity_at_step_0_after_every_feed_forward(engine):
             D = layer.lora_A[t.adapter_name].parametrizations.weight.original
             assert U.shape == (64, 4) and torch.count_nonzero(U) == 0
             assert D.shape == (4, 64) and D.abs().max() <= 0.04 + 1e-6
-        every_d = torch.cat([unet.get_submodule(n).lora_A[t.adapter_name].parametrizations.weight.original.detach().flatten()
-                             for n in placed])
+        every_d = torch.cat([unet.get_submodule(n).lora_A[t.adapter_name].parametrizations.weight.original
+                             .detach().flatten() for n in placed])
         # a normal truncated at 2 std has std 0.88 x 0.02 = 0.0176; 2048 draws
         assert 0.015 < float(every_d.std()) < 0.020, float(every_d.std())
         with torch.no_grad():
@@ -164,7 +165,8 @@ def test_training_set_is_the_style_image_and_exactly_the_liked_candidates(tmp_pa
                                  published=True)
         rnd = store.add_round(loop.id, "alice")
         imgs = [Image.new("RGB", (16, 16), (40 * i, 0, 0)) for i in range(5)]
-        c = store.add_candidates(rnd.id, "alice", [(im, f"thing {i} in neon gradient style") for i, im in enumerate(imgs)])
+        c = store.add_candidates(rnd.id, "alice",
+                                 [(im, f"thing {i} in neon gradient style") for i, im in enumerate(imgs)])
         store.rate(c[0].id, "alice", 1)                               # +1: liked
         store.rate(c[1].id, "alice", 1)
         store.rate(c[1].id, "bob", -1)                                # 0: not liked
@@ -280,7 +282,7 @@ def test_round2_trains_on_exactly_the_liked_images_plus_style(engine, round1, me
     style, liked, ids, number = sd.training_set(store, loop.id, "local")
     assert number == 2 and ids == [c[0].id, c[1].id, c[5].id]
     seen = {}
-    res = last(sd.train_round(engine, loop.id, TrainConfig(**CFG), owner="local", metrics=metrics,
+    res = last(sd.train_round(engine, loop.id, TrainSettings(**CFG), owner="local", metrics=metrics,
                               recipe_hook=lambda r: seen.setdefault("recipe", r), **GRID))
     ex = seen["recipe"].examples
     assert len(ex) == 4
@@ -303,17 +305,17 @@ def test_round2_trains_on_exactly_the_liked_images_plus_style(engine, round1, me
 def test_next_round_needs_liked_images(engine, metrics):
     loop = sd.create_loop(engine, [style_image(1)], owner="local", content_description="a square",
                           style_descriptor="flat")
-    last(sd.train_round(engine, loop.id, TrainConfig(steps=1, learning_rate=1e-3), owner="local",
+    last(sd.train_round(engine, loop.id, TrainSettings(steps=1, learning_rate=1e-3), owner="local",
                         contents=["a cat"], sample_steps=1))
     with pytest.raises(UserError, match="No candidate of round 1 is liked"):
-        sd.train_round(engine, loop.id, TrainConfig(steps=1), owner="local", contents=["a cat"])
+        sd.train_round(engine, loop.id, TrainSettings(steps=1), owner="local", contents=["a cat"])
     store = sd.store_of(engine)
     (c,) = store.candidates(store.rounds(loop.id, "local")[0].id, "local")
     with pytest.raises(UserError, match="not found"):  # a private loop: only its owner rates
         sd.rate(engine, c.id, "visitor:b", -1)
     with pytest.raises(UserError, match="owner"):  # somebody else's loop (published): rate only
         sd.store_of(engine).publish_loop(loop.id, "local")
-        sd.train_round(engine, loop.id, TrainConfig(steps=1), owner="visitor:z", contents=["a cat"])
+        sd.train_round(engine, loop.id, TrainSettings(steps=1), owner="visitor:z", contents=["a cat"])
 
 
 def test_raters_do_not_overwrite_each_other_and_survive_restart(engine, round1, tmp_path):
@@ -362,7 +364,7 @@ def test_subject_and_style_adapters_together(engine, round1):
     subj = Image.fromarray(np.full((64, 64, 3), (30, 200, 60), np.uint8))
     recipe = db.make_recipe(engine, [subj], identifier="sks", class_noun="dog", prior=False, rank=4,
                             sample_prompts=[])
-    res = last(train(engine, recipe, TrainConfig(steps=3, learning_rate=1e-2), owner="local"))
+    res = last(train(engine, recipe, TrainSettings(steps=3, learning_rate=1e-2), owner="local"))
     subject_id, style_id = res.info["adapter_id"], round1["result"].info["adapter_id"]
     store = sd.store_of(engine)
     prompt = sd.subject_style_prompt(store.get_adapter(subject_id, "local"), "neon gradient")
@@ -389,7 +391,7 @@ def test_subject_and_style_adapters_together(engine, round1):
     oracle = stack(engine.text_to_image(ctx(), [prompt], seed=5, steps=3, pipe=pipe))[0]
     assert np.abs(both - oracle).max() <= 3 and np.abs(both - oracle).mean() <= 0.1
     res2 = last(sd.generate_with_subject(engine, style_adapter_id=style_id, subject_adapter_id=subject_id,
-                                         prompts=[prompt], viewer="local", seed=5, steps=3))
+                                         prompts=[prompt], owner="local", seed=5, steps=3))
     assert np.abs(np.asarray(res2.images[0], dtype=np.float32) - both).max() <= 1.0
 
 
@@ -398,7 +400,7 @@ def test_sd15_round(tmp_path):
     e = Engine("tiny-sd", data_dir=tmp_path)
     e.load()
     loop = sd.create_loop(e, [style_image()], owner="local", content_description="a square", style_descriptor="flat")
-    res = last(sd.train_round(e, loop.id, TrainConfig(steps=1, learning_rate=1e-3), owner="local",
+    res = last(sd.train_round(e, loop.id, TrainSettings(steps=1, learning_rate=1e-3), owner="local",
                               contents=["a cat"], sample_steps=1))
     layers = sd.ff_out_layers(e.pipe.unet)
     assert layers and res.info["trainable_params"] == sum(2 * 4 * lin.out_features for lin in layers.values())

@@ -16,9 +16,9 @@ from core import dreambooth as db
 from core import library
 from core.engine import Engine
 from core.errors import Cancelled, UserError
-from core.events import Notice, Result
+from core.events import Checkpointed, Notice, Result, TrainStep
 from core.jobs import Job, JobContext
-from core.train import Checkpointed, Recipe, Example, AdapterSpec, TrainConfig, TrainStep, Trainer, train
+from core.train import Recipe, Example, AdapterSpec, TrainSettings, Trainer, train
 
 from .conftest import ROOT
 
@@ -170,7 +170,7 @@ def test_only_adapter_params_train_and_base_is_untouched(engine, subjects):
         trainable.append({n for n, p in unet.named_parameters() if p.requires_grad})
 
     r = recipe(engine, subjects)
-    t = Trainer(engine, r, TrainConfig(steps=3, learning_rate=1e-3), step_hook=hook)
+    t = Trainer(engine, r, TrainSettings(steps=3, learning_rate=1e-3), step_hook=hook)
     out = t.run(ctx())
     name = out.adapter_name
     assert trainable and all(trainable[0] == s for s in trainable)
@@ -193,7 +193,7 @@ def test_only_adapter_params_train_and_base_is_untouched(engine, subjects):
 
 def test_dreambooth_drives_instance_loss_down(engine, subjects):
     r = recipe(engine, subjects, target_modules=WIDE)
-    result, events = run(train(engine, r, TrainConfig(steps=25, learning_rate=1e-2)))
+    result, events = run(train(engine, r, TrainSettings(steps=25, learning_rate=1e-2)))
     steps = [e for e in events if isinstance(e, TrainStep)]
     assert [s.step for s in steps] == list(range(1, 26))  # every point streamed, none coalesced
     before, after = result.info["loss_before"], result.info["loss_after"]
@@ -208,7 +208,7 @@ def test_adapter_usable_at_once_and_removal_restores_bit_identical(engine, subje
     assert_pristine(engine)
     plain = pixels(engine, ["a dog", "a sks dog"])
     r = recipe(engine, subjects, sample_prompts=["a sks dog"], target_modules=WIDE)
-    result, events = run(train(engine, r, TrainConfig(steps=4, learning_rate=1e-2, sample_every=2,
+    result, events = run(train(engine, r, TrainSettings(steps=4, learning_rate=1e-2, sample_every=2,
                                                       sample_steps=2)))
     aid = result.info["adapter_id"]
     assert library.adapters(engine).loaded()[aid].startswith("train-")  # adopted: the trained copy itself
@@ -232,9 +232,9 @@ def test_adapter_usable_at_once_and_removal_restores_bit_identical(engine, subje
 
 def test_several_adapters_at_once(engine, subjects):
     r1 = recipe(engine, subjects, name="one", target_modules=WIDE)
-    a1 = run(train(engine, r1, TrainConfig(steps=3, learning_rate=1e-2, seed=1)))[0].info["adapter_id"]
+    a1 = run(train(engine, r1, TrainSettings(steps=3, learning_rate=1e-2, seed=1)))[0].info["adapter_id"]
     r2 = recipe(engine, [subject((30, 40, 220), 9)], name="two", target_modules=WIDE)
-    a2 = run(train(engine, r2, TrainConfig(steps=3, learning_rate=1e-2, seed=2)))[0].info["adapter_id"]
+    a2 = run(train(engine, r2, TrainSettings(steps=3, learning_rate=1e-2, seed=2)))[0].info["adapter_id"]
     one = pixels(engine, ["a sks dog"], weights={a1: 1.0})
     two = pixels(engine, ["a sks dog"], weights={a2: 1.0})
     both = pixels(engine, ["a sks dog"], weights={a1: 1.0, a2: 0.7})
@@ -246,7 +246,7 @@ def test_cancel_keeps_last_checkpoint_and_resume_continues(engine, subjects, tmp
     cfg = dict(steps=6, learning_rate=5e-3, checkpoint_every=2)
     root = tmp_path / "runs"
     # reference: six steps in one go
-    straight, _ = run(train(engine, recipe(engine, subjects, name="straight"), TrainConfig(**cfg),
+    straight, _ = run(train(engine, recipe(engine, subjects, name="straight"), TrainSettings(**cfg),
                             run_root=tmp_path / "ref"))
     ref_sd, _ = library.get_store(engine).load_adapter(straight.info["adapter_id"], "local")
     library.adapters(engine).unload_all()
@@ -257,8 +257,8 @@ def test_cancel_keeps_last_checkpoint_and_resume_continues(engine, subjects, tmp
             engine.cancel("stopper")
     events = []
     with pytest.raises(Cancelled):
-        for ev in train(engine, recipe(engine, subjects, name="resumed"), TrainConfig(**cfg), run_root=root,
-                        job_owner="stopper", step_hook=stop_at_5):
+        for ev in train(engine, recipe(engine, subjects, name="resumed"), TrainSettings(**cfg), run_root=root,
+                        stop_key="stopper", step_hook=stop_at_5):
             events.append(ev)
     assert [e.step for e in events if isinstance(e, Checkpointed)] == [2, 4]
     ckpts = list(root.glob("*/ckpt-*"))
@@ -268,7 +268,7 @@ def test_cancel_keeps_last_checkpoint_and_resume_continues(engine, subjects, tmp
     assert library.peft_names(engine.pipe.unet) == []  # the stopped run's adapter is gone
 
     # the same inputs again: resumes at step 5 and ends where the straight run ended
-    resumed, events = run(train(engine, recipe(engine, subjects, name="resumed"), TrainConfig(**cfg), run_root=root))
+    resumed, events = run(train(engine, recipe(engine, subjects, name="resumed"), TrainSettings(**cfg), run_root=root))
     assert any(isinstance(e, Notice) and "step 4" in e.message for e in events)
     assert [e.step for e in events if isinstance(e, TrainStep)] == [5, 6]
     assert resumed.info["resumed_from"] == 4
@@ -282,11 +282,11 @@ def test_cancel_keeps_last_checkpoint_and_resume_continues(engine, subjects, tmp
 
 def test_class_images_generated_once_and_cached(engine, subjects):
     r = recipe(engine, subjects, prior=True, num_class_images=3)
-    _, events = run(train(engine, r, TrainConfig(steps=1)))
+    _, events = run(train(engine, r, TrainSettings(steps=1)))
     assert len(r.prior) == 3 and r.prior[0].prompt == "a dog"
     assert not any(isinstance(e, Notice) and "Reusing" in e.message for e in events)
     r2 = recipe(engine, subjects, prior=True, num_class_images=2)
-    _, events = run(train(engine, r2, TrainConfig(steps=1)))
+    _, events = run(train(engine, r2, TrainSettings(steps=1)))
     assert any(isinstance(e, Notice) and "Reusing 2 cached class images" in e.message for e in events)
     assert [np.asarray(e.image).tobytes() for e in r2.prior] == [np.asarray(e.image).tobytes() for e in r.prior[:2]]
     library.adapters(engine).unload_all()
@@ -305,7 +305,7 @@ def test_class_images_come_from_the_frozen_model(engine, subjects):
     seed changes (asserted below; measured here: the instance prompt max 46, mean 3.7; seed 1
     max 214, mean 40.6)."""
     r = recipe(engine, subjects, prior=True, num_class_images=2, class_steps=2)
-    run(train(engine, r, TrainConfig(steps=1, learning_rate=1e-3)))
+    run(train(engine, r, TrainSettings(steps=1, learning_rate=1e-3)))
     assert [e.prompt for e in r.prior] == ["a dog", "a dog"]
     prior = images(e.image for e in r.prior)
     frozen = images(engine.text_to_image(ctx(), ["a dog", "a dog"], seed=0, steps=2, guidance=5.0))
@@ -359,7 +359,7 @@ def test_the_loss_the_optimizer_gets_is_the_papers(engine, subjects, monkeypatch
 
     monkeypatch.setattr(Accelerator, "backward", spy_backward)
     hook = engine.pipe.unet.register_forward_hook(record, with_kwargs=True)
-    t = Trainer(engine, r, TrainConfig(steps=4, learning_rate=1e-3, snr_gamma=0.1, seed=3))
+    t = Trainer(engine, r, TrainSettings(steps=4, learning_rate=1e-3, snr_gamma=0.1, seed=3))
     try:
         streamed: queue.Queue = queue.Queue()
         out = t.run(JobContext(Job("test", "test"), streamed))
@@ -386,7 +386,8 @@ def test_the_loss_the_optimizer_gets_is_the_papers(engine, subjects, monkeypatch
             terms[kind] = w * mse if kind == "instance" else mse
         assert set(terms) == {"instance", "prior"}
         expected.append(terms["instance"] + 0.5 * terms["prior"])
-    assert weighted["instance"] and weighted["prior"], [int(c[1][0]) for c in calls]  # draws where the weight is not 1, in both terms
+    # draws where the weight is not 1, in both terms
+    assert weighted["instance"] and weighted["prior"], [int(c[1][0]) for c in calls]
     np.testing.assert_allclose(backward, expected, rtol=2e-4)
     reported = [e.loss for e in events if isinstance(e, TrainStep)]
     np.testing.assert_allclose(reported, backward, rtol=1e-5)
@@ -398,7 +399,7 @@ def test_min_snr_gamma_weights_and_the_timestep_range(engine, subjects):
     weighting; the draws' timesteps cover 0..999 (t ~ U{0, ..., 999})."""
     from diffusers import DDPMScheduler
 
-    t = Trainer(engine, recipe(engine, [subjects[0]]), TrainConfig(steps=1, snr_gamma=5.0))
+    t = Trainer(engine, recipe(engine, [subjects[0]]), TrainSettings(steps=1, snr_gamma=5.0))
     t._cache(ctx())
     t.noise_scheduler = DDPMScheduler.from_config(engine.pipe.scheduler.config)
     seen = []
@@ -422,7 +423,7 @@ def test_min_snr_gamma_weights_and_the_timestep_range(engine, subjects):
 def test_lora_update_is_b_a_times_the_weight(engine, subjects):
     """alpha = rank, so a trained adapter at weight w changes a projection by exactly w B A x
     (B, A as stored in the library file)."""
-    res, _ = run(train(engine, recipe(engine, subjects), TrainConfig(steps=2, learning_rate=1e-2)))
+    res, _ = run(train(engine, recipe(engine, subjects), TrainSettings(steps=2, learning_rate=1e-2)))
     aid = res.info["adapter_id"]
     sd, _ = library.get_store(engine).load_adapter(aid, "local")
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
@@ -467,7 +468,7 @@ def test_prior_preservation_keeps_the_class_closer_to_the_frozen_model(tmp_path)
     unet = e.pipe.unet
     dogs = [disc((40, 60, 200), (22, 22), 100 + i) for i in range(6)]
     base = Trainer(e, Recipe(method="pretrain", name="pre", adapter=AdapterSpec(full=True),
-                             examples=[Example(im, "a dog") for im in dogs]), TrainConfig(steps=1))
+                             examples=[Example(im, "a dog") for im in dogs]), TrainSettings(steps=1))
     base._cache(ctx())
     base.noise_scheduler = DDPMScheduler.from_config(e.pipe.scheduler.config)
     unet.requires_grad_(True).train()
@@ -491,12 +492,12 @@ def test_prior_preservation_keeps_the_class_closer_to_the_frozen_model(tmp_path)
             return unet(base.noise_scheduler.add_noise(lat, noise, t), t, encoder_hidden_states=emb, **kw).sample
 
     frozen = class_outputs()
-    drift, learned = {}, {}
+    drift = {}
     for prior in (True, False):
         r = db.make_recipe(e, [disc((210, 50, 40), (42, 42), s) for s in range(3)], identifier="sks",
                            class_noun="dog", prior=prior, num_class_images=len(dogs), class_photos=dogs,
                            sample_prompts=[], rank=4, target_modules=WIDE)
-        res, _ = run(train(e, r, TrainConfig(steps=40, learning_rate=1e-2, eval_draws=4)))
+        res, _ = run(train(e, r, TrainSettings(steps=40, learning_rate=1e-2, eval_draws=4)))
         assert res.info["loss_after"] < res.info["loss_before"]  # both runs learn the subject
         drift[prior] = float(((class_outputs({res.info["adapter_id"]: 1.0}) - frozen) ** 2).mean())
         library.adapters(e).unload_all()
@@ -514,7 +515,7 @@ def test_full_finetune_sd15_restores_the_model_and_keeps_a_lora(tmp_path):
     plain = pixels(e, ["a sks dog"])
     r = db.make_recipe(e, [subject((210, 50, 40), s) for s in range(2)], identifier="sks", class_noun="dog",
                        prior=False, full=True, rank=8, sample_prompts=[])
-    res, _ = run(train(e, r, TrainConfig(steps=4, learning_rate=1e-3)))
+    res, _ = run(train(e, r, TrainSettings(steps=4, learning_rate=1e-3)))
     after = strip_peft(library.snapshot(unet))  # the extracted LoRA is resident (disabled)
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
     assert 0 < res.info["extracted_energy"] <= 1
@@ -530,13 +531,13 @@ def test_full_finetune_sd15_restores_the_model_and_keeps_a_lora(tmp_path):
 def test_full_finetune_refused_on_sdxl(engine, subjects):
     r = recipe(engine, subjects, full=True)
     with pytest.raises(UserError, match="SD 1.5 only"):
-        run(train(engine, r, TrainConfig(steps=1)))
+        run(train(engine, r, TrainSettings(steps=1)))
     assert library.peft_names(engine.pipe.unet) == []
 
 
 def test_saved_adapter_survives_an_engine_restart(engine, subjects):
     r = recipe(engine, subjects, target_modules=WIDE)
-    res, _ = run(train(engine, r, TrainConfig(steps=3, learning_rate=1e-2)))
+    res, _ = run(train(engine, r, TrainSettings(steps=3, learning_rate=1e-2)))
     aid = res.info["adapter_id"]
     here = pixels(engine, ["a sks dog"], weights={aid: 1.0})
     library.adapters(engine).unload_all()
@@ -551,13 +552,13 @@ def test_saved_adapter_survives_an_engine_restart(engine, subjects):
 
 def test_bad_settings_are_clear_errors(engine, subjects):
     with pytest.raises(UserError, match="Steps"):
-        TrainConfig(steps=0).check()
+        TrainSettings(steps=0).check()
     with pytest.raises(UserError, match="learning rate"):
-        TrainConfig(learning_rate=float("nan")).check()
+        TrainSettings(learning_rate=float("nan")).check()
     with pytest.raises(UserError, match="class"):
         db.make_recipe(engine, subjects, identifier="sks", class_noun="  ")
     with pytest.raises(UserError, match="match no module|do not fit"):
-        run(train(engine, recipe(engine, subjects, target_modules=["no_such_layer"]), TrainConfig(steps=1)))
+        run(train(engine, recipe(engine, subjects, target_modules=["no_such_layer"]), TrainSettings(steps=1)))
     assert library.peft_names(engine.pipe.unet) == []
 
 
@@ -604,25 +605,27 @@ def test_text_encoder_lora_at_zero_init_matches_the_cached_embeddings(engine, su
     def two_prompts(**kw):
         return Recipe(method="dreambooth", name="te", adapter=AdapterSpec(**kw),
                       examples=[Example(subjects[0], "a sks dog"), Example(subjects[1], "a dog")])
-    off = Trainer(engine, two_prompts(), TrainConfig(steps=1))
+    off = Trainer(engine, two_prompts(), TrainSettings(steps=1))
     off._cache(ctx())
     emb0, kw0 = off._cond(prompts)
     assert off.tokens == {} and torch.equal(emb0, torch.stack([off.text[p]["emb"] for p in prompts]))
-    on = Trainer(engine, two_prompts(text_encoder_rank=4), TrainConfig(steps=1))
+    on = Trainer(engine, two_prompts(text_encoder_rank=4), TrainSettings(steps=1))
     on._cache(ctx())
     key_off, key_on = off.fingerprint(), on.fingerprint()
     on.recipe.adapter.text_encoder_targets = ["q_proj", "v_proj"]
     assert len({key_off, key_on, on.fingerprint()}) == 3  # the TE settings are part of the resume key
     on.recipe.adapter.text_encoder_targets = AdapterSpec().text_encoder_targets
     # without the option the key is what it was before the option existed
-    import dataclasses, hashlib
+    import dataclasses
+    import hashlib
     spec = dataclasses.asdict(off.recipe.adapter)
     assert spec.pop("text_encoder_rank") == 0 and spec.pop("text_encoder_targets")
-    from core.train import _tensor_digest
+    from core.train_data import tensor_digest as _tensor_digest
     cfg = {k: v for k, v in dataclasses.asdict(off.cfg).items()
            if k not in ("steps", "sample_every", "sample_steps", "sample_guidance", "sample_seed",
                         "checkpoint_every", "resume", "keep_checkpoints", "eval_draws")}
-    old = [off.recipe.method, json.dumps(spec, sort_keys=True, default=str), json.dumps(cfg, sort_keys=True, default=str),
+    old = [off.recipe.method, json.dumps(spec, sort_keys=True, default=str),
+           json.dumps(cfg, sort_keys=True, default=str),
            engine.spec.source, str(engine.dtype), json.dumps(off.prompts), json.dumps(off.prior_prompts), "0.0",
            _tensor_digest(off.latents)]
     assert key_off == hashlib.sha256("\n".join(old).encode()).hexdigest()[:20]
@@ -649,7 +652,8 @@ def test_text_encoder_lora_at_zero_init_matches_the_cached_embeddings(engine, su
         # diffusers' own SDXL DreamBooth script); text_encoder_2's last layer feeds the pooled output.
         from diffusers import DDPMScheduler
         on.noise_scheduler = DDPMScheduler.from_config(engine.pipe.scheduler.config)
-        on._losses(engine.pipe.unet, on.latents[:2], prompts[:2], torch.Generator().manual_seed(0), False).mean().backward()
+        loss = on._losses(engine.pipe.unet, on.latents[:2], prompts[:2], torch.Generator().manual_seed(0), False)
+        loss.mean().backward()
         for comp in TE_BASE:
             grads = {n: p.grad for n, p in te_lora(getattr(engine.pipe, comp), on.adapter_name, "lora_B").items()}
             last = "layers.1."  # the tiny encoders have two layers
@@ -669,7 +673,7 @@ def test_text_encoder_lora_sd15_zero_init_matches_encode_prompt(tmp_path):
     e.load()
     r = db.make_recipe(e, [subject((210, 50, 40), 0)], identifier="sks", class_noun="dog", prior=False,
                        sample_prompts=[], text_encoder_rank=2)
-    t = Trainer(e, r, TrainConfig(steps=1))
+    t = Trainer(e, r, TrainSettings(steps=1))
     t._cache(ctx())
     cached, _ = t._cond(["a sks dog"])
     try:
@@ -697,7 +701,7 @@ def test_text_encoder_lora_trains_in_place_and_leaves_the_base_bit_identical(eng
                      for c in TE_BASE})
 
     r = recipe(engine, subjects, text_encoder_rank=4, sample_prompts=["a sks dog"])
-    res, _ = run(train(engine, r, TrainConfig(steps=3, learning_rate=1e-2, sample_steps=2), step_hook=hook))
+    res, _ = run(train(engine, r, TrainSettings(steps=3, learning_rate=1e-2, sample_steps=2), step_hook=hook))
     aid, info = res.info["adapter_id"], res.info
     name = library.adapters(engine).loaded()[aid]
     assert name.startswith("train-") and info["text_encoder_lora"] == ["text_encoder", "text_encoder_2"]
@@ -730,10 +734,10 @@ def test_text_encoder_lora_removed_on_cancel(engine, subjects, tmp_path):
     def stop(step):
         if step == 2:
             engine.cancel("te-stopper")
-    cfg = TrainConfig(steps=3, learning_rate=1e-2, checkpoint_every=1)
+    cfg = TrainSettings(steps=3, learning_rate=1e-2, checkpoint_every=1)
     with pytest.raises(Cancelled):
         for _ in train(engine, recipe(engine, subjects, text_encoder_rank=4), cfg,
-                       job_owner="te-stopper", step_hook=stop, run_root=tmp_path):
+                       stop_key="te-stopper", step_hook=stop, run_root=tmp_path):
             pass
     assert_pristine(engine)
     assert_te_pristine(engine, before)
@@ -749,7 +753,7 @@ def test_text_encoder_lora_removed_on_cancel(engine, subjects, tmp_path):
     with pytest.raises(UserError, match="text-encoder LoRA targets"):  # a bad target: cleaned up too
         r = recipe(engine, subjects, text_encoder_rank=4)
         r.adapter.text_encoder_targets = ["no_such_proj"]
-        run(train(engine, r, TrainConfig(steps=1), run_root=tmp_path))
+        run(train(engine, r, TrainSettings(steps=1), run_root=tmp_path))
     assert_pristine(engine)
     assert_te_pristine(engine, before)
 
@@ -760,7 +764,7 @@ def test_text_encoder_lora_saved_reloads_in_a_fresh_engine_and_exports(engine, s
 
     library.adapters(engine).unload_all()
     r = recipe(engine, subjects, text_encoder_rank=4)
-    res, _ = run(train(engine, r, TrainConfig(steps=3, learning_rate=1e-2)))
+    res, _ = run(train(engine, r, TrainSettings(steps=3, learning_rate=1e-2)))
     aid = res.info["adapter_id"]
     here = pixels(engine, ["a sks dog"], weights={aid: 1.0})
     with library.adapters(engine).active({aid: 1.0}, "local"):
@@ -798,7 +802,8 @@ def test_text_encoder_lora_saved_reloads_in_a_fresh_engine_and_exports(engine, s
     k = load_file(str(store.export(aid, "local", fmt="kohya", dest_dir=tmp_path)))
     assert {key.split("_", 2)[1] for key in k} == {"unet", "te1", "te2"}
     q = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
-    assert torch.equal(k[f"{q}.lora_down.weight"], sd["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"])
+    assert torch.equal(k[f"{q}.lora_down.weight"],
+                       sd["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"])
     assert k[f"{q}.alpha"].item() == 4.0
     assert len([x for x in k if x.startswith("lora_te2_") and not x.endswith(".alpha")]) == \
         len([x for x in sd if x.startswith("text_encoder_2.")])

@@ -42,7 +42,8 @@ PATH_COMMANDS = svg(
     '<path fill="#c00" d="M4,4 L20,4 l0,10 H10 h-2 V20 v-4 Z"/>'
     '<path fill="#0a0" d="m30 4c5 0 10 5 10 10s-5 10-10 10S20 19 20 14 25 4 30 4z"/>'
     '<path fill="#00c" d="M44 4Q54 4 54 14T44 24q-5-5 0-20zm10 30t4 4"/>'
-    '<path fill="#a0a" fill-rule="evenodd" d="M4 30A10 8 30 1 1 24 30a10 8 30 1 1-20 0zm5 0a5 5 0 0 0 10 0a5 5 0 0 0-10 0"/>'
+    '<path fill="#a0a" fill-rule="evenodd" '
+    'd="M4 30A10 8 30 1 1 24 30a10 8 30 1 1-20 0zm5 0a5 5 0 0 0 10 0a5 5 0 0 0-10 0"/>'
     '<path fill="#0aa" d="M30 40a8 8 0 00 16 0 8 8 0 00-16 0M48 44l1e1 0 .5-10-1.5.5z"/>')
 
 

@@ -156,7 +156,8 @@ def test_sds_gradient_is_w_t_times_eps_difference(tiny_engine, monkeypatch):
                                                            do_classifier_free_guidance=False)
         ids = torch.tensor([[64.0, 64, 0, 0, 64, 64]])
         x = zt[:1].float()
-        eps_c = unet(x, 400, encoder_hidden_states=emb, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        eps_c = unet(x, 400, encoder_hidden_states=emb,
+                     added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
         eps_u = unet(x, 400, encoder_hidden_states=torch.zeros_like(emb),
                      added_cond_kwargs={"text_embeds": torch.zeros_like(pooled), "time_ids": ids}).sample
     eps_hat = eps_u.double()[0] + 7.0 * (eps_c.double()[0] - eps_u.double()[0])

@@ -21,7 +21,7 @@ from .scene import Scene
 
 def _pydiffvg():
     try:
-        import pydiffvg  # noqa: F401
+        import pydiffvg
     except ImportError:
         raise UserError("The diffvg backend needs pydiffvg, which is not installed (it is built "
                         "from source: https://github.com/BachiLi/diffvg). Use backend='torch'.") from None

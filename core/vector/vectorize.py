@@ -20,7 +20,7 @@ from ..events import Result
 from ..images import load_image
 from .live import Fitter, live, progress_event, psnr, xing_loss
 from .rasterizer import render, to_pil
-from .scene import Scene, Shape, shape_area
+from .scene import Scene, shape_area
 from .svg_io import parse_svg, scene_to_svg
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import catalogue
-from .runner import CAUGHT, baseline, check, make_copy, row, run_all, summary, to_json
+from .runner import CAUGHT, baseline, check, make_copy, run_all, summary, to_json
 
 
 def main(argv=None) -> int:

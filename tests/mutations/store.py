@@ -9,7 +9,8 @@ FAILED_SAVE = "tests/test_store_db.py::test_failed_save_leaves_nothing"
 
 MUTATIONS = [
     Mutation("files-failed-write-replaces-the-file", F,
-             "        os.replace(tmp, path)\n    except BaseException:\n        Path(tmp).unlink(missing_ok=True)\n        raise",
+             "        os.replace(tmp, path)\n    except BaseException:\n"
+             "        Path(tmp).unlink(missing_ok=True)\n        raise",
              "    finally:\n        os.replace(tmp, path)",
              (f"{TF}::test_a_failed_write_keeps_the_old_file_and_leaves_nothing",),
              "a write that failed half-way still replaces the old file"),

@@ -3,6 +3,7 @@ from . import Mutation
 
 SD = "core/styledrop.py"
 T = "tests/test_styledrop.py"
+TAB = "tests/test_styledrop_tab.py"
 STEP0 = f"{T}::test_adapter_is_the_identity_at_step_0_after_every_feed_forward"
 
 MUTATIONS = [
@@ -23,7 +24,15 @@ MUTATIONS = [
              'return w * float(scores["clip_style"]) + (1 - w) * float(scores["clip_text"])',
              (f"{T}::test_clip_picks_by_hand",)),
     Mutation("styledrop-liked-at-net-zero", SD,
-             "liked = store.liked(last.id, viewer, min_net=1)", "liked = store.liked(last.id, viewer, min_net=0)",
+             "liked = store.liked(last.id, owner, min_net=1)", "liked = store.liked(last.id, owner, min_net=0)",
              (f"{T}::test_training_set_is_the_style_image_and_exactly_the_liked_candidates",),
              "round 2 trains on unrated and cancelled-out candidates too"),
+    Mutation("styledrop-tile-text-unescaped", "tabs/styledrop.py",
+             '"content": html_text(t.content)', '"content": t.content',
+             (f"{TAB}::test_tiles_are_small_jpegs_and_the_text_is_escaped",),
+             "a visitor's content prompt reaches the grid's template as markup (and as a template literal)"),
+    Mutation("styledrop-grid-seed-silently-zero", "tabs/styledrop.py",
+             'seed = v.seed(grid_seed, "Grid seed")', "seed = int(grid_seed or 0)",
+             (f"{TAB}::test_bad_training_values_are_refused_naming_the_field",),
+             "a missing or negative grid seed quietly becomes seed 0"),
 ]

@@ -45,8 +45,8 @@ def test_the_slot_is_handed_out_in_arrival_order_and_reports_the_line():
     threads = []
     for i, j in enumerate(jobs):
         def take(j=j):
-            slot.acquire(j, on_wait=lambda n, j=j: told.setdefault(j.owner, n))
-            order.append(j.owner)
+            slot.acquire(j, on_wait=lambda n, j=j: told.setdefault(j.stop_key, n))
+            order.append(j.stop_key)
             slot.release(j)
         t = threading.Thread(target=take)
         t.start()

@@ -9,7 +9,8 @@ from core import library
 from core import styledrop as sd
 from core.errors import Cancelled, UserError
 from core.events import Notice, Result
-from core.train import Checkpointed, Example, Recipe, AdapterSpec, TrainConfig, train
+from core.events import Checkpointed
+from core.train import Example, Recipe, AdapterSpec, TrainSettings, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,19 +40,19 @@ def test_a_checkpoint_is_its_owners_alone(engine, tmp_path):
 
     a_events = []
     with pytest.raises(Cancelled):
-        for ev in train(engine, recipe(), TrainConfig(**cfg), run_root=root, owner="visitor:a", job_owner="page-a",
+        for ev in train(engine, recipe(), TrainSettings(**cfg), run_root=root, owner="visitor:a", stop_key="page-a",
                         step_hook=stop_at_2):
             a_events.append(ev)
     assert [e.step for e in a_events if isinstance(e, Checkpointed)] == [1, 2]
     a_ckpts = sorted(root.rglob("ckpt-*"))
     assert len(a_ckpts) == 1 and "visitor" in a_ckpts[0].parent.parent.name  # under A's own folder
 
-    b_events = list(train(engine, recipe(), TrainConfig(**cfg), run_root=root, owner="visitor:b"))
+    b_events = list(train(engine, recipe(), TrainSettings(**cfg), run_root=root, owner="visitor:b"))
     assert isinstance(b_events[-1], Result) and b_events[-1].info["resumed_from"] == 0
     assert not any(isinstance(e, Notice) and "esum" in e.message for e in b_events)
     assert a_ckpts[0].is_dir()  # B's finished run removed only B's own checkpoints
 
-    a_again = list(train(engine, recipe(), TrainConfig(**cfg), run_root=root, owner="visitor:a"))
+    a_again = list(train(engine, recipe(), TrainSettings(**cfg), run_root=root, owner="visitor:a"))
     assert a_again[-1].info["resumed_from"] == 2
     library.adapters(engine).unload_all()
 
@@ -66,7 +67,7 @@ def style(seed=0):
 def test_a_first_round_that_fails_leaves_no_loop(engine, monkeypatch):
     store = sd.store_of(engine)
     before = {lp.id for lp in store.list_loops("visitor:x")}
-    cfg = TrainConfig(steps=2, learning_rate=1e-3)
+    cfg = TrainSettings(steps=2, learning_rate=1e-3)
     # an error inside the job (after the loop was made)
     def broken(*a, **k):
         raise RuntimeError("disk full")
@@ -94,13 +95,13 @@ def test_a_stopped_grid_keeps_no_half_round(engine):
     store = sd.store_of(engine)
     loop = sd.create_loop(engine, [style(1)], owner="visitor:y", content_description="a square",
                           style_descriptor="neon")
-    list(sd.train_round(engine, loop.id, TrainConfig(steps=2, learning_rate=1e-3), owner="visitor:y",
+    list(sd.train_round(engine, loop.id, TrainSettings(steps=2, learning_rate=1e-3), owner="visitor:y",
                         contents=["a cat"], samples_per_prompt=1, sample_steps=2))
     adapters = {a.id for a in store.list_adapters("visitor:y", method=sd.METHOD)}
     liked = store.candidates(store.rounds(loop.id, "visitor:y")[-1].id, "visitor:y")
     store.rate(liked[0].id, "visitor:y", 1)
-    events = sd.train_round(engine, loop.id, TrainConfig(steps=2, learning_rate=1e-3), owner="visitor:y",
-                            job_owner="page-y", contents=["a cat", "a dog"], samples_per_prompt=1, sample_steps=3)
+    events = sd.train_round(engine, loop.id, TrainSettings(steps=2, learning_rate=1e-3), owner="visitor:y",
+                            stop_key="page-y", contents=["a cat", "a dog"], samples_per_prompt=1, sample_steps=3)
     with pytest.raises(Cancelled):
         for ev in events:
             if str(getattr(ev, "message", "")).startswith("Candidates"):  # the grid of round 2 has begun

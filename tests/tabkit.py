@@ -1,0 +1,34 @@
+"""What tab tests share: an app context around an engine, and a stand-in for the request Gradio
+passes to a handler. Tab tests build a tab class (`XTab(ctx)`) and call its handlers directly,
+with named arguments; no server runs."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from types import SimpleNamespace
+
+from tabs.common import AppContext
+
+
+def make_ctx(engine, data_dir: Path | None = None, *, shared: bool = False, metrics: bool = True,
+             **args) -> AppContext:
+    """An AppContext as app.build_app makes it (`shared`: a multi-user instance)."""
+    from core.metrics import Metrics
+
+    data_dir = Path(data_dir or engine.data_dir)
+    ns = argparse.Namespace(multi_user=shared, proxy_hops=0, allow_server_paths=False, **args)
+    return AppContext(engine=engine, data_dir=data_dir, args=ns,
+                      metrics=Metrics(tiny=engine.offline, device=engine.device) if metrics else None)
+
+
+def fake_request(session: str = "test-session", host: str = "127.0.0.1", username: str | None = None):
+    """What a handler reads of a gr.Request: the page session, the client, a login name."""
+    return SimpleNamespace(username=username, session_hash=session, client=SimpleNamespace(host=host),
+                           headers={})
+
+
+def last(updates):
+    """The last of a streaming handler's updates (and all of them)."""
+    updates = list(updates)
+    assert updates, "the handler yielded nothing"
+    return updates[-1], updates

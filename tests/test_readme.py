@@ -1,0 +1,30 @@
+"""The README's headless example works as written against `python app.py --model tiny` (only the
+port differs: the test app listens on a free one)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def headless_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Use it headless", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_the_headless_example_runs_verbatim_in_tiny_mode(live_app):
+    code = headless_example()
+    assert 'Client("http://127.0.0.1:7860/")' in code
+    code = code.replace("http://127.0.0.1:7860/", live_app.url)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    scores, consistency = out.stdout.strip().rsplit("] ", 1)
+    assert len(scores.strip("[").split(",")) == 3           # a CLIP score per prompt
+    assert 0.0 <= float(consistency) <= 1.0 + 1e-6
