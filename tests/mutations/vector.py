@@ -3,9 +3,12 @@ differentiable rasterizer (fill rules, winding, coverage, compositing gradients,
 from . import Mutation
 
 VF = "core/vectorfusion.py"
+LIVE = "core/vector/live.py"
 R = "core/vector/rasterizer.py"
 T = "tests/test_vectorfusion.py"
 TR = "tests/test_vector_raster.py"
+TV = "tests/test_vector_vectorize.py"
+XING = f"{TV}::test_xing_loss_is_lives_formula_scaled_by_1e3_and_averaged_over_paths"
 SDS = f"{T}::test_sds_gradient_is_w_t_times_eps_difference"
 REINIT = f"{T}::test_reinitialize_replaces_exactly_the_paths_below_threshold"
 FD = f"{TR}::test_gradients_match_finite_differences"
@@ -46,6 +49,48 @@ MUTATIONS = [
     Mutation("vf-encoder-input-not-in-minus-one-one", VF,
              "h = self.encoder((2 * x - 1).float())", "h = self.encoder(x.float())",
              (f"{T}::test_fp32_encoder_matches_the_vae_and_never_changes_it",)),
+    Mutation("live-xing-unscaled", LIVE,
+             "(D * torch.relu(-s13) + (1 - D) * torch.relu(s13)).mean(-1) * scale)",
+             "(D * torch.relu(-s13) + (1 - D) * torch.relu(s13)).mean(-1))", (XING,),
+             "the xing loss without LIVE's 1e-3 scale: 1000x too strong (the old behaviour)"),
+    Mutation("live-xing-scale-one", LIVE, "XING_SCALE = 1e-3 ", "XING_SCALE = 1.0 ", (XING,)),
+    Mutation("live-xing-turn-test-flipped", LIVE,
+             "D = (sin(u, m) >= 0).to(seg.dtype)", "D = (sin(u, m) < 0).to(seg.dtype)", (XING,),
+             "penalises the consistent turn instead of the crossing"),
+    Mutation("live-per-stage-budget-split", LIVE,
+             "return [max(1, int(steps_per_stage))] * stages",
+             "return [max(1, int(steps_per_stage) // stages)] * stages",
+             (f"{TV}::test_live_runs_steps_per_stage_when_asked",),
+             "LIVE's 500 steps per stage read as a total budget (the old ~70 per stage)"),
+    Mutation("live-paper-lengths-at-240-px", LIVE, "    ref_size: int = 600\n", "    ref_size: int = 240\n",
+             (f"{TV}::test_live_settings_presets_are_the_reference_and_ours",
+              f"{T}::test_a_preset_sets_every_budget_it_is_not_given"),
+             "radius, UDF reach and point rate 2.5x the reference's at 600 px (the old scaling)"),
+    Mutation("live-geometry-not-passed", VF, "udf_every=st.udf_every,\n               **st.geometry(size))",
+             "udf_every=st.udf_every)", (f"{T}::test_a_preset_sets_every_budget_it_is_not_given",)),
+    Mutation("live-point-rate-restarts-every-stage", LIVE, "k, rest = divmod(age, every)",
+             "k, rest = 0, age % every", (f"{TV}::test_point_rate_decays_with_each_groups_age_as_in_live",),
+             "older path groups back at full point rate each stage instead of 0.4^k"),
+    Mutation("live-udf-weight-frozen-at-the-start", LIVE, "if i == 0 or (udf_every and i % udf_every == 0):",
+             "if i == 0:", (f"{TV}::test_udf_weight_follows_the_new_paths_every_step_when_asked",),
+             "the weight stays where the paths started (the old behaviour, 8-18 dB with no floor)"),
+    Mutation("vf-one-suffix-for-every-style", VF,
+             "suffix = SUFFIXES[style]", "suffix = SUFFIX", (f"{T}::test_each_style_has_its_own_prompt_suffix",),
+             "the iconographic suffix for pixel art and sketch too (the old behaviour)"),
+    Mutation("vf-sds-prompt-without-the-style", VF,
+             "full_prompt(prompt, o.style), ctx)", "full_prompt(prompt), ctx)",
+             (f"{T}::test_the_model_sees_the_styles_suffix",)),
+    Mutation("vf-baseline-sampled-without-the-style", VF,
+             "[full_prompt(caption, o.style)] * int(k)", "[full_prompt(caption)] * int(k)",
+             (f"{T}::test_the_model_sees_the_styles_suffix",)),
+    Mutation("vf-paper-preset-runs-500-sds-steps", VF,
+             "    sds_steps: int = 1000\n", "    sds_steps: int = 500\n",
+             (f"{T}::test_presets_paper_by_default_and_fast",)),
+    Mutation("vf-preset-live-budget-ignored", VF,
+             "live_settings = st.live if live_steps is None else",
+             "live_settings = LiveSettings.fast() if live_steps is None else",
+             (f"{T}::test_a_preset_sets_every_budget_it_is_not_given",),
+             "the preset's LIVE budget (steps per stage) never reaches LIVE"),
     Mutation("rast-fill-rules-swapped", R,
              'return (wind & 1).bool() if rule == "evenodd" else wind != 0',
              'return wind != 0 if rule == "evenodd" else (wind & 1).bool()',
