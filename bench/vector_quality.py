@@ -219,3 +219,135 @@ ICONS = 24
 def psnr_np(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
     return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    import io
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def vtracer_at(target, paths: int):
+    """vtracer alone at no more than `paths` paths, the best it can do: each of its settings
+    (default, two coarser) with the smallest paths (control-polygon area) dropped to fit;
+    returns (scene, PSNR, seconds of the best setting's tracing)."""
+    from core.vector.live import psnr
+    from core.vector.rasterizer import render
+    from core.vector.scene import shape_area
+    from core.vector.svg_io import parse_svg
+    from core.vector.vectorize import COARSER, vtracer_svg
+    H, W = target.shape[1:]
+    best = None
+    for opts in COARSER:
+        t = time.perf_counter()
+        scene = parse_svg(vtracer_svg(target, **opts))
+        if len(scene.shapes) > paths:
+            keep = set(np.argsort([-shape_area(s) for s in scene.shapes])[:paths].tolist())
+            scene.shapes = [s for i, s in enumerate(scene.shapes) if i in keep]
+        dt = time.perf_counter() - t
+        p = psnr(render(scene, W, H), target)
+        if best is None or p > best[1]:
+            best = (scene, p, dt)
+    return best
+
+
+def measure(img: Image.Image, budget: int, size: int, steps: int | None):
+    """(ours, vtracer) rows for one icon at one budget: (paths, PSNR at 256 px, seconds)."""
+    import torch
+
+    from core.vector.live import psnr
+    from core.vector.rasterizer import render
+    from core.vector.svg_io import parse_svg
+    from core.vector.vectorize import resized, run, vectorize
+    target = resized(img, SIZE)
+    t = time.perf_counter()
+    res = run(vectorize(png_bytes(img), num_paths=budget, steps=steps, size=size))
+    dt = time.perf_counter() - t
+    with torch.no_grad():
+        ours = psnr(render(parse_svg(res.info["svg"]), SIZE, SIZE), target)
+        vt, vt_psnr, vt_dt = vtracer_at(target, res.info["paths"])
+    return (res.info["paths"], ours, dt), (len(vt.shapes), vt_psnr, vt_dt)
+
+
+def measure_live(img: Image.Image, paths: int, preset: str):
+    """LIVE from scratch with `paths` paths, the `preset` settings of core.vector.live
+    (the working size capped at the icon's 256 px): (paths, PSNR at 256 px, seconds)."""
+    import torch
+
+    from core.vector.live import LiveSettings, psnr
+    from core.vector.rasterizer import render
+    from core.vector.svg_io import parse_svg
+    from core.vector.vectorize import resized, run, vectorize
+    st = getattr(LiveSettings, preset)()
+    size = min(st.size or SIZE, SIZE)
+    t = time.perf_counter()
+    res = run(vectorize(png_bytes(img), num_paths=paths, init="live", steps=st.total_steps(paths), size=size,
+                        schedule=st.path_schedule(paths), uniform_weight=st.uniform_weight,
+                        xing_weight=st.xing_weight, steps_per_stage=st.steps_per_stage,
+                        point_schedule=st.point_schedule, udf_every=st.udf_every, **st.geometry(size)))
+    dt = time.perf_counter() - t
+    with torch.no_grad():
+        p = psnr(render(parse_svg(res.info["svg"]), SIZE, SIZE), resized(img, SIZE))
+    return res.info["paths"], p, dt
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--icons", type=int, default=ICONS, help="how many of the 24 icons (from the first)")
+    ap.add_argument("--paths", type=int, default=16, help="the path budget (default: the CLI's 16)")
+    ap.add_argument("--tight", action="store_true",
+                    help="budget per icon: half the paths of vtracer's tracing (exercises the pruning)")
+    ap.add_argument("--size", type=int, default=128, help="our working size (default: the CLI's 128)")
+    ap.add_argument("--steps", type=int, default=None, help="refinement steps (default: the CLI's)")
+    ap.add_argument("--live", default="", help="LIVE presets to add, e.g. fast,paper (slow: minutes an icon)")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from bench.vector import thread_settings
+    from core.vector.svg_io import parse_svg
+    from core.vector.vectorize import DEFAULT_INIT, resized, vtracer_svg
+    torch.set_num_threads(a.threads)
+    presets = [p for p in a.live.split(",") if p]
+    print(f"== image to SVG on {a.icons} procedural {SIZE} px icons: vtracer alone vs ours (default method "
+          f"'{DEFAULT_INIT}', working size {a.size}), PSNR at {SIZE} px; {thread_settings()}")
+    head = f"{'icon':>4s} {'budget':>6s} | {'vtracer':>20s} | {'ours':>20s} | {'gain':>6s}"
+    for p in presets:
+        head += f" | {'LIVE ' + p:>20s}"
+    print(head)
+    rows, live_rows = [], {p: [] for p in presets}
+    for k in range(a.icons):
+        img = icon(k)
+        budget = a.paths
+        if a.tight:
+            budget = max(1, math.ceil(len(parse_svg(vtracer_svg(resized(img, a.size))).shapes) / 2))
+        o, v = measure(img, budget, a.size, a.steps)
+        rows.append((v, o))
+        line = (f"{k:4d} {budget:6d} | {v[0]:3d}p {v[1]:6.2f}dB {v[2]:5.2f}s | {o[0]:3d}p {o[1]:6.2f}dB {o[2]:5.2f}s"
+                f" | {o[1] - v[1]:+6.2f}")
+        for p in presets:
+            lv = measure_live(img, o[0], p)
+            live_rows[p].append(lv)
+            line += f" | {lv[0]:3d}p {lv[1]:6.2f}dB {lv[2]:5.1f}s"
+        print(line, flush=True)
+    v = np.array([r[0] for r in rows], dtype=float)
+    o = np.array([r[1] for r in rows], dtype=float)
+    wins = int((o[:, 1] > v[:, 1]).sum())
+    line = (f"{'mean':>11s} | {v[:, 0].mean():4.1f}p {v[:, 1].mean():5.2f}dB {v[:, 2].mean():5.2f}s | "
+            f"{o[:, 0].mean():4.1f}p {o[:, 1].mean():5.2f}dB {o[:, 2].mean():5.2f}s | "
+            f"{(o[:, 1] - v[:, 1]).mean():+6.2f}")
+    for p in presets:
+        lv = np.array(live_rows[p], dtype=float)
+        line += f" | {lv[:, 0].mean():4.1f}p {lv[:, 1].mean():5.2f}dB {lv[:, 2].mean():5.1f}s"
+    print(line)
+    print(f"ours beats vtracer at the same path count on {wins} of {len(rows)} icons; ours took "
+          f"{o[:, 2].max():.2f} s at most, {np.median(o[:, 2]):.2f} s median (goal <= 5 s on 2 cores)")
+    for p in presets:
+        lv = np.array(live_rows[p], dtype=float)
+        print(f"LIVE {p}: beats vtracer on {int((lv[:, 1] > v[:, 1]).sum())} of {len(rows)} icons")
+
+
+if __name__ == "__main__":
+    main()
