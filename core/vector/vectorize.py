@@ -7,9 +7,10 @@ L2 loss (`refine`), stopping early once the PSNR stops improving.
 
 `vectorize(...)` is a generator: it yields `VectorProgress` events (step, loss, PSNR, the
 current SVG text and a rendered frame) and finally one `Result` whose `info` has 'svg' (the
-SVG text in the input image's pixel size), 'psnr' (dB, at the working size), 'paths' and
-'init'; `images` holds the final render. Stopping the generator early (Cancel) leaves nothing
-written: files are the caller's business (see `svg_io.write_svg`, atomic).
+SVG text in the input image's pixel size), 'psnr' (dB, at the working size), 'paths', 'init'
+and 'steps' (those run: refinement may stop early); `images` holds the final render. Stopping
+the generator early (Cancel) leaves nothing written: files are the caller's business (see
+`svg_io.write_svg`, atomic).
 """
 from __future__ import annotations
 
@@ -230,14 +231,14 @@ def vectorize(image, num_paths: int = 16, init: str = DEFAULT_INIT, steps: int |
             first = render(scene, target.shape[2], target.shape[1])
         yield progress_event(0, steps, scene, first, float(((first - target) ** 2).sum(0).mean()),
                              target, f"vtracer: {len(scene.shapes)} paths")
-        yield from refine(scene, target, steps, preview_every=preview_every, plateau=PLATEAU)
+        steps = yield from refine(scene, target, steps, preview_every=preview_every, plateau=PLATEAU)
     with torch.no_grad():
         img = render(scene, target.shape[2], target.shape[1])
     out = scaled(scene, ow, oh)
     svg = scene_to_svg(out)
     yield Result(images=[to_pil(img)],
                  info={"svg": svg, "psnr": psnr(img, target), "paths": len(scene.shapes),
-                       "init": init, "size": (target.shape[2], target.shape[1])})
+                       "init": init, "steps": steps, "size": (target.shape[2], target.shape[1])})
 
 
 def run(gen):

@@ -1,5 +1,6 @@
-"""VectorFusion (latent SDS, guidance, timesteps, re-initialisation, the fp32 encoder) and our
-differentiable rasterizer (fill rules, winding, coverage, compositing gradients, strokes)."""
+"""VectorFusion (latent SDS, guidance, timesteps, re-initialisation, the fp32 encoder), our
+differentiable rasterizer (fill rules, winding, coverage, compositing gradients, strokes) and
+image-to-SVG (the default method, filling the path budget)."""
 from . import Mutation
 
 VF = "core/vectorfusion.py"
@@ -16,7 +17,6 @@ RB = "core/vector/raster_batched.py"
 RP = "core/vector/raster_primitives.py"
 SAME = f"{TR}::test_batched_path_matches_the_loop"      # the loop path, now second to auto
 VEC = "core/vector/vectorize.py"
-TV = "tests/test_vector_vectorize.py"
 BUDGET = f"{TV}::test_budget_is_filled_and_refined_vtracer_beats_vtracer_at_equal_paths"
 
 MUTATIONS = [
