@@ -35,6 +35,7 @@ CLIP text score, mean CLIP style score) in the store.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import functools
 import io
@@ -45,7 +46,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from PIL import Image
 
-from . import library
+from . import library, styledrop_adapter
 from .errors import UserError
 from .events import Notice, Progress, Result
 from .images import center_crop_resize, load_image
@@ -57,6 +58,7 @@ TARGETS = r".*transformer_blocks\.\d+\.ff\.net\.2"
 MAX_STYLE_IMAGES = 8
 MAX_CANDIDATES = 64
 MAX_PROMPTS = 32
+FORMS = ("gelu", "linear")  # the paper's adapter (default); the LoRA-compatible linear layer (A1111/ComfyUI)
 
 # a varied set of objects, scenes and animals (editable in the UI)
 DEFAULT_CONTENT_PROMPTS = [
@@ -128,10 +130,17 @@ def parse_prompts(text_or_list: str | Sequence[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- the adapter
 
-def adapter_spec(rank: int = 4) -> AdapterSpec:
+def adapter_spec(rank: int = 4, form: str = "gelu") -> AdapterSpec:
+    """"gelu": the paper's module out + U GELU(D out), hooked on (core/styledrop_adapter.py);
+    "linear": out + U D (out - b) as a LoRA on ff.net.2 (only D and U train), loadable by A1111/ComfyUI."""
     if not 1 <= int(rank) <= 128:
         raise UserError("The adapter rank must be between 1 and 128.")
-    # trained as the paper's adapter (only D and U), saved as a plain LoRA on ff.net.2
+    if form not in FORMS:
+        raise UserError(f"The adapter form is one of {', '.join(FORMS)}.")
+    if form == "gelu":
+        return AdapterSpec(target_modules=styledrop_adapter.BLOCKS + r"\.ff", rank=int(rank),
+                           module_adapter=styledrop_adapter.factory(rank))
+    # trained as the paper's adapter without the GELU (only D and U), saved as a plain LoRA on ff.net.2
     return AdapterSpec(target_modules=TARGETS, rank=int(rank), init="gaussian",
                        down_parametrization=DownThroughW2)
 
@@ -180,7 +189,7 @@ class DownThroughW2(torch.nn.Module):
 
 def make_recipe(engine, style: Sequence[tuple[Image.Image, str]], liked: Sequence[tuple[Image.Image, str]] = (),
                 *, rank: int = 4, name: str = "", style_descriptor: str = "", round_number: int = 1,
-                loop_id: int | None = None, liked_ids: Sequence[int] = ()) -> Recipe:
+                loop_id: int | None = None, liked_ids: Sequence[int] = (), form: str = "gelu") -> Recipe:
     """StyleDrop as a recipe: examples = style image(s) with "[content] in [style] style", plus
     (rounds >= 2) the liked candidates, each with its own sampling prompt."""
     if not style:
@@ -188,12 +197,17 @@ def make_recipe(engine, style: Sequence[tuple[Image.Image, str]], liked: Sequenc
     res = engine.resolution
     examples = [Example(center_crop_resize(im.convert("RGB"), res, res), text) for im, text in style]
     examples += [Example(center_crop_resize(im.convert("RGB"), res, res), text) for im, text in liked]
+    described = {"gelu": "the paper's adapter out + U GELU(D out) after each block's feed-forward (forward "
+                          "hooks); not a LoRA",
+                 "linear": "linear adapter U(D out) on ff.net.2, saved as LoRA lora_A = D W2, lora_B = U "
+                           "(bias term U D b dropped)"}
     return Recipe(method=METHOD, name=name or f"StyleDrop round {round_number}", examples=examples,
-                  adapter=adapter_spec(rank), trigger_words=style_phrase(style_descriptor) if style_descriptor else "",
-                  sample_prompts=[],
+                  adapter=adapter_spec(rank, form), trigger_words=style_phrase(style_descriptor) if style_descriptor
+                  else "", sample_prompts=[],
                   extra={"loop_id": loop_id, "round": round_number, "style_images": len(style),
-                         "liked_candidates": list(liked_ids), "adapter_form": "paper adapter U(D out) on ff.net.2, "
-                         "saved as LoRA lora_A = D W2, lora_B = U (bias term U D b dropped)"})
+                         "liked_candidates": list(liked_ids),
+                         "adapter_form": styledrop_adapter.FORM if form == "gelu" else "linear",
+                         "adapter_description": described.get(form, "")})
 
 
 def store_of(engine):
@@ -258,11 +272,13 @@ def training_set(store, loop_id: int, owner: str) -> tuple[list[tuple[Image.Imag
 # --------------------------------------------------------------------------- candidates and scores
 
 def _generate_grid(engine, ctx, adapter_id: int | None, owner, loop, contents: Sequence[str], *,
-                   samples_per_prompt: int, seed: int, steps: int, guidance: float):
+                   samples_per_prompt: int, seed: int, steps: int, guidance: float,
+                   lambdas: tuple[float, float] | None = None):
     prompts = [sampling_prompt(c, loop.style_descriptor) for c in contents]
     items = []
     total = len(prompts) * samples_per_prompt
-    with library.adapters(engine).active({adapter_id: 1.0} if adapter_id else {}, owner):
+    with sampling(engine, {adapter_id: 1.0} if adapter_id else {}, owner, lambdas) as guidance_used:
+        guidance = guidance if guidance_used is None else guidance_used
         for i, p in enumerate(prompts):
             imgs = engine.text_to_image(ctx, [p] * samples_per_prompt, seed=seed, steps=steps, guidance=guidance,
                                         message=f"Candidates {i * samples_per_prompt + 1}-"
@@ -300,6 +316,86 @@ def _add_candidates(store, engine, round_id, owner, loop, items, metrics):
     store.add_candidates(round_id, owner, items)
     cands = store.candidates(round_id, owner)
     return store.update_round(round_id, owner, metrics=round_metrics(cands))
+
+
+# --------------------------------------------------------------------------- adapter guidance (Eq. 4)
+
+def eq4(uncond_base: torch.Tensor, cond_base: torch.Tensor, cond_adapter: torch.Tensor, lambda_a: float,
+        lambda_b: float) -> torch.Tensor:
+    """StyleDrop's adapter guidance (Eq. 4), on noise predictions:
+    G^(t) + lambda_A (G^(t) - G(t)) + lambda_B (G(t) - G(n)), with G^ the adapted model, G the
+    base model, t the prompt and n the negative (here: unconditional) prompt. lambda_A = -1 is
+    the base model's plain CFG at scale 1 + lambda_B (diffusers' guidance w = 1 + lambda_B)."""
+    return cond_adapter + float(lambda_a) * (cond_adapter - cond_base) + float(lambda_b) * (cond_base - uncond_base)
+
+
+def check_lambdas(lambda_a, lambda_b) -> tuple[float, float]:
+    a, b = float(lambda_a), float(lambda_b)
+    if not (-1 <= a <= 10 and 0 <= b <= 30):
+        raise UserError("Adapter guidance needs lambda_A between -1 and 10 and lambda_B between 0 and 30.")
+    return a, b
+
+
+def _half(value, n: int):
+    """The second (conditional) half of a CFG-batched UNet argument; anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == 2 * n:
+        return value[n:]
+    if isinstance(value, dict):
+        return {k: _half(v, n) for k, v in value.items()}
+    return value
+
+
+@contextlib.contextmanager
+def adapter_guidance(engine, weights: Mapping[int, float], owner, lambda_a: float, lambda_b: float):
+    """For the block, every UNet call of a CFG-batched pipeline ([negative; prompt]) returns
+    Eq. 4 in both halves: the call itself runs the base model (adapters off) on both halves,
+    G(n) and G(t); a hook runs the adapted model on the prompt half, G^(t) (three UNet
+    evaluations per step). The pipeline's own CFG then leaves Eq. 4 unchanged whatever its
+    scale (u + w (c - u) with u = c); it only needs a scale above 1 to batch the negative half."""
+    unet = engine.pipe.unet
+    resident = library.adapters(engine)
+    inside: list[bool] = []
+
+    def hook(module, args, kwargs, output):
+        if inside:  # the adapted pass itself
+            return output
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        n = sample.shape[0] // 2
+        args_c = [_half(a, n) for a in args]
+        kwargs_c = {k: _half(v, n) for k, v in kwargs.items()}
+        inside.append(True)
+        try:
+            with resident.active(dict(weights), owner):
+                adapted = module(*args_c, **{**kwargs_c, "return_dict": False})[0]
+        finally:
+            inside.pop()
+        mixed = eq4(sample[:n], sample[n:], adapted, lambda_a, lambda_b)
+        both = torch.cat([mixed, mixed]).to(sample.dtype)
+        if isinstance(output, tuple):
+            return (both, *output[1:])
+        output.sample = both
+        return output
+
+    handle = unet.register_forward_hook(hook, with_kwargs=True)
+    try:
+        library.disable_everywhere(engine)
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def sampling(engine, weights: Mapping[int, float], owner, lambdas: tuple[float, float] | None):
+    """Adapters on for a generation block: plain (the adapted model in both CFG halves; yields
+    None) or, with `lambdas` = (lambda_A, lambda_B), adapter guidance (Eq. 4; yields the
+    pipeline guidance scale to pass, 1 + lambda_B, at least 1.5 so the pipeline batches CFG)."""
+    if lambdas is None or not weights:
+        with library.adapters(engine).active(weights, owner):
+            yield None
+        return
+    a, b = check_lambdas(*lambdas)
+    with adapter_guidance(engine, weights, owner, a, b):
+        yield max(1.0 + b, 1.5)
 
 
 def check_grid(contents, samples_per_prompt, steps):
@@ -376,8 +472,14 @@ def round_outcome(result: Result) -> RoundOutcome | CandidatesOutcome:
 def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, stop_key: str | None = None,
                 rank: int = 4, contents: str | Sequence[str] = DEFAULT_CONTENT_PROMPTS, samples_per_prompt: int = 1,
                 seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None,
-                step_hook=None, recipe_hook=None) -> Iterator:
-    """Train the loop's next round (a fresh adapter) and generate its candidate grid, in one job.
+                step_hook=None, recipe_hook=None, form: str = "gelu",
+                lambdas: tuple[float, float] | None = None) -> Iterator:
+    """Train the loop's next round and generate its candidate grid, in one job. Every round
+    trains a **fresh** adapter (D re-drawn, U = 0), also round 2 on the liked images; the paper
+    (Sec. 3.3) says "trains a new adapter" as well, but on the selected samples only (ours adds the
+    style image(s)), with a wider adapter in round 2 (Table S3: d_prj 32, not shared; ours keeps
+    the rank given). `form`: "gelu" (the paper's module) or "linear" (a LoRA for A1111/ComfyUI).
+    `lambdas` = (lambda_A, lambda_B): the grid by adapter guidance (Eq. 4), else plain CFG.
     Streams the trainer's events; ends with a Result (candidate images; info: round, adapter,
     trainable parameters, metrics)."""
     store = store_of(engine)
@@ -386,9 +488,11 @@ def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, stop_k
         raise UserError("Only the loop's owner can train its rounds; you can rate its candidates.")
     contents, n = check_grid(contents, samples_per_prompt, sample_steps)
     style, liked, liked_ids, number = training_set(store, loop.id, owner)
+    if lambdas is not None:
+        lambdas = check_lambdas(*lambdas)
     recipe = make_recipe(engine, style, liked, rank=rank, name=f"{loop.name} · StyleDrop round {number}",
                          style_descriptor=loop.style_descriptor, round_number=number, loop_id=loop.id,
-                         liked_ids=liked_ids)
+                         liked_ids=liked_ids, form=form)
     if recipe_hook is not None:  # tests: see exactly what the trainer gets
         recipe_hook(recipe)
     trainer = Trainer(engine, recipe, config, step_hook=step_hook, owner=owner)
@@ -404,13 +508,16 @@ def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, stop_k
             rnd = store.add_round(loop.id, owner, adapter_id=a.id, extra={
                 "trained_on": {"style_images": len(style), "liked_candidates": liked_ids},
                 "trainable_params": out.trainable_params, "rank": int(rank),
-                "lora_numbers": lora_numbers(engine.pipe.unet, rank), "steps": int(config.steps),
+                "lora_numbers": (lora_numbers(engine.pipe.unet, rank) if form == "linear"
+                                 else param_count(engine.pipe.unet, rank)),
+                "adapter_form": recipe.extra["adapter_form"], "steps": int(config.steps),
                 "learning_rate": float(config.learning_rate), "loss_before": out.loss_before,
                 "loss_after": out.loss_after, "seconds": round(out.seconds, 2),
                 "content_prompts": list(contents), "samples_per_prompt": n, "seed": int(seed),
-                "sample_steps": int(sample_steps), "guidance": float(guidance)})
+                "sample_steps": int(sample_steps), "guidance": float(guidance),
+                "adapter_guidance": list(lambdas) if lambdas is not None else None})
             items = _generate_grid(engine, ctx, a.id, owner, loop, contents, samples_per_prompt=n, seed=seed,
-                                   steps=sample_steps, guidance=guidance)
+                                   steps=sample_steps, guidance=guidance, lambdas=lambdas)
             rnd = _add_candidates(store, engine, rnd.id, owner, loop, items, metrics)
         except BaseException:
             library.adapters(engine).remove(a.id)
@@ -457,8 +564,10 @@ def first_round(engine, images: Sequence[Image.Image], config: TrainConfig, *, o
 
 def generate_candidates(engine, round_id: int, *, owner: str, stop_key: str | None = None,
                         contents: str | Sequence[str] = DEFAULT_CONTENT_PROMPTS, samples_per_prompt: int = 1,
-                        seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None) -> Iterator:
-    """More candidates for a round (its adapter active), appended to its grid and scored."""
+                        seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None,
+                        lambdas: tuple[float, float] | None = None) -> Iterator:
+    """More candidates for a round (its adapter active; with `lambdas` = (lambda_A, lambda_B) by
+    adapter guidance, Eq. 4), appended to its grid and scored."""
     store = store_of(engine)
     rnd = store.get_round(round_id, owner)
     loop = store.get_loop(rnd.loop_id, owner)
@@ -468,10 +577,12 @@ def generate_candidates(engine, round_id: int, *, owner: str, stop_key: str | No
         raise UserError("This round's adapter was deleted from the library; train a new round.")
     store.get_adapter(rnd.adapter_id, owner)
     contents, n = check_grid(contents, samples_per_prompt, sample_steps)
+    if lambdas is not None:
+        lambdas = check_lambdas(*lambdas)
 
     def work(ctx) -> Result:
         items = _generate_grid(engine, ctx, rnd.adapter_id, owner, loop, contents, samples_per_prompt=n,
-                               seed=seed, steps=sample_steps, guidance=guidance)
+                               seed=seed, steps=sample_steps, guidance=guidance, lambdas=lambdas)
         r2 = _add_candidates(store, engine, rnd.id, owner, loop, items, metrics)
         outcome = CandidatesOutcome(loop_id=loop.id, round_id=rnd.id, round=rnd.number, metrics=dict(r2.metrics),
                                     added=len(items))
@@ -496,11 +607,12 @@ def pick_score(scores: Mapping[str, float], text_weight: float) -> float | None:
     return w * float(scores["clip_text"]) + (1 - w) * float(scores["clip_style"])
 
 
-def clip_picks(cands, *, mode: str = "top_k", k: int = 4, threshold: float = 0.5, text_weight: float = 0.5,
-               per_prompt: bool = False) -> list[int]:
+def clip_picks(cands, *, mode: str = "top_k", k: int = 1, threshold: float = 0.5, text_weight: float = 1.0,
+               per_prompt: bool = True) -> list[int]:
     """Candidate ids CLIP picks: the k best by `pick_score` (per content prompt when
-    `per_prompt`, as the paper's CLIP feedback keeps the best image per prompt), or every
-    candidate whose score is at least `threshold`. Ties keep the earlier candidate."""
+    `per_prompt`), or every candidate whose score is at least `threshold`. Ties keep the earlier
+    candidate. The defaults are the paper's CLIP feedback (Sec. 3.3, 4.4.3): per prompt, the one
+    sample with the best CLIP image-text score (k = 1, text weight 1, style score unused)."""
     if mode not in ("top_k", "threshold"):
         raise UserError("CLIP feedback is by top-k or by threshold.")
     if not 0 <= float(text_weight) <= 1:
@@ -528,8 +640,8 @@ def _rate_as_clip(store, ratings: Mapping[int, int], owner: str) -> None:
     store.rate_many(ratings, CLIP_RATER, viewer=owner)
 
 
-def clip_feedback(engine, round_id: int, *, owner: str, mode: str = "top_k", k: int = 4, threshold: float = 0.5,
-                  text_weight: float = 0.5, per_prompt: bool = False) -> dict:
+def clip_feedback(engine, round_id: int, *, owner: str, mode: str = "top_k", k: int = 1, threshold: float = 0.5,
+                  text_weight: float = 1.0, per_prompt: bool = True) -> dict:
     """Apply CLIP feedback to a round: thumbs up under the rater "clip" on the picks, CLIP's earlier
     picks withdrawn elsewhere (so changing k or the threshold re-picks). Owner only."""
     store = store_of(engine)

@@ -114,6 +114,11 @@ class AdapterSpec:
     text_encoder_rank: int = 0
     text_encoder_targets: list[str] | str = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])  # CLIP attention
+    # A non-peft adapter (a hook point; StyleDrop's GELU module): a factory (unet, generator=) ->
+    # an object with parameters(), named_parameters(), state_dict(), configs() and remove(). It
+    # hooks itself onto the UNet for the run and is removed after it (the UNet is never changed);
+    # what it learned is saved from its state_dict() (canonical keys, see core/lora_format.py).
+    module_adapter: Callable[..., Any] | None = None
 
     def lora_config(self):
         from peft import LoraConfig
@@ -266,6 +271,7 @@ class Trainer(DataCache, Checkpoints):
         self._gc_was: bool | None = None
         self._parametrized: list[torch.nn.Module] = []  # LoRA down layers under a parametrization
         self._te_lora: dict[str, torch.nn.Module] = {}  # text encoders carrying the training adapter
+        self._module: Any = None  # AdapterSpec.module_adapter's object while it is hooked on
         self.is_main = True  # False in the secondary processes of `accelerate launch`
         self.tokens: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
 
@@ -352,6 +358,8 @@ class Trainer(DataCache, Checkpoints):
             if unet.dtype != torch.float32:
                 unet.to(torch.float32)  # Adam on fp16 weights diverges; the backup restores the original
             params = list(unet.parameters())
+        elif spec.module_adapter is not None:
+            params = self._attach_module(unet, spec)
         else:
             try:
                 with torch.random.fork_rng(devices=[]):  # the LoRA init follows the run's seed
@@ -377,6 +385,13 @@ class Trainer(DataCache, Checkpoints):
             if p.dtype != torch.float32:
                 p.data = p.data.float()  # trainable weights in fp32; frozen ones stay as they are
         return params
+
+    def _attach_module(self, unet, spec: AdapterSpec) -> list[torch.nn.Parameter]:
+        """A non-peft adapter (AdapterSpec.module_adapter) hooked onto the UNet, seeded by the run."""
+        if spec.text_encoder_rank:
+            raise UserError("Text-encoder LoRA goes with LoRA training, not with this adapter.")
+        self._module = spec.module_adapter(unet, generator=torch.Generator().manual_seed(int(self.cfg.seed)))
+        return list(self._module.parameters())
 
     def _attach_text_encoders(self) -> list[torch.nn.Parameter]:
         """The training adapter (same name as the UNet's) injected in place into each text
@@ -430,6 +445,9 @@ class Trainer(DataCache, Checkpoints):
         """Leave the resident UNet as other tabs expect it: frozen, eval, adapters disabled;
         on failure without the training adapter; after full fine-tuning, the original weights."""
         self._unparametrize_down()
+        if self._module is not None:  # its weights are in the Outcome already (or discarded)
+            self._module.remove()
+            self._module = None
         for te in self._te_lora.values():
             te.requires_grad_(False)
             te.eval()
@@ -542,6 +560,10 @@ class Trainer(DataCache, Checkpoints):
             params_named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
             params_named += [(f"{comp}.{n}", p) for comp, te in self._te_lora.items()
                              for n, p in te.named_parameters() if p.requires_grad]
+            if self._module is not None:
+                if accelerator.num_processes > 1:
+                    raise UserError("This adapter trains in one process only (DDP does not see it).")
+                params_named += [(f"module_adapter.{n}", p) for n, p in self._module.named_parameters()]
             if cfg.gradient_checkpointing:
                 unet.enable_gradient_checkpointing()
             optimizer, lr_sched, gen = self._optimization(params, accelerator)
@@ -652,7 +674,10 @@ class Trainer(DataCache, Checkpoints):
         if self.recipe.adapter.full:
             sd, configs, share = self._extract_lora()
             extra["extracted_energy"] = round(share, 4)
-        return Outcome(None if self.recipe.adapter.full else self.adapter_name, sd, configs, history, samples,
+        elif self._module is not None:
+            sd, configs = self._module.state_dict(), self._module.configs()
+        plain = self.recipe.adapter.full or self._module is not None
+        return Outcome(None if plain else self.adapter_name, sd, configs, history, samples,
                        library.count_params(params), loss_before, loss_after, time.monotonic() - started, extra)
 
 
@@ -687,7 +712,8 @@ def save_outcome(engine, recipe: Recipe, cfg: TrainSettings, out: Outcome, *, ow
         library.adapters(engine).adopt(a.id, out.adapter_name)
     else:
         a = store.save_adapter(state_dict=out.state_dict, configs=out.configs, **common)
-        library.adapters(engine).ensure(a.id, owner)
+        if recipe.adapter.module_adapter is None:  # a non-peft adapter is applied per request instead
+            library.adapters(engine).ensure(a.id, owner)
     return a
 
 
