@@ -791,6 +791,49 @@ def adapter_size(engine, rank: int) -> AdapterSize | None:
                        lora_numbers=lora_numbers(unet, rank))
 
 
+# --------------------------------------------------------------------------- export for LoRA loaders
+
+EXPORT_NOTE = (
+    "A1111 and ComfyUI load LoRAs, which are linear. A round trained in the **linear form** exports exactly "
+    "(it is a LoRA on `ff.net.2`). The **paper's adapter** has a GELU between D and U, which no LoRA can "
+    "express: its export replaces GELU(z) by its tangent at 0, z/2 (lora_A = ½·D·W2, lora_B = U) and drops the "
+    "constant ½·U·D·b. That is exact only while D·out stays near 0, so it loses what the GELU's curvature "
+    "learned, and its images differ from the ones made here. For an exact LoRA, train the round in the linear "
+    "form (a separate adapter, trained without the GELU).")
+
+
+def export_for_lora_loaders(engine, round_id: int, *, owner: str) -> tuple[str, bool]:
+    """A kohya-format LoRA file of a round's adapter for A1111/ComfyUI: (path, exact). A linear
+    adapter is written as it is (exact); a GELU adapter as its linearisation
+    (`styledrop_adapter.linearised_lora`, not exact; see EXPORT_NOTE)."""
+    import uuid
+
+    from . import lora_format
+    from .files import atomic_path
+    from .store_base import safe_filename
+
+    store = store_of(engine)
+    rnd = store.get_round(int(round_id), owner)
+    if rnd.adapter_id is None:
+        raise UserError("This round's adapter was deleted from the library.")
+    a = store.get_adapter(rnd.adapter_id, owner)
+    if not styledrop_adapter.is_gelu(a):
+        return str(store.export(a.id, owner, fmt="kohya")), True
+    adapter = styledrop_adapter.StyleDropAdapter.from_canonical(store.load_adapter(a.id, owner)[0])
+    sd = styledrop_adapter.linearised_lora(adapter, engine.pipe.unet)
+    configs = {"unet": {"r": adapter.rank, "lora_alpha": adapter.rank,
+                        "target_modules": sorted(k[len("unet."):-len(".lora_A.weight")] for k in sd
+                                                 if k.endswith(".lora_A.weight"))}}
+    header = {"ss_network_module": "networks.lora", "ss_output_name": a.name, "ss_network_dim": str(adapter.rank),
+              "ss_base_model": a.base_model, "studio_note": "linearised StyleDrop GELU adapter (GELU(z) ~ z/2)"}
+    folder = store.root / "exports" / uuid.uuid4().hex
+    final = folder / f"{safe_filename(a.name + '-linearised')}.safetensors"
+    with atomic_path(final) as tmp:
+        lora_format.write_safetensors(tmp, lora_format.to_kohya(sd, configs, te_style="te1" if engine.xl else "te"),
+                                      header)
+    return str(final), False
+
+
 # --------------------------------------------------------------------------- StyleDrop + DreamBooth
 
 def subject_style_prompt(subject_adapter, style_descriptor: str) -> str:

@@ -31,6 +31,9 @@ RATES_PER_MINUTE = 60
 RATERS_PER_LOOP = 2
 
 TITLE = "StyleDrop Loop"
+# The page's defaults: the paper's adapter; Eq. 4 with lambda_B = 5 (Table S3) and lambda_A = 1 (the
+# middle of round 1's 0-2; round 2 uses 2)
+DEFAULT_OPTIONS = {"form": "gelu", "adapter_guidance": True, "lambda_a": 1.0, "lambda_b": 5.0}
 
 # The grid (a gr.HTML): visitor text goes in its triple-stash fields only after
 # tabs.common.html_text (Gradio evaluates the rendered template as a JavaScript template
@@ -44,13 +47,27 @@ NO_LOOP = "No loop yet: upload a style image and start one."
 STOPPED_ROUND = ("**Stopped.** Nothing half-written is kept: an unfinished round (adapter and grid) is "
                  "removed, a new loop without a finished round too; the last finished round stays.")
 INTRO = (
-    "**StyleDrop**: one style image (more allowed) trains a small adapter: a low-rank residual layer "
-    "`out + U·D·out` after the feed-forward of every transformer block of the UNet, nothing else. Training "
-    "text: **\"[content of the image] in [style] style\"**. Each round generates a grid of candidates; rate them "
+    "**StyleDrop**: one style image (more allowed) trains a small adapter, the paper's "
+    "`out + U·GELU(D·out)` after the feed-forward of every transformer block of the UNet, nothing else. Training "
+    "text: **\"[content of the image] in [style] style\"**. Each round generates a grid of candidates (by the "
+    "paper's adapter guidance, Eq. 4, unless you switch it off); rate them "
     "with 👍/👎 (click, or focus a tile and press **U** / **D**, **0** to withdraw, arrow keys to move) or let "
-    "CLIP pick, then train the next round: a fresh adapter on the **liked** images plus the style image.\n\n"
+    "CLIP pick (by default the paper's rule: per prompt, the image with the best CLIP text score), then train the "
+    "next round.\n\n"
+    "*The next round* trains a **fresh adapter** (not the previous one continued) on the **liked** images plus the "
+    "style image. The paper also trains a new adapter, but on the selected images alone and with a wider one in "
+    "round 2 (d_prj 32 instead of 4); here the style image stays in and the rank is the one you set.\n\n"
     "*Combining ratings:* every person (and CLIP, as one more rater) has at most one vote per image; an image is "
     "**liked** when thumbs up minus thumbs down is at least 1.")
+FORM_NOTE = (
+    "**The paper's adapter** (default): `out + U·GELU(D·out)`, put on through hooks only while it is used. "
+    "**Linear**: `out + U·D·(out − b)` as a LoRA on `ff.net.2` (no GELU, the bias term left out): a different, "
+    "separately trained adapter, which A1111/ComfyUI load exactly.")
+GUIDANCE_NOTE = (
+    "**Adapter guidance (Eq. 4):** ε = ε̂(t) + λ_A·(ε̂(t) − ε(t)) + λ_B·(ε(t) − ε(∅)), ε̂ the adapted UNet, ε the "
+    "base one: three UNet passes a step instead of two. λ_A sets how much of the style, λ_B the text guidance "
+    "(it replaces *Guidance*: plain CFG at w is λ_A = −1, λ_B = w − 1). Paper: λ_B = 5, λ_A 0–2 in round 1, 2 in "
+    "round 2. Off: plain CFG with the adapter on in both halves. (API calls use plain CFG.)")
 
 
 def _fmt(x, nd=3):
@@ -115,9 +132,9 @@ class StyleDropTab(Tab):
             return f"Adapter rank {r}: the parameter count appears when the model has loaded."
         return (f"**Adapter:** D (r×d) and U (d×r) after the feed-forward of each of the {size.blocks} "
                 f"transformer blocks → **{size.trainable_params:,} trained parameters** at r = {r} (Σ 2·r·d). "
-                f"Saved as a standard LoRA on `ff.net.2` (lora_A = D·W2, lora_B = U; {size.lora_numbers:,} "
-                "numbers in the file; the adapter's bias term U·D·b is left out, in training too), loadable by "
-                "diffusers, A1111, ComfyUI.")
+                "The paper's form keeps exactly those in the library; the linear form is saved as a standard "
+                f"LoRA on `ff.net.2` (lora_A = D·W2, lora_B = U; {size.lora_numbers:,} numbers in the file; the "
+                "bias term U·D·b is left out, in training too), loadable by diffusers, A1111, ComfyUI.")
 
     def loop_choices(self, owner: str) -> list[tuple[str, str]]:
         store = styledrop.store_of(self.engine)
@@ -250,6 +267,39 @@ class StyleDropTab(Tab):
         return styledrop.combined_prompt(self.engine, style_adapter_id=style_id, subject_adapter_id=subject_id,
                                          owner=owner)
 
+    # ------------------------------------------------------------------ adapter form and guidance
+    @staticmethod
+    @user_errors
+    def options_of(form, adapter_guidance, lambda_a, lambda_b) -> dict:
+        """The page's adapter form and guidance settings, checked (kept in a State for train/generate)."""
+        return {"form": v.choice(form, "Adapter form", styledrop.FORMS),
+                "adapter_guidance": v.flag(adapter_guidance, "Adapter guidance (Eq. 4)"),
+                "lambda_a": v.real(lambda_a, "λ_A (style adaptation)", -1, 10),
+                "lambda_b": v.real(lambda_b, "λ_B (text guidance)", 0, 30)}
+
+    def sampling_options(self, options) -> tuple[str, tuple[float, float] | None]:
+        """(adapter form, (lambda_A, lambda_B) or None) from the State; None (an API call): the
+        paper's form and plain CFG."""
+        if options is None:
+            return "gelu", None
+        if not isinstance(options, dict):
+            raise UserError("The adapter settings could not be read.")
+        o = self.options_of(options.get("form"), options.get("adapter_guidance"), options.get("lambda_a"),
+                            options.get("lambda_b"))
+        return o["form"], (o["lambda_a"], o["lambda_b"]) if o["adapter_guidance"] else None
+
+    @user_errors
+    def export(self, round, visitor=None, request: gr.Request = None):
+        """The round's adapter as a kohya LoRA file for A1111/ComfyUI: (file, note)."""
+        round_id = v.record_id(round, "Round")
+        owner = self.caller(request, visitor).owner
+        if round_id is None:
+            raise UserError("Pick a round (train one first).")
+        path, exact = styledrop.export_for_lora_loaders(self.engine, round_id, owner=owner)
+        return path, ("Exact: this round's adapter is a LoRA (linear form)." if exact else
+                      "**Linearised** (not exact): GELU(z) replaced by z/2 and the bias term dropped; images in "
+                      "A1111/ComfyUI will differ from the ones here.")
+
     # ------------------------------------------------------------------ rounds
     @staticmethod
     def grid_settings(prompts, samples_per_prompt, sample_steps, guidance, grid_seed) -> dict:
@@ -265,7 +315,7 @@ class StyleDropTab(Tab):
     @user_errors
     @gpu(duration=900)
     def train(self, loop, style_files, content, style, name, steps, learning_rate, rank, gradient_checkpointing,
-              seed, prompts, samples_per_prompt, sample_steps, guidance, grid_seed, visitor=None,
+              seed, prompts, samples_per_prompt, sample_steps, guidance, grid_seed, options=None, visitor=None,
               request: gr.Request = None):
         """Train the loop's next round (no loop: a new loop from the style image) and its grid,
         streamed: (status, loss plot, loop view ×6, info)."""
@@ -280,8 +330,10 @@ class StyleDropTab(Tab):
         content = v.text(content, "Content of the style image", 200)
         style = v.text(style, "Style descriptor", 200)
         name = v.text(name, "Loop name", 100)
+        form, lambdas = self.sampling_options(options)
         caller = self.caller(request, visitor)
-        round_kw = dict(owner=caller.owner, stop_key=caller.stop_key, rank=rank, metrics=self.ctx.metrics, **grid)
+        round_kw = dict(owner=caller.owner, stop_key=caller.stop_key, rank=rank, metrics=self.ctx.metrics, form=form,
+                        lambdas=lambdas, **grid)
         if loop_id is None:
             if not paths:
                 raise UserError("Upload a style image to start a loop.")
@@ -316,16 +368,17 @@ class StyleDropTab(Tab):
 
     @user_errors
     @gpu(duration=300)
-    def generate(self, loop, round, prompts, samples_per_prompt, sample_steps, guidance, grid_seed, visitor=None,
-                 request: gr.Request = None):
+    def generate(self, loop, round, prompts, samples_per_prompt, sample_steps, guidance, grid_seed, options=None,
+                 visitor=None, request: gr.Request = None):
         """More candidates for the round, streamed: (status, loop view ×6)."""
         grid = self.grid_settings(prompts, samples_per_prompt, sample_steps, guidance, grid_seed)
         loop_id, round_id = v.record_id(loop, "Feedback loop"), v.record_id(round, "Round")
+        _, lambdas = self.sampling_options(options)
         caller = self.caller(request, visitor)
         if round_id is None:
             raise UserError("Pick a round (train one first).")
         events = styledrop.generate_candidates(self.engine, round_id, owner=caller.owner, stop_key=caller.stop_key,
-                                               metrics=self.ctx.metrics, **grid)
+                                               metrics=self.ctx.metrics, lambdas=lambdas, **grid)
         for u in job_updates(events, stopped="**Stopped.** No candidates were added."):
             if isinstance(u.event, Result):
                 outcome = styledrop.round_outcome(u.event)
@@ -461,6 +514,10 @@ class StyleDropTab(Tab):
             with gr.Row():
                 ui.gc = gr.Checkbox(label="Gradient checkpointing", value=p["gradient_checkpointing"])
                 ui.seed = Number(label="Training seed", value=0, precision=0, minimum=0)
+            ui.form = Radio([("The paper's adapter: out + U·GELU(D·out)", "gelu"),
+                             ("Linear (a LoRA for A1111/ComfyUI)", "linear")], value="gelu", label="Adapter form",
+                            elem_id="sd-form")
+            gr.Markdown(FORM_NOTE)
         ui.params = gr.Markdown(elem_id="sd-params")
         with gr.Accordion("Candidate grid", open=True):
             ui.prompts = gr.Textbox(label="Content prompts, one per line (sampled as \"[content] in [style] style\")",
@@ -473,6 +530,14 @@ class StyleDropTab(Tab):
                                          elem_id="sd-sample-steps")
                 ui.guidance = Number(label="Guidance", value=p["guidance"], minimum=0)
                 ui.grid_seed = Number(label="Grid seed", value=0, precision=0, minimum=0)
+            with gr.Row():
+                ui.eq4 = gr.Checkbox(label="Adapter guidance (Eq. 4)", value=True, elem_id="sd-eq4")
+                ui.lambda_a = Slider(-1, 5, value=DEFAULT_OPTIONS["lambda_a"], step=0.1, label="λ_A (style adaptation)",
+                                     elem_id="sd-lambda-a")
+                ui.lambda_b = Slider(0, 15, value=DEFAULT_OPTIONS["lambda_b"], step=0.5, label="λ_B (text guidance)",
+                                     elem_id="sd-lambda-b")
+            gr.Markdown(GUIDANCE_NOTE)
+            ui.options = gr.State(dict(DEFAULT_OPTIONS))
         with gr.Row():
             ui.new = gr.Button("Start a new loop (round 1)", variant="primary", elem_id="sd-new")
             ui.next = gr.Button("Train the next round on the liked images", variant="primary", elem_id="sd-next")
@@ -497,16 +562,22 @@ class StyleDropTab(Tab):
             with gr.Row():
                 ui.clip_mode = Radio([("Top-k", "top_k"), ("Threshold", "threshold")], value="top_k",
                                      label="CLIP feedback picks", elem_id="sd-clip-mode")
-                ui.clip_k = Slider(1, 32, value=4, step=1, label="k (best k)", elem_id="sd-clip-k")
+                ui.clip_k = Slider(1, 32, value=1, step=1, label="k (best k)", elem_id="sd-clip-k")
                 ui.clip_threshold = Slider(-1, 1, value=0.5, step=0.005, label="Threshold on the score",
                                            elem_id="sd-clip-thr")
             with gr.Row():
-                ui.clip_weight = Slider(0, 1, value=0.5, step=0.05,
+                ui.clip_weight = Slider(0, 1, value=1.0, step=0.05,
                                         label="Score = w · CLIP text + (1 − w) · CLIP style; w =", elem_id="sd-clip-w")
-                ui.clip_per_prompt = gr.Checkbox(label="Top-k per content prompt (the paper's CLIP feedback)",
-                                                 value=False)
+                ui.clip_per_prompt = gr.Checkbox(label="Top-k per content prompt (with k = 1, w = 1: the paper's "
+                                                       "CLIP feedback, the default)", value=True)
                 ui.clip = gr.Button("Apply CLIP feedback", elem_id="sd-clip")
         ui.rounds = gr.Markdown("", elem_id="sd-rounds")
+        with gr.Accordion("Export for A1111 / ComfyUI", open=False):
+            gr.Markdown(styledrop.EXPORT_NOTE)
+            with gr.Row():
+                ui.export = gr.Button("Export this round's adapter as a LoRA", elem_id="sd-export")
+                ui.export_file = gr.File(label="LoRA file (kohya format)", elem_id="sd-export-file")
+            ui.export_note = gr.Markdown("", elem_id="sd-export-note")
 
     def _combine_section(self, ui) -> None:
         gr.Markdown("Pick a StyleDrop adapter and a Personalize (DreamBooth) subject: both adapters are active at "
@@ -542,15 +613,19 @@ class StyleDropTab(Tab):
         ui.round.input(self.show_round, [ui.loop, ui.round, self.visitor], view, **private)
         ui.publish.input(self.publish, [ui.loop, ui.publish, self.visitor], view, api_name="styledrop_publish")
 
+        settings = [ui.form, ui.eq4, ui.lambda_a, ui.lambda_b]
+        for box in settings:
+            box.change(self.options_of, settings, ui.options, queue=False, **private)
+        ui.export.click(self.export, [ui.round, self.visitor], [ui.export_file, ui.export_note], **private)
         train_tail = [ui.style_files, ui.content, ui.style, ui.name, ui.steps, ui.lr, ui.rank, ui.gc, ui.seed,
-                      ui.prompts, ui.samples, ui.sample_steps, ui.guidance, ui.grid_seed, self.visitor]
+                      ui.prompts, ui.samples, ui.sample_steps, ui.guidance, ui.grid_seed, ui.options, self.visitor]
         train_out = [ui.status, ui.loss, *view, ui.info]
         for event in (ui.next.click(self.train, [ui.loop, *train_tail], train_out, api_name="styledrop_train", **GPU),
                       ui.new.click(self.train, [ui.no_loop, *train_tail], train_out, **private, **GPU)):
             event.then(self.refresh_adapters, self.visitor, [ui.c_style, ui.c_subject], **private).then(
                 self.params_text, ui.rank, ui.params, **private)
         ui.generate.click(self.generate, [ui.loop, ui.round, ui.prompts, ui.samples, ui.sample_steps, ui.guidance,
-                                          ui.grid_seed, self.visitor],
+                                          ui.grid_seed, ui.options, self.visitor],
                           [ui.status, *view], api_name="styledrop_generate", **GPU)
         ui.grid.click(self.rate_from_grid, [ui.loop, ui.round, self.visitor], [ui.counts, ui.grid, ui.rounds],
                       trigger_mode="multiple", **private)
