@@ -466,6 +466,9 @@ def test_gelu_adapter_hooks_after_every_feed_forward_and_restores_the_unet(engin
         assert hooks_on(unet) == hooks + 8
         assert sum(p.numel() for p in train.parameters()) == 8 * (4 * 64 + 64 * 4) == 4096  # D, U per block
         assert all(torch.count_nonzero(train.adapter.block(b).up) == 0 for b in blocks)
+        every_d = torch.cat([train.adapter.block(b).down.detach().flatten() for b in blocks])
+        # D: truncated normal, std 0.02, cut at 2 std (std of the truncated law 0.88 x 0.02); 2048 draws
+        assert every_d.abs().max() <= 0.04 + 1e-6 and 0.015 < float(every_d.std()) < 0.020
         assert torch.equal(unet_call(engine, x, emb, kw), base)  # U = 0: exactly the base model
         with torch.no_grad():
             for p in train.parameters():
