@@ -1,36 +1,56 @@
 """StyleDrop (Sohn et al., NeurIPS 2023) on the shared trainer: adapter tuning on one style
 image, then feedback rounds.
 
-The paper's base model (Muse) is not public; like the Style-Aligned paper's SDRP-SDXL baseline we
-tune a small adapter on the SDXL (or SD 1.5) UNet.
+The paper's base model (Muse, a masked transformer) is not public; like the Style-Aligned paper's
+SDRP-SDXL baseline (arXiv 2312.02133, Sec. 4.2) we tune a small adapter on the SDXL (or SD 1.5)
+UNet, predicting noise where Muse predicts token logits.
 
-**The adapter.** A low-rank residual layer after the feed-forward of every transformer block,
+**What is the paper's** (source: arXiv 2306.00983, the ar5iv text)
 
-    out' = out + U (D out),      D: r x d (truncated normal, std 0.02),   U: d x r (zeros)
+* The adapter (App. B.1.1, Fig. S1), the default form "gelu": after the feed-forward of every
+  transformer block, out' = out + U GELU(D out), D: r x d truncated normal std 0.02 (cut at 2
+  std, as flax's truncated normal), U: d x r zeros (the identity at step 0), no bias; GELU the
+  tanh approximation (`jax.nn.gelu`'s default, as Fig. S1 calls it). Only D and U train
+  (2 r d per block). It is not a LoRA: core/styledrop_adapter.py hooks it onto the resident
+  UNet's `ff` modules for the job and removes the hooks after (the UNet is never changed); the
+  library keeps D and U with the tag extra["adapter_form"] = "styledrop-gelu", and
+  `library.adapters(engine).active` puts it on the same way for generation and feedback rounds.
+* Training text "[content description] in [style descriptor] style" (Sec. 3.2.1); sampling
+  prompts "[new content] in [style descriptor] style".
+* Adapter guidance (Eq. 4), `lambdas=(lambda_A, lambda_B)`: G^(t) + lambda_A (G^(t) - G(t)) +
+  lambda_B (G(t) - G(n)) on noise predictions, three UNet passes a step (`adapter_guidance`).
+  Table S3: lambda_B = 5, lambda_A 0-2 (round 1), 2 (round 2). Without `lambdas`: plain CFG with
+  the adapter on in both halves (what LoRA users know).
+* CLIP feedback default (Sec. 3.3, 4.4.3): per content prompt, the one candidate with the best
+  CLIP image-text score (k = 1, text weight 1, per prompt). Top-k / threshold on a mix with the
+  CLIP style score stay options.
+* Each round trains a new adapter from scratch (Sec. 3.3, "iterative training ... trains a new
+  adapter on images sampled from a previously trained adapter").
 
-trained alone. The feed-forward's last layer is the Linear `ff.net.2` (out = W2 h + b), so the
-adapter is a rank-r update of that Linear: W2' = W2 + U (D W2), b' = b + U D b. We train exactly
-the paper's parameters D and U (2 r d per block) with the standard LoRA of `ff.net.2`
-re-parametrised as lora_A = D W2 (W2 frozen), lora_B = U, and we drop the bias term U D b
-(during training too, so what is saved is exactly what was trained): the adapter acts on the
-FF output without its constant bias, out' = out + U D (out - b). It is saved as a standard LoRA
-on `ff.net.2` (lora_A = D W2, lora_B = U), so diffusers (`load_lora_weights`), AUTOMATIC1111 and
-ComfyUI load it. A plain LoRA on `ff.net.2` would NOT be the same function class: its A is any
-r x d_ff matrix (r (d_ff + d) parameters, 2.5x more with SDXL's 4x feed-forward), while the
-adapter's A = D W2 is confined to the row space of W2. As in the Style-Aligned paper's
-baseline the layer is linear (the paper's GELU between D and U cannot be written as a LoRA).
+**What differs, and why**
 
-**Training text** "[content description] in [style descriptor] style" (the paper found it key to
-separate content from style); sampling prompts "[new content] in [style descriptor] style".
+* One adapter per block, after the feed-forward; the paper puts two per layer (after
+  cross-attention and after the MLP, App. B.1.1), and round 1 shares them across layers
+  (is_shared, d_prj 4). We follow the SDRP-SDXL baseline's single adapter after each FF.
+* Round 2 trains on the liked candidates **plus** the style image(s) (the paper: the selected
+  samples only) at the rank given (the paper: d_prj 32, not shared). Liked = net thumbs >= 1
+  over all raters (CLIP counts as one).
+* Defaults: 400 steps at lr 1e-4 (the SDRP-SDXL baseline), not 1000 at 3e-5 with batch 8 (Muse).
+* Subject + style mixes adapter weights (both on at once); the paper mixes two Eq. 4 predictions,
+  (1 - gamma) l_style + gamma l_subject (Eqs. 5-6).
+* The "linear" form (`form="linear"`), for A1111/ComfyUI: out' = out + U D (out - b) as a LoRA
+  on `ff.net.2` (out = W2 h + b): lora_A = D W2 (parametrised, W2 frozen; only D and U train),
+  lora_B = U; the bias term U D b is dropped in training too, so what is saved is what was
+  trained. No GELU: a different adapter, trained separately. A plain LoRA on `ff.net.2` would
+  not be this function class (its A is any r x d_ff matrix). `export_for_lora_loaders` writes a
+  linear adapter exactly and a GELU one linearised (GELU(z) ~ z/2, see EXPORT_NOTE).
 
 **Feedback rounds.** Round 1 trains on the style image. Its adapter generates a grid of
-candidates over a list of content prompts; people (thumbs up/down) and CLIP (top-k or threshold
-on a mix of CLIP text score and CLIP style score) rate them in the store, each under its own rater
-key ("clip" for CLIP). Rule: a candidate is *liked* when its net score (thumbs up minus thumbs
-down over all raters, CLIP counting as one rater) is at least 1. The next round trains a fresh
-adapter on the liked images (each with its own sampling prompt as training text) plus the
-original style image(s). Every round keeps its adapter, candidates, ratings and metrics (mean
-CLIP text score, mean CLIP style score) in the store.
+candidates over a list of content prompts; people (thumbs up/down) and CLIP rate them in the
+store, each under its own rater key ("clip" for CLIP). The next round trains a fresh adapter on
+the liked images (each with its own sampling prompt as training text) plus the original style
+image(s). Every round keeps its adapter, candidates, ratings and metrics (mean CLIP text score,
+mean CLIP style score) in the store.
 """
 from __future__ import annotations
 
