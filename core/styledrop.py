@@ -366,18 +366,16 @@ def _half(value, n: int):
 
 
 @contextlib.contextmanager
-def adapter_guidance(engine, weights: Mapping[int, float], owner, lambda_a: float, lambda_b: float):
-    """For the block, every UNet call of a CFG-batched pipeline ([negative; prompt]) returns
-    Eq. 4 in both halves: the call itself runs the base model (adapters off) on both halves,
-    G(n) and G(t); a hook runs the adapted model on the prompt half, G^(t) (three UNet
-    evaluations per step). The pipeline's own CFG then leaves Eq. 4 unchanged whatever its
-    scale (u + w (c - u) with u = c); it only needs a scale above 1 to batch the negative half."""
+def _guided(engine, combine):
+    """For the block, every CFG-batched UNet call ([negative; prompt]) runs the base model (adapters
+    off) on both halves, G(n) and G(t), and returns `combine(unet, args, kwargs, G(n), G(t))` (the
+    arguments of the prompt half) in both halves; the pipeline's own CFG then leaves it unchanged
+    whatever its scale (u + w (c - u) with u = c): it only needs a scale above 1 to batch."""
     unet = engine.pipe.unet
-    resident = library.adapters(engine)
     inside: list[bool] = []
 
     def hook(module, args, kwargs, output):
-        if inside:  # the adapted pass itself
+        if inside:  # the extra passes themselves
             return output
         sample = output[0] if isinstance(output, tuple) else output.sample
         n = sample.shape[0] // 2
@@ -385,11 +383,9 @@ def adapter_guidance(engine, weights: Mapping[int, float], owner, lambda_a: floa
         kwargs_c = {k: _half(v, n) for k, v in kwargs.items()}
         inside.append(True)
         try:
-            with resident.active(dict(weights), owner):
-                adapted = module(*args_c, **{**kwargs_c, "return_dict": False})[0]
+            mixed = combine(module, args_c, {**kwargs_c, "return_dict": False}, sample[:n], sample[n:])
         finally:
             inside.pop()
-        mixed = eq4(sample[:n], sample[n:], adapted, lambda_a, lambda_b)
         both = torch.cat([mixed, mixed]).to(sample.dtype)
         if isinstance(output, tuple):
             return (both, *output[1:])
@@ -402,6 +398,53 @@ def adapter_guidance(engine, weights: Mapping[int, float], owner, lambda_a: floa
         yield
     finally:
         handle.remove()
+
+
+def adapter_guidance(engine, weights: Mapping[int, float], owner, lambda_a: float, lambda_b: float):
+    """Eq. 4 for the block: G(n), G(t) from the base model, G^(t) with `weights`' adapters on
+    (three UNet evaluations per step)."""
+    resident = library.adapters(engine)
+
+    def combine(unet, args, kwargs, uncond, cond):
+        with resident.active(dict(weights), owner):
+            adapted = unet(*args, **kwargs)[0]
+        return eq4(uncond, cond, adapted, lambda_a, lambda_b)
+    return _guided(engine, combine)
+
+
+def subject_style_guidance(engine, *, style_adapter_id: int, subject_adapter_id: int, owner, content_prompt: str,
+                           gamma: float, lambda_a: float, lambda_b: float):
+    """The paper's "my content in my style" (Sec. 3.4, Eqs. 5-6) for one prompt t (with the style
+    descriptor) and its content prompt c (without): (1 - gamma) l_s + gamma l_c, with
+    l_s = Eq. 4 of the style adapter on t and l_c = Eq. 4 of the subject adapter on c, sharing
+    the base model's G(n): five UNet evaluations per step."""
+    resident = library.adapters(engine)
+    pipe = engine.pipe
+    with torch.no_grad():
+        enc = pipe.encode_prompt(content_prompt, device=engine.device, num_images_per_prompt=1,
+                                 do_classifier_free_guidance=False)
+    c_emb, c_pooled = enc[0], (enc[2] if engine.xl else None)
+
+    def on_content(kwargs):
+        b = kwargs["encoder_hidden_states"].shape[0]
+        out = {**kwargs, "encoder_hidden_states": c_emb.expand(b, -1, -1).to(kwargs["encoder_hidden_states"])}
+        if c_pooled is not None and kwargs.get("added_cond_kwargs"):
+            added = dict(kwargs["added_cond_kwargs"])
+            added["text_embeds"] = c_pooled.expand(b, -1).to(added["text_embeds"])
+            out["added_cond_kwargs"] = added
+        return out
+
+    def combine(unet, args, kwargs, uncond, cond):
+        with resident.active({int(style_adapter_id): 1.0}, owner):
+            styled = unet(*args, **kwargs)[0]
+        kw_c = on_content(kwargs)
+        base_c = unet(*args, **kw_c)[0]
+        with resident.active({int(subject_adapter_id): 1.0}, owner):
+            subject = unet(*args, **kw_c)[0]
+        g = float(gamma)
+        return (1 - g) * eq4(uncond, cond, styled, lambda_a, lambda_b) + g * eq4(uncond, base_c, subject, lambda_a,
+                                                                                   lambda_b)
+    return _guided(engine, combine)
 
 
 @contextlib.contextmanager
@@ -874,12 +917,42 @@ def combined_prompt(engine, *, style_adapter_id: int, subject_adapter_id: int, o
 
 def generate_with_subject(engine, *, style_adapter_id: int, subject_adapter_id: int | None, prompts: Sequence[str],
                           style_weight: float = 1.0, subject_weight: float = 1.0, owner: str,
-                          stop_key: str | None = None, **kwargs) -> Iterator:
-    """Both adapters active at once (peft set_adapters, a weight each): the style adapter on the
-    FF outputs, the subject's LoRA on its own modules."""
+                          stop_key: str | None = None, mix: str = "weights", gamma: float = 0.6,
+                          lambdas: tuple[float, float] = (1.0, 5.0), **kwargs) -> Iterator:
+    """Style + subject. `mix="weights"`: both adapters active at once (peft set_adapters, a weight
+    each; the GELU style adapter through its hooks). `mix="predictions"`: the paper's way (Sec.
+    3.4), (1 - gamma) Eq. 4 of the style adapter on the prompt + gamma Eq. 4 of the subject
+    adapter on the prompt without its style phrase (`subject_style_guidance`), `lambdas` =
+    (lambda_A, lambda_B); the paper: gamma 0.5-0.7."""
     weights = {int(style_adapter_id): float(style_weight)}
     if subject_adapter_id is not None:
         if int(subject_adapter_id) == int(style_adapter_id):
             raise UserError("Pick a subject adapter different from the style adapter.")
         weights[int(subject_adapter_id)] = float(subject_weight)
-    return library.generate(engine, prompts, weights, owner=owner, stop_key=stop_key, **kwargs)
+    if mix == "weights":
+        return library.generate(engine, prompts, weights, owner=owner, stop_key=stop_key, **kwargs)
+    if mix != "predictions" or subject_adapter_id is None:
+        raise UserError("Mixing predictions needs a subject adapter (or mix the weights).")
+    if not 0 <= float(gamma) <= 1:
+        raise UserError("gamma (subject share) must be between 0 and 1.")
+    lambda_a, lambda_b = check_lambdas(*lambdas)
+    from .validate import prompt_list
+
+    prompts = prompt_list(prompts)
+    store = store_of(engine)
+    style = store.get_adapter(int(style_adapter_id), owner)
+    store.get_adapter(int(subject_adapter_id), owner)
+    phrase = " " + (style.trigger_words or "").strip()
+    kwargs.pop("guidance", None)
+
+    def work(ctx) -> Result:
+        images = []
+        for p in prompts:
+            content = p[: -len(phrase)].strip() if len(phrase) > 1 and p.endswith(phrase) else p
+            with subject_style_guidance(engine, style_adapter_id=style.id, subject_adapter_id=int(subject_adapter_id),
+                                        owner=owner, content_prompt=content, gamma=gamma, lambda_a=lambda_a,
+                                        lambda_b=lambda_b):
+                images += engine.text_to_image(ctx, [p], guidance=max(1.0 + lambda_b, 1.5), **kwargs)
+        return Result(images=images, info={"prompts": list(prompts), "adapters": weights, "mix": "predictions",
+                                           "gamma": float(gamma), "lambdas": [lambda_a, lambda_b]})
+    return engine.run(work, stop_key=stop_key or owner, kind="generate")

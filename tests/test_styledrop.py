@@ -636,3 +636,52 @@ def test_clip_feedback_default_is_the_papers_best_text_score_per_prompt():
     defaults = {k: p.default for k, p in inspect.signature(sd.clip_feedback).parameters.items()}
     assert (defaults["mode"], defaults["k"], defaults["text_weight"], defaults["per_prompt"]) == \
         ("top_k", 1, 1.0, True)
+
+
+def test_subject_and_style_by_mixing_predictions(engine, gelu_round):
+    """The paper's "my content in my style" (Eqs. 5-6): inside the block a CFG-batched UNet call
+    returns (1 - g) [A_s + lA (A_s - B_t) + lB (B_t - N)] + g [A_c + lA (A_c - B_c) + lB (B_c - N)],
+    each prediction computed separately (A_s: the style adapter on t, B_t / B_c: the base model on t /
+    on c (t without its style phrase), A_c: the subject adapter on c, N: the base model on the
+    negative); and the job generates with it."""
+    from core.styledrop_adapter import hooks_on
+
+    subj = Image.fromarray(np.full((64, 64, 3), (30, 200, 60), np.uint8))
+    recipe = db.make_recipe(engine, [subj], identifier="sks", class_noun="dog", prior=False, rank=4,
+                            sample_prompts=[])
+    trained = last(train(engine, recipe, TrainSettings(steps=2, learning_rate=1e-2), owner="local"))
+    subject_id = trained.info["adapter_id"]
+    style_id = gelu_round["result"].info["adapter_id"]
+    pipe, unet = engine.pipe, engine.pipe.unet
+    t_emb, n_emb, t_pool, n_pool = pipe.encode_prompt("a sks dog in glow gradient style", device=engine.device,
+                                                      num_images_per_prompt=1, do_classifier_free_guidance=True)
+    c_emb, _, c_pool, _ = pipe.encode_prompt("a sks dog", device=engine.device, num_images_per_prompt=1,
+                                             do_classifier_free_guidance=True)
+    ids = torch.tensor([[64, 64, 0, 0, 64, 64]], dtype=t_emb.dtype)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(8))
+
+    def run(xb, e, p, t, weights=None):
+        with library.adapters(engine).active(weights or {}, "local"), torch.no_grad():
+            return unet(xb, torch.tensor(400), encoder_hidden_states=e,
+                        added_cond_kwargs={"text_embeds": p, "time_ids": t}, return_dict=False)[0]
+
+    N, B_t, B_c = run(x, n_emb, n_pool, ids), run(x, t_emb, t_pool, ids), run(x, c_emb, c_pool, ids)
+    A_s = run(x, t_emb, t_pool, ids, {style_id: 1.0})
+    A_c = run(x, c_emb, c_pool, ids, {subject_id: 1.0})
+    g, la, lb = 0.6, 1.5, 4.0
+    expected = (1 - g) * (A_s + la * (A_s - B_t) + lb * (B_t - N)) + g * (A_c + la * (A_c - B_c) + lb * (B_c - N))
+    hooks = hooks_on(unet)
+    with sd.subject_style_guidance(engine, style_adapter_id=style_id, subject_adapter_id=subject_id, owner="local",
+                                   content_prompt="a sks dog", gamma=g, lambda_a=la, lambda_b=lb):
+        both = run(torch.cat([x, x]), torch.cat([n_emb, t_emb]), torch.cat([n_pool, t_pool]), torch.cat([ids, ids]))
+    assert hooks_on(unet) == hooks
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(both, torch.cat([expected, expected]), rtol=0, atol=1e-5 * scale)
+    assert (A_c - B_c).abs().max() > 1e-4 * scale and (A_s - B_t).abs().max() > 1e-4 * scale
+    res = last(sd.generate_with_subject(engine, style_adapter_id=style_id, subject_adapter_id=subject_id,
+                                        prompts=["a sks dog in glow gradient style"], owner="local", mix="predictions",
+                                        gamma=g, lambdas=(la, lb), seed=5, steps=2))
+    assert len(res.images) == 1 and res.info["mix"] == "predictions" and hooks_on(unet) == hooks
+    with pytest.raises(UserError, match="subject adapter"):
+        sd.generate_with_subject(engine, style_adapter_id=style_id, subject_adapter_id=None, prompts=["a cat"],
+                                 owner="local", mix="predictions")
