@@ -24,6 +24,10 @@ UNet, predicting noise where Muse predicts token logits.
 * CLIP feedback default (Sec. 3.3, 4.4.3): per content prompt, the one candidate with the best
   CLIP image-text score (k = 1, text weight 1, per prompt). Top-k / threshold on a mix with the
   CLIP style score stay options.
+* Subject + style (Sec. 3.4, Eqs. 5-6), `generate_with_subject(mix="predictions")`:
+  (1 - gamma) Eq. 4 of the style adapter on t + gamma Eq. 4 of the subject adapter on c (t without
+  its style phrase); the paper's gamma 0.5-0.7. The subject is a DreamBooth LoRA here (the paper:
+  a DreamBooth-trained adapter). `mix="weights"` (both adapters on at once) stays the API default.
 * Each round trains a new adapter from scratch (Sec. 3.3, "iterative training ... trains a new
   adapter on images sampled from a previously trained adapter").
 
@@ -36,8 +40,6 @@ UNet, predicting noise where Muse predicts token logits.
   samples only) at the rank given (the paper: d_prj 32, not shared). Liked = net thumbs >= 1
   over all raters (CLIP counts as one).
 * Defaults: 400 steps at lr 1e-4 (the SDRP-SDXL baseline), not 1000 at 3e-5 with batch 8 (Muse).
-* Subject + style mixes adapter weights (both on at once); the paper mixes two Eq. 4 predictions,
-  (1 - gamma) l_style + gamma l_subject (Eqs. 5-6).
 * The "linear" form (`form="linear"`), for A1111/ComfyUI: out' = out + U D (out - b) as a LoRA
   on `ff.net.2` (out = W2 h + b): lora_A = D W2 (parametrised, W2 frozen; only D and U train),
   lora_B = U; the bias term U D b is dropped in training too, so what is saved is what was

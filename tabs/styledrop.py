@@ -34,6 +34,7 @@ TITLE = "StyleDrop Loop"
 # The page's defaults: the paper's adapter; Eq. 4 with lambda_B = 5 (Table S3) and lambda_A = 1 (the
 # middle of round 1's 0-2; round 2 uses 2)
 DEFAULT_OPTIONS = {"form": "gelu", "adapter_guidance": True, "lambda_a": 1.0, "lambda_b": 5.0}
+DEFAULT_MIX = {"mode": "predictions", "gamma": 0.6}  # the paper's gamma 0.5-0.7
 
 # The grid (a gr.HTML): visitor text goes in its triple-stash fields only after
 # tabs.common.html_text (Gradio evaluates the rendered template as a JavaScript template
@@ -444,11 +445,31 @@ class StyleDropTab(Tab):
         return self.render(owner, loop_id, round_id)
 
     # ------------------------------------------------------------------ style + subject
+    @staticmethod
+    @user_errors
+    def mix_of(mode, gamma) -> dict:
+        """The page's style + subject mixing, checked (kept in a State for `combine`)."""
+        return {"mode": v.choice(mode, "Mix", ["predictions", "weights"]),
+                "gamma": v.real(gamma, "γ (subject share)", 0, 1)}
+
+    def mix_options(self, mix, options) -> dict:
+        """generate_with_subject's mixing arguments from the States (None: weights, as before)."""
+        if mix is None:
+            return {"mix": "weights"}
+        if not isinstance(mix, dict):
+            raise UserError("The mixing settings could not be read.")
+        m = self.mix_of(mix.get("mode"), mix.get("gamma"))
+        if m["mode"] == "weights":
+            return {"mix": "weights"}
+        _, lambdas = self.sampling_options(options)
+        return {"mix": "predictions", "gamma": m["gamma"], "lambdas": lambdas or (0.0, 5.0)}
+
     @user_errors
     @gpu(duration=120)
     def combine(self, style_adapter, style_weight, subject_adapter, subject_weight, prompts, seed, sample_steps,
-                guidance, visitor=None, request: gr.Request = None):
-        """Both adapters at once, streamed: (gallery, status)."""
+                guidance, options=None, mix=None, visitor=None, request: gr.Request = None):
+        """Style + subject, streamed: (gallery, status). `mix` (the page's State; None from the API:
+        weights) {"mode": "predictions" | "weights", "gamma": g}."""
         style_weight = v.real(style_weight, "Style weight", 0, 2)
         subject_weight = v.real(subject_weight, "Subject weight", 0, 2)
         seed = v.seed(seed)
@@ -457,6 +478,7 @@ class StyleDropTab(Tab):
         style_id = v.record_id(style_adapter, "Style adapter")
         subject_id = v.record_id(subject_adapter, "Subject adapter")
         prompts = v.text(prompts, "Prompts", 10_000)
+        mix_kw = self.mix_options(mix, options)
         caller = self.caller(request, visitor)
         if style_id is None:
             raise UserError("Pick a StyleDrop adapter (train a round first).")
@@ -464,10 +486,13 @@ class StyleDropTab(Tab):
         events = styledrop.generate_with_subject(
             self.engine, style_adapter_id=style_id, subject_adapter_id=subject_id, prompts=lines,
             style_weight=style_weight, subject_weight=subject_weight, owner=caller.owner,
-            stop_key=caller.stop_key, seed=seed, steps=steps, guidance=guidance)
+            stop_key=caller.stop_key, seed=seed, steps=steps, guidance=guidance, **mix_kw)
         for u in job_updates(events, stopped="**Stopped.** The images were not finished."):
             if isinstance(u.event, Result):
                 used = ", ".join(f"#{i} × {w:g}" for i, w in u.event.info["adapters"].items())
+                if u.event.info.get("mix") == "predictions":
+                    used = ", ".join(f"#{i}" for i in u.event.info["adapters"]) + \
+                        f" (predictions mixed, γ = {u.event.info['gamma']:g})"
                 yield list(zip(u.event.images, u.event.info["prompts"])), f"{u.status} Adapters: {used}."
             elif isinstance(u.event, Progress) and u.event.preview:
                 yield u.event.preview, u.status
@@ -580,8 +605,17 @@ class StyleDropTab(Tab):
             ui.export_note = gr.Markdown("", elem_id="sd-export-note")
 
     def _combine_section(self, ui) -> None:
-        gr.Markdown("Pick a StyleDrop adapter and a Personalize (DreamBooth) subject: both adapters are active at "
-                    "once, a weight each, on \"a [V] [class] in [style] style\".")
+        gr.Markdown("Pick a StyleDrop adapter and a Personalize (DreamBooth) subject, on \"a [V] [class] in [style] "
+                    "style\". **Mix predictions** (the paper, Sec. 3.4): (1 − γ)·Eq. 4 of the style adapter on the "
+                    "prompt + γ·Eq. 4 of the subject adapter on the prompt without its style phrase (λ_A, λ_B from "
+                    "the candidate grid's settings; five UNet passes a step; the paper: γ 0.5–0.7). **Mix weights**: "
+                    "both adapters on at once, a weight each (the sliders below).")
+        with gr.Row():
+            ui.c_mix = Radio([("Mix predictions (the paper)", "predictions"), ("Mix weights", "weights")],
+                             value=DEFAULT_MIX["mode"], label="Mix", elem_id="sd-c-mix")
+            ui.c_gamma = Slider(0, 1, value=DEFAULT_MIX["gamma"], step=0.05, label="γ (subject share)",
+                                elem_id="sd-c-gamma")
+            ui.mix = gr.State(dict(DEFAULT_MIX))
         with gr.Row():
             with gr.Column():
                 with gr.Row():
@@ -637,8 +671,11 @@ class StyleDropTab(Tab):
         for box in (ui.c_style, ui.c_subject):
             box.change(self.combine_prompt, [ui.c_style, ui.c_subject, self.visitor], ui.c_prompt, queue=False,
                        **private)
+        for box in (ui.c_mix, ui.c_gamma):
+            box.change(self.mix_of, [ui.c_mix, ui.c_gamma], ui.mix, queue=False, **private)
         ui.c_generate.click(self.combine, [ui.c_style, ui.c_style_weight, ui.c_subject, ui.c_subject_weight,
-                                           ui.c_prompt, ui.c_seed, ui.sample_steps, ui.guidance, self.visitor],
+                                           ui.c_prompt, ui.c_seed, ui.sample_steps, ui.guidance, ui.options, ui.mix,
+                                           self.visitor],
                             [ui.c_gallery, ui.c_status], api_name="styledrop_combine", **GPU)
         self.on_page_load(self.page_load, [ui.rank, self.visitor],
                           [*view, ui.params, ui.c_style, ui.c_subject])

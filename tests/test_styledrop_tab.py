@@ -401,3 +401,28 @@ def test_rounds_train_in_the_chosen_form_with_eq4_grids_and_export(setup, round1
     assert linear.extra["adapter_form"] == "linear"
     path, note = tab.export(round=str(final[-1]["round_id"]), visitor=setup["bob"], request=setup["bob_page"])
     assert note.startswith("Exact") and any(k.endswith("ff_net_2.lora_down.weight") for k in load_file(path))
+
+
+def test_style_and_subject_by_mixing_predictions(setup, round1):
+    from core import dreambooth
+    from core.train import TrainSettings, train
+    from tabs.styledrop import DEFAULT_MIX, DEFAULT_OPTIONS
+    from tests.test_styledrop import last as last_event
+
+    tab, info = setup["tab"], round1["info"]
+    alice = tab.caller(setup["alice_page"], setup["alice"]).owner
+    recipe = dreambooth.make_recipe(tab.engine, [style_image(3)], identifier="sks", class_noun="dog", prior=False,
+                                    rank=4, sample_prompts=[])
+    subject = last_event(train(tab.engine, recipe, TrainSettings(steps=1, learning_rate=1e-3), owner=alice))
+    kw = dict(style_adapter=str(info["adapter_id"]), style_weight=1.0, subject_adapter=str(subject.info["adapter_id"]),
+              subject_weight=1.0, prompts="a sks dog in neon style", seed=3, sample_steps=2, guidance=5.0,
+              options=dict(DEFAULT_OPTIONS), visitor=setup["alice"], request=setup["alice_page"])
+    assert DEFAULT_MIX == {"mode": "predictions", "gamma": 0.6}  # the page's default: the paper's way
+    (gallery, status), _ = last(tab.combine(mix=dict(DEFAULT_MIX), **kw))
+    assert len(gallery) == 1 and "predictions mixed, γ = 0.6" in status
+    (gallery, status), _ = last(tab.combine(mix={"mode": "weights", "gamma": 0.6}, **kw))
+    assert len(gallery) == 1 and status.endswith(f"#{subject.info['adapter_id']} × 1.")
+    with pytest.raises(gr.Error, match="Mix"):
+        list(tab.combine(mix={"mode": "both", "gamma": 0.6}, **kw))
+    with pytest.raises(gr.Error, match="subject adapter"):
+        list(tab.combine(mix=dict(DEFAULT_MIX), **{**kw, "subject_adapter": None}))
