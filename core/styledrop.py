@@ -933,8 +933,8 @@ def generate_with_subject(engine, *, style_adapter_id: int, subject_adapter_id: 
         weights[int(subject_adapter_id)] = float(subject_weight)
     if mix == "weights":
         return library.generate(engine, prompts, weights, owner=owner, stop_key=stop_key, **kwargs)
-    if mix != "predictions" or subject_adapter_id is None:
-        raise UserError("Mixing predictions needs a subject adapter (or mix the weights).")
+    if mix != "predictions":
+        raise UserError("Mix the predictions or the weights.")
     if not 0 <= float(gamma) <= 1:
         raise UserError("gamma (subject share) must be between 0 and 1.")
     lambda_a, lambda_b = check_lambdas(*lambdas)
@@ -942,6 +942,16 @@ def generate_with_subject(engine, *, style_adapter_id: int, subject_adapter_id: 
 
     prompts = prompt_list(prompts)
     store = store_of(engine)
+    if subject_adapter_id is None:  # no subject: the style adapter's Eq. 4 alone (gamma = 0)
+        store.get_adapter(int(style_adapter_id), owner)
+        kwargs.pop("guidance", None)
+
+        def style_only(ctx) -> Result:
+            with sampling(engine, weights, owner, (lambda_a, lambda_b)) as w:
+                images = engine.text_to_image(ctx, prompts, guidance=w, **kwargs)
+            return Result(images=images, info={"prompts": list(prompts), "adapters": weights,
+                                               "lambdas": [lambda_a, lambda_b]})
+        return engine.run(style_only, stop_key=stop_key or owner, kind="generate")
     style = store.get_adapter(int(style_adapter_id), owner)
     store.get_adapter(int(subject_adapter_id), owner)
     phrase = " " + (style.trigger_words or "").strip()

@@ -68,7 +68,7 @@ GUIDANCE_NOTE = (
     "**Adapter guidance (Eq. 4):** ε = ε̂(t) + λ_A·(ε̂(t) − ε(t)) + λ_B·(ε(t) − ε(∅)), ε̂ the adapted UNet, ε the "
     "base one: three UNet passes a step instead of two. λ_A sets how much of the style, λ_B the text guidance "
     "(it replaces *Guidance*: plain CFG at w is λ_A = −1, λ_B = w − 1). Paper: λ_B = 5, λ_A 0–2 in round 1, 2 in "
-    "round 2. Off: plain CFG with the adapter on in both halves. (API calls use plain CFG.)")
+    "round 2. Off: plain CFG with the adapter on in both halves. API calls get the page's defaults.")
 
 
 def _fmt(x, nd=3):
@@ -279,10 +279,9 @@ class StyleDropTab(Tab):
                 "lambda_b": v.real(lambda_b, "λ_B (text guidance)", 0, 30)}
 
     def sampling_options(self, options) -> tuple[str, tuple[float, float] | None]:
-        """(adapter form, (lambda_A, lambda_B) or None) from the State; None (an API call): the
-        paper's form and plain CFG."""
-        if options is None:
-            return "gelu", None
+        """(adapter form, (lambda_A, lambda_B) or None for plain CFG) from the State; None (a
+        plain REST call, which has no State): the page's defaults, the paper's."""
+        options = dict(DEFAULT_OPTIONS) if options is None else options
         if not isinstance(options, dict):
             raise UserError("The adapter settings could not be read.")
         o = self.options_of(options.get("form"), options.get("adapter_guidance"), options.get("lambda_a"),
@@ -453,9 +452,8 @@ class StyleDropTab(Tab):
                 "gamma": v.real(gamma, "γ (subject share)", 0, 1)}
 
     def mix_options(self, mix, options) -> dict:
-        """generate_with_subject's mixing arguments from the States (None: weights, as before)."""
-        if mix is None:
-            return {"mix": "weights"}
+        """generate_with_subject's mixing arguments from the States (None: the page's defaults)."""
+        mix = dict(DEFAULT_MIX) if mix is None else mix
         if not isinstance(mix, dict):
             raise UserError("The mixing settings could not be read.")
         m = self.mix_of(mix.get("mode"), mix.get("gamma"))
@@ -468,8 +466,8 @@ class StyleDropTab(Tab):
     @gpu(duration=120)
     def combine(self, style_adapter, style_weight, subject_adapter, subject_weight, prompts, seed, sample_steps,
                 guidance, options=None, mix=None, visitor=None, request: gr.Request = None):
-        """Style + subject, streamed: (gallery, status). `mix` (the page's State; None from the API:
-        weights) {"mode": "predictions" | "weights", "gamma": g}."""
+        """Style + subject, streamed: (gallery, status). `mix` (the page's State; None: its default)
+        {"mode": "predictions" | "weights", "gamma": g}."""
         style_weight = v.real(style_weight, "Style weight", 0, 2)
         subject_weight = v.real(subject_weight, "Subject weight", 0, 2)
         seed = v.seed(seed)

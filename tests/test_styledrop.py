@@ -682,6 +682,6 @@ def test_subject_and_style_by_mixing_predictions(engine, gelu_round):
                                         prompts=["a sks dog in glow gradient style"], owner="local", mix="predictions",
                                         gamma=g, lambdas=(la, lb), seed=5, steps=2))
     assert len(res.images) == 1 and res.info["mix"] == "predictions" and hooks_on(unet) == hooks
-    with pytest.raises(UserError, match="subject adapter"):
+    with pytest.raises(UserError, match="predictions or the weights"):
         sd.generate_with_subject(engine, style_adapter_id=style_id, subject_adapter_id=None, prompts=["a cat"],
-                                 owner="local", mix="predictions")
+                                 owner="local", mix="both")
