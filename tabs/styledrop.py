@@ -21,7 +21,8 @@ from core.images import load_image
 from core.throttle import DistinctLimit, Throttle
 from core.train import MAX_STEPS, TrainConfig
 
-from .common import GPU, AppContext, Tab, gpu, html_text, job_updates, md_text, stream_training, user_errors
+from .common import (GPU, AppContext, Tab, deliver, gpu, html_text, job_updates, md_text, stream_training,
+                     user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 # Ratings of someone else's published loop, per client address: at most RATES_PER_MINUTE, and
@@ -296,7 +297,7 @@ class StyleDropTab(Tab):
         if round_id is None:
             raise UserError("Pick a round (train one first).")
         path, exact = styledrop.export_for_lora_loaders(self.engine, round_id, owner=owner)
-        return path, ("Exact: this round's adapter is a LoRA (linear form)." if exact else
+        return deliver(path), ("Exact: this round's adapter is a LoRA (linear form)." if exact else
                       "**Linearised** (not exact): GELU(z) replaced by z/2 and the bias term dropped; images in "
                       "A1111/ComfyUI will differ from the ones here.")
 
