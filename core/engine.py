@@ -339,15 +339,19 @@ class Engine:
         self.low_vram_notes: list[str] = []
         self._idle_hooks: dict[str, Any] = {}   # text encoder name -> accelerate offload hook
         self._held: set[str] = set()            # text encoders kept on the GPU for this job
+        self._unet_hook = None                  # the UNet's pre-forward hook (a removable handle)
+        self._before_low_vram: dict[str, Any] = {}  # what _apply_low_vram changed, for set_low_vram(False)
 
     def _apply_low_vram(self, pipe) -> None:
         """Set the low-memory mode up on a freshly loaded pipeline (see the block comment)."""
         notes = self.low_vram_notes
+        vae = pipe.vae
+        self._before_low_vram = {"vae": vae, "tiles": (vae.tile_sample_min_size, vae.tile_latent_min_size)}
         fixed = models.fp16_fix_vae(self.spec, self.dtype, self.device)
         if fixed is not None:
             pipe.register_modules(vae=fixed)
             notes.append("fp16-fixed VAE")
-        vae = pipe.vae
+            vae = fixed
         vae.enable_tiling()
         vae.enable_slicing()
         if vae.tile_sample_min_size > self.LOW_VRAM_TILE:
@@ -370,7 +374,7 @@ class Engine:
             if module is not None:
                 self._idle_hooks[name] = offload_when_idle(module, device)
         if self._idle_hooks:
-            pipe.unet.register_forward_pre_hook(self._before_unet)
+            self._unet_hook = pipe.unet.register_forward_pre_hook(self._before_unet)
 
     def _before_unet(self, module, args) -> None:
         if not torch.is_grad_enabled():  # inference: the prompts are encoded by now
@@ -403,6 +407,38 @@ class Engine:
             finally:
                 self.offload_idle(release_held=True)
         return wrapped
+
+    def set_low_vram(self, on: bool) -> None:
+        """Switch the mode of a loaded engine (bench/gpu_check.py measures one engine both ways;
+        the app decides once, at start). Off undoes exactly what `_apply_low_vram` did."""
+        pipe = self.pipe
+        if on == self.low_vram:
+            return
+        self._derived.clear()  # rebuilt on demand, on the VAE now in use
+        if on:
+            self.low_vram, self.low_vram_reason, self.low_vram_notes = True, "switched on", []
+            self._apply_low_vram(pipe)
+            return
+        from accelerate.hooks import remove_hook_from_module
+
+        for hook in self._idle_hooks.values():
+            remove_hook_from_module(hook.model)
+            hook.model.to(self.device)
+        self._idle_hooks.clear()
+        self._held.clear()
+        if self._unet_hook is not None:
+            self._unet_hook.remove()
+            self._unet_hook = None
+        vae = pipe.vae
+        vae.disable_tiling()
+        vae.disable_slicing()
+        vae.__dict__.pop("decode", None)             # the class's own decode again
+        vae.__dict__.pop("_fp16_safe_decode", None)
+        original = self._before_low_vram.get("vae", vae)
+        if original is not vae:
+            pipe.register_modules(vae=original)
+        original.tile_sample_min_size, original.tile_latent_min_size = self._before_low_vram["tiles"]
+        self.low_vram, self.low_vram_reason, self.low_vram_notes = False, "", []
 
     @property
     def memory_mode(self) -> str:

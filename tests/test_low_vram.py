@@ -155,6 +155,31 @@ def test_on_cuda_only_the_text_encoders_are_offloaded_when_idle(tmp_path, monkey
     assert len(offloads) == 5 and e._held == set()
 
 
+def test_switching_a_loaded_engine_on_and_off_undoes_everything(tmp_path):
+    """bench/gpu_check.py measures one engine both ways: off restores the VAE's flags, tiles and
+    decode, removes the offload hooks and the UNet's pre-forward hook."""
+    e = Engine("tiny", device="cpu", data_dir=tmp_path)
+    pipe = e.load()
+    vae = pipe.vae
+    tiles = (vae.tile_sample_min_size, vae.tile_latent_min_size)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = vae.decode(z).sample
+    e.set_low_vram(True)
+    assert e.low_vram and e.low_vram_reason == "switched on" and e.health().low_vram
+    assert vae.use_tiling and vae.use_slicing and "decode" in vae.__dict__
+    e._offload_text_encoders(pipe, torch.device("cpu"))  # the CUDA-only part, executing on the CPU
+    assert hasattr(pipe.text_encoder, "_hf_hook") and len(pipe.unet._forward_pre_hooks) == 1
+    e.set_low_vram(False)
+    assert not e.low_vram and e.memory_mode == "standard memory" and e.low_vram_notes == []
+    assert not vae.use_tiling and not vae.use_slicing and "decode" not in vae.__dict__
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size) == tiles
+    assert not hasattr(pipe.text_encoder, "_hf_hook") and not hasattr(pipe.text_encoder_2, "_hf_hook")
+    assert len(pipe.unet._forward_pre_hooks) == 0 and e._idle_hooks == {}
+    with torch.no_grad():
+        assert torch.equal(vae.decode(z).sample, before)
+
+
 def ctx():
     return JobContext(Job("test", "test"), queue.Queue())
 
