@@ -72,10 +72,14 @@ STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 WEIGHT_FILES = ("vgg_normalised", "decoder")
 WEIGHT_EXTS = (".safetensors", ".pth", ".pt")
 # No Hugging Face Hub repository is known to host the published pair under these names, so
-# the default is the project's own mirror; pass --adain-weights DIR|REPO to use another.
+# the default is the project's own mirror; another one: the app's --adain-weights DIR|REPO,
+# `python -m core.adain`'s --weights, or $STUDIO_ADAIN_WEIGHTS for both.
 DEFAULT_HUB_REPO = "style-studio/adain-vgg19"
 # Weights spec for the full-width network with random weights (offline speed benchmarks).
 RANDOM_WEIGHTS = "random"
+WEIGHTS_ENV = "STUDIO_ADAIN_WEIGHTS"
+WEIGHTS_HINT = (f"the app's --adain-weights, the --weights of `python -m core.adain`, or ${WEIGHTS_ENV} "
+                "for either")
 MAX_SIDE = 2048          # the largest output side we ever produce
 MAX_SIDE_CPU = 1024      # on CPU a larger image takes tens of seconds
 MIN_SIDE = 32
@@ -327,7 +331,7 @@ def _hub_file(repo_id: str, stem: str, revision: str | None) -> Path:
                 raise UserError(
                     f"Could not download the AdaIN {stem} weights from {repo_id}: offline and "
                     "not in the cache. Give a local folder with vgg_normalised.pth and "
-                    "decoder.pth (--adain-weights or STUDIO_ADAIN_WEIGHTS).") from exc
+                    f"decoder.pth: {WEIGHTS_HINT}.") from exc
             except EntryNotFoundError as exc:  # the repo exists but lacks this file name
                 last = exc
             except Exception as exc:  # no repo, gated, network down ...
@@ -775,7 +779,7 @@ class CropSampler:
 
 
 @dataclass
-class TrainConfig:
+class DecoderTrainConfig:
     content_dir: str
     style_dir: str
     out_dir: str = "data/adain/decoder"
@@ -801,7 +805,7 @@ class TrainConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def learning_rate(cfg: TrainConfig, iteration: int) -> float:
+def learning_rate(cfg: DecoderTrainConfig, iteration: int) -> float:
     """The paper's decay: lr / (1 + 5e-5 * iteration)."""
     return cfg.lr / (1.0 + cfg.lr_decay * iteration)
 
@@ -828,7 +832,7 @@ DECODER_NAME = "decoder.safetensors"
 
 
 def save_checkpoint(out_dir: Path, model: AdaINNet, opt: torch.optim.Adam, step: int,
-                    cfg: TrainConfig, history: list[dict]) -> Path:
+                    cfg: DecoderTrainConfig, history: list[dict]) -> Path:
     """checkpoint.safetensors (decoder + Adam state + step, for resume) and
     decoder.safetensors (the decoder alone, for transfer); both written atomically."""
     tensors = {f"decoder.{k}": v for k, v in model.decoder.state_dict().items()}
@@ -869,26 +873,9 @@ def load_checkpoint(out_dir: Path, model: AdaINNet, opt: torch.optim.Adam) -> tu
     return int(meta.get("step", 0)), json.loads(meta.get("history", "[]"))
 
 
-def train_decoder(cfg: TrainConfig, *, model: AdaINNet | None = None,
-                  should_stop: Callable[[], bool] | None = None,
-                  sample_pair: tuple[Image.Image, Image.Image] | None = None,
-                  ) -> Iterator[Progress | Result]:
-    """Train g with the encoder fixed. Yields Progress every `log_every` steps (metrics: loss,
-    loss_c, loss_s, lr; `preview` holds sample transfers every `sample_every` steps), writes a
-    checkpoint every `save_every` steps, and ends with a Result. When `should_stop()` turns
-    true, the current state is checkpointed and the Result says cancelled; a generator closed
-    from outside (GeneratorExit) writes nothing, leaving the last checkpoint as it was."""
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    device = torch.device(cfg.device)
-    if cfg.batch_size < 1 or cfg.steps < 1:
-        raise UserError("steps and batch size must be at least 1.")
-    if cfg.crop > cfg.resize:
-        raise UserError(f"The crop size ({cfg.crop}) cannot exceed the resize size ({cfg.resize}).")
-    contents = CropSampler(list_images(cfg.content_dir, what="content"), cfg.resize, cfg.crop, rng,
-                           what="content image")
-    styles = CropSampler(list_images(cfg.style_dir, what="style"), cfg.resize, cfg.crop, rng,
-                         what="style image")
+def _model_to_train(cfg: DecoderTrainConfig, model: AdaINNet | None, device: torch.device) -> AdaINNet:
+    """`model`, else the network `cfg` asks for, on `device` in fp32: the encoder fixed, the
+    decoder in training mode."""
     if model is None:
         if cfg.tiny:
             model = tiny_model(cfg.seed)
@@ -901,6 +888,34 @@ def train_decoder(cfg: TrainConfig, *, model: AdaINNet | None = None,
     model = model.to(device).float()
     model.encoder.eval().requires_grad_(False)
     model.decoder.train()
+    return model
+
+
+def train_decoder(cfg: DecoderTrainConfig, *, model: AdaINNet | None = None,
+                  should_stop: Callable[[], bool] | None = None,
+                  sample_pair: tuple[Image.Image, Image.Image] | None = None,
+                  keep_unsaved: Callable[[], bool] | None = None,
+                  ) -> Iterator[Progress | Result]:
+    """Train g with the encoder fixed. Yields Progress every `log_every` steps (metrics: loss,
+    loss_c, loss_s, lr; `preview` holds sample transfers every `sample_every` steps), writes a
+    checkpoint every `save_every` steps, and ends with a Result. When `should_stop()` turns
+    true, the current state is checkpointed and the Result says cancelled; a stop before the
+    run's first checkpoint (none written yet, none resumed from) checkpoints only if
+    `keep_unsaved()` says so (when given). A generator closed from outside (GeneratorExit)
+    writes nothing, leaving the last checkpoint as it was. The Result's info: step, cancelled,
+    history, decoder (its file) and saved_step (the step of the checkpoint on disk, 0: none)."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    device = torch.device(cfg.device)
+    if cfg.batch_size < 1 or cfg.steps < 1:
+        raise UserError("steps and batch size must be at least 1.")
+    if cfg.crop > cfg.resize:
+        raise UserError(f"The crop size ({cfg.crop}) cannot exceed the resize size ({cfg.resize}).")
+    contents = CropSampler(list_images(cfg.content_dir, what="content"), cfg.resize, cfg.crop, rng,
+                           what="content image")
+    styles = CropSampler(list_images(cfg.style_dir, what="style"), cfg.resize, cfg.crop, rng,
+                         what="style image")
+    model = _model_to_train(cfg, model, device)
     opt = torch.optim.Adam(model.decoder.parameters(), lr=cfg.lr)
     out_dir = Path(cfg.out_dir)
     start, history = 0, []
@@ -949,51 +964,80 @@ def train_decoder(cfg: TrainConfig, *, model: AdaINNet | None = None,
             yield Progress(step, cfg.steps, f"step {step}/{cfg.steps} loss {rec['loss']:.4f} "
                            f"({rate:.2f} it/s)", preview=preview,
                            metrics={k: v for k, v in rec.items() if k != "step"})
-    if cancelled and step > saved:
+    if cancelled and step > saved and (saved > 0 or keep_unsaved is None or keep_unsaved()):
         save_checkpoint(out_dir, model, opt, step, cfg, history)
         saved = step
     model.decoder.eval()
     yield Result(images=samples(), files=[str(out_dir / DECODER_NAME), str(out_dir / CKPT_NAME)],
                  info={"step": step, "cancelled": cancelled, "history": history,
-                       "decoder": str(out_dir / DECODER_NAME)})
+                       "decoder": str(out_dir / DECODER_NAME), "saved_step": saved})
 
 
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
 
-def _cli(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m core.adain", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train", help="train a decoder")
+
+_TRAIN_HELP = {
+    "steps": "training steps (the paper: 160,000)", "batch-size": "images per step (the paper: 8)",
+    "lr": "Adam's learning rate (the paper: 1e-4)", "lr-decay": "lr / (1 + decay * step) (the paper: 5e-5)",
+    "style-weight": "lambda, the style loss's weight (the paper: 10)", "content-weight": "the content loss's weight",
+    "resize": "shorter side of every image, in px (the paper: 512)",
+    "crop": "random square crop, in px (the paper: 256)", "save-every": "checkpoint every N steps",
+    "sample-every": "a sample transfer (sample_<step>.png in --out) every N steps",
+    "log-every": "a progress line every N steps", "seed": "the seed of the crops and the decoder's start",
+}
+
+
+def _weights_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default=os.environ.get(WEIGHTS_ENV) or None,
+                        help="a folder with vgg_normalised.pth and decoder.pth (or .safetensors), or a Hub repo "
+                             f"id (default: ${WEIGHTS_ENV}, else {DEFAULT_HUB_REPO})")
+
+
+def _train_options(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--content", required=True, help="folder of content images (e.g. MS-COCO)")
     tr.add_argument("--style", required=True, help="folder of style images (e.g. WikiArt)")
-    tr.add_argument("--out", default="data/adain/decoder", help="checkpoint folder")
-    tr.add_argument("--weights", default=None, help="folder or Hub repo with vgg_normalised.pth")
-    tr.add_argument("--encoder-init", choices=["vgg_normalised", "torchvision"], default=None)
+    tr.add_argument("--out", default="data/adain/decoder", help="checkpoint folder (default: %(default)s)")
+    _weights_option(tr)
+    tr.add_argument("--encoder-init", choices=["vgg_normalised", "torchvision"], default=None,
+                    help="the encoder's weights: vgg_normalised from --weights (default), or torchvision's "
+                         "ImageNet VGG-19")
     tr.add_argument("--tiny", action="store_true", help="tiny random network (offline demo)")
     for name, typ in (("steps", int), ("batch-size", int), ("lr", float), ("lr-decay", float),
                       ("style-weight", float), ("content-weight", float), ("resize", int),
                       ("crop", int), ("save-every", int), ("sample-every", int),
                       ("log-every", int), ("seed", int)):
-        tr.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_")))
-    tr.add_argument("--no-resume", action="store_true")
-    tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        tr.add_argument(f"--{name}", type=typ, default=getattr(DecoderTrainConfig, name.replace("-", "_")),
+                        help=f"{_TRAIN_HELP[name]} (default: %(default)s)")
+    tr.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
+    tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="torch device (default: %(default)s)")
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m core.adain", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _train_options(sub.add_parser("train", help="train a decoder"))
     cv = sub.add_parser("convert", help="convert a .pth state dict to .safetensors")
-    cv.add_argument("src")
-    cv.add_argument("dst", nargs="?")
+    cv.add_argument("src", help="the .pth (or .pt) file: plain tensors only, nothing else is loaded")
+    cv.add_argument("dst", nargs="?", help="the .safetensors file to write (default: beside src)")
     tf = sub.add_parser("transfer", help="style one content image")
-    tf.add_argument("content")
-    tf.add_argument("styles", nargs="+")
-    tf.add_argument("--out", required=True)
-    tf.add_argument("--weights", default=None)
-    tf.add_argument("--decoder", default=None)
-    tf.add_argument("--tiny", action="store_true")
-    tf.add_argument("--alpha", type=float, default=1.0)
-    tf.add_argument("--style-weights", type=float, nargs="*")
-    tf.add_argument("--preserve-color", action="store_true")
-    tf.add_argument("--size", type=int, default=512)
-    args = ap.parse_args(argv)
+    tf.add_argument("content", help="the content image")
+    tf.add_argument("styles", nargs="+", help="one or more style images (mixed by --style-weights)")
+    tf.add_argument("--out", required=True, help="the image file to write (PNG, JPEG, ...)")
+    _weights_option(tf)
+    tf.add_argument("--decoder", default=None, help="a decoder file of your own (e.g. a trained "
+                    f"run's {DECODER_NAME}) instead of the weights' decoder")
+    tf.add_argument("--tiny", action="store_true", help="the tiny random network (offline demo: noise-like output)")
+    tf.add_argument("--alpha", type=float, default=1.0, help="content (0) to style (1) (default: %(default)s)")
+    tf.add_argument("--style-weights", type=float, nargs="*", help="one weight per style (default: equal)")
+    tf.add_argument("--preserve-color", action="store_true", help="keep the content's colours")
+    tf.add_argument("--size", type=int, default=512, help="output size, longer side in px (default: %(default)s)")
+    return ap
+
+
+def _cli(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         if args.cmd == "convert":
             print(convert_to_safetensors(args.src, args.dst))
@@ -1005,7 +1049,7 @@ def _cli(argv: Sequence[str] | None = None) -> int:
             res.images[0].save(args.out)
             print(args.out)
         else:
-            cfg = TrainConfig(
+            cfg = DecoderTrainConfig(
                 content_dir=args.content, style_dir=args.style, out_dir=args.out, steps=args.steps,
                 batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
                 style_weight=args.style_weight, content_weight=args.content_weight,

@@ -36,7 +36,7 @@ import contextlib
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -174,6 +174,53 @@ def make_recipe(engine, image: Image.Image, *, trigger: str, name: str = "", ran
                   extra={"instance_prompt": prompt, "blocks": dict(BLOCKS), "images": len(examples)})
 
 
+def train_config(engine, *, steps: int, learning_rate: float, gradient_checkpointing: bool = False,
+                 seed: int = 0, sample_every: int = 0, checkpoint_every: int = 0,
+                 resume: bool = True) -> TrainSettings:
+    """The trainer settings of a B-LoRA run from what the tab asks for: the paper's constant
+    learning rate and batch 1, samples of 3 steps on the tiny family (30 on a real model)."""
+    return TrainSettings(steps=steps, learning_rate=learning_rate, lr_scheduler="constant", batch_size=1,
+                       gradient_checkpointing=gradient_checkpointing, seed=seed, sample_every=sample_every,
+                       checkpoint_every=checkpoint_every, resume=resume,
+                       sample_steps=3 if engine.offline else 30, sample_guidance=7.5)
+
+
+@dataclass(frozen=True)
+class TrainedBLoRA:
+    """One B-LoRA a training run saved to the library: its entry, trigger, the instance loss on
+    fixed draws before and after, and how many keys each half holds."""
+
+    adapter_id: int
+    adapter_name: str
+    trigger: str
+    loss_before: float
+    loss_after: float
+    trainable_params: int
+    seconds: float
+    parts: dict[str, int] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class BLoRATraining:
+    """What a finished `train_blora` job made, in training order (the last is the newest)."""
+
+    adapters: tuple[TrainedBLoRA, ...]
+
+    @classmethod
+    def from_result(cls, result: Result) -> BLoRATraining:
+        return cls.from_info(result.info)
+
+    @classmethod
+    def from_info(cls, info: Any) -> BLoRATraining:
+        """From a Result's info, or the info a page kept of it (None or anything else: none)."""
+        rows = info.get("adapters") if isinstance(info, dict) else None
+        return cls(tuple(TrainedBLoRA(**a) for a in rows or () if isinstance(a, dict)))
+
+    def as_info(self) -> dict:
+        """The JSON a page keeps: {"adapters": [one dict per B-LoRA]}."""
+        return {"adapters": [asdict(a) for a in self.adapters]}
+
+
 def train_blora(engine, images: Sequence[Image.Image], config: TrainSettings, *, owner: str = "local",
                 stop_key: str | None = None,
                 trigger: str | None = None, name: str = "", rank: int = 64, joint: bool = False,
@@ -181,8 +228,9 @@ def train_blora(engine, images: Sequence[Image.Image], config: TrainSettings, *,
     """Train one B-LoRA per image (or one from all images when `joint`), in one job on the shared
     trainer; each is saved to the library with both halves and the image as its first thumbnail.
     Streams the trainer's events (TrainStep, TrainSamples, Checkpointed, Notice, Progress) and
-    ends with a Result whose info lists the new entries. `owner` owns the entries; `stop_key`
-    (default: `owner`) is the key a Stop button cancels the job with."""
+    ends with a Result whose info lists the new entries (read it as `BLoRATraining.from_result`).
+    `owner` owns the entries; `stop_key` (default: `owner`) is the key a Stop button cancels the
+    job with."""
     images = list(images)
     if not images:
         raise UserError("Upload an image to train a B-LoRA on.")
@@ -210,10 +258,10 @@ def train_blora(engine, images: Sequence[Image.Image], config: TrainSettings, *,
             # rather than left on the UNet; a Stop now takes effect at the next step, if there is one
             ctx.emit(Progress(config.steps, config.steps, "Saving the B-LoRA to the library"))
             a = save_outcome(engine, recipe, config, out, owner=owner)
-            made.append({"adapter_id": a.id, "adapter_name": a.name, "trigger": recipe.trigger_words,
-                         "loss_before": out.loss_before, "loss_after": out.loss_after,
-                         "trainable_params": out.trainable_params, "seconds": round(out.seconds, 2),
-                         "parts": {p: len(k) for p, k in a.parts.items()}})
+            made.append(asdict(TrainedBLoRA(
+                adapter_id=a.id, adapter_name=a.name, trigger=recipe.trigger_words,
+                loss_before=out.loss_before, loss_after=out.loss_after, trainable_params=out.trainable_params,
+                seconds=round(out.seconds, 2), parts={p: len(k) for p, k in a.parts.items()})))
             history += [{**h, "image": i + 1} for h in out.history]
             all_samples += [im for im, _ in out.samples[1:]]
         return Result(images=all_samples, info={"adapters": made, "history": history})
@@ -472,12 +520,46 @@ def _blocks_in_file(path) -> set[str]:
 
 
 def thumbnail(a) -> str | None:
+    """The file of a B-LoRA's first sample (its training image), or None."""
     return str(a.samples[0].file.path) if a.samples else None
+
+
+def thumbnail_image(a, *, max_side: int = 256) -> Image.Image | None:
+    """A B-LoRA's first sample as an image, at most `max_side` a side (never a path: the library
+    is not served); None when it has none or the file cannot be read."""
+    path = thumbnail(a)
+    try:
+        return load_image(path, what="sample", max_side=max_side) if path else None
+    except UserError:
+        return None
 
 
 def label(a) -> str:
     return f"#{a.id} {a.name} {a.trigger_words}".strip() if a.trigger_words != a.name else f"#{a.id} {a.name}"
 
 
+@dataclass(frozen=True)
+class LibraryEntry:
+    """One B-LoRA as a page lists it: its id (as the pickers hold it), label and thumbnail."""
+
+    id: str
+    label: str
+    thumbnail: Image.Image | None = field(default=None, compare=False, hash=False)
+
+
+def library_entries(engine, *, owner: Any, max_side: int = 256) -> list[LibraryEntry]:
+    """The B-LoRAs `owner` may use (`entries`: theirs and published ones, newest first), each
+    with its label and thumbnail (`thumbnail_image`)."""
+    return [LibraryEntry(str(a.id), label(a), thumbnail_image(a, max_side=max_side))
+            for a in entries(engine, owner)]
+
+
+def preset_settings(name: Any, engine) -> dict[str, Any]:
+    """The settings of the preset called `name` (an unknown name: the engine's default preset)."""
+    return dict(PRESETS.get(name) if isinstance(name, str) and name in PRESETS else PRESETS[default_preset(engine)])
+
+
 __all__ = ["BLOCKS", "CONTENT_BLOCK", "STYLE_BLOCK", "TARGET_MODULES", "PRESETS", "USES", "Half", "make_recipe",
-           "train_blora", "generate", "halves_active", "load_half", "half_state_dict", "entries", "plan"]
+           "train_blora", "generate", "halves_active", "load_half", "half_state_dict", "entries", "plan",
+           "TrainedBLoRA", "BLoRATraining", "LibraryEntry", "library_entries", "thumbnail_image",
+           "train_config", "preset_settings"]

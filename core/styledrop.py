@@ -72,7 +72,7 @@ from . import library, styledrop_adapter
 from .errors import UserError
 from .events import Notice, Progress, Result
 from .images import center_crop_resize, load_image
-from .train import AdapterSpec, Example, Recipe, TrainConfig, Trainer, save_outcome
+from .train import AdapterSpec, Example, Recipe, TrainSettings, Trainer, save_outcome
 
 METHOD = "styledrop"
 CLIP_RATER = "clip"
@@ -534,7 +534,7 @@ def round_outcome(result: Result) -> RoundOutcome | CandidatesOutcome:
     return outcome
 
 
-def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, stop_key: str | None = None,
+def train_round(engine, loop_id: int, config: TrainSettings, *, owner: str, stop_key: str | None = None,
                 rank: int = 4, contents: str | Sequence[str] = DEFAULT_CONTENT_PROMPTS, samples_per_prompt: int = 1,
                 seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None,
                 step_hook=None, recipe_hook=None, form: str = "gelu",
@@ -603,7 +603,7 @@ def train_round(engine, loop_id: int, config: TrainConfig, *, owner: str, stop_k
     return engine.run(work, stop_key=stop_key or owner, kind="train-styledrop")
 
 
-def first_round(engine, images: Sequence[Image.Image], config: TrainConfig, *, owner: str,
+def first_round(engine, images: Sequence[Image.Image], config: TrainSettings, *, owner: str,
                 content_description: str, style_descriptor: str, name: str = "", **round_kw) -> Iterator:
     """A new loop and its round 1, all or nothing: the loop is made when the job starts and
     deleted again if round 1 does not finish (an error, a Stop, a time limit), so no loop with

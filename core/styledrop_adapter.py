@@ -155,6 +155,9 @@ class Applied:
 
 def _hook(pairs: list[tuple[GeluAdapter, float]]):
     def hook(module, args, out):
+        for a, _ in pairs:
+            if a.down.device != out.device:  # a UNet offloaded block by block (low-VRAM mode): follow it
+                a.to(out.device)
         delta = sum(float(w) * a.delta(out) for a, w in pairs)
         return out + delta.to(out.dtype)
     return hook

@@ -53,13 +53,14 @@ command line in core/train_cli.py.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -194,11 +195,6 @@ class TrainSettings:
         return self
 
 
-# The old name, kept for callers that have not moved yet (tabs/personalize.py, tabs/blora.py,
-# tabs/styledrop.py, core/styledrop.py); core/adain.py has a `TrainConfig` of its own.
-TrainConfig = TrainSettings
-
-
 @dataclass
 class Outcome:
     """What a finished run leaves: the peft adapter on the UNet (or an extracted state dict)."""
@@ -240,6 +236,25 @@ def _accelerator(engine, cfg: TrainSettings):
         return Accelerator(**kwargs)
 
 
+def low_vram_settings(cfg: TrainSettings) -> TrainSettings:
+    """The low-memory mode's version of `cfg` (a copy; core.engine, issue 19): gradient
+    checkpointing and 8-bit Adam on, every other setting as given. The trainer applies it to every
+    preset of every method when `engine.low_vram` is on."""
+    return replace(cfg, gradient_checkpointing=True, use_8bit_adam=True)
+
+
+def optimizer_name(cfg: TrainSettings, device: torch.device) -> str:
+    """Which AdamW a run of `cfg` on `device` gets, with the reason when 8-bit Adam was asked for
+    and cannot be had (bitsandbytes is optional and CUDA-only)."""
+    if not cfg.use_8bit_adam:
+        return "torch AdamW"
+    if device.type != "cuda":
+        return f"torch AdamW (8-bit Adam needs CUDA; this is {device.type})"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "torch AdamW (8-bit Adam needs bitsandbytes, which is not installed)"
+    return "8-bit AdamW (bitsandbytes)"
+
+
 def _optimizer(params, cfg: TrainSettings, device: torch.device, notes: list[str]):
     if cfg.use_8bit_adam and device.type == "cuda":
         try:
@@ -261,12 +276,16 @@ class Trainer(DataCache, Checkpoints):
                  step_hook: Callable[[int], None] | None = None, owner: str = "local"):
         self.engine = engine
         self.recipe = recipe
+        self.notes: list[str] = []
+        if getattr(engine, "low_vram", False):  # the low-memory mode: every preset, every method
+            config = low_vram_settings(config)
+            self.notes.append(f"Low-VRAM mode: gradient checkpointing on; optimizer: "
+                              f"{optimizer_name(config, engine.device)}.")
         self.cfg = config.check()
         self.owner = owner  # whose run: checkpoints are kept per owner, and only the owner resumes them
         root = Path(run_root) if run_root else Path(engine.data_dir) / "training"
         self.run_root = root if owner == "local" else root / owner_dirname(engine.data_dir, owner)
         self.step_hook = step_hook  # tests: called after every optimizer step
-        self.notes: list[str] = []
         self.adapter_name = f"train-{uuid.uuid4().hex[:8]}"
         self._gc_was: bool | None = None
         self._parametrized: list[torch.nn.Module] = []  # LoRA down layers under a parametrization
@@ -557,6 +576,8 @@ class Trainer(DataCache, Checkpoints):
         try:
             loss_before = self.eval_loss()
             params = self._attach()
+            if self._te_lora and getattr(engine, "low_vram", False):
+                engine.hold_on_device(self._te_lora.values())  # not offloaded while it trains
             params_named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
             params_named += [(f"{comp}.{n}", p) for comp, te in self._te_lora.items()
                              for n, p in te.named_parameters() if p.requires_grad]

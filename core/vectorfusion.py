@@ -2,7 +2,7 @@
 
 Two stages, both on the resident engine and our own differentiable rasterizer (core/vector):
 
-1. **Baseline, text -> image -> vector.** The prompt gets the suffix `SUFFIX`, the resident
+1. **Baseline, text -> image -> vector.** The prompt gets its style's suffix (`SUFFIXES`), the resident
    model samples K raster images, CLIP ranks them against the caption (`rank_by_clip`) and
    LIVE vectorizes the best one (core.vector.live).
 2. **Score distillation (SDS) through the rasterizer.** Every step renders the SVG at
@@ -17,6 +17,12 @@ Two stages, both on the resident engine and our own differentiable rasterizer (c
    points, colors and background (`SDS`). The self-intersection (xing) regularizer keeps
    iconographic paths clean, and paths whose opacity or area falls below a threshold are
    re-initialized periodically as random circles (`reinitialize`).
+
+Settings (`VectorFusionSettings`): the defaults are the reference's ("paper" preset: LIVE with
+500 steps per stage at 600 px, 1000 SDS steps, K = 6 samples of 50 steps), each with its
+source; `VectorFusionSettings.fast()` is our quicker preset (one LIVE budget of 500 steps at
+<= 256 px, 500 SDS steps, K = 4 samples of 30 steps). `text_to_svg(..., preset="paper"|"fast")`;
+the offline tiny family defaults to "fast".
 
 Styles (`STYLES`): iconographic (closed filled paths, the default), pixel art (a grid of
 squares whose colors are learned) and sketch (black open strokes, no fill). SDS starts from
@@ -40,7 +46,7 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -53,7 +59,7 @@ from .errors import Cancelled, UserError
 from .files import atomic_write, owner_dirname
 from .events import Result
 from .jobs import JobContext
-from .vector.live import VectorProgress, live, xing_loss
+from .vector.live import LiveSettings, VectorProgress, live, xing_loss
 from .vector.rasterizer import render
 from .vector.scene import Scene, Shape, circle_shape, polygon_shape, shape_area
 from .vector.svg_io import scene_to_svg
@@ -63,6 +69,17 @@ log = logging.getLogger(__name__)
 
 SUFFIX = "minimal flat 2d vector icon. lineal color. on a white background. trending on artstation"
 STYLES = ("iconographic", "pixel art", "sketch")
+# The prompt suffix of each style. Iconographic: the paper's (Jain et al. 2023, Sec. 4);
+# pixel art and sketch: PyTorch-SVGRender README.md "VectorFusion" and docs/source/
+# vectorfusion.rst, which use "pixel art. trending on artstation." and "minimal 2d line
+# drawing. trending on artstation." with x.style='pixelart' / 'sketch' (its iconographic
+# example drops "on a white background", which the paper has).
+SUFFIXES = {
+    "iconographic": SUFFIX,
+    "pixel art": "pixel art. trending on artstation",
+    "sketch": "minimal 2d line drawing. trending on artstation",
+}
+PRESETS = ("paper", "fast")
 INITS = ("baseline", "scratch")
 MAX_PATHS = 512
 MAX_K = 8
@@ -78,9 +95,55 @@ def sizes(engine, input_size: int | None = None) -> tuple[int, int]:
     return int(round(s * PAPER_RENDER / PAPER_INPUT)), s
 
 
-def full_prompt(prompt: str) -> str:
+def full_prompt(prompt: str, style: str = "iconographic") -> str:
+    """The prompt with its style's suffix (`SUFFIXES`): "<prompt>. <suffix>"."""
+    suffix = SUFFIXES[style]
     prompt = (prompt or "").strip().rstrip(".")
-    return f"{prompt}. {SUFFIX}" if prompt else SUFFIX
+    return f"{prompt}. {suffix}" if prompt else suffix
+
+
+@dataclass(frozen=True)
+class VectorFusionSettings:
+    """VectorFusion's budgets. The defaults are the reference's (the "paper" preset); sources:
+
+    - `sds_steps` 1000: PyTorch-SVGRender conf/x/vectorfusion.yaml `sds.num_iter: 1000`
+      (the paper's code is unreleased; PSR is the reimplementation the notes compare against).
+    - `k` 6 samples, `sample_steps` 50, `sample_guidance` 7.5: conf/x/vectorfusion.yaml `K: 6`,
+      `num_inference_steps: 50`, `guidance_scale: 7.5`.
+    - `live`: `LiveSettings.paper()` (core/vector/live.py): 500 steps per path stage
+      (`num_iter: 500 # num_iter per path group`), 'repeat' schedule of 16 paths per stage, at
+      600 px (`image_size: 600`; the render size of a 512 px model), no uniform weight floor,
+      circles of radius 20 px, UDF reach 10 px and point learning rate 1.0 at 600 px.
+    - The xing loss: `xing_loss`'s 1e-3 scale (LIVE/xing_loss.py) times `VFOptions.xing_weight`
+      0.01 (`xing_loss_weight: 0.01`), in LIVE and in the SDS stage (iconographic only).
+
+    `fast()` is our quicker preset (the old defaults): 500 SDS steps, K = 4 samples of 30 steps,
+    `LiveSettings.fast()` (500 LIVE steps in all, 'exp' schedule, at most 256 px, 0.1 floor)."""
+
+    name: str = "paper"
+    sds_steps: int = 1000
+    k: int = 6
+    sample_steps: int = 50
+    sample_guidance: float = 7.5
+    live: LiveSettings = field(default_factory=LiveSettings.paper)
+
+    @classmethod
+    def paper(cls) -> VectorFusionSettings:
+        return cls()
+
+    @classmethod
+    def fast(cls) -> VectorFusionSettings:
+        return replace(cls(), name="fast", sds_steps=500, k=4, sample_steps=30, live=LiveSettings.fast())
+
+    @classmethod
+    def preset(cls, name: str) -> VectorFusionSettings:
+        if name not in PRESETS:
+            raise UserError(f"Unknown preset {name!r}: use one of {', '.join(PRESETS)}.")
+        return cls.paper() if name == "paper" else cls.fast()
+
+    def live_size(self, render_size: int) -> int:
+        """LIVE's working size: the render size, at most `live.size` (600 paper, 256 fast)."""
+        return int(render_size if self.live.size is None else min(render_size, self.live.size))
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -389,13 +452,13 @@ def rank_by_clip(metrics, images: Sequence[Image.Image], caption: str) -> tuple[
 class VFOptions:
     style: str = "iconographic"
     num_paths: int = 64
-    steps: int = 500                    # SDS iterations (the reference runs 1000)
+    steps: int | None = None            # SDS iterations; None: the preset's (paper 1000, fast 500)
     guidance: float = 100.0
     seed: int = 0
     point_lr: float | None = None       # default 1.0 at 600 px, scaled with the canvas
     color_lr: float = 0.01
     bg_lr: float = 0.01
-    xing_weight: float = 0.01
+    xing_weight: float = 0.01           # times xing_loss's 1e-3 scale (LIVE): 1e-5 in all
     learn_background: bool = True
     reinit_every: int = 100
     reinit_until: float = 0.8           # fraction of the run
@@ -464,11 +527,13 @@ def sds_loop(engine, ctx: JobContext, prompt: str, scene: Scene, o: VFOptions, f
              step0: int = 0, total: int | None = None):
     """Optimize `scene` (in place) with SDS; streams SvgProgress via ctx.emit; returns
     (scene for export, loss history). On Stop the current SVG is written before Cancelled."""
+    if o.steps is None:
+        o = replace(o, steps=VectorFusionSettings().sds_steps)
     size = int(scene.width)
     device = engine.device
     scene = scene.to(device)
     bg = torch.ones(3, device=device) if (o.learn_background and o.style == "iconographic") else None
-    sds = SDS(engine, engine.clean_prompt(full_prompt(prompt), ctx), o.negative_prompt, o.guidance,
+    sds = SDS(engine, engine.clean_prompt(full_prompt(prompt, o.style), ctx), o.negative_prompt, o.guidance,
               input_size=o.input_size, seed=o.seed, augment=o.augment)
     opt, point_lr = _optimizer(scene, o.style, bg, o, size)
     rng = np.random.default_rng(o.seed + 1)
@@ -534,12 +599,19 @@ def sds_loop(engine, ctx: JobContext, prompt: str, scene: Scene, o: VFOptions, f
 # ----------------------------------------------------------------------------- the jobs
 
 def live_streamed(ctx: JobContext, files: "SvgFiles", image: Image.Image, size: int, device, *, num_paths: int,
-                  steps: int, seed: int, preview_every: int, total: int, offset: int = 0, label: str = "") -> Scene:
+                  steps: int, seed: int, preview_every: int, total: int, offset: int = 0, label: str = "",
+                  settings: LiveSettings | None = None) -> Scene:
     """LIVE on `image` (resized to size x size) inside a job: every frame's SVG is written to the
-    run's files and streamed; returns the final scene. Stops at the next frame on Cancel."""
+    run's files and streamed; returns the final scene. Stops at the next frame on Cancel.
+    `settings` (default `LiveSettings.fast()`) gives the schedule, weight floor and xing weight;
+    with `settings.steps_per_stage` every stage runs that many steps, else `steps` in all."""
+    st = settings or LiveSettings.fast()
     target = torch.as_tensor(np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS),
                                         np.float32) / 255).permute(2, 0, 1).contiguous().to(device)
-    gen = live(target, num_paths=num_paths, steps=steps, seed=seed, preview_every=preview_every)
+    gen = live(target, num_paths=num_paths, schedule=st.path_schedule(num_paths), steps=steps, seed=seed,
+               preview_every=preview_every, uniform_weight=st.uniform_weight, xing_weight=st.xing_weight,
+               steps_per_stage=st.steps_per_stage, point_schedule=st.point_schedule, udf_every=st.udf_every,
+               **st.geometry(size))
     while True:
         try:
             ev = next(gen)
@@ -562,19 +634,36 @@ def check_options(prompt: str, o: VFOptions, k: int, init: str) -> None:
         raise UserError(f"The number of paths must be between 1 and {MAX_PATHS}.")
     if init == "baseline" and not 1 <= int(k) <= MAX_K:
         raise UserError(f"K (samples to rank) must be between 1 and {MAX_K}.")
-    if not 0 <= int(o.steps) <= MAX_SDS_STEPS:
+    if o.steps is None or not 0 <= int(o.steps) <= MAX_SDS_STEPS:
         raise UserError(f"SDS steps must be between 0 and {MAX_SDS_STEPS}.")
     if not 0 <= float(o.guidance) <= 1000:
         raise UserError("The SDS guidance weight must be between 0 and 1000.")
 
 
 def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: str = "baseline",
-                k: int = 4, sample_steps: int = 30, sample_guidance: float = 7.5,
-                live_steps: int = 500, live_size: int | None = None, metrics=None,
+                preset: str | VectorFusionSettings | None = None, k: int | None = None,
+                sample_steps: int | None = None, sample_guidance: float | None = None,
+                live_steps: int | None = None, live_size: int | None = None, metrics=None,
                 data_dir=None, owner: str = "local", stop_key: str | None = None):
     """VectorFusion as an engine job: a generator of events ending in a Result whose info has
-    'svg', 'clip_scores' (baseline), 'losses'; `files` = [svg path, png path]."""
+    'svg', 'clip_scores' (baseline), 'losses', 'preset'; `files` = [svg path, png path].
+
+    `preset`: "paper" (the default; `VectorFusionSettings`), "fast", or a settings object; the
+    offline tiny family defaults to "fast". Every budget left None (`options.steps`, `k`,
+    `sample_steps`, `sample_guidance`, `live_size`) comes from it. `live_steps` given: LIVE
+    runs that many steps in all, split across its stages (the preset's schedule and weights
+    otherwise); None: the preset's budget (paper: 500 per stage)."""
+    if preset is None:
+        preset = "fast" if engine.offline else "paper"
+    st = preset if isinstance(preset, VectorFusionSettings) else VectorFusionSettings.preset(preset)
     o = options or VFOptions()
+    if o.steps is None:
+        o = replace(o, steps=st.sds_steps)
+    k = st.k if k is None else k
+    sample_steps = st.sample_steps if sample_steps is None else sample_steps
+    sample_guidance = st.sample_guidance if sample_guidance is None else sample_guidance
+    live_settings = st.live if live_steps is None else replace(st.live, steps_per_stage=None,
+                                                               steps=max(1, int(live_steps)))
     check_options(prompt, o, k, init)
     if init == "baseline" and metrics is None:
         raise UserError("CLIP ranking needs the metrics models.")
@@ -584,16 +673,17 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
         c = grid_cells(o.num_paths)
         R = c * max(1, round(R / c))
     files = SvgFiles(folder, prompt, png_size=max(R, 256))
+    n_live = live_settings.total_steps(int(o.num_paths))
 
     def work(ctx: JobContext) -> Result:
         info: dict = {"prompt": prompt, "style": o.style, "init": init, "render_size": R,
-                      "input_size": S, "folder": str(folder)}
+                      "input_size": S, "folder": str(folder), "preset": st.name}
         rng = np.random.default_rng(o.seed)
         baseline = None
-        total = o.steps + (live_steps if init == "baseline" and o.style == "iconographic" else 0)
+        total = o.steps + (n_live if init == "baseline" and o.style == "iconographic" else 0)
         if init == "baseline":
             caption = engine.clean_prompt(prompt, ctx)
-            images = engine.text_to_image(ctx, [full_prompt(caption)] * int(k), seed=o.seed,
+            images = engine.text_to_image(ctx, [full_prompt(caption, o.style)] * int(k), seed=o.seed,
                                           steps=sample_steps, guidance=sample_guidance,
                                           negative_prompt=o.negative_prompt, message="Sampling candidates")
             ctx.progress(0, total, "Ranking the candidates with CLIP")
@@ -603,9 +693,10 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
                                                  "best": best}))
             baseline = images[best]
         if baseline is not None and o.style == "iconographic":
-            live_scene = live_streamed(ctx, files, baseline, int(live_size or min(R, 256)), engine.device,
-                                       num_paths=int(o.num_paths), steps=max(1, int(live_steps)), seed=o.seed,
-                                       preview_every=max(1, o.preview_every), total=total)
+            live_scene = live_streamed(ctx, files, baseline, int(live_size or st.live_size(R)), engine.device,
+                                       num_paths=int(o.num_paths), steps=live_settings.steps, seed=o.seed,
+                                       preview_every=max(1, o.preview_every), total=total,
+                                       settings=live_settings)
             scene = scaled(live_scene.to("cpu"), R, R)
             info["baseline_svg"] = scene_to_svg(scene)
             atomic_write(folder / "baseline.svg", info["baseline_svg"].encode("utf-8"))

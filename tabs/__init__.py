@@ -3,7 +3,7 @@
 Each tab module defines a `Tab` subclass (tabs.common.Tab) and
 
     TITLE: str                               # the tab's label
-    def build(ctx: AppContext) -> Tab        # called inside `with gr.Tab(TITLE):`
+    build = XTab.mount                       # called inside `with gr.Tab(TITLE):`
 
 The class's handlers are plain methods with named parameters that validate their inputs
 (core.validate) and hand long jobs to core (engine.run); `build()` only lays out widgets and

@@ -2,22 +2,23 @@
 (Frenkel et al., ECCV 2024).
 
 Widgets and wiring only: the method is core/blora.py (a recipe of the shared trainer core/train.py,
-halves loaded by block into the resident UNet); the library is core/library.py.
+halves loaded by block into the resident UNet; the library's B-LoRAs with their thumbnails); the
+library is core/library.py.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
 
 from core import blora
 from core import validate as v
-from core.errors import Cancelled, UserError
-from core.events import Notice, Progress, Result
-from core.images import load_image
-from core.train import MAX_STEPS, TrainConfig
+from core.errors import UserError
+from core.events import Result
+from core.train import MAX_STEPS
 
-from .common import GPU, AppContext, gpu, md_text, session_key, status_text, stopped_text, stream_training, user_errors
+from .common import GPU, AppContext, Tab, captioned, gpu, image_updates, md_text, stream_training, user_errors
 from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "B-LoRA Mix"
@@ -29,6 +30,10 @@ WEIGHT_NOTE = ("Weights scale each half's LoRA update **linearly** (0.5 gives ex
 NEGATIVE_NOTE = ("No negative prompt on this tab: with any negative prompt, even an empty one, the unconditional "
                  "branch also passes through the B-LoRA's cross-attention and cancels most of its effect, so the "
                  "unconditional branch always uses zero embeddings, as in the paper.")
+TRAIN_STOPPED = ("**Stopped.** B-LoRAs finished before the Stop are in the library; the last checkpoint of "
+                 "the unfinished one (if any) is kept: train again with Resume on to continue.")
+GENERATE_STOPPED = "**Stopped.** The images were not finished."
+PRESET_FIELDS = ("steps", "learning_rate", "rank", "sample_every", "checkpoint_every", "gradient_checkpointing")
 
 
 def _plot(history: list[dict]) -> pd.DataFrame | None:
@@ -41,266 +46,287 @@ def _plot(history: list[dict]) -> pd.DataFrame | None:
     return pd.DataFrame([{"step": h["step"], "loss": h["loss"]} for h in history if h["image"] == current])
 
 
-def _id(value, field: str) -> int | None:
-    return v.record_id(value, field)
+def _plot_row(event, history: list[dict]) -> dict:
+    """One curve per image: a new image restarts the step count."""
+    image = 1 if not history else history[-1]["image"] + (event.step < history[-1]["step"])
+    return {"step": event.step, "loss": event.loss, "image": image}
 
 
-def _thumbnail(a):
-    """A B-LoRA's first sample as an image (never a path: the library is not served)."""
-    path = blora.thumbnail(a)
-    try:
-        return load_image(path, what="sample", max_side=256) if path else None
-    except UserError:
-        return None
+def _trained_line(result: Result) -> tuple[str, dict]:
+    """The closing line of a training run, and the run as the page keeps it."""
+    run = blora.BLoRATraining.from_result(result)
+    made = "; ".join(f"**{md_text(a.adapter_name)}** (#{a.adapter_id}, trigger `{md_text(a.trigger)}`, "
+                     f"loss on fixed draws {a.loss_before:.4f} → {a.loss_after:.4f})" for a in run.adapters)
+    return (f"**Done.** Saved {made}; {run.adapters[0].trainable_params:,} trained parameters each.",
+            run.as_info())
 
 
-def build(ctx: AppContext) -> None:
-    engine = ctx.engine
-    res = engine.resolution
-    default = blora.default_preset(engine)
-    p = blora.PRESETS[default]
+def _generated_line(result: Result) -> str:
+    halves = ", ".join(f"{h['part']} #{h['adapter_id']} × {h['weight']:g}"
+                       for h in result.info["halves"]) or "none (base model)"
+    return f"**Done.** {result.info['use']}: {halves}."
 
-    # Who owns the B-LoRAs: "local" on a private instance, the visitor id kept in the browser on a
-    # shared one (so a reload finds them again), a logged-in user by name (see tabs/personalize.py).
-    visitor = ctx.visitor if ctx.visitor is not None else gr.State(None)
 
-    def owner_of(request, visitor_v=None) -> str:
-        return ctx.owner(request, visitor_v)
+class BLoRATab(Tab):
+    title = TITLE
+    api_prefix = "blora"
 
-    gr.Markdown(
-        "**B-LoRA** learns one image with LoRA on just two blocks of SDXL's UNet, trained together: "
-        f"`{blora.CONTENT_BLOCK}` learns its **content**, `{blora.STYLE_BLOCK}` its **style**. Each image becomes "
-        "one library entry holding both halves; combine halves of different images below.")
-    with gr.Row():
-        with gr.Column(scale=1):
-            files = gr.File(label=f"Images (1-{blora.MAX_IMAGES}; each becomes its own B-LoRA)", file_count="multiple",
-                            file_types=["image"], type="filepath", elem_id="bl-files")
-            crops = gr.Gallery(label=f"Training crops ({res}x{res})", columns=4, height=140, elem_id="bl-crops")
-            with gr.Row():
-                trigger = gr.Textbox(label="Trigger word (empty: a fresh [vN])", value="", elem_id="bl-trigger")
-                name = gr.Textbox(label="Name (default: the trigger)", value="", elem_id="bl-name")
-            joint = gr.Checkbox(label="One B-LoRA from all images (a subject from several photos) instead of one per image",
-                                value=False, elem_id="bl-joint")
-            preset = Dropdown(list(blora.PRESETS), value=default, label="Preset", elem_id="bl-preset",
-                                 info="The paper: prompt \"A [v]\", rank 64, lr 5e-5 constant, 1000 steps, batch 1, "
-                                      "no prior preservation, text encoders frozen.")
-            with gr.Accordion("Training settings", open=False):
-                with gr.Row():
-                    steps = Number(label="Steps", value=p["steps"], precision=0, minimum=1, elem_id="bl-steps")
-                    lr = Number(label="Learning rate (constant)", value=p["learning_rate"], elem_id="bl-lr")
-                    rank = Number(label="LoRA rank", value=p["rank"], precision=0, minimum=1, elem_id="bl-rank")
-                with gr.Row():
-                    sample_every = Number(label="Samples every N steps (0 = end only)", value=p["sample_every"],
-                                             precision=0, minimum=0, elem_id="bl-sample-every")
-                    ckpt_every = Number(label="Checkpoint every N steps (0 = none)", value=p["checkpoint_every"],
-                                           precision=0, minimum=0)
-                    gc = gr.Checkbox(label="Gradient checkpointing", value=p["gradient_checkpointing"])
-                with gr.Row():
-                    seed = Number(label="Seed", value=0, precision=0, minimum=0)
-                    resume = gr.Checkbox(label="Resume a stopped run with the same inputs", value=True)
-            with gr.Row():
-                train_btn = gr.Button("Train B-LoRA", variant="primary", elem_id="bl-train")
-                stop_train = gr.Button("Stop", variant="stop", elem_id="bl-stop-train")
-        with gr.Column(scale=1):
-            status = gr.Markdown("", elem_id="bl-status")
-            loss_plot = gr.LinePlot(None, x="step", y="loss", title="Training loss (the B-LoRA being trained)",
-                                    height=240, elem_id="bl-loss")
-            samples = gr.Gallery(label="Samples while training", columns=4, height="auto", elem_id="bl-samples")
-            train_info = gr.JSON(label="Run", visible=False)
+    def __init__(self, ctx: AppContext):
+        super().__init__(ctx)
+        self.default_preset = blora.default_preset(self.engine)
 
-    gr.Markdown("### Mix content and style")
-    ids_state = gr.State([])
-    with gr.Row():
-        with gr.Column(scale=1):
-            library_gallery = gr.Gallery(label="The library's B-LoRAs (click one to pick it)", columns=4, height=220,
-                                         allow_preview=False, elem_id="bl-library")
-            with gr.Row():
-                pick_as = Radio(["content", "style"], value="content", label="A click picks it as",
-                                   elem_id="bl-pick-as")
-                refresh = gr.Button("Refresh", size="sm", elem_id="bl-refresh")
-            with gr.Row():
-                content = Dropdown([], value=None, label=f"Content half (into {blora.CONTENT_BLOCK})",
-                                      elem_id="bl-content", scale=3, allow_custom_value=True)
-                content_w = Slider(0, 2, value=1.0, step=0.05, label="Content weight", info=WEIGHT_INFO,
-                                      elem_id="bl-content-w", scale=2)
-            with gr.Row():
-                style = Dropdown([], value=None, label=f"Style half (into {blora.STYLE_BLOCK})",
-                                    elem_id="bl-style", scale=3, allow_custom_value=True)
-                style_w = Slider(0, 2, value=1.0, step=0.05, label="Style weight", info=WEIGHT_INFO,
-                                    elem_id="bl-style-w", scale=2)
-            gr.Markdown(f"<small>{WEIGHT_NOTE}</small>", elem_id="bl-weight-note")
-            gr.Markdown("**The paper's four uses**, one click each ([c] = the content trigger, [s] = the style "
-                        "trigger):")
-            with gr.Row():
-                use_btns = [gr.Button(u, elem_id=f"bl-use-{i}", size="sm") for i, u in enumerate(blora.USES)]
-            gr.Markdown("\n".join(f"- **{u}**: {v['help']}" for u, v in blora.USES.items()))
-            prompts = gr.Textbox(label="Prompts, one per line ([c], [s] are replaced by the triggers)", lines=3,
-                                 value="A [c] in [s] style", elem_id="bl-prompts")
-            with gr.Row():
-                g_seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="bl-seed")
-                g_steps = Slider(1, 100, value=4 if engine.offline else 50, step=1, label="Steps",
-                                    elem_id="bl-gen-steps")
-                g_guid = Slider(0, 20, value=7.5, step=0.5, label="Guidance")
-            gr.Markdown(f"<small>{NEGATIVE_NOTE}</small>", elem_id="bl-negative-note")
-            with gr.Row():
-                gen_btn = gr.Button("Generate with these prompts", variant="primary", elem_id="bl-generate")
-                stop_gen = gr.Button("Stop", variant="stop", elem_id="bl-stop")
-            use_dd = Dropdown([CUSTOM, *blora.USES], value=CUSTOM, visible=False, label="Use")
-        with gr.Column(scale=1):
-            g_status = gr.Markdown("", elem_id="bl-gen-status")
-            gallery = gr.Gallery(label="Images", columns=4, height="auto", elem_id="bl-gallery")
-            gen_info = gr.JSON(label="Halves used", visible=False)
-
-    # ------------------------------------------------------------------ handlers
+    # ------------------------------------------------------------------ handlers: training
     @user_errors
-    def show_crops(paths):
-        paths = v.files(paths, "Images", blora.MAX_IMAGES)
-        return blora.training_images(paths, res) if paths else []
+    def show_crops(self, files):
+        """The training crops of the uploads, as the trainer will see them."""
+        paths = v.files(files, "Images", blora.MAX_IMAGES)
+        return blora.training_images(paths, self.engine.resolution) if paths else []
 
-    def apply_preset(name_):
-        q = blora.PRESETS.get(name_) if isinstance(name_, str) else None
-        q = q or blora.PRESETS[default]
-        return q["steps"], q["learning_rate"], q["rank"], q["sample_every"], q["checkpoint_every"], \
-            q["gradient_checkpointing"]
+    def apply_preset(self, preset):
+        """The training settings of a preset, in the order of PRESET_FIELDS."""
+        settings = blora.preset_settings(preset, self.engine)
+        return tuple(settings[k] for k in PRESET_FIELDS)
 
-    def library_view(owner: str, cur_c=None, cur_s=None):
-        items = blora.entries(engine, owner)
-        choices = [(blora.label(a), str(a.id)) for a in items]
-        valid = {val for _, val in choices}
-        shown = [(a, t) for a in items if (t := _thumbnail(a)) is not None]
-        thumbs = [(t, blora.label(a)) for a, t in shown]
-        ids = [str(a.id) for a, _ in shown]
-        return (thumbs, ids, gr.update(choices=choices, value=cur_c if cur_c in valid else None),
-                gr.update(choices=choices, value=cur_s if cur_s in valid else None))
+    @staticmethod
+    def loss_axes(steps) -> dict:
+        """The loss plot's axes: steps 0 to the run's last, loss from 0. A run stopped at step 1
+        still has a readable plot (one point alone gives each axis an empty range, drawn as a lone
+        "1.000000" tick; its loss is in the status line, as a line needs two points)."""
+        try:
+            last = v.whole(steps, "Steps", 1, MAX_STEPS)
+        except UserError:
+            last = None
+        return dict(x_lim=[0, last], y_lim=[0, None])
 
-    @user_errors
-    def refresh_library(cur_c, cur_s, visitor_v, request: gr.Request):
-        _id(cur_c, "Content half"), _id(cur_s, "Style half")
-        return library_view(owner_of(request, visitor_v), cur_c, cur_s)
-
-    def pick(ids, part, evt: gr.SelectData):
-        if evt is None or not isinstance(evt.index, int) or not ids or not 0 <= evt.index < len(ids):
-            return gr.skip(), gr.skip()
-        aid = ids[evt.index]
-        return (aid, gr.skip()) if part == "content" else (gr.skip(), aid)
+    def update_loss_axes(self, steps):
+        """The plot's axes for a new step count (page helper)."""
+        return gr.update(**self.loss_axes(steps))
 
     @user_errors
     @gpu(duration=600)
-    def run_train(paths, trig, name_v, joint_v, steps_v, lr_v, rank_v, sample_every_v, ckpt_v, gc_v, seed_v,
-                  resume_v, visitor_v, request: gr.Request):
-        steps_n = v.whole(steps_v, "Steps", 1, MAX_STEPS)
-        lr_f = v.real(lr_v, "Learning rate", 1e-8, 0.1)
-        rank_n = v.whole(rank_v, "LoRA rank", 1, 256)
-        sample_every_n = v.whole(sample_every_v, "Samples every N steps", 0, MAX_STEPS, default=0)
-        ckpt_n = v.whole(ckpt_v, "Checkpoint every N steps", 0, MAX_STEPS, default=0)
-        seed_n = v.seed(seed_v)
-        joint_b, gc_b, resume_b = v.flag(joint_v, "One B-LoRA from all images"), v.flag(gc_v, "Gradient checkpointing"), \
-            v.flag(resume_v, "Resume")
-        trig, name_v = v.text(trig, "Trigger word", 50), v.text(name_v, "Name", 100)
-        paths = v.files(paths, "Images", blora.MAX_IMAGES)
-        caller = ctx.caller(request, visitor_v)
-        images = blora.training_images(paths, res)
-        cfg = TrainConfig(steps=steps_n, learning_rate=lr_f, lr_scheduler="constant", batch_size=1,
-                          gradient_checkpointing=gc_b, seed=seed_n, sample_every=sample_every_n,
-                          checkpoint_every=ckpt_n, resume=resume_b,
-                          sample_steps=3 if engine.offline else 30, sample_guidance=7.5)
+    def train(self, files, trigger, name, joint, steps, learning_rate, rank, sample_every, checkpoint_every,
+              gradient_checkpointing, seed, resume, visitor=None, request: gr.Request = None):
+        """Train one B-LoRA per image (or one from all), streamed: (status, loss plot, samples, run)."""
+        config = blora.train_config(
+            self.engine, steps=v.whole(steps, "Steps", 1, MAX_STEPS),
+            learning_rate=v.real(learning_rate, "Learning rate", 1e-8, 0.1),
+            gradient_checkpointing=v.flag(gradient_checkpointing, "Gradient checkpointing"),
+            seed=v.seed(seed), sample_every=v.whole(sample_every, "Samples every N steps", 0, MAX_STEPS, default=0),
+            checkpoint_every=v.whole(checkpoint_every, "Checkpoint every N steps", 0, MAX_STEPS, default=0),
+            resume=v.flag(resume, "Resume"))
+        rank_n = v.whole(rank, "LoRA rank", 1, 256)
+        joint_b = v.flag(joint, "One B-LoRA from all images")
+        trigger, name = v.text(trigger, "Trigger word", 50), v.text(name, "Name", 100)
+        paths = v.files(files, "Images", blora.MAX_IMAGES)
+        caller = self.caller(request, visitor)
+        images = blora.training_images(paths, self.engine.resolution)
         yield "**Starting**", None, [], None
-        events = blora.train_blora(engine, images, cfg, owner=caller.owner, stop_key=caller.stop_key,
-                                   trigger=trig.strip() or None, name=name_v, rank=rank_n, joint=joint_b)
+        events = blora.train_blora(self.engine, images, config, owner=caller.owner, stop_key=caller.stop_key,
+                                   trigger=trigger.strip() or None, name=name, rank=rank_n, joint=joint_b)
+        yield from stream_training(events, plot=_plot, row=_plot_row, finish=_trained_line, stopped=TRAIN_STOPPED)
 
-        def row(ev, history):  # one curve per image: a new image restarts the step count
-            image = 1 if not history else history[-1]["image"] + (ev.step < history[-1]["step"])
-            return {"step": ev.step, "loss": ev.loss, "image": image}
-
-        def finish(ev):
-            info = {"adapters": ev.info["adapters"]}
-            done = "; ".join(f"**{md_text(a['adapter_name'])}** (#{a['adapter_id']}, trigger `{md_text(a['trigger'])}`, "
-                             f"loss on fixed draws {a['loss_before']:.4f} → {a['loss_after']:.4f})"
-                             for a in ev.info["adapters"])
-            n_params = ev.info["adapters"][0]["trainable_params"]
-            return f"**Done.** Saved {done}; {n_params:,} trained parameters each.", info
-
-        yield from stream_training(events, plot=_plot, row=row, finish=finish, stopped=(
-            "**Stopped.** B-LoRAs finished before the Stop are in the library; the last checkpoint of "
-            "the unfinished one (if any) is kept: train again with Resume on to continue."))
+    # ------------------------------------------------------------------ handlers: the library
+    def library_view(self, owner: str, content=None, style=None):
+        """(thumbnails, their ids, content picker, style picker): a pick that is no longer in the
+        library is cleared."""
+        entries = blora.library_entries(self.engine, owner=owner)
+        choices = [(e.label, e.id) for e in entries]
+        valid = {e.id for e in entries}
+        shown = [e for e in entries if e.thumbnail is not None]
+        return ([(e.thumbnail, e.label) for e in shown], [e.id for e in shown],
+                gr.update(choices=choices, value=content if content in valid else None),
+                gr.update(choices=choices, value=style if style in valid else None))
 
     @user_errors
-    def after_train(info, cur_c, cur_s, visitor_v, request: gr.Request):
-        _id(cur_c, "Content half"), _id(cur_s, "Style half")
-        new = None
-        if isinstance(info, dict) and info.get("adapters"):
-            new = str(info["adapters"][-1]["adapter_id"])
-        thumbs, ids, c, s = library_view(owner_of(request, visitor_v), cur_c, cur_s)
+    def library(self, content, style, visitor=None, request: gr.Request = None):
+        """The visitor's B-LoRAs (thumbnails, ids) and the two pickers, keeping valid picks."""
+        v.record_id(content, "Content half"), v.record_id(style, "Style half")
+        return self.library_view(self.caller(request, visitor).owner, content, style)
+
+    @user_errors
+    def after_train(self, info, content, style, visitor=None, request: gr.Request = None):
+        """The library after a run, with the newest B-LoRA in any picker that holds none."""
+        v.record_id(content, "Content half"), v.record_id(style, "Style half")
+        made = blora.BLoRATraining.from_info(info).adapters
+        thumbs, ids, c, s = self.library_view(self.caller(request, visitor).owner, content, style)
+        new = str(made[-1].adapter_id) if made else None
         if new is not None and new in ids:
-            c = gr.update(choices=c["choices"], value=cur_c if cur_c in ids else new)
-            s = gr.update(choices=s["choices"], value=cur_s if cur_s in ids else new)
+            c = gr.update(choices=c["choices"], value=content if content in ids else new)
+            s = gr.update(choices=s["choices"], value=style if style in ids else new)
         return thumbs, ids, c, s
 
-    def _generate(use, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, visitor_v, request):
-        seed_n = v.seed(seed_v)
-        steps_n = v.whole(steps_v, "Steps", 1, 100)
-        guid_f = v.real(guid_v, "Guidance", 0, 20)
-        cw_f, sw_f = v.real(cw, "Content weight", 0, 2, default=1.0), v.real(sw, "Style weight", 0, 2, default=1.0)
-        c_id, s_id = _id(cid, "Content half"), _id(sid, "Style half")
-        use = None if use in (None, "", CUSTOM) else v.choice(use, "Use", list(blora.USES))
-        text = v.text(text, "Prompts", 10_000)
-        caller = ctx.caller(request, visitor_v)
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        if use is not None:
-            lines = []  # a use button takes its own preset prompts
-        events = blora.generate(engine, use=use, content=(c_id, cw_f) if c_id is not None else None,
-                                style=(s_id, sw_f) if s_id is not None else None, prompts=lines,
-                                owner=caller.owner, stop_key=caller.stop_key, seed=seed_n, steps=steps_n,
-                                guidance=guid_f)
-        try:
-            for ev in events:
-                if isinstance(ev, Progress):
-                    yield ev.preview or gr.skip(), status_text(ev), gr.skip()
-                elif isinstance(ev, Notice):
-                    yield gr.skip(), f"Note: {ev.message}", gr.skip()
-                elif isinstance(ev, Result):
-                    halves = ", ".join(f"{h['part']} #{h['adapter_id']} × {h['weight']:g}"
-                                       for h in ev.info["halves"]) or "none (base model)"
-                    yield ([(im, p) for im, p in zip(ev.images, ev.info["prompts"])],
-                           f"**Done.** {ev.info['use']}: {halves}.", ev.info)
-        except Cancelled as exc:  # the job's own last word (see tabs/style_aligned.py)
-            yield gr.skip(), stopped_text(exc, "**Stopped.** The images were not finished."), gr.skip()
+    @staticmethod
+    def pick(ids, part, evt: gr.SelectData = None):
+        """A click on a thumbnail picks its B-LoRA as the content or the style half."""
+        if evt is None or not isinstance(evt.index, int) or not ids or not 0 <= evt.index < len(ids):
+            return gr.skip(), gr.skip()
+        chosen = ids[evt.index]
+        return (chosen, gr.skip()) if part == "content" else (gr.skip(), chosen)
 
+    # ------------------------------------------------------------------ handlers: generating
     @user_errors
     @gpu(duration=120)
-    def run_generate(use, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, visitor_v, request: gr.Request):
-        yield from _generate(use, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, visitor_v, request)
+    def generate(self, use, content, content_weight, style, style_weight, prompts, seed, steps, guidance,
+                 visitor=None, request: gr.Request = None):
+        """Images from the halves picked, streamed: (gallery, status, halves used). A use (one of
+        the paper's four) takes its own prompts; Custom takes `prompts`, one per line."""
+        seed_n = v.seed(seed)
+        steps_n = v.whole(steps, "Steps", 1, 100)
+        guidance_f = v.real(guidance, "Guidance", 0, 20)
+        content_w = v.real(content_weight, "Content weight", 0, 2, default=1.0)
+        style_w = v.real(style_weight, "Style weight", 0, 2, default=1.0)
+        content_id, style_id = v.record_id(content, "Content half"), v.record_id(style, "Style half")
+        use = None if use in (None, "", CUSTOM) else v.choice(use, "Use", list(blora.USES))
+        prompts = v.text(prompts, "Prompts", 10_000)
+        caller = self.caller(request, visitor)
+        lines = [] if use is not None else [ln for ln in prompts.splitlines() if ln.strip()]
+        events = blora.generate(
+            self.engine, use=use, content=(content_id, content_w) if content_id is not None else None,
+            style=(style_id, style_w) if style_id is not None else None, prompts=lines, owner=caller.owner,
+            stop_key=caller.stop_key, seed=seed_n, steps=steps_n, guidance=guidance_f)
+        yield from image_updates(events, stopped=GENERATE_STOPPED, done=_generated_line, rest=(gr.skip(),),
+                                 finish=lambda result, status: (captioned(result), status, result.info))
 
-    def use_handler(use_name):
+    def use_handler(self, use: str):
+        """The handler of one use's button: `generate` with that use (the same inputs but `use`)."""
         @user_errors
         @gpu(duration=120)
-        def handler(cid, cw, sid, sw, text, seed_v, steps_v, guid_v, visitor_v, request: gr.Request):
-            yield from _generate(use_name, cid, cw, sid, sw, text, seed_v, steps_v, guid_v, visitor_v, request)
+        def handler(content, content_weight, style, style_weight, prompts, seed, steps, guidance,
+                    visitor=None, request: gr.Request = None):
+            yield from self.generate(use, content, content_weight, style, style_weight, prompts, seed, steps,
+                                     guidance, visitor=visitor, request=request)
         return handler
 
+    # ------------------------------------------------------------------ layout
+    def build(self) -> None:
+        gr.Markdown(
+            "**B-LoRA** learns one image with LoRA on just two blocks of SDXL's UNet, trained together: "
+            f"`{blora.CONTENT_BLOCK}` learns its **content**, `{blora.STYLE_BLOCK}` its **style**. Each image "
+            "becomes one library entry holding both halves; combine halves of different images below.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                train = self._training_inputs()
+            with gr.Column(scale=1):
+                train.status = gr.Markdown("", elem_id="bl-status")
+                train.loss_plot = gr.LinePlot(None, x="step", y="loss", **self.loss_axes(train.steps.value),
+                                              title="Training loss (the B-LoRA being trained)", height=240,
+                                              elem_id="bl-loss")
+                train.samples = gr.Gallery(label="Samples while training", columns=4, height="auto",
+                                           elem_id="bl-samples")
+                train.info = gr.JSON(label="Run", visible=False)
+        gr.Markdown("### Mix content and style")
+        with gr.Row():
+            with gr.Column(scale=1):
+                mix = self._library_inputs()
+                self._generate_inputs(mix)
+            with gr.Column(scale=1):
+                mix.status = gr.Markdown("", elem_id="bl-gen-status")
+                mix.gallery = gr.Gallery(label="Images", columns=4, height="auto", elem_id="bl-gallery")
+                mix.info = gr.JSON(label="Halves used", visible=False)
+        self._wire(train, mix)
+
+    def _training_inputs(self) -> SimpleNamespace:
+        """Uploads, names and the training settings (`apply_preset` fills the last six)."""
+        res = self.engine.resolution
+        p = blora.PRESETS[self.default_preset]
+        w = SimpleNamespace()
+        w.files = gr.File(label=f"Images (1-{blora.MAX_IMAGES}; each becomes its own B-LoRA)", file_count="multiple",
+                          file_types=["image"], type="filepath", elem_id="bl-files")
+        w.crops = gr.Gallery(label=f"Training crops ({res}x{res})", columns=4, height=140, elem_id="bl-crops")
+        with gr.Row():
+            w.trigger = gr.Textbox(label="Trigger word (empty: a fresh [vN])", value="", elem_id="bl-trigger")
+            w.name = gr.Textbox(label="Name (default: the trigger)", value="", elem_id="bl-name")
+        w.joint = gr.Checkbox(label="One B-LoRA from all images (a subject from several photos) "
+                                    "instead of one per image", value=False, elem_id="bl-joint")
+        w.preset = Dropdown(list(blora.PRESETS), value=self.default_preset, label="Preset", elem_id="bl-preset",
+                            info="The paper: prompt \"A [v]\", rank 64, lr 5e-5 constant, 1000 steps, batch 1, "
+                                 "no prior preservation, text encoders frozen.")
+        with gr.Accordion("Training settings", open=False):
+            with gr.Row():
+                w.steps = Number(label="Steps", value=p["steps"], precision=0, minimum=1, elem_id="bl-steps")
+                w.lr = Number(label="Learning rate (constant)", value=p["learning_rate"], elem_id="bl-lr")
+                w.rank = Number(label="LoRA rank", value=p["rank"], precision=0, minimum=1, elem_id="bl-rank")
+            with gr.Row():
+                w.sample_every = Number(label="Samples every N steps (0 = end only)", value=p["sample_every"],
+                                        precision=0, minimum=0, elem_id="bl-sample-every")
+                w.ckpt_every = Number(label="Checkpoint every N steps (0 = none)", value=p["checkpoint_every"],
+                                      precision=0, minimum=0)
+                w.gc = gr.Checkbox(label="Gradient checkpointing", value=p["gradient_checkpointing"])
+            with gr.Row():
+                w.seed = Number(label="Seed", value=0, precision=0, minimum=0)
+                w.resume = gr.Checkbox(label="Resume a stopped run with the same inputs", value=True)
+        with gr.Row():
+            w.run = gr.Button("Train B-LoRA", variant="primary", elem_id="bl-train")
+            w.stop = gr.Button("Stop", variant="stop", elem_id="bl-stop-train")
+        return w
+
+    @staticmethod
+    def _library_inputs() -> SimpleNamespace:
+        """The library's gallery (a click picks) and the two halves with their weights."""
+        w = SimpleNamespace(ids=gr.State([]))
+        w.library = gr.Gallery(label="The library's B-LoRAs (click one to pick it)", columns=4, height=220,
+                               allow_preview=False, elem_id="bl-library")
+        with gr.Row():
+            w.pick_as = Radio(["content", "style"], value="content", label="A click picks it as", elem_id="bl-pick-as")
+            w.refresh = gr.Button("Refresh", size="sm", elem_id="bl-refresh")
+        with gr.Row():
+            w.content = Dropdown([], value=None, label=f"Content half (into {blora.CONTENT_BLOCK})",
+                                 elem_id="bl-content", scale=3, allow_custom_value=True)
+            w.content_w = Slider(0, 2, value=1.0, step=0.05, label="Content weight", info=WEIGHT_INFO,
+                                 elem_id="bl-content-w", scale=2)
+        with gr.Row():
+            w.style = Dropdown([], value=None, label=f"Style half (into {blora.STYLE_BLOCK})",
+                               elem_id="bl-style", scale=3, allow_custom_value=True)
+            w.style_w = Slider(0, 2, value=1.0, step=0.05, label="Style weight", info=WEIGHT_INFO,
+                               elem_id="bl-style-w", scale=2)
+        gr.Markdown(f"<small>{WEIGHT_NOTE}</small>", elem_id="bl-weight-note")
+        return w
+
+    def _generate_inputs(self, w: SimpleNamespace) -> None:
+        """The four uses' buttons, the prompts and the sampling settings (added to `w`)."""
+        gr.Markdown("**The paper's four uses**, one click each ([c] = the content trigger, [s] = the style "
+                    "trigger):")
+        with gr.Row():
+            w.use_buttons = [gr.Button(u, elem_id=f"bl-use-{i}", size="sm") for i, u in enumerate(blora.USES)]
+        gr.Markdown("\n".join(f"- **{u}**: {spec['help']}" for u, spec in blora.USES.items()))
+        w.prompts = gr.Textbox(label="Prompts, one per line ([c], [s] are replaced by the triggers)", lines=3,
+                               value="A [c] in [s] style", elem_id="bl-prompts")
+        with gr.Row():
+            w.seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="bl-seed")
+            w.steps = Slider(1, 100, value=4 if self.engine.offline else 50, step=1, label="Steps",
+                             elem_id="bl-gen-steps")
+            w.guidance = Slider(0, 20, value=7.5, step=0.5, label="Guidance")
+        gr.Markdown(f"<small>{NEGATIVE_NOTE}</small>", elem_id="bl-negative-note")
+        with gr.Row():
+            w.run = gr.Button("Generate with these prompts", variant="primary", elem_id="bl-generate")
+            w.stop = gr.Button("Stop", variant="stop", elem_id="bl-stop")
+        w.use = Dropdown([CUSTOM, *blora.USES], value=CUSTOM, visible=False, label="Use")
+
     # ------------------------------------------------------------------ wiring
-    ui = dict(api_visibility="private")  # page helpers, not part of the API
-    files.change(show_crops, files, crops, **ui)
-    preset.change(apply_preset, preset, [steps, lr, rank, sample_every, ckpt_every, gc], queue=False, **ui)
-    lib_outputs = [library_gallery, ids_state, content, style]
-    train_event = train_btn.click(
-        run_train, [files, trigger, name, joint, steps, lr, rank, sample_every, ckpt_every, gc, seed, resume, visitor],
-        [status, loss_plot, samples, train_info], api_name="blora_train", **GPU)
-    train_event.then(after_train, [train_info, content, style, visitor], lib_outputs, api_name=False)
-    refresh.click(refresh_library, [content, style, visitor], lib_outputs, api_name="blora_library", queue=False)
-    library_gallery.select(pick, [ids_state, pick_as], [content, style], queue=False, **ui)
-    gen_inputs = [content, content_w, style, style_w, prompts, g_seed, g_steps, g_guid, visitor]
-    gen_outputs = [gallery, g_status, gen_info]
-    gen_btn.click(run_generate, [use_dd, *gen_inputs], gen_outputs, api_name="blora_generate", **GPU)
-    for btn, use_name in zip(use_btns, blora.USES):
-        btn.click(use_handler(use_name), gen_inputs, gen_outputs, api_name=False, **GPU)
+    def _wire(self, train: SimpleNamespace, mix: SimpleNamespace) -> None:
+        ui = dict(api_visibility="private")  # page helpers, not part of the API
+        train.files.change(self.show_crops, train.files, train.crops, **ui)
+        train.steps.change(self.update_loss_axes, train.steps, train.loss_plot, queue=False, **ui)
+        train.preset.change(self.apply_preset, train.preset, [train.steps, train.lr, train.rank, train.sample_every,
+                                                              train.ckpt_every, train.gc], queue=False, **ui)
+        library_out = [mix.library, mix.ids, mix.content, mix.style]
+        picks = [mix.content, mix.style, self.visitor]
+        trained = train.run.click(
+            self.train, [train.files, train.trigger, train.name, train.joint, train.steps, train.lr, train.rank,
+                         train.sample_every, train.ckpt_every, train.gc, train.seed, train.resume, self.visitor],
+            [train.status, train.loss_plot, train.samples, train.info], api_name="blora_train", **GPU)
+        trained.then(self.after_train, [train.info, *picks], library_out, api_name=False)
+        mix.refresh.click(self.library, picks, library_out, api_name="blora_library", queue=False)
+        mix.library.select(self.pick, [mix.ids, mix.pick_as], [mix.content, mix.style], queue=False, **ui)
+        inputs = [mix.content, mix.content_w, mix.style, mix.style_w, mix.prompts, mix.seed, mix.steps,
+                  mix.guidance, self.visitor]
+        outputs = [mix.gallery, mix.status, mix.info]
+        mix.run.click(self.generate, [mix.use, *inputs], outputs, api_name="blora_generate", **GPU)
+        for button, use in zip(mix.use_buttons, blora.USES):
+            button.click(self.use_handler(use), inputs, outputs, api_name=False, **GPU)
+        self.on_page_load(self.library, picks, library_out)  # fill the gallery when a page opens
+        self.wire_stop(train.stop, api_name="blora_train_stop")
+        self.wire_stop(mix.stop)
 
-    root = getattr(gr.context.Context, "root_block", None)
-    if root is not None and hasattr(root, "load"):  # fill the gallery when a page opens
-        root.load(refresh_library, [content, style, visitor], lib_outputs, queue=False, api_visibility="private")
 
-    def cancel(request: gr.Request):
-        engine.cancel(session_key(request))  # the running job stops within one step and says so
-
-    stop_train.click(cancel, None, None, queue=False, api_name="blora_train_stop")
-    stop_gen.click(cancel, None, None, queue=False, api_name="blora_stop")
+build = BLoRATab.mount  # the tab module's entry point (tabs/__init__.py)

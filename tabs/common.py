@@ -166,6 +166,14 @@ class Tab:
     def build(self) -> None:  # pragma: no cover - every tab defines it
         raise NotImplementedError
 
+    @classmethod
+    def mount(cls, ctx: AppContext) -> "Tab":
+        """The tab's handlers bound to `ctx`, with its widgets laid out in the current Blocks
+        context (a tab module's `build`)."""
+        tab = cls(ctx)
+        tab.build()
+        return tab
+
 
 @dataclass
 class JobUpdate:
@@ -178,12 +186,18 @@ class JobUpdate:
     stopped: bool = False
 
 
-def job_updates(events, *, stopped: str, done: str = "**Done.**",
-                line: Callable[[Any], str | None] | None = None):
+def job_updates(events, *, stopped: str | Callable[[], str], done: str | Callable[[Any], str] = "**Done.**",
+                line: Callable[[Any], str | None] | None = None,
+                progress: Callable[[Any], str] | None = None):
     """Turn a job's core events into `JobUpdate`s: Notices are kept above the latest progress
     line, a Result closes with `done`, and a Stop (or the time limit) ends with `stopped` (and
     the reason), as the job's own last update so no progress line can overwrite it. `line(event)`
-    may give the status line of a method's own events (None: keep the last one)."""
+    may give the status line of a method's own events (None: keep the last one).
+
+    `done` may be a function of the Result (the line of an intermediate stage's Result, or a
+    closing line that says what was made), `stopped` a function called at the Stop (what was
+    kept depends on how far the job got), `progress(event)` the line of a Progress (default
+    `status_text`)."""
     from core.events import Notice, Progress, Result
 
     notes: list[str] = []
@@ -198,14 +212,36 @@ def job_updates(events, *, stopped: str, done: str = "**Done.**",
             if isinstance(ev, Notice):
                 notes.append(ev.message)
             elif isinstance(ev, Result):
-                last = done
+                last = done(ev) if callable(done) else done
             elif isinstance(ev, Progress):
-                last = status_text(ev, clock if ev.total else None)
+                last = progress(ev) if progress else status_text(ev, clock if ev.total else None)
             elif line is not None:
                 last = line(ev) or last
             yield JobUpdate(text(last), ev)
     except Cancelled as exc:
-        yield JobUpdate(text(stopped_text(exc, stopped)), None, stopped=True)
+        yield JobUpdate(text(stopped_text(exc, stopped() if callable(stopped) else stopped)), None, stopped=True)
+
+
+def image_updates(events, *, finish: Callable[[Any, str], tuple], rest: tuple = (), **how):
+    """The updates (gallery, status, *rest) of a job that makes images: the latest preview while
+    it runs, `finish(result, status)` at the end, the status alone otherwise (after a Stop too);
+    `rest` is what the other outputs get meanwhile (default: left as they are). `how`: the
+    arguments of `job_updates` (stopped, done, ...)."""
+    from core.events import Progress, Result
+
+    rest = rest or ()
+    for u in job_updates(events, **how):
+        if isinstance(u.event, Result):
+            yield finish(u.event, u.status)
+        elif isinstance(u.event, Progress) and u.event.preview:
+            yield (u.event.preview, u.status, *rest)
+        else:
+            yield (gr.skip(), u.status, *rest)
+
+
+def captioned(result) -> list[tuple]:
+    """A Result's images with their prompts as captions (info["prompts"], one per image)."""
+    return list(zip(result.images, result.info["prompts"], strict=True))
 
 
 def visitor_handlers(ctx: AppContext) -> tuple[Callable, Callable]:
@@ -353,7 +389,7 @@ def user_errors(fn: Callable) -> Callable:
                 yield from fn(*args, **kwargs)
             except GeneratorExit:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - everything is reported
+            except BaseException as exc:  # everything is reported, as a gr.Error
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 raise _translate(exc, where) from exc
@@ -363,7 +399,7 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             raise _translate(exc, where) from exc
@@ -470,7 +506,8 @@ def stream_training(events, *, plot: Callable[[list[dict]], Any],
                 notes.append(ev.message)
                 yield "\n\n".join(notes + [line]), gr.skip(), gr.skip(), gr.skip()
             elif isinstance(ev, Progress):
-                yield "\n\n".join(notes + [status_text(ev, clock if ev.total else None)]), gr.skip(), gr.skip(), gr.skip()
+                status = "\n\n".join(notes + [status_text(ev, clock if ev.total else None)])
+                yield status, gr.skip(), gr.skip(), gr.skip()
             elif isinstance(ev, Result):
                 message, info = finish(ev)
                 yield "\n\n".join(notes + [message]), plot(history), shown[:24], info
@@ -546,3 +583,24 @@ def md_text(value: Any, limit: int = 200) -> str:
     if len(s) > limit:
         s = s[: limit - 1] + "…"
     return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+# ------------------------------------------------------------------ a newcomer's view
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
+
+
+def example(name: str) -> str:
+    """The path of one of our own example images (assets/examples, drawn by its make.py)."""
+    path = EXAMPLES_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"assets/examples/{name} is missing: run python assets/examples/make.py")
+    return str(path)
+
+
+def about(summary: str, details: str) -> None:
+    """A tab's one-line summary in plain words, with the method's details (the paper's terms,
+    formulas, deviations) behind an "About this method" accordion."""
+    gr.Markdown(summary)
+    with gr.Accordion("About this method", open=False):
+        gr.Markdown(details)

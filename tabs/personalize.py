@@ -14,10 +14,9 @@ import pandas as pd
 from core import dreambooth, library
 from core import validate as v
 from core.errors import UserError
-from core.events import Progress, Result
-from core.train import MAX_STEPS, TrainConfig
+from core.train import MAX_STEPS, TrainSettings
 
-from .common import GPU, AppContext, Tab, deliver, gpu, job_updates, md_text, stream_training, user_errors
+from .common import GPU, Tab, captioned, deliver, gpu, image_updates, md_text, stream_training, user_errors
 from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "Personalize"
@@ -188,7 +187,7 @@ class PersonalizeTab(Tab):
             engine, images, identifier=word, class_noun=cls, prior=prior_b, num_class_images=n_class,
             prior_weight=lam_f, rank=rank_n, full=full, name=name, class_steps=4 if engine.offline else None,
             text_encoder_rank=te_rank_n)
-        config = TrainConfig(steps=steps_n, learning_rate=lr_f, batch_size=batch_n, grad_accum=accum_n,
+        config = TrainSettings(steps=steps_n, learning_rate=lr_f, batch_size=batch_n, grad_accum=accum_n,
                              gradient_checkpointing=gc_b, snr_gamma=snr_f or None, seed=seed_n,
                              sample_every=sample_every_n, checkpoint_every=ckpt_n, resume=resume_b,
                              sample_steps=4 if engine.offline else 25)
@@ -230,14 +229,9 @@ class PersonalizeTab(Tab):
         events = library.generate(self.engine, filled, weights, owner=caller.owner, stop_key=caller.stop_key,
                                   seed=seed_n, steps=steps_n, guidance=guidance_f)
         active = ", ".join(f"#{i} × {w:g}" for i, w in weights.items()) or "none (base model)"
-        for u in job_updates(events, stopped="**Stopped.** The images were not finished.",
-                             done=f"**Done.** Adapters: {active}."):
-            if isinstance(u.event, Result):
-                yield list(zip(u.event.images, u.event.info["prompts"], strict=True)), u.status
-            elif isinstance(u.event, Progress) and u.event.preview:
-                yield u.event.preview, u.status
-            else:
-                yield gr.skip(), u.status
+        yield from image_updates(events, stopped="**Stopped.** The images were not finished.",
+                                 done=f"**Done.** Adapters: {active}.",
+                                 finish=lambda result, status: (captioned(result), status))
 
     @user_errors
     @gpu(duration=120)
@@ -258,15 +252,11 @@ class PersonalizeTab(Tab):
         events = dreambooth.language_drift(self.engine, aid, owner=caller.owner, metrics=self.ctx.metrics,
                                            seeds=seeds, steps=steps_n, guidance=guidance_f, weight=weight,
                                            stop_key=caller.stop_key)
-        for u in job_updates(events, stopped="**Stopped.** The drift was not measured."):
-            if isinstance(u.event, Result):
-                info = u.event.info
-                labels = [f"{who}, seed {s}" for who in ("frozen", "adapter") for s in info["seeds"]]
-                yield list(zip(u.event.images, labels, strict=True)), u.status, _drift_markdown(info)
-            elif isinstance(u.event, Progress) and u.event.preview:
-                yield u.event.preview, u.status, gr.skip()
-            else:
-                yield gr.skip(), u.status, gr.skip()
+        def finish(result, status):
+            labels = [f"{who}, seed {s}" for who in ("frozen", "adapter") for s in result.info["seeds"]]
+            return list(zip(result.images, labels, strict=True)), status, _drift_markdown(result.info)
+        yield from image_updates(events, stopped="**Stopped.** The drift was not measured.", rest=(gr.skip(),),
+                                 finish=finish)
 
     # ------------------------------------------------------------------ export and import
     @user_errors
@@ -434,7 +424,4 @@ class PersonalizeTab(Tab):
         self.wire_stop(w.stop_btn)
 
 
-def build(ctx: AppContext) -> PersonalizeTab:
-    tab = PersonalizeTab(ctx)
-    tab.build()
-    return tab
+build = PersonalizeTab.mount  # the tab module's entry point (tabs/__init__.py)

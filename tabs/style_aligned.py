@@ -4,17 +4,34 @@ from __future__ import annotations
 import gradio as gr
 
 from core import validate as v
-from core.events import Progress, Result
 from core.images import load_image
 from core.style_aligned import MAX_SET, SharingOptions, style_aligned_set
 
-from .common import GPU, AppContext, Tab, gpu, job_updates, user_errors
+from .common import GPU, Tab, about, example, gpu, image_updates, user_errors
 from .widgets import Number, Slider
 
 TITLE = "Style-Aligned Set"
 
 EXAMPLE_PROMPTS = "A guitar\nA hot air balloon\nA sailboat\nA mountain"
 EXAMPLE_STYLE = "in minimal flat design illustration"
+
+# (prompts, style text, reference image or None, its description): one click fills the form
+EXAMPLES = [
+    (EXAMPLE_PROMPTS, EXAMPLE_STYLE, None, ""),
+    ("A fox\nA lighthouse\nA teapot\nA bicycle", "in a woodblock print of blue waves", None, ""),
+    ("A robot\nA castle\nAn owl", "in the style of the reference", "style-mosaic.png",
+     "a stained-glass mosaic of warm tiles, in mosaic style"),
+]
+
+SUMMARY = ("**Make a set of images in one shared style.** Write one prompt per line and a style; "
+           "every image borrows the look of the first one (or of a reference image you upload).")
+ABOUT = ("Style-Aligned (Hertz et al., CVPR 2024): during denoising, every image's self-attention "
+         "also attends to the reference image's keys and values, with AdaIN aligning each image's "
+         "queries and keys to the reference's statistics. No training. With a reference image, it is "
+         "first inverted with DDIM so that its denoising path can be shared. The scores below the set: "
+         "CLIP text score per image (does it show its prompt?) and the mean pairwise DINO similarity "
+         "(is the style consistent?). Advanced settings follow the paper's ablations: sharing on values "
+         "too, shared group norm, full sharing (the leakage baseline), the shared-score shift.")
 
 
 def _metrics_markdown(info: dict, note: str) -> str:
@@ -81,29 +98,27 @@ class StyleAlignedTab(Tab):
             guidance=guidance_f, width=width_n, height=height_n, negative_prompt=negative,
             reference_image=reference, reference_prompt=reference_prompt, metrics=self.ctx.metrics,
             stop_key=self.caller(request).stop_key)
-        for u in job_updates(events, stopped="**Stopped.** The set was not finished."):
-            if isinstance(u.event, Result):
-                info = dict(u.event.info)
-                note = self.ctx.metrics.note if self.ctx.metrics else ""
-                yield u.event.images, u.status, _metrics_markdown(info, note), info
-            elif isinstance(u.event, Progress) and u.event.preview:
-                yield u.event.preview, u.status, gr.skip(), gr.skip()
-            else:
-                yield gr.skip(), u.status, gr.skip(), gr.skip()
+        note = self.ctx.metrics.note if self.ctx.metrics else ""
+        # no scores of an earlier set under this one while it runs, nor after a Stop
+        yield from image_updates(events, stopped="**Stopped.** The set was not finished.", rest=("", None),
+                                 finish=lambda result, status: (result.images, status,
+                                                                _metrics_markdown(result.info, note),
+                                                                dict(result.info)))
 
     # ------------------------------------------------------------------ layout and wiring
     def build(self) -> None:
         offline = self.engine.offline
         res = self.engine.resolution
-        gr.Markdown("A set of images that share one style: every image attends to the first one "
-                    "(the reference) with AdaIN on queries and keys. One prompt per line; the first "
-                    "prompt's image is the reference, or upload a reference image below.")
+        about(SUMMARY, ABOUT)
         with gr.Row():
             with gr.Column(scale=1):
                 prompts = gr.Textbox(label=f"Prompts, one per line (at most {MAX_SET})", lines=5,
                                      value=EXAMPLE_PROMPTS, elem_id="sa-prompts")
                 style = gr.Textbox(label="Style text appended to every prompt", value=EXAMPLE_STYLE,
                                    elem_id="sa-style")
+                with gr.Row():
+                    run = gr.Button("Generate set", variant="primary", elem_id="sa-generate")
+                    stop = gr.Button("Stop", variant="stop", elem_id="sa-stop")
                 with gr.Row():
                     seed = Number(label="Seed", value=0, precision=0, minimum=0)
                     steps = Slider(1, 100, value=4 if offline else 50, step=1, label="Steps", elem_id="sa-steps")
@@ -116,20 +131,21 @@ class StyleAlignedTab(Tab):
                 with gr.Accordion("Reference image (optional)", open=False):
                     ref_file = gr.File(label="Upload an image to follow its style", file_types=["image"],
                                        type="filepath", elem_id="sa-ref")
-                    ref_view = gr.Image(label="Reference as used", interactive=False, height=160)
+                    ref_view = gr.Image(label="Reference as used", interactive=False, height=200)
                     ref_prompt = gr.Textbox(label="Describe the reference (content and style)",
                                             placeholder="a painting of a house, in impressionist style")
                 with gr.Accordion("Advanced", open=False):
                     sharing = self._sharing_widgets()
-                with gr.Row():
-                    run = gr.Button("Generate set", variant="primary", elem_id="sa-generate")
-                    stop = gr.Button("Stop", variant="stop", elem_id="sa-stop")
             with gr.Column(scale=1):
                 status = gr.Markdown("", elem_id="sa-status")
                 gallery = gr.Gallery(label="Set", columns=4, height="auto", elem_id="sa-gallery")
                 metrics_md = gr.Markdown("", elem_id="sa-metrics")
                 metrics_json = gr.JSON(label="Metrics", visible=False)
 
+        with gr.Row():
+            gr.Examples([[p, st, example(ref) if ref else None, rp] for p, st, ref, rp in EXAMPLES],
+                        [prompts, style, ref_file, ref_prompt], label="Examples: click one, then Generate set",
+                        examples_per_page=len(EXAMPLES))
         ref_file.change(self.show_reference, ref_file, ref_view, api_visibility="private")
         inputs = [prompts, style, seed, steps, guidance, width, height, negative, ref_file, ref_prompt, *sharing]
         run.click(self.generate, inputs, [gallery, status, metrics_md, metrics_json], api_name="style_aligned", **GPU)
@@ -153,7 +169,4 @@ class StyleAlignedTab(Tab):
         ]
 
 
-def build(ctx: AppContext) -> StyleAlignedTab:
-    tab = StyleAlignedTab(ctx)
-    tab.build()
-    return tab
+build = StyleAlignedTab.mount  # the tab module's entry point (tabs/__init__.py)

@@ -16,13 +16,13 @@ import pandas as pd
 from core import library, styledrop
 from core import validate as v
 from core.errors import UserError
-from core.events import Notice, Progress, Result
+from core.events import Notice, Result
 from core.images import load_image
 from core.throttle import DistinctLimit, Throttle
-from core.train import MAX_STEPS, TrainConfig
+from core.train import MAX_STEPS, TrainSettings
 
-from .common import (GPU, AppContext, Tab, deliver, gpu, html_text, job_updates, md_text, stream_training,
-                     user_errors)
+from .common import (GPU, AppContext, Tab, captioned, deliver, gpu, html_text, image_updates, job_updates, md_text,
+                     stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 # Ratings of someone else's published loop, per client address: at most RATES_PER_MINUTE, and
@@ -320,7 +320,7 @@ class StyleDropTab(Tab):
               request: gr.Request = None):
         """Train the loop's next round (no loop: a new loop from the style image) and its grid,
         streamed: (status, loss plot, loop view ×6, info)."""
-        config = TrainConfig(steps=v.whole(steps, "Steps", 1, MAX_STEPS),
+        config = TrainSettings(steps=v.whole(steps, "Steps", 1, MAX_STEPS),
                              learning_rate=v.real(learning_rate, "Learning rate", 1e-8, 0.1),
                              gradient_checkpointing=v.flag(gradient_checkpointing, "Gradient checkpointing"),
                              seed=v.seed(seed, "Training seed"), sample_every=0, resume=False)
@@ -486,17 +486,14 @@ class StyleDropTab(Tab):
             self.engine, style_adapter_id=style_id, subject_adapter_id=subject_id, prompts=lines,
             style_weight=style_weight, subject_weight=subject_weight, owner=caller.owner,
             stop_key=caller.stop_key, seed=seed, steps=steps, guidance=guidance, **mix_kw)
-        for u in job_updates(events, stopped="**Stopped.** The images were not finished."):
-            if isinstance(u.event, Result):
-                used = ", ".join(f"#{i} × {w:g}" for i, w in u.event.info["adapters"].items())
-                if u.event.info.get("mix") == "predictions":
-                    used = ", ".join(f"#{i}" for i in u.event.info["adapters"]) + \
-                        f" (predictions mixed, γ = {u.event.info['gamma']:g})"
-                yield list(zip(u.event.images, u.event.info["prompts"])), f"{u.status} Adapters: {used}."
-            elif isinstance(u.event, Progress) and u.event.preview:
-                yield u.event.preview, u.status
-            else:
-                yield gr.skip(), u.status
+
+        def finish(result, status):
+            used = ", ".join(f"#{i} × {w:g}" for i, w in result.info["adapters"].items())
+            if result.info.get("mix") == "predictions":
+                used = ", ".join(f"#{i}" for i in result.info["adapters"]) + \
+                    f" (predictions mixed, γ = {result.info['gamma']:g})"
+            return captioned(result), f"{status} Adapters: {used}."
+        yield from image_updates(events, stopped="**Stopped.** The images were not finished.", finish=finish)
 
     # ------------------------------------------------------------------ layout and wiring
     def build(self) -> None:
@@ -681,7 +678,4 @@ class StyleDropTab(Tab):
         self.wire_stop(ui.stop)
 
 
-def build(ctx: AppContext) -> StyleDropTab:
-    tab = StyleDropTab(ctx)
-    tab.build()
-    return tab
+build = StyleDropTab.mount  # the tab module's entry point (tabs/__init__.py)

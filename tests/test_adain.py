@@ -347,7 +347,7 @@ def small_cfg(dataset, out, **kw):
                 batch_size=4, lr=1e-3, resize=48, crop=32, save_every=20, sample_every=30,
                 log_every=5, tiny=True, seed=0)
     base.update(kw)
-    return adain.TrainConfig(**base)
+    return adain.DecoderTrainConfig(**base)
 
 
 def np_mean_std(x, eps=adain.EPS):
@@ -384,7 +384,7 @@ def test_decoder_loss_is_the_papers(model):
 
 
 def test_learning_rate_decay_is_the_papers():
-    cfg = adain.TrainConfig("c", "s")
+    cfg = adain.DecoderTrainConfig("c", "s")
     assert (cfg.lr, cfg.style_weight, cfg.batch_size, cfg.resize, cfg.crop) == (1e-4, 10.0, 8, 512, 256)
     assert adain.learning_rate(cfg, 0) == pytest.approx(1e-4)
     assert adain.learning_rate(cfg, 20_000) == pytest.approx(1e-4 / 2)
@@ -443,9 +443,9 @@ def test_training_reports_bad_folders(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="holds no images"):
-        next(adain.train_decoder(adain.TrainConfig(str(empty), str(empty), tiny=True)))
+        next(adain.train_decoder(adain.DecoderTrainConfig(str(empty), str(empty), tiny=True)))
     with pytest.raises(UserError, match="does not exist"):
-        next(adain.train_decoder(adain.TrainConfig(str(tmp_path / "x"), str(empty), tiny=True)))
+        next(adain.train_decoder(adain.DecoderTrainConfig(str(tmp_path / "x"), str(empty), tiny=True)))
 
 
 def test_cli_train_tiny(dataset, tmp_path):
@@ -458,3 +458,34 @@ def test_cli_train_tiny(dataset, tmp_path):
     assert adain._cli(["train", "--content", str(tmp_path / "none"), "--style", str(sdir),
                        "--out", str(tmp_path / "out2"), "--tiny"]) == 2
     assert not (tmp_path / "out2").exists()
+
+
+def test_cli_options_say_what_they_do_and_offline_names_its_own_flag(tmp_path, monkeypatch, capsys):
+    """Every option and argument of `python -m core.adain` has a help text; offline without the
+    weights in the cache, the transfer command names its own --weights (the app's flag is
+    --adain-weights)."""
+    import argparse
+
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    ap = adain._parser()
+    commands = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"train", "convert", "transfer"}
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help and len(action.help) > 8, (name, action.dest)
+
+    def offline(repo_id, filename, revision=None, **kw):
+        raise LocalEntryNotFoundError("no connection")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.delenv("STUDIO_ADAIN_WEIGHTS", raising=False)
+    image = tmp_path / "c.png"
+    Image.new("RGB", (32, 32)).save(image)
+    assert adain._cli(["transfer", str(image), str(image), "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "offline and not in the cache" in err and "--weights of `python -m core.adain`" in err
+    # the environment variable is the CLI's default too
+    monkeypatch.setenv("STUDIO_ADAIN_WEIGHTS", str(tmp_path / "mine"))
+    assert adain._parser().parse_args(["transfer", "c", "s", "--out", "o"]).weights == str(tmp_path / "mine")

@@ -1,17 +1,16 @@
 """The AdaIN tab in headless Chromium (Debian's /usr/bin/chromium), tiny mode, on CPU.
 
-Serves the tab on its own (the app shell lists tabs in tabs.TAB_MODULES; this test does not
-depend on that list) and drives it like a person: upload, Stylize, a bad upload, the webcam
-stream (Chromium's fake camera) with its FPS read-out, and a training run stopped with Stop.
+Drives the tab in the real app (`app.py --model tiny`) like a person: upload, Stylize, a bad
+upload, the webcam stream (Chromium's fake camera) with its FPS read-out, and a training run
+stopped with Stop; and the tab alone on a shared instance, where each visitor has their own
+decoders.
 """
 import argparse
 import socket
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytestmark = pytest.mark.browser
@@ -26,31 +25,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def adain_url(request, tmp_path_factory):
-    """The real app (conftest's live_app) once tabs.TAB_MODULES lists this tab; until then
-    the tab served on its own, inside a tab of the same title, with the same tiny engine
-    attributes."""
-    gr = pytest.importorskip("gradio")
-    import tabs
-    from tabs import adain as tab_mod
-    from tabs.common import AppContext
-
-    if "tabs.adain" in tabs.TAB_MODULES:
-        yield request.getfixturevalue("live_app").url
-        return
-    engine = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, family="tiny",
-                             offline=True)
-    ctx = AppContext(engine=engine, data_dir=tmp_path_factory.mktemp("adain_browser"),
-                     args=argparse.Namespace())
-    with gr.Blocks() as demo:
-        with gr.Tab(tab_mod.TITLE):
-            tab_mod.build(ctx)
-    demo.queue()
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+def adain_url(live_app):
+    """The real app (conftest's live_app), tiny mode."""
+    return live_app.url
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +127,7 @@ def test_webcam_stream_shows_fps(adain_page, images):
 
 def start_training(tab, images, run_name: str, steps: int) -> None:
     """Fill the "Train your own decoder" panel (two content images, one style, tiny sizes,
-    samples every 2 steps) and press Train."""
+    samples and checkpoints every 2 steps) and press Train."""
     tab.get_by_role("tab", name="Train your own decoder").click()
     files = tab.locator("input[type=file][multiple]")
     n = files.count()
@@ -162,6 +139,7 @@ def start_training(tab, images, run_name: str, steps: int) -> None:
     tab.get_by_label("Resize shorter side to").fill("48")
     tab.get_by_label("Random crop").fill("32")
     tab.get_by_label("Samples every N steps").fill("2")
+    tab.get_by_label("Checkpoint every N steps").fill("2")  # a Stop after step 2 keeps the run
     tab.get_by_role("button", name="Train", exact=True).click()
 
 

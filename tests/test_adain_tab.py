@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core import adain_runs
 from tabs import adain as tab_mod
 from tabs.common import AppContext
 
@@ -125,13 +126,15 @@ def test_train_panel_streams_and_stops(tab, tmp_path):
     assert len(first[1]) == 3  # the first samples, before training
     assert pd.api.types.is_numeric_dtype(frame["value"]) and frame["step"].dtype == "int64"
     assert len(samples) == 3 and "step 2/50" in status  # sample_every=2: new samples
+    while not re.search(r"step ([4-9]|\d\d)/50", status):  # past the first checkpoint (step 3)
+        _, _, status, _ = next(gen)
     assert tab.stop(request()).startswith("Stopping")
     *_, last = gen
     frame, samples, status, dropdown = last
     stopped_at = re.match(r"Stopped at step (\d+);", status)  # the job runs on while the page reads
     assert stopped_at and 2 <= int(stopped_at.group(1)) < 50, status
     assert dropdown["choices"] == ["built-in", "myrun"] and dropdown["value"] == "myrun"
-    run = tab.runs_dir / "myrun"
+    run = adain_runs.runs_root(tab.ctx.data_dir) / "myrun"
     assert (run / "decoder.safetensors").is_file() and (run / "checkpoint.safetensors").is_file()
     assert tab.stop(request()) == "Nothing is running."
     assert tab_mod.AdaINTab(tab.ctx).refresh_decoders("gone", None)["choices"] == ["built-in", "myrun"]
@@ -159,14 +162,25 @@ def test_train_panel_bad_input(tab, tmp_path):
 def test_build_registers_the_adain_endpoint(ctx):
     with gr.Blocks() as demo:
         with gr.Tab(tab_mod.TITLE):
-            tab_mod.build(ctx)
+            tab = tab_mod.build(ctx)
+    assert isinstance(tab, tab_mod.AdaINTab)
     names = {fn.api_name for fn in demo.fns.values()}
-    assert {"adain", "adain_webcam", "adain_train"} <= names
+    assert {"adain", "adain_webcam", "adain_train", "adain_stop"} <= names
     stream = next(fn for fn in demo.fns.values() if fn.api_name == "adain_webcam")
     assert stream.concurrency_id == "gpu"
+    # tiny mode starts from the tiny preset (a run in well under a minute), not the paper's recipe
+    values = {b.label: b.value for b in demo.blocks.values() if isinstance(b, gr.Number)}
+    preset = adain_runs.TINY_PRESET
+    assert (values["Steps"], values["Batch"], values["Resize shorter side to"], values["Random crop"],
+            values["Samples every N steps"], values["Checkpoint every N steps"]) == \
+        (preset.steps, preset.batch_size, preset.resize, preset.crop, preset.sample_every, preset.save_every)
+    # at least 40x less pixel work than the old defaults (200 steps of 8 crops of 256 px: 15-25 min)
+    assert preset.steps * preset.batch_size * preset.crop ** 2 * 40 < 200 * 8 * 256 ** 2
 
 
 def test_weights_choice(tmp_path, monkeypatch):
+    """The tab hands the app's --adain-weights to core (the order of the choices is tested in
+    tests/test_adain_runs.py)."""
     monkeypatch.delenv("STUDIO_ADAIN_WEIGHTS", raising=False)
 
     def make(family, offline, **args):
@@ -174,14 +188,11 @@ def test_weights_choice(tmp_path, monkeypatch):
                                  offline=offline)
         return tab_mod.AdaINTab(AppContext(engine, tmp_path, argparse.Namespace(**args)))
 
-    assert make("tiny", True).tiny
-    assert make("sdxl", False).weights_spec() == tab_mod.adain.DEFAULT_HUB_REPO
-    assert make("sdxl", False, adain_weights="/w").weights_spec() == "/w"
-    monkeypatch.setenv("STUDIO_ADAIN_WEIGHTS", "me/my-adain")
-    assert make("sdxl", False).weights_spec() == "me/my-adain"
-    monkeypatch.delenv("STUDIO_ADAIN_WEIGHTS")
+    assert make("tiny", True).tiny and not make("sdxl", False).tiny
+    with pytest.raises(tab_mod.UserError, match="'/w' not found"):  # the flag's folder is what it loads
+        make("sdxl", False, adain_weights="/w").model()
     full = make("sdxl-arch", True)  # offline full-size family: the paper's network, random
-    assert full.weights_spec() == "random" and full.model().width == 1.0
+    assert full.model().width == 1.0
 
 
 def test_loss_curve_is_thinned():
@@ -215,7 +226,7 @@ def test_server_folders_are_refused_unless_allowed(tab, tmp_path):
     secret.mkdir()
     with pytest.raises(gr.Error, match="--allow-server-paths"):
         list(tab.train(None, None, str(secret), str(secret), "r", 5, 2, 40, 32, 2, 3, True, None, request()))
-    assert not (tab.runs_dir / "r").exists()
+    assert not (adain_runs.runs_root(tab.ctx.data_dir) / "r").exists()
 
 
 def test_shared_instance_keeps_visitors_decoders_apart(tmp_path):
@@ -244,12 +255,12 @@ def test_shared_instance_keeps_visitors_decoders_apart(tmp_path):
     assert last[2].startswith("Finished at step 2")
     assert last[3]["choices"] == ["built-in", "mine"]
     owner_a = ctx.owner(req_a, visitor_a)
-    run_a = tab.runs_for(owner_a) / "mine"
+    run_a = adain_runs.runs_for(ctx.data_dir, owner=owner_a) / "mine"
     decoder_a = run_a / "decoder.safetensors"
-    assert decoder_a.is_file() and run_a.parent.parent == tab.runs_dir
+    assert decoder_a.is_file() and run_a.parent.parent == adain_runs.runs_root(ctx.data_dir)
     # the owner folder is hashed, path-safe, and no run name can take it
     assert re.fullmatch(r"_visitor-[0-9a-f]{24}", run_a.parent.name)  # a keyed digest, never the id itself
-    assert not (tab.runs_dir / "mine").exists()
+    assert not (adain_runs.runs_root(ctx.data_dir) / "mine").exists()
     before = decoder_a.read_bytes()
 
     # A lists and uses the decoder; B (and the private instance's "local") does not see it
@@ -273,10 +284,71 @@ def test_shared_instance_keeps_visitors_decoders_apart(tmp_path):
     events = train(visitor_b, req_b)
     assert "resumed" not in events[0][2]
     assert events[-1][2].startswith("Finished at step 2")
-    run_b = tab.runs_for(ctx.owner(req_b, visitor_b)) / "mine"
+    run_b = adain_runs.runs_for(ctx.data_dir, owner=ctx.owner(req_b, visitor_b)) / "mine"
     assert run_b != run_a and (run_b / "decoder.safetensors").is_file()
     assert decoder_a.read_bytes() == before
     assert tab.decoder_choices(owner_a) == ["built-in", "mine"]
     # the same visitor on another page (a reload) still owns the decoder
     req_a2 = SimpleNamespace(username=None, session_hash="session-a2")
     assert tab.refresh_decoders(None, visitor_a, req_a2)["choices"] == ["built-in", "mine"]
+
+
+def train_kwargs(contents, styles, **over):
+    kw = dict(content_files=contents, style_files=styles, content_dir="", style_dir="", run_name="early",
+              steps=50, batch_size=2, resize=40, crop=32, sample_every=1, save_every=1000, resume=True)
+    kw.update(over)
+    return kw
+
+
+def test_a_stop_before_the_first_checkpoint_keeps_nothing(tab, tmp_path):
+    """Stopped at step 1 of a run that checkpoints every 1000 steps: no decoder is added to the
+    list, nothing is written in the run folder but the staged images, and the status says so."""
+    images = [save_image(tmp_path / f"c{i}.png", i, (48, 48)) for i in range(2)]
+    gen = tab.train(**train_kwargs(images, images[:1]), visitor=None, request=request())
+    for _, _, status, _ in gen:
+        if re.search(r"step \d+/50", status):
+            break
+    assert tab.stop(request()).startswith("Stopping")
+    *_, (_, samples, status, dropdown) = gen
+    assert re.match(r"Stopped at step \d+, before the first checkpoint; nothing was saved", status), status
+    assert dropdown == gr.update() and len(samples) == 3  # the list is left as it was
+    assert tab.decoder_choices() == ["built-in"]
+    run = adain_runs.runs_root(tab.ctx.data_dir) / "early"
+    assert sorted(p.name for p in run.iterdir()) == ["content", "style"]
+
+
+def test_the_time_limit_keeps_the_run_to_resume(tab, tmp_path):
+    """A job stopped by the instance's time limit (not by the user) keeps its state, even before
+    the first checkpoint: the next job resumes it."""
+    from core.jobs import JobLimits
+
+    images = [save_image(tmp_path / f"c{i}.png", i, (48, 48)) for i in range(2)]
+    tab.engine.limits = JobLimits(time_limit_s=1.5)
+    *_, (_, _, status, dropdown) = tab.train(**train_kwargs(images, images, steps=100_000, sample_every=5),
+                                             visitor=None, request=request())
+    stopped_at = re.search(r"Stopped at step (\d+); decoder saved as run 'early'", status)
+    assert status.startswith("**") and "1.5 seconds" in status.split("\n\n")[0], status
+    assert stopped_at and int(stopped_at.group(1)) >= 1 and dropdown["choices"] == ["built-in", "early"]
+    tab.engine.limits = None
+    first, *_ = tab.train(**train_kwargs(images, images, steps=int(stopped_at.group(1)) + 1),
+                          visitor=None, request=request())
+    assert f"resumed at step {stopped_at.group(1)}" in first[2]
+
+
+def test_a_stop_while_a_transfer_waits_for_the_accelerator(tab, tmp_path):
+    from core.jobs import Job
+
+    image = save_image(tmp_path / "c.png", 0)
+    slot, other = tab.engine.gpu_lock, Job("someone-else", "generate")
+    slot.acquire(other)
+    try:
+        gen = tab.transfer(content_files=[image], style_files=[image], weights_text="", alpha=1.0,
+                           preserve_color=False, use_regions=False, regions=None, size=64,
+                           decoder="built-in", visitor=None, request=request())
+        assert "Waiting for the accelerator" in next(gen)[1]
+        assert tab.stop(request()).startswith("Stopping")
+        *_, last = gen
+    finally:
+        slot.release(other)
+    assert last == (gr.skip(), "Stopped.")
+    assert tab.stop(request()) == "Nothing is running."

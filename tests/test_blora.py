@@ -447,3 +447,49 @@ def test_the_four_uses_take_the_right_halves(engine, trained):
         blora.plan(engine, "Teleport", c, s, None, "local")
     img, r = gen(engine, use="Consistent style", content=c, style=s, steps=2)
     assert img.shape[0] == 4 and [h["part"] for h in r.info["halves"]] == ["style"]
+
+
+# --------------------------------------------------------------------------- what the tab reads
+
+def test_library_entries_carry_labels_and_thumbnails(engine, trained):
+    listed = blora.library_entries(engine, owner="local")
+    by_id = {int(e.id): e for e in listed}
+    assert set(trained["ids"]) <= set(by_id)
+    assert [e.id for e in listed] == [str(a.id) for a in blora.entries(engine, "local")]      # newest first
+    for aid, picture_kind in zip(trained["ids"], (0, 1)):
+        e = by_id[aid]
+        a = library.get_store(engine).get_adapter(aid, "local")
+        assert e.label == f"#{aid} {a.name} {a.trigger_words}" or e.label == f"#{aid} {a.name}"
+        # the thumbnail is the training picture (the first sample), read back from the library
+        expected = np.asarray(picture(picture_kind).resize(e.thumbnail.size), np.float32)
+        assert np.abs(np.asarray(e.thumbnail, np.float32) - expected).mean() < 12
+    small = blora.library_entries(engine, owner="local", max_side=16)
+    assert all(max(e.thumbnail.size) <= 16 for e in small)
+    assert blora.library_entries(engine, owner="nobody") == []
+
+
+def test_a_missing_thumbnail_file_is_no_thumbnail(engine, trained, tmp_path):
+    from types import SimpleNamespace
+
+    gone = SimpleNamespace(samples=[SimpleNamespace(file=SimpleNamespace(path=tmp_path / "gone.png"))])
+    assert blora.thumbnail_image(gone) is None
+    assert blora.thumbnail_image(SimpleNamespace(samples=[])) is None
+
+
+def test_the_training_result_reads_back_typed(trained):
+    run = blora.BLoRATraining.from_result(trained["result"])
+    assert [a.adapter_id for a in run.adapters] == trained["ids"]
+    assert all(a.parts == {"content": 32, "style": 32} and a.trainable_params > 0 for a in run.adapters)
+    assert run.as_info()["adapters"] == trained["result"].info["adapters"]
+    assert blora.BLoRATraining.from_info(None).adapters == () and blora.BLoRATraining.from_info("x").adapters == ()
+
+
+def test_train_config_and_presets_plan_the_run(engine):
+    cfg = blora.train_config(engine, steps=7, learning_rate=2e-3, seed=3, sample_every=2, checkpoint_every=4)
+    assert (cfg.steps, cfg.learning_rate, cfg.lr_scheduler, cfg.batch_size, cfg.seed) == (7, 2e-3, "constant", 1, 3)
+    assert (cfg.sample_every, cfg.checkpoint_every, cfg.sample_steps) == (2, 4, 3)    # tiny: 3 sampling steps
+    assert blora.preset_settings("Paper (SDXL, 1000 steps)", engine)["steps"] == 1000
+    assert blora.preset_settings("nonsense", engine) == blora.PRESETS["Quick test (tiny models)"]
+    settings = blora.preset_settings("Paper (SDXL, 1000 steps)", engine)
+    settings["steps"] = 1
+    assert blora.PRESETS["Paper (SDXL, 1000 steps)"]["steps"] == 1000                 # a copy

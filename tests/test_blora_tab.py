@@ -1,14 +1,23 @@
-"""The B-LoRA Mix tab in the launched app (`python app.py --model tiny`): gradio_client on the
-`blora_train` / `blora_generate` endpoints, and headless Chromium as a user would."""
+"""The B-LoRA Mix tab: its handlers called directly (no server) on a tiny engine of this module,
+then the launched app (`python app.py --model tiny`): gradio_client on the `blora_train` /
+`blora_generate` endpoints, and headless Chromium as a user would."""
 from __future__ import annotations
 
 import io
+import math
 import time
+from types import SimpleNamespace
 
+import gradio as gr
 import numpy as np
+import pandas as pd
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
+
+from core import blora, identity
+from tabs.blora import CUSTOM, BLoRATab
+from tests.tabkit import fake_request, last, make_ctx
 
 from .conftest import screenshot, start_app
 
@@ -28,6 +37,191 @@ def colored_pixels(png: bytes) -> int:
     a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int32)
     return int(((a.max(-1) - a.min(-1)) > 80).sum())
 
+
+# --------------------------------------------------------------------------- handlers, called directly
+
+def train_kwargs(files, steps=2, **over):
+    kw = dict(files=files, trigger="", name="", joint=False, steps=steps, learning_rate=3e-3, rank=4,
+              sample_every=0, checkpoint_every=0, gradient_checkpointing=False, seed=0, resume=True)
+    kw.update(over)
+    return kw
+
+
+def generate_kwargs(**over):
+    kw = dict(use=STYLE_TRANSFER, content=None, content_weight=1.0, style=None, style_weight=1.0, prompts="",
+              seed=0, steps=2, guidance=5.0)
+    kw.update(over)
+    return kw
+
+
+@pytest.fixture(scope="module")
+def tab(engine, tmp_path_factory):
+    return BLoRATab(make_ctx(engine, tmp_path_factory.mktemp("blora-tab")))
+
+
+@pytest.fixture(scope="module")
+def trained(tab, tmp_path_factory):
+    """Two B-LoRAs (one per picture) trained through the handler, with every update it streamed."""
+    folder = tmp_path_factory.mktemp("blora-pictures")
+    files = [picture_file(folder / f"img{i}.png", i) for i in range(2)]
+    final, updates = last(tab.train(**train_kwargs(files), request=fake_request()))
+    return dict(final=final, updates=updates, ids=[str(a["adapter_id"]) for a in final[3]["adapters"]],
+                files=files)
+
+
+def test_train_streams_the_curve_and_saves_one_b_lora_per_image(trained):
+    status, plot, samples, info = trained["final"]
+    assert trained["updates"][0] == ("**Starting**", None, [], None)
+    notes, closing = status.split("\n\n")[:-1], status.split("\n\n")[-1]
+    assert notes == ["B-LoRA 1 of 2: [v1]", "B-LoRA 2 of 2: [v2]"]     # the notes stay above the last line
+    assert closing.startswith("**Done.** Saved ") and closing.count("trigger `") == 2
+    made = info["adapters"]
+    assert len(made) == 2 and all(a["parts"] == {"content": 32, "style": 32} for a in made)
+    assert [a["trigger"] for a in made] == ["[v1]", "[v2]"]
+    assert all(math.isfinite(a["loss_before"]) and math.isfinite(a["loss_after"]) for a in made)
+    assert isinstance(plot, pd.DataFrame) and list(plot["step"]) == [1, 2]   # the last picture's curve
+    assert samples and all(isinstance(im, Image.Image) and cap.startswith("step ") for im, cap in samples)
+    lines = [u[0] for u in trained["updates"] if isinstance(u[0], str)]
+    assert any("**Training step 2/2: loss " in line for line in lines)
+    # the run as the page keeps it reads back as the typed result
+    run = blora.BLoRATraining.from_info(info)
+    assert [str(a.adapter_id) for a in run.adapters] == trained["ids"] and run.as_info() == info
+
+
+def test_the_library_lists_thumbnails_and_keeps_only_valid_picks(tab, trained):
+    a, b = trained["ids"]
+    thumbs, ids, content, style = tab.library(content=None, style=None, request=fake_request())
+    assert ids == [b, a]                                                  # newest first
+    assert [cap for _, cap in thumbs] == [label for label, _ in content["choices"]]
+    assert all(isinstance(im, Image.Image) and max(im.size) <= 256 for im, _ in thumbs)
+    assert [val for _, val in content["choices"]] == [b, a] and content["value"] is None
+    _, _, content, style = tab.library(content="999999", style=a, request=fake_request())
+    assert content["value"] is None and style["value"] == a               # a gone entry is cleared
+
+
+def test_after_a_run_the_newest_fills_the_empty_pickers(tab, trained):
+    a, b = trained["ids"]
+    info = trained["final"][3]
+    _, _, content, style = tab.after_train(info=info, content=None, style=None, request=fake_request())
+    assert content["value"] == b and style["value"] == b
+    _, _, content, style = tab.after_train(info=info, content=a, style=None, request=fake_request())
+    assert content["value"] == a and style["value"] == b
+    _, _, content, style = tab.after_train(info=None, content=None, style=None, request=fake_request())
+    assert content["value"] is None and style["value"] is None
+
+
+def test_generate_mixes_the_two_halves_and_a_use_button_takes_its_own_prompts(tab, trained):
+    a, b = trained["ids"]
+    triggers = {str(m["adapter_id"]): m["trigger"] for m in trained["final"][3]["adapters"]}
+    (gallery, status, used), _ = last(tab.generate(**generate_kwargs(content=a, style=b, style_weight=0.5),
+                                                   request=fake_request()))
+    assert status == f"**Done.** {STYLE_TRANSFER}: content #{a} × 1, style #{b} × 0.5."
+    assert [(h["part"], str(h["adapter_id"]), h["weight"]) for h in used["halves"]] == [
+        ("content", a, 1.0), ("style", b, 0.5)]
+    assert [cap for _, cap in gallery] == [f"A {triggers[a]} in {triggers[b]} style"]
+    use = tab.use_handler("Consistent style")
+    kw = generate_kwargs(content=a, style=b, prompts="ignored [s]")
+    del kw["use"]
+    (gallery, status, used), _ = last(use(**kw, request=fake_request()))
+    assert [h["part"] for h in used["halves"]] == ["style"] and len(gallery) == 4
+    assert gallery[0][1] == f"A car in {triggers[b]} style"
+    (gallery, _, used), _ = last(tab.generate(**generate_kwargs(use=CUSTOM, style=b, prompts="A cat in [s] style\n\n"),
+                                              request=fake_request()))
+    assert [cap for _, cap in gallery] == [f"A cat in {triggers[b]} style"] and used["use"] == "custom"
+
+
+@pytest.mark.parametrize("handler, over, field", [
+    ("train", dict(steps=0), "Steps"), ("train", dict(learning_rate=math.nan), "Learning rate"),
+    ("train", dict(rank=1000), "LoRA rank"), ("train", dict(seed=-1), "Seed"),
+    ("train", dict(joint="yes"), "One B-LoRA from all images"), ("train", dict(trigger="x" * 51), "Trigger word"),
+    ("train", dict(files=[]), "Upload between 1 and"),
+    ("generate", dict(content="abc"), "Content half"), ("generate", dict(style=-3), "Style half"),
+    ("generate", dict(style_weight=5), "Style weight"), ("generate", dict(use="Teleport"), "Use"),
+    ("generate", dict(steps=0), "Steps"), ("generate", dict(guidance="lots"), "Guidance"),
+    ("generate", dict(use=STYLE_TRANSFER, content=None, style=None), "needs a content B-LoRA"),
+])
+def test_bad_values_are_refused_naming_the_field(tab, trained, handler, over, field):
+    kwargs = train_kwargs(**{"files": trained["files"], **over}) if handler == "train" else generate_kwargs(**over)
+    with pytest.raises(gr.Error, match=field):
+        list(getattr(tab, handler)(**kwargs, request=fake_request()))
+    assert tab.engine.jobs.running() == []
+
+
+def test_library_pickers_refuse_what_is_not_an_id(tab):
+    with pytest.raises(gr.Error, match="Content half"):
+        tab.library(content="1; DROP TABLE", style=None, request=fake_request())
+    with pytest.raises(gr.Error, match="Style half"):
+        tab.after_train(info=None, content=None, style=[1], request=fake_request())
+
+
+def test_stop_ends_training_with_its_own_last_word(tab, trained):
+    mine, other = fake_request("page-a"), fake_request("page-b")
+    updates, asked = [], False
+    for u in tab.train(**train_kwargs(trained["files"][:1], steps=200, trigger="stopme"), request=mine):
+        updates.append(u)
+        if isinstance(u[1], pd.DataFrame) and not asked:    # a step's point: the job is training
+            tab.stop(other)                         # another page's Stop: no effect
+            assert tab.engine.jobs.running()
+            tab.stop(mine)
+            asked = True
+    status, plot, samples, info = updates[-1]
+    assert "Stopped" in status and "Resume" in status
+    assert isinstance(plot, pd.DataFrame) and 1 <= len(plot) < 200     # the curve so far stays
+    assert tab.engine.jobs.running() == [] and not tab.engine.gpu_lock.locked()
+    labels = [label for label, _ in tab.library(content=None, style=None, request=fake_request())[2]["choices"]]
+    assert not any("stopme" in label for label in labels)               # nothing unfinished was listed
+
+
+def test_stop_ends_generating(tab, trained):
+    a, b = trained["ids"]
+    updates, asked = [], False
+    for u in tab.generate(**generate_kwargs(content=a, style=b, steps=60), request=fake_request("page-g")):
+        updates.append(u)
+        if isinstance(u[0], list) and not asked:    # a preview: denoising
+            tab.stop(fake_request("page-g"))
+            asked = True
+    gallery, status, used = updates[-1]
+    assert "Stopped" in status and "not finished" in status and used == gr.skip()   # no halves-used record
+    assert tab.engine.jobs.running() == []
+
+
+def test_each_visitor_sees_and_uses_only_their_own_b_loras(engine, trained, tmp_path):
+    data = tmp_path / "shared"
+    shared = BLoRATab(make_ctx(engine, data, shared=True, metrics=False))
+    carol, dave = identity.issue(data), identity.issue(data)
+    (_, _, _, info), _ = last(shared.train(**train_kwargs(trained["files"][:1], steps=1), visitor=carol,
+                                           request=fake_request("carol-1")))
+    mine = str(info["adapters"][0]["adapter_id"])
+    thumbs, ids, _, _ = shared.library(content=None, style=None, visitor=carol, request=fake_request("carol-2"))
+    assert ids == [mine] and len(thumbs) == 1                       # a new page of carol's finds it
+    assert shared.library(content=None, style=None, visitor=dave, request=fake_request("dave"))[1] == []
+    with pytest.raises(gr.Error, match="not found"):
+        list(shared.generate(**generate_kwargs(content=mine, style=mine), visitor=dave, request=fake_request("dave")))
+    with pytest.raises(gr.Error, match="visitor|token|sign"):
+        shared.library(content=None, style=None, visitor="forged", request=fake_request("x"))
+
+
+def test_a_click_on_a_thumbnail_picks_it_as_the_chosen_half():
+    ids = ["7", "3"]
+    assert BLoRATab.pick(ids, "content", SimpleNamespace(index=1)) == ("3", gr.skip())
+    assert BLoRATab.pick(ids, "style", SimpleNamespace(index=0)) == (gr.skip(), "7")
+    for evt in (None, SimpleNamespace(index=2), SimpleNamespace(index=-1), SimpleNamespace(index="0")):
+        assert BLoRATab.pick(ids, "content", evt) == (gr.skip(), gr.skip())
+
+
+def test_presets_fill_the_settings_and_the_plot_spans_the_run(tab):
+    for name, preset in blora.PRESETS.items():
+        assert tab.apply_preset(name) == (preset["steps"], preset["learning_rate"], preset["rank"],
+                                          preset["sample_every"], preset["checkpoint_every"],
+                                          preset["gradient_checkpointing"])
+    assert tab.apply_preset("no such preset") == tab.apply_preset("Quick test (tiny models)")   # tiny engine
+    # both axes from 0, steps up to the run's last: one point alone has readable axes
+    assert tab.loss_axes(30) == {"x_lim": [0, 30], "y_lim": [0, None]}
+    assert tab.loss_axes("") == {"x_lim": [0, None], "y_lim": [0, None]}
+    assert tab.update_loss_axes(1000)["x_lim"] == [0, 1000]
+
+
+# --------------------------------------------------------------------------- the launched app
 
 def train_args(files, steps=3, **kw):
     a = dict(paths=files, trig="", name_v="", joint_v=False, steps_v=steps, lr_v=3e-3, rank_v=4, sample_every_v=0,
@@ -143,3 +337,24 @@ def test_browser_train_pick_and_transfer(live_app, page, tmp_path):
     assert page.locator("#bl-gallery img").count() >= 1
     assert "content #" in page.locator("#bl-gen-status").inner_text()
     screenshot(page, "blora-mix")
+
+
+@pytest.mark.browser
+def test_browser_a_run_stopped_at_its_first_step_has_a_readable_plot(live_app, page, tmp_path):
+    """Issue 16 item 9: one point alone used to give each axis an empty range, drawn as a lone
+    "1.000000" tick; the axes now run from 0 (steps up to the run's last)."""
+    page.goto(live_app.url)
+    page.get_by_role("tab", name="B-LoRA Mix").click()
+    page.locator("#bl-files input[type=file]").set_input_files([picture_file(tmp_path / "one.png", 0)])
+    page.wait_for_function("() => document.querySelectorAll('#bl-crops img').length >= 1", timeout=60_000)
+    page.get_by_text("Training settings").click()
+    box = page.locator("#bl-steps input")
+    box.fill("1")
+    box.press("Tab")
+    page.locator("#bl-train").click()
+    page.wait_for_function("() => document.querySelector('#bl-status').innerText.includes('Done')", timeout=120_000)
+    page.wait_for_selector("#bl-loss svg text", timeout=30_000)
+    labels = page.eval_on_selector_all("#bl-loss svg text", "els => els.map(e => e.textContent)")
+    assert "1.000000" not in labels and "step" in labels and "loss" in labels
+    ticks = [float(t) for t in labels if t.replace(".", "", 1).isdigit()]
+    assert min(ticks) == 0 and 1 in ticks and len(ticks) >= 4    # both axes from 0, with a range

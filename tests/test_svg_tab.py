@@ -1,5 +1,6 @@
-"""The Text-to-SVG tab in the launched tiny app: gradio_client on the three api_names, and a
-browser run with streaming frames, downloads and Stop."""
+"""The Text-to-SVG tab: its handlers called directly (no server) on the tiny engine, the typed
+results they read (core/vector/results.py), then the launched tiny app: gradio_client on the
+three api_names, and a browser run with streaming frames, downloads and Stop."""
 from __future__ import annotations
 
 import io
@@ -7,19 +8,197 @@ import math
 import time
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from core.events import Result
+from core.vector import results
 from core.vector.rasterizer import render
 from core.vector.svg_io import parse_svg
+from tabs.svg import STOPPED_EMPTY, STOPPED_KEPT, SvgTab
+from tests.tabkit import fake_request, last, make_ctx
 
 from .conftest import screenshot
 
 cairosvg = pytest.importorskip("cairosvg")
 
+
+# --------------------------------------------------------------------------- handlers, called directly
+
+def text_kwargs(**over):
+    kw = dict(prompt="a paper plane", style="iconographic", start="baseline", paths=6, k=2, steps=3, guidance=100,
+              seed=0, sample_steps=2, live_steps=3, negative="")
+    kw.update(over)
+    return kw
+
+
+def disc_png(path: Path) -> str:
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (48, 48), "white")
+    ImageDraw.Draw(img).ellipse((10, 10, 38, 38), fill=(220, 120, 20))
+    img.save(path)
+    return str(path)
+
+
+@pytest.fixture
+def tab(tiny_engine, tmp_path):
+    return SvgTab(make_ctx(tiny_engine, tmp_path))
+
+
+def is_skip(value) -> bool:
+    return value == gr.skip()
+
+
+def test_text_to_svg_streams_candidates_frames_and_the_last_sds_step(tab):
+    (cands, preview, status, svg_file, png_file, info), updates = last(tab.generate(**text_kwargs(),
+                                                                                    request=fake_request()))
+    assert len(cands) == 2 and sum("(best)" in cap for _, cap in cands) == 1
+    scores = [float(cap.split()[1]) for _, cap in cands]
+    assert "(best)" in cands[int(np.argmax(scores))][1]
+    assert info["clip_scores"][info["best"]] == max(info["clip_scores"]) and len(info["losses"]) == 3
+    assert not {"files", "folder", "svgs"} & set(info)               # no server paths in the details
+    # issue 16 item 9: the closing line keeps the last SDS step (the frame before it shows only for a moment)
+    assert status == f"**Done.** SDS 3/3 · final loss {info['losses'][-1]:.4g} · {info['paths']} paths."
+    statuses = [u[2] for u in updates if isinstance(u[2], str)]
+    assert any(line.startswith("**SDS 3/3") for line in statuses)
+    assert statuses.index("**Candidates ranked by CLIP.**") < min(i for i, line in enumerate(statuses) if "SDS" in line)
+    assert Path(svg_file).read_text() == info["svg"] and Path(preview).read_bytes() == Path(png_file).read_bytes()
+    # every frame offers its SVG (frames that pile up behind a slow consumer are coalesced, but the
+    # last SDS frame always comes before the result)
+    frames = [u for u in updates if isinstance(u[3], str)]
+    assert len(frames) >= 2 and all(u[3].endswith(".svg") and u[4].endswith(".png") for u in frames)
+
+
+def test_no_sds_steps_closes_without_a_step_count(tab):
+    (cands, _, status, svg_file, _, info), _ = last(tab.generate(**text_kwargs(start="scratch", style="pixel art",
+                                                                              paths=4, steps=0),
+                                                               request=fake_request()))
+    assert status == "**Done.** 4 paths." and info["losses"] == [] and info["style"] == "pixel art"
+    assert cands == [] and parse_svg(Path(svg_file).read_text()).shapes
+
+
+def test_vectorize_an_image(tab, tmp_path):
+    (preview, status, svg_file, png_file, info), updates = last(tab.vectorize(
+        image=disc_png(tmp_path / "disc.png"), method="live", paths=3, steps=6, size=32, request=fake_request()))
+    assert status == f"**Done.** {info['paths']} paths · PSNR {info['psnr']:.1f} dB at 32x32"
+    assert info["init"] == "live" and info["paths"] <= 3 and not {"files", "folder"} & set(info)
+    assert Path(svg_file).read_text() == info["svg"] and Path(preview).read_bytes() == Path(png_file).read_bytes()
+    assert any(isinstance(u[2], str) and u[2].endswith(".svg") for u in updates[:-1])   # frames on the way
+
+
+def test_icon_set(tab):
+    (gallery, status, files, info), updates = last(tab.icon_set(
+        prompts="a guitar\n\na sailboat", paths=3, live_steps=2, size=32, seed=0, steps=2, guidance=5.0,
+        request=fake_request()))
+    assert status == "**Done.** 2 icons." and len(gallery) == 2 and info["prompts"] == ["a guitar", "a sailboat"]
+    assert [Path(f).name for f in files] == ["01-a-guitar.svg", "01-a-guitar.png", "02-a-sailboat.svg",
+                                             "02-a-sailboat.png"]
+    assert not {"svgs", "folder", "files"} & set(info)
+    assert any(isinstance(u[1], str) and "vectorizing" in u[1] for u in updates)
+
+
+@pytest.mark.parametrize("handler, kwargs, field", [
+    ("generate", text_kwargs(paths=0), "Paths"), ("generate", text_kwargs(k=99), "K samples"),
+    ("generate", text_kwargs(steps=-1), "SDS steps"), ("generate", text_kwargs(guidance=math.inf), "SDS guidance"),
+    ("generate", text_kwargs(style="oil"), "Style"), ("generate", text_kwargs(start="middle"), "Start from"),
+    ("generate", text_kwargs(seed=-1), "Seed"), ("generate", text_kwargs(prompt="  "), "prompt"),
+    ("generate", text_kwargs(negative="x" * 2001), "Negative prompt"),
+    ("vectorize", dict(image=None, method="live", paths=3, steps=2, size=32), "Upload an image"),
+    ("vectorize", dict(image=None, method="potrace", paths=3, steps=2, size=32), "Method"),
+    ("vectorize", dict(image=None, method="live", paths=3, steps=2, size=10), "Working size"),
+    ("icon_set", dict(prompts="a", paths=3, live_steps=0, size=32, seed=0, steps=2, guidance=5.0), "LIVE steps"),
+    ("icon_set", dict(prompts="a", paths=3, live_steps=2, size=32, seed=0, steps=2, guidance=50), "Guidance"),
+])
+def test_bad_values_are_refused_naming_the_field(tab, handler, kwargs, field):
+    with pytest.raises(gr.Error, match=field):
+        list(getattr(tab, handler)(**kwargs, request=fake_request()))
+    assert tab.engine.jobs.running() == []
+
+
+def test_stop_keeps_the_svg_written_on_stopping(tab):
+    mine, other = fake_request("page-a"), fake_request("page-b")
+    updates, asked = [], False
+    for u in tab.generate(**text_kwargs(start="scratch", steps=3000), request=mine):
+        updates.append(u)
+        if isinstance(u[2], str) and "SDS" in u[2] and not asked:    # optimizing, an SVG on disk
+            tab.stop(other)                                          # another page's Stop: no effect
+            assert tab.engine.jobs.running()
+            tab.stop(mine)
+            asked = True
+    _, preview, status, svg_file, png_file, info = updates[-1]
+    assert status.endswith(STOPPED_KEPT) and "SDS" not in status and is_skip(info)
+    assert parse_svg(Path(svg_file).read_text()).shapes and Path(preview).read_bytes() == Path(png_file).read_bytes()
+    assert tab.engine.jobs.running() == [] and not tab.engine.gpu_lock.locked()
+
+
+def test_stop_before_any_svg_says_none_was_made(tab):
+    updates, asked = [], False
+    for u in tab.generate(**text_kwargs(sample_steps=60), request=fake_request("page-c")):
+        updates.append(u)
+        if isinstance(u[0], list) and not asked:                    # a candidate preview: still sampling
+            tab.stop(fake_request("page-c"))
+            asked = True
+    cands, preview, status, svg_file, png_file, info = updates[-1]
+    assert status == STOPPED_EMPTY and all(is_skip(x) for x in (preview, svg_file, info))
+    assert tab.engine.jobs.running() == []
+
+
+def test_the_upload_preview_checks_the_image(tab, tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(gr.Error, match="image to vectorize"):
+        tab.show_image(str(bad))
+    assert tab.show_image(disc_png(tmp_path / "d.png")).size == (48, 48) and tab.show_image(None) is None
+
+
+# --------------------------------------------------------------------------- core.vector.results
+
+def svg_result(**info) -> Result:
+    base = dict(svg="<svg/>", paths=5, style="sketch", init="scratch", losses=[0.5, 0.25], folder="/srv/x",
+                files=["/srv/x/a.svg", "/srv/x/a.png"], render_size=64)
+    return Result(images=[Image.new("RGB", (4, 4))], info={**base, **info}, files=["/srv/x/a.svg", "/srv/x/a.png"])
+
+
+def test_an_svg_run_reads_its_result():
+    run = results.SvgRun.from_result(svg_result(clip_scores=[0.2, 0.3], best=1))
+    assert (run.svg, run.svg_path, run.png_path, run.paths, run.style, run.init) == (
+        "<svg/>", "/srv/x/a.svg", "/srv/x/a.png", 5, "sketch", "scratch")
+    assert run.losses == (0.5, 0.25) and run.sds_steps == 2 and run.final_loss == 0.25
+    assert run.clip_scores == (0.2, 0.3) and run.best == 1
+    assert run.details == {"svg": "<svg/>", "paths": 5, "style": "sketch", "init": "scratch", "losses": [0.5, 0.25],
+                           "render_size": 64, "clip_scores": [0.2, 0.3], "best": 1}
+    bare = results.SvgRun.from_result(svg_result(losses=[]))
+    assert bare.best is None and bare.clip_scores == () and bare.final_loss is None
+    with pytest.raises(ValueError):
+        results.SvgRun.from_result(Result(info=svg_result().info, files=["/srv/x/a.png", "/srv/x/a.svg"]))
+    with pytest.raises(AttributeError):
+        run.paths = 6                                                 # frozen
+
+
+def test_stages_and_the_other_runs():
+    cand = Result(images=[Image.new("RGB", (2, 2))] * 2, info={"stage": "candidates", "clip_scores": [0.1, 0.4],
+                                                             "best": 1})
+    assert results.stage(cand) == results.CANDIDATES and results.stage(svg_result()) is None
+    c = results.Candidates.from_result(cand)
+    assert c.clip_scores == (0.1, 0.4) and c.best == 1 and len(c.images) == 2
+    vec = Result(images=[Image.new("RGB", (2, 2))], files=["/d/v.svg", "/d/v.png"],
+                 info={"svg": "<svg/>", "psnr": 31.5, "paths": 3, "init": "vtracer", "size": [48, 32],
+                       "files": ["/d/v.svg", "/d/v.png"]})
+    v = results.VectorizedImage.from_result(vec)
+    assert (v.psnr, v.size, v.paths, v.init, v.png_path) == (31.5, (48, 32), 3, "vtracer", "/d/v.png")
+    assert "files" not in v.details
+    icons = Result(images=[Image.new("RGB", (2, 2))], files=["/d/01-a.svg", "/d/01-a.png"],
+                   info={"prompts": ["a"], "svgs": ["<svg/>"], "folder": "/d", "style_consistency": 0.5})
+    s = results.IconSet.from_result(icons)
+    assert s.prompts == ("a",) and s.svgs == ("<svg/>",) and s.details == {"prompts": ["a"], "style_consistency": 0.5}
+
+
+# --------------------------------------------------------------------------- the launched app
 
 def svg_args(prompt="a paper plane", style="iconographic", start="baseline", paths=8, k=2, steps=4,
              guidance=100, seed=0, sample_steps=2, live_steps=4, negative=""):

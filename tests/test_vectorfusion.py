@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from core.engine import Engine
 from core.errors import Cancelled, UserError
 from core.events import Result
 from core.metrics import Metrics
+from core.vector.live import LiveSettings
 from core.vector.rasterizer import render
 from core.vector.scene import Scene, circle_shape
 from core.vector.svg_io import parse_svg
@@ -275,6 +277,104 @@ def test_baseline_then_sds_streams_candidates_frames_and_files(tiny_engine, metr
     png = np.asarray(Image.open(png_path).convert("RGB"), np.float64) / 255
     assert np.abs(png - cairo_rgb(final.info["svg"], png.shape[1])).max() < 1e-9
     assert agrees_with_cairo(final.info["svg"]) >= 30
+
+
+# ----------------------------------------------------------------------------- presets, suffixes
+
+ICON = "minimal flat 2d vector icon. lineal color. on a white background. trending on artstation"
+
+
+def test_each_style_has_its_own_prompt_suffix():
+    # the paper's iconographic suffix; PyTorch-SVGRender's for pixel art and sketch
+    assert vf.full_prompt("a red panda.") == f"a red panda. {ICON}"
+    assert vf.full_prompt("a red panda", "iconographic") == f"a red panda. {ICON}"
+    assert vf.full_prompt("a red panda", "pixel art") == "a red panda. pixel art. trending on artstation"
+    assert vf.full_prompt("a red panda", "sketch") == "a red panda. minimal 2d line drawing. trending on artstation"
+    assert vf.full_prompt("", "sketch") == "minimal 2d line drawing. trending on artstation"
+
+
+@pytest.mark.parametrize("style,suffix", [("iconographic", ICON),
+                                          ("pixel art", "pixel art. trending on artstation"),
+                                          ("sketch", "minimal 2d line drawing. trending on artstation")])
+def test_the_model_sees_the_styles_suffix(style, suffix, tiny_engine, metrics, tmp_path, monkeypatch):
+    sampled, distilled = [], []
+    text_to_image = tiny_engine.text_to_image
+
+    def recording_text_to_image(ctx, prompts, **kw):
+        sampled.extend(prompts)
+        return text_to_image(ctx, prompts, **kw)
+
+    class RecordingSDS(vf.SDS):
+        def __init__(self, engine, prompt, *a, **kw):
+            distilled.append(prompt)
+            super().__init__(engine, prompt, *a, **kw)
+
+    monkeypatch.setattr(tiny_engine, "text_to_image", recording_text_to_image)
+    monkeypatch.setattr(vf, "SDS", RecordingSDS)
+    o = vf.VFOptions(style=style, num_paths=4, steps=1, preview_every=1)
+    drain(vf.text_to_svg(tiny_engine, "a castle", o, k=1, sample_steps=1, live_steps=1, metrics=metrics,
+                         data_dir=tmp_path))
+    assert sampled == [f"a castle. {suffix}"] and distilled == [f"a castle. {suffix}"]
+
+
+def test_presets_paper_by_default_and_fast():
+    paper = vf.VectorFusionSettings()
+    assert paper == vf.VectorFusionSettings.paper() == vf.VectorFusionSettings.preset("paper")
+    # PyTorch-SVGRender conf/x/vectorfusion.yaml: sds.num_iter 1000, K 6, 50 sampling steps, CFG 7.5
+    assert (paper.name, paper.sds_steps, paper.k, paper.sample_steps, paper.sample_guidance) == (
+        "paper", 1000, 6, 50, 7.5)
+    assert paper.live == LiveSettings.paper() and paper.live.steps_per_stage == 500
+    assert paper.live_size(600) == 600 and paper.live_size(1200) == 600 and paper.live_size(75) == 75
+    fast = vf.VectorFusionSettings.fast()
+    assert fast == vf.VectorFusionSettings.preset("fast")
+    assert (fast.name, fast.sds_steps, fast.k, fast.sample_steps) == ("fast", 500, 4, 30)
+    assert fast.live == LiveSettings.fast() and fast.live_size(600) == 256
+    assert vf.VFOptions().steps is None and vf.VFOptions().xing_weight == 0.01
+    with pytest.raises(UserError, match="preset"):
+        vf.VectorFusionSettings.preset("slow")
+
+
+def test_a_preset_sets_every_budget_it_is_not_given(tiny_engine, metrics, tmp_path, monkeypatch):
+    """The paper preset's shape with small numbers: K and sampling steps, LIVE's steps per
+    stage (2 stages x 2 steps here), the SDS steps; the tiny family's default is "fast"."""
+    calls = []
+    text_to_image = tiny_engine.text_to_image
+
+    def recording_text_to_image(ctx, prompts, **kw):
+        calls.append((len(prompts), kw["steps"], kw["guidance"]))
+        return text_to_image(ctx, prompts, **kw)
+
+    live_kwargs = []
+    live = vf.live
+
+    def recording_live(target, **kw):
+        live_kwargs.append(dict(kw, size=tuple(target.shape[1:])))
+        return live(target, **kw)
+
+    monkeypatch.setattr(tiny_engine, "text_to_image", recording_text_to_image)
+    monkeypatch.setattr(vf, "live", recording_live)
+    st = replace(vf.VectorFusionSettings.paper(), sds_steps=3, k=2, sample_steps=1,
+                 live=replace(LiveSettings.paper(), steps_per_stage=2, schedule_each=2))
+    events = drain(vf.text_to_svg(tiny_engine, "a cup", vf.VFOptions(num_paths=4, preview_every=1), preset=st,
+                                  metrics=metrics, data_dir=tmp_path))
+    final = events[-1]
+    assert calls == [(2, 1, 7.5)]
+    live_frames = [e for e in events if isinstance(e, vf.SvgProgress) and "LIVE" in e.message]
+    assert [e.step for e in live_frames] == [1, 2, 3, 4]
+    assert [e.metrics["paths"] for e in live_frames] == [2, 2, 4, 4]
+    assert len(final.info["losses"]) == 3 and final.info["preset"] == "paper"
+    assert all(e.total == 4 + 3 for e in events if isinstance(e, vf.SvgProgress))
+    assert len(parse_svg(final.info["baseline_svg"]).shapes) == 4
+    # LIVE at the render size (75 px here, under the paper's 600), with the paper's lengths scaled
+    # from 600 px: radius 20 -> 2.5, reach 10 -> 1.25 (floored at 3), point rate 1.0 -> 0.125
+    (kw,) = live_kwargs
+    assert kw["size"] == (75, 75) and kw["steps_per_stage"] == 2 and kw["uniform_weight"] == 0.0
+    assert kw["point_schedule"] == "age" and kw["udf_every"] == 1
+    assert (kw["radius"], kw["udf_reach"], kw["point_lr"]) == pytest.approx((2.5, 3.0, 0.125))
+    # no preset named: the offline tiny family runs "fast"
+    events = drain(vf.text_to_svg(tiny_engine, "a cup", vf.VFOptions(num_paths=2, steps=1), init="scratch",
+                                  data_dir=tmp_path))
+    assert events[-1].info["preset"] == "fast"
 
 
 # ----------------------------------------------------------------------------- styles, re-init

@@ -96,7 +96,7 @@ def ink() -> Image.Image:
         x, y = rng.random(2) * SIZE
         angle = rng.random() * math.pi
         points = []
-        for k in range(12):
+        for _step in range(12):
             angle += rng.normal(0, 0.25)
             x, y = x + 9 * math.cos(angle), y + 9 * math.sin(angle)
             points.append((x, y))

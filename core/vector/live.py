@@ -8,16 +8,24 @@ paths so far (earlier layers keep training) with
     loss = mean(w * sum_c (render - target)^2) + xing_weight * xing_loss
 
 where w is the UDF weight: 1 on the outline of the newest paths, falling linearly to 0 at
-`udf_reach` px, added to the previous stage's weight and clipped to [0, 1]. We add a small
-uniform floor (`uniform_weight`, 0 gives LIVE exactly) so the interior colour of a large
-path keeps a gradient after its outline weight has moved away. The xing loss penalises
-self-intersecting cubics. Adam with betas (0.9, 0.9), eps 1e-6; point learning rate 1.0 at
-240 px (scaled with the canvas), color 0.01, the point rate decaying to 0.4x over each stage.
+`udf_reach` px, added to the previous stage's weight and clipped to [0, 1]. `uniform_weight`
+adds a uniform floor to w: 0 (LIVE exactly, the "paper" settings) or 0.1 (our "fast" settings,
+not in LIVE or the paper: the interior colour of a large path keeps a gradient after its
+outline weight has moved away, which matters when a stage has few steps). The xing loss
+penalises self-intersecting cubics; as in LIVE it is scaled by 1e-3 inside (`xing_loss`'s
+`scale`) and weighted by `xing_weight` 0.01 outside, 1e-5 in all. Adam with betas (0.9, 0.9),
+eps 1e-6; point learning rate 1.0 at 240 px (scaled with the canvas), color 0.01, the point
+rate decaying to 0.4x over each stage.
+
+Budget: LIVE runs a fixed number of steps *per stage* (500, LIVE/config/base.yaml `num_iter`;
+PyTorch-SVGRender conf/x/vectorfusion.yaml `num_iter: 500 # num_iter per path group`);
+`live(..., steps_per_stage=500)` does that. Without it, `steps` is a total budget split
+evenly across the stages (the "fast" settings). `LiveSettings.paper()` / `.fast()` hold both.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -54,6 +62,94 @@ def path_schedule(num_paths: int, kind: str = "exp", first: int = 1, max_per_sta
         total += n
         k += 1
     return out
+
+
+XING_SCALE = 1e-3      # LIVE/xing_loss.py: xing_loss(x_list, scale=1e-3)
+XING_WEIGHT = 0.01     # LIVE/config/base.yaml loss.xing_loss_weight; PyTorch-SVGRender xing_loss_weight
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """LIVE's budget and loss settings. The defaults are the reference's ("paper"):
+
+    - `steps_per_stage` 500: LIVE/config/base.yaml `num_iter: 500`, run for every path group
+      (LIVE/main.py; PyTorch-SVGRender VectorFusion_pipeline.py LIVE_rendering, conf/x/
+      vectorfusion.yaml `num_iter: 500 # num_iter per path group`). None: `steps` is a total
+      budget split across the stages.
+    - `schedule` 'repeat' with `schedule_each` 16: PyTorch-SVGRender conf/x/vectorfusion.yaml
+      (`path_schedule: 'repeat'`, `schedule_each: 16`; 128 paths give [16] * 8). The paper's
+      own figures suggest 8, 8, 16, 16, 16 for 64 paths (unverified; see the research notes).
+    - `size` 600: the target is resized to 600 x 600 (conf/x/vectorfusion.yaml `image_size`);
+      VectorFusion scales it with the model (600 / 512 of the model's input size).
+    - `uniform_weight` 0.0: LIVE has no floor on the UDF weight (LIVE/main.py get_sdf).
+    - `xing_weight` 0.01 (base.yaml `xing_loss_weight`), on top of `xing_loss`'s 1e-3 scale.
+    - `point_schedule` 'age': each path group's point rate decays with its own age
+      (`point_lr_factor`: 1 for 100 steps, then 1 -> 0.4 -> 0.16 ... per 500 steps).
+    - `udf_every` 1: the UDF weight of the stage's new paths follows their outlines, recomputed
+      every step (LIVE/main.py and PSR LIVE_rendering compute it inside the step loop) and added
+      to the weight the previous stages ended with.
+    - Lengths in px at a canvas of `ref_size` px, scaled linearly to the canvas used
+      (`geometry`): at 600 px the initial circles have `radius` 20 (conf/x/vectorfusion.yaml
+      `radius: 20`), the UDF weight reaches 0 at `udf_reach` 10 px (LIVE/main.py get_sdf
+      `truncate=10`) and the point learning rate is `point_lr` 1.0 px/step (`lr_stage_one.point`).
+
+    `fast()` is our quicker setting: 500 steps in all, split across an 'exp' schedule
+    (1, 2, 4, ... paths per stage), at most 256 px, with a 0.1 uniform floor on the weight
+    (our deviation, documented above) on a weight computed once where the stage's paths start
+    (`udf_every` 0: cheaper, and the floor keeps the gradient that a fixed weight would lose
+    once the paths move), the point rate of every group re-run 1 -> 0.4 within
+    each stage ('stage'), and LIVE's own lengths (radius 5, reach 10, point rate
+    1.0) taken at 240 px instead of at 600 (so 2.5x larger at the same canvas)."""
+
+    steps_per_stage: int | None = 500
+    steps: int = 500                 # the total budget when steps_per_stage is None
+    schedule: str = "repeat"
+    schedule_each: int = 16
+    size: int | None = 600           # None: the caller's size (VectorFusion: its render size)
+    uniform_weight: float = 0.0
+    xing_weight: float = XING_WEIGHT
+    point_schedule: str = "age"
+    udf_every: int = 1
+    ref_size: int = 600
+    radius: float = 20.0
+    udf_reach: float = 10.0
+    point_lr: float = 1.0
+
+    @classmethod
+    def paper(cls) -> LiveSettings:
+        return cls()
+
+    @classmethod
+    def fast(cls) -> LiveSettings:
+        return replace(cls(), steps_per_stage=None, steps=500, schedule="exp", schedule_each=1,
+                       size=256, uniform_weight=0.1, point_schedule="stage", udf_every=0, ref_size=240,
+                       radius=5.0, udf_reach=10.0, point_lr=1.0)
+
+    def geometry(self, size: int) -> dict:
+        """`live()`'s radius, udf_reach and point_lr for a `size` px canvas (at least 2 px and
+        3 px for the first two, so tiny canvases still get a visible circle and weight band)."""
+        k = size / self.ref_size
+        return {"radius": max(2.0, self.radius * k), "udf_reach": max(3.0, self.udf_reach * k),
+                "point_lr": self.point_lr * k}
+
+    def path_schedule(self, num_paths: int) -> list[int]:
+        return path_schedule(num_paths, self.schedule, first=self.schedule_each)
+
+    def total_steps(self, num_paths: int) -> int:
+        """Optimization steps of a whole LIVE run for `num_paths` paths."""
+        if self.steps_per_stage is None:
+            return self.steps
+        return self.steps_per_stage * len(self.path_schedule(num_paths))
+
+
+def stage_budget(steps: int, stages: int, steps_per_stage: int | None = None) -> list[int]:
+    """Steps of each stage: `steps_per_stage` each (LIVE), or `steps` split evenly (the last
+    stage takes the remainder)."""
+    if steps_per_stage is not None:
+        return [max(1, int(steps_per_stage))] * stages
+    per_stage = [max(1, steps // stages)] * stages
+    per_stage[-1] += steps - sum(per_stage)
+    return per_stage
 
 
 # ----------------------------------------------------------------------------- init
@@ -147,25 +243,51 @@ def udf_weight(shapes: list[Shape], H: int, W: int, reach: float, device) -> tor
     return ((reach - best.sqrt()) / reach).clamp(0, 1).reshape(H, W)
 
 
-def xing_loss(shapes: list[Shape]) -> torch.Tensor:
-    """Self-intersection penalty per cubic: P0P1 and P2P3 should turn the way P0P1, P1P2 does."""
-    losses = []
+def xing_loss(shapes: list[Shape], scale: float = XING_SCALE) -> torch.Tensor:
+    """LIVE's self-intersection penalty: per cubic (P0..P3), with sin(u, v) = u x v / |u||v|,
+    D = [sin(P0P1, P1P2) >= 0] and l = D relu(-sin(P0P1, P2P3)) + (1 - D) relu(sin(P0P1, P2P3))
+    (P2P3 should turn the way P0P1, P1P2 does); the mean over a path's cubics times `scale`
+    (1e-3 as in LIVE/xing_loss.py), then the mean over paths. Callers weight it again (0.01)."""
+    # paths with the same number of cubics are evaluated together: one batch of small tensor
+    # ops per segment count instead of one per path (the per-path loop cost ~0.5 ms a path)
+    groups: dict[tuple, list[torch.Tensor]] = {}
     for s in shapes:
         seg = s.segments()
-        u, m, v = seg[:, 1] - seg[:, 0], seg[:, 2] - seg[:, 1], seg[:, 3] - seg[:, 2]
+        groups.setdefault((seg.shape[0], seg.dtype, seg.device), []).append(seg)
+    if not groups:
+        return torch.zeros(())
 
-        def sin(a, b):
-            return (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+    def sin(a, b):
+        return (a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-8)
 
+    per_path = []
+    for segs in groups.values():
+        seg = torch.stack(segs)                                        # [P, S, 4, 2]
+        u, m, v = seg[..., 1, :] - seg[..., 0, :], seg[..., 2, :] - seg[..., 1, :], seg[..., 3, :] - seg[..., 2, :]
         D = (sin(u, m) >= 0).to(seg.dtype)
         s13 = sin(u, v)
-        losses.append((D * torch.relu(-s13) + (1 - D) * torch.relu(s13)).mean())
-    if not losses:
-        return torch.zeros(())
-    return torch.stack(losses).mean()
+        per_path.append((D * torch.relu(-s13) + (1 - D) * torch.relu(s13)).mean(-1) * scale)
+    dtype = per_path[0].dtype
+    for t in per_path[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.cat([t.to(dtype) for t in per_path]).mean()
 
 
 # ----------------------------------------------------------------------------- optimization
+
+def point_lr_factor(age: int, every: int, keep: float = 0.2, decay: float = 0.4) -> float:
+    """LIVE's point learning-rate factor for a path group `age` steps old: 1 for the first
+    `keep` of `every` steps, then linear from decay^k to decay^(k+1) across block k = age // every
+    (PyTorch-SVGRender painter/vectorfusion/painter_params.py LinearDecayWithKeepLRLambda with
+    conf/x/vectorfusion.yaml keep_ratio 0.2, decay_ratio 0.4, decay_every = num_iter; each
+    group keeps its own schedule while later groups train, as LIVE's `trainable.record`)."""
+    if age < keep * every:
+        return 1.0
+    k, rest = divmod(age, every)
+    r = rest / every
+    return decay ** k * (1 - r) + decay ** (k + 1) * r
+
+
 
 class Fitter:
     """Adam over the scene's points and colors, LIVE's settings; colors clamped to [0, 1]."""
@@ -174,8 +296,9 @@ class Fitter:
         self.point_lr, self.color_lr, self.width_lr = point_lr, color_lr, width_lr
         self.opt = None
 
-    def add(self, shapes: list[Shape]):
-        groups = [{"params": [s.points for s in shapes], "lr": self.point_lr, "kind": "points"},
+    def add(self, shapes: list[Shape], born: int = 0):
+        """Optimize `shapes` too; `born` (the step they are added at) sets their point rate's age."""
+        groups = [{"params": [s.points for s in shapes], "lr": self.point_lr, "kind": "points", "born": born},
                   {"params": [s.fill for s in shapes if s.fill is not None], "lr": self.color_lr,
                    "kind": "color"}]
         strokes = [s for s in shapes if s.stroke is not None]
@@ -196,6 +319,12 @@ class Fitter:
         for g in self.opt.param_groups:
             if g["kind"] == "points":
                 g["lr"] = self.point_lr * factor
+
+    def set_point_ages(self, step: int, every: int):
+        """LIVE's schedule: each group's point rate follows `point_lr_factor` of its own age."""
+        for g in self.opt.param_groups:
+            if g["kind"] == "points":
+                g["lr"] = self.point_lr * point_lr_factor(step - g["born"], every)
 
     def step(self, loss: torch.Tensor, shapes: list[Shape]):
         self.opt.zero_grad(set_to_none=True)
@@ -219,12 +348,19 @@ def progress_event(step, total, scene, img, loss, target, message, with_svg=True
 
 def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None = None,
          steps: int = 500, radius: float | None = None, udf_reach: float | None = None,
-         uniform_weight: float = 0.1, xing_weight: float = 0.01, point_lr: float | None = None,
-         color_lr: float = 0.01, preview_every: int = 25, seed: int = 0):
+         uniform_weight: float = 0.1, xing_weight: float = XING_WEIGHT, point_lr: float | None = None,
+         color_lr: float = 0.01, preview_every: int = 25, seed: int = 0,
+         steps_per_stage: int | None = None, point_schedule: str = "stage", udf_every: int = 0):
     """Fit `target` ([3, H, W] in [0, 1], on white) with LIVE; a generator of VectorProgress.
 
     `steps` is the total optimization budget, split across the stages of `schedule`
-    (default: 'exp' schedule for `num_paths`). Returns (StopIteration value) the Scene.
+    (default: 'exp' schedule for `num_paths`), unless `steps_per_stage` is given: then every
+    stage runs that many steps, as LIVE does (500). `point_schedule` 'stage': every group's point
+    rate runs 1 -> 0.4 again within each stage (ours); 'age': LIVE's per-group decay by age
+    (`point_lr_factor`, blocks of one stage's steps). `udf_every` k > 0: the UDF weight of the
+    stage's new paths is recomputed from their current outlines every k steps (LIVE: every
+    step); 0: once, where the paths start (ours, with the uniform floor). The keyword defaults
+    are the image-to-SVG tool's quick ones; `LiveSettings` has the reference's. Returns (StopIteration value) the Scene.
     """
     torch.manual_seed(seed)
     _, H, W = target.shape
@@ -233,23 +369,28 @@ def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None =
     reach = udf_reach if udf_reach is not None else max(3.0, 10.0 * size / 240)
     point_lr = point_lr if point_lr is not None else 1.0 * size / 240
     schedule = schedule or path_schedule(num_paths)
-    per_stage = [max(1, steps // len(schedule))] * len(schedule)
-    per_stage[-1] += steps - sum(per_stage)
+    per_stage = stage_budget(steps, len(schedule), steps_per_stage)
+    steps = sum(per_stage)
     scene = Scene(W, H, [])
     fitter = Fitter(point_lr, color_lr)
-    weight = torch.zeros(H, W, device=target.device)
+    keep = torch.zeros(H, W, device=target.device)      # the weight the earlier stages ended with
     step = 0
     img = torch.ones_like(target)
     for stage, (count, n_steps) in enumerate(zip(schedule, per_stage)):
         init = SparseCoordInit(img, target, seed=seed + stage)
         added = [new_path(init(), radius, target) for _ in range(count)]
         scene.shapes.extend(added)
-        fitter.add(added)
-        weight = (weight + udf_weight(added, H, W, reach, target.device)).clamp(0, 1)
-        w = weight + uniform_weight
+        fitter.add(added, born=step)
+        weight = keep
         for i in range(n_steps):
+            if i == 0 or (udf_every and i % udf_every == 0):     # the new paths' outlines as they move
+                weight = (keep + udf_weight(added, H, W, reach, target.device)).clamp(0, 1)
+                w = weight + uniform_weight
             frac = i / max(1, n_steps)
-            fitter.set_point_scale(1.0 if frac < 0.2 else 1.0 - 0.6 * (frac - 0.2) / 0.8)
+            if point_schedule == "age":
+                fitter.set_point_ages(step, every=max(1, n_steps))
+            else:
+                fitter.set_point_scale(1.0 if frac < 0.2 else 1.0 - 0.6 * (frac - 0.2) / 0.8)
             img = render(scene, W, H)
             loss = (w * ((img - target) ** 2).sum(0)).mean()
             if xing_weight:
@@ -261,6 +402,7 @@ def live(target: torch.Tensor, num_paths: int = 16, schedule: list[int] | None =
                     img = render(scene, W, H)
                 yield progress_event(step, steps, scene, img, loss.item(), target,
                              f"LIVE stage {stage + 1}/{len(schedule)}: {len(scene.shapes)} paths")
+        keep = weight
         with torch.no_grad():
             img = render(scene, W, H)
     for s in scene.shapes:

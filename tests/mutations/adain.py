@@ -1,8 +1,11 @@
-"""AdaIN: the statistics, the decoder's losses, alpha, colour preservation, masks, the schedule."""
+"""AdaIN: the statistics, the decoder's losses, alpha, colour preservation, masks, the schedule;
+what a stopped training run keeps."""
 from . import Mutation
 
 A = "core/adain.py"
+R = "core/adain_runs.py"
 T = "tests/test_adain.py"
+RT = "tests/test_adain_runs.py"
 
 MUTATIONS = [
     Mutation("adain-unbiased-variance", A,
@@ -42,4 +45,18 @@ MUTATIONS = [
     Mutation("adain-lr-decay-linear", A,
              "return cfg.lr / (1.0 + cfg.lr_decay * iteration)", "return cfg.lr * (1.0 - cfg.lr_decay * iteration)",
              (f"{T}::test_learning_rate_decay_is_the_papers",)),
+    Mutation("adain-stop-always-checkpoints", A,
+             "if cancelled and step > saved and (saved > 0 or keep_unsaved is None or keep_unsaved()):",
+             "if cancelled and step > saved:",
+             (f"{RT}::test_keep_unsaved_decides_only_before_the_first_checkpoint",
+              f"{RT}::test_a_stop_before_the_first_checkpoint_keeps_nothing"),
+             "a Stop at step 1 saves a decoder and adds it to the list (issue 16)"),
+    Mutation("adain-user-stop-keeps-unsaved", R,
+             "keep_unsaved=lambda: ctx.job.reason is not None", "keep_unsaved=lambda: True",
+             (f"{RT}::test_a_stop_before_the_first_checkpoint_keeps_nothing",),
+             "the user's Stop treated like the time limit"),
+    Mutation("adain-owner-runs-shared", R,
+             "    if owner == LOCAL:\n        return runs_root(data_dir)",
+             "    if True:\n        return runs_root(data_dir)",
+             (f"{RT}::test_each_owner_has_a_folder_of_runs",), "every owner's decoders in one folder"),
 ]

@@ -26,4 +26,9 @@ MUTATIONS = [
              'if getattr(pipe.config, "force_zeros_for_empty_prompt", False):', "if True:",
              (f"{T}::test_no_negative_prompt_the_unconditional_branch_is_zero",),
              "an encoded empty negative prompt where the pipeline does not zero it"),
+    Mutation("blora-thumbnail-not-the-training-image", B,
+             "return str(a.samples[0].file.path) if a.samples else None",
+             "return str(a.samples[-1].file.path) if a.samples else None",
+             (f"{T}::test_library_entries_carry_labels_and_thumbnails",),
+             "the gallery shows a B-LoRA by its last sample, not by the image it learned"),
 ]

@@ -100,6 +100,8 @@ def test_every_endpoint_from_a_fresh_session(shared_app, made):
     assert "Done" in status and "files" not in info
     gallery, status, files, info = run("/svg_icon_set", "a cat\na dog", 4, 2, 48, 0, 1, 5.0)
     assert len(gallery) == 2 and len(files) == 4 and "folder" not in info
+    health = run("/health")
+    assert health["state"] == "ready" and health["model"] == "tiny" and "/" not in health["detail"]
     for stop in ("/style_aligned_stop", "/adain_stop", "/personalize_stop", "/styledrop_stop", "/blora_stop",
                  "/blora_train_stop", "/svg_stop", "/vectorize_stop", "/svg_icon_set_stop"):
         run(stop)  # nothing running: a no-op, never an error
