@@ -60,4 +60,13 @@ MUTATIONS = [
              "               per_prompt: bool = False) -> list[int]:",
              (f"{T}::test_clip_feedback_default_is_the_papers_best_text_score_per_prompt",),
              "the default CLIP feedback picks globally, not the best per prompt as the paper"),
+    Mutation("styledrop-eq4-adapter-on-the-negative-half", SD,
+             "        return value[n:]", "        return value[:n]",
+             (f"{T}::test_adapter_guidance_in_the_denoising_loop",),
+             "the adapted pass of Eq. 4 conditioned on the negative prompt instead of the prompt"),
+    Mutation("styledrop-subject-style-gamma-swapped", SD,
+             "return (1 - g) * eq4(uncond, cond, styled, lambda_a, lambda_b) + g * eq4(",
+             "return g * eq4(uncond, cond, styled, lambda_a, lambda_b) + (1 - g) * eq4(",
+             (f"{T}::test_subject_and_style_by_mixing_predictions",),
+             "gamma weighs the style instead of the subject (Eqs. 5-6)"),
 ]
