@@ -101,10 +101,10 @@ class PersonalizeTab(Tab):
         try:
             warnings = dreambooth.check_identifier(self.engine, word)
         except UserError as exc:
-            return f"⚠ {exc}"
+            return f"**Warning:** {exc}"
         lines = [f"Instance prompt: **{md_text(dreambooth.instance_prompt(word, cls))}** · class prompt: "
                  f"**{md_text(dreambooth.class_prompt(cls))}**"]
-        return "\n\n".join(lines + [f"⚠ {w}" for w in warnings])
+        return "\n\n".join(lines + [f"**Warning:** {w}" for w in warnings])
 
     @user_errors
     def suggest_tokens(self):

@@ -53,7 +53,7 @@ INTRO = (
     "`out + U·GELU(D·out)` after the feed-forward of every transformer block of the UNet, nothing else. Training "
     "text: **\"[content of the image] in [style] style\"**. Each round generates a grid of candidates (by the "
     "paper's adapter guidance, Eq. 4, unless you switch it off); rate them "
-    "with 👍/👎 (click, or focus a tile and press **U** / **D**, **0** to withdraw, arrow keys to move) or let "
+    "with thumbs up / down (click, or focus a tile and press **U** / **D**, **0** to withdraw, arrow keys to move) or let "
     "CLIP pick (by default the paper's rule: per prompt, the image with the best CLIP text score), then train the "
     "next round.\n\n"
     "*The next round* trains a **fresh adapter** (not the previous one continued) on the **liked** images plus the "
@@ -107,8 +107,8 @@ def _counts_text(view: dict) -> str:
         rule = (f"top {fb['k']}{' per prompt' if fb.get('per_prompt') else ''}" if fb["mode"] == "top_k"
                 else f"score ≥ {fb['threshold']:.3f}")
         clip = f" (CLIP rule: {rule}, w = {fb['text_weight']:.2f})"
-    return (f"**Round {view['round'].number}** · {len(view['tiles'])} candidates · 👍 {view['up']} · "
-            f"👎 {view['down']} · CLIP picked {view['clip_picked']}{clip} · **liked (net ≥ 1): {view['liked']}** · "
+    return (f"**Round {view['round'].number}** · {len(view['tiles'])} candidates · thumbs up {view['up']} · "
+            f"thumbs down {view['down']} · CLIP picked {view['clip_picked']}{clip} · **liked (net ≥ 1): {view['liked']}** · "
             f"your ratings: {mine}")
 
 
@@ -128,7 +128,7 @@ class StyleDropTab(Tab):
         try:
             r = v.whole(rank, "Adapter rank r", 1, 128, default=4)
         except UserError as exc:
-            return f"⚠ {exc}"
+            return f"**Warning:** {exc}"
         size = styledrop.adapter_size(self.engine, r)
         if size is None:
             return f"Adapter rank {r}: the parameter count appears when the model has loaded."
@@ -218,7 +218,7 @@ class StyleDropTab(Tab):
         try:
             return f"Training text: **{md_text(styledrop.training_text(content, style))}**"
         except UserError as exc:
-            return f"⚠ {exc}"
+            return f"**Warning:** {exc}"
 
     def apply_preset(self, preset):
         """(steps, learning rate, rank, checkpointing, samples, sampling steps, guidance, adapter text)."""

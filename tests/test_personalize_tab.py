@@ -263,7 +263,7 @@ def test_small_handlers(tab, tmp_path):
     assert tab.show_crops(None) == []
     assert tab.describe_identifier("sks", "teapot").startswith("Instance prompt: **a sks teapot** · class prompt: "
                                                                "**a teapot**")
-    assert "⚠" in tab.describe_identifier("two words", "dog")
+    assert "**Warning:**" in tab.describe_identifier("two words", "dog")
     assert tab.describe_identifier("", "dog") == "Give an identifier and a class noun."
     with pytest.raises(gr.Error, match="Class noun"):
         tab.describe_identifier("sks", 5)

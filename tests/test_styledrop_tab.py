@@ -138,7 +138,7 @@ def test_ratings_from_the_grid_toggle_and_count(setup, round1):
 
     counts, grid, rounds = click(-1)
     tile = next(t for t in grid["tiles"] if t["id"] == cid)
-    assert (tile["mine"], tile["mine_down"], tile["down"]) == (-1, True, 1) and "👎 1" in counts
+    assert (tile["mine"], tile["mine_down"], tile["down"]) == (-1, True, 1) and "thumbs down 1" in counts
     counts, grid, _ = click(0)   # withdrawn
     tile = next(t for t in grid["tiles"] if t["id"] == cid)
     assert (tile["mine"], tile["down"]) == (0, 0)
@@ -282,9 +282,9 @@ def test_stop_keeps_no_half_made_loop(setup):
 def test_small_views(setup, tmp_path):
     tab = setup["tab"]
     assert tab.describe("a cat", "oil") == "Training text: **a cat in oil style**"
-    assert tab.describe("a cat", " ").startswith("⚠")
+    assert tab.describe("a cat", " ").startswith("**Warning:**")
     assert tab.describe("a *cat*", "oil") == "Training text: **a \\*cat\\* in oil style**"
-    assert tab.params_text("x").startswith("⚠") and "Adapter rank r" in tab.params_text("x")
+    assert tab.params_text("x").startswith("**Warning:**") and "Adapter rank r" in tab.params_text("x")
     assert "2,048 trained parameters" in tab.params_text(2) and "8 transformer blocks" in tab.params_text(2)
     preset = tab.apply_preset("SD 1.5 (400 steps)")
     assert preset[:7] == (400, 1e-4, 4, False, 1, 30, 7.0) and "4,096 trained parameters" in preset[7]
