@@ -314,6 +314,7 @@ def test_browser_text_to_svg_streams_downloads_and_stops(live_app, page):
     screenshot(page, "text-to-svg")
 
     # a long run from scratch: frames stream, the SVG is downloadable mid-run, Stop keeps it
+    page.get_by_text("Settings: start, paths, steps, seed").click()
     page.get_by_label("From scratch: random paths, SDS only").check()
     steps = page.locator("#svg-steps input[type=number]")
     steps.fill("3000")
