@@ -411,7 +411,8 @@ class AdaINTab(Tab):
                                           object_fit="contain", elem_id="adain-gallery")
         gr.Examples([[[example(n) for n in c], [example(n) for n in st]] for c, st in EXAMPLES],
                     [w["contents"], w["styles"]], label="Examples: click one, then Stylize",
-                    examples_per_page=len(EXAMPLES))
+                    examples_per_page=len(EXAMPLES), elem_id="adain-examples",
+                    example_labels=[" + ".join(n.removesuffix(".png") for n in c + st) for c, st in EXAMPLES])
         return w
 
     def _webcam_panel(self) -> dict:
@@ -453,7 +454,8 @@ class AdaINTab(Tab):
                                           object_fit="contain")
                 w["status"] = gr.Markdown()
         gr.Examples([[[example(n) for n in TRAIN_EXAMPLE[0]], [example(n) for n in TRAIN_EXAMPLE[1]], "first-decoder"]],
-                    [w["contents"], w["styles"], w["run_name"]], label="Example: click it, then Train")
+                    [w["contents"], w["styles"], w["run_name"]], label="Example: click it, then Train",
+                    elem_id="adain-train-examples", example_labels=["2 photos + 3 styles, run 'first-decoder'"])
         return w
 
     def _recipe(self, w: dict, p: DecoderSettings) -> None:

@@ -235,7 +235,8 @@ class BLoRATab(Tab):
                                            object_fit="contain", elem_id="bl-samples")
                 train.info = gr.JSON(label="Run", visible=False)
         gr.Examples([[[example(n) for n in files]] for files, in EXAMPLES], [train.files],
-                    label="Example: click it, then Train B-LoRA")
+                    label="Example: click it, then Train B-LoRA", elem_id="bl-examples",
+                    example_labels=[" + ".join(n.removesuffix(".png") for n in files) for files, in EXAMPLES])
         gr.Markdown("### Mix content and style")
         with gr.Row():
             with gr.Column(scale=1):

@@ -345,7 +345,9 @@ class PersonalizeTab(Tab):
                                        elem_id="pz-samples")
                 w.train_info = gr.JSON(label="Run", visible=False)
         gr.Examples([[[example(n) for n in files], word, cls] for files, word, cls in EXAMPLES],
-                    [w.files, w.identifier, w.class_noun], label="Example: click it, then Train")
+                    [w.files, w.identifier, w.class_noun], label="Example: click it, then Train",
+                    elem_id="pz-examples", example_labels=[f"{len(f)} photos of a mug, 'a {word} {cls}'"
+                                                           for f, word, cls in EXAMPLES])
         gr.Markdown("### Generate with the subject")
         with gr.Row():
             with gr.Column(scale=1):
@@ -409,27 +411,33 @@ class PersonalizeTab(Tab):
                 w.name = gr.Textbox(label="Adapter name (default: identifier + class)", value="")
 
     def _generate_widgets(self, w) -> None:
-        w.slots = []
-        for i in range(SLOTS):
-            with gr.Row():
-                dd = Dropdown([], value=None, label=f"Adapter {i + 1} ({LISTED})", allow_custom_value=True,
-                              elem_id=f"pz-adapter-{i + 1}", scale=3)
-                weight = Slider(-1, 2, value=1.0, step=0.05, label="Weight", scale=1, elem_id=f"pz-weight-{i + 1}")
-            w.slots += [dd, weight]
+        w.slots = self._slot(0)
+        with gr.Accordion(f"More adapters: mix up to {SLOTS}", open=False):  # rarely used: folded away
+            for i in range(1, SLOTS):
+                w.slots += self._slot(i)
         w.dropdowns = w.slots[0::2]
-        w.refresh = gr.Button("Refresh the library", size="sm", elem_id="pz-refresh")
         family = "Recontextualization"
-        w.family = Dropdown(list(dreambooth.PROMPT_FAMILIES), value=family, label="Prompt family (paper)",
-                            elem_id="pz-family")
-        w.prompts = gr.Textbox(label="Prompts, one per line ({v} = identifier, {c} = class)", lines=4,
+        w.prompts = gr.Textbox(label="Prompts, one per line ({v} = identifier, {c} = class)", lines=3,
                                value="\n".join(dreambooth.PROMPT_FAMILIES[family][:2]), elem_id="pz-prompts")
+        with gr.Row():
+            w.gen_btn = gr.Button("Generate", variant="primary", elem_id="pz-generate")
+            w.drift_btn = gr.Button("Measure language drift (adapter 1)", elem_id="pz-drift")
+        with gr.Row():
+            w.family = Dropdown(list(dreambooth.PROMPT_FAMILIES), value=family, label="Prompt family (paper)",
+                                elem_id="pz-family")
+            w.refresh = gr.Button("Refresh the library", size="sm", elem_id="pz-refresh")
         with gr.Row():
             w.g_seed = Number(label="Seed", value=0, precision=0, minimum=0)
             w.g_steps = Slider(1, 100, value=4 if self.engine.offline else 30, step=1, label="Steps")
             w.g_guid = Slider(0, 20, value=5.0, step=0.5, label="Guidance")
+
+    @staticmethod
+    def _slot(i: int) -> list:
+        """Adapter slot i+1: its library dropdown and its weight."""
         with gr.Row():
-            w.gen_btn = gr.Button("Generate", variant="primary", elem_id="pz-generate")
-            w.drift_btn = gr.Button("Measure language drift (adapter 1)", elem_id="pz-drift")
+            return [Dropdown([], value=None, label=f"Adapter {i + 1} ({LISTED})", allow_custom_value=True,
+                             elem_id=f"pz-adapter-{i + 1}", scale=3),
+                    Slider(-1, 2, value=1.0, step=0.05, label="Weight", scale=1, elem_id=f"pz-weight-{i + 1}")]
 
     def _library_widgets(self, w) -> None:
         with gr.Accordion("Library: export and import", open=False):

@@ -262,7 +262,8 @@ class SvgTab(Tab):
                     run = gr.Button("Generate SVG", variant="primary", elem_id="svg-generate")
                     stop = gr.Button("Stop (keeps the last SVG)", variant="stop", elem_id="svg-stop")
                 gr.Examples([list(e) for e in TEXT_EXAMPLES], [prompt, style],
-                            label="Examples: click one, then Generate SVG", examples_per_page=len(TEXT_EXAMPLES))
+                            label="Examples: click one, then Generate SVG", examples_per_page=len(TEXT_EXAMPLES),
+                            elem_id="svg-examples")
                 with gr.Accordion("Settings: start, paths, steps, seed", open=False):
                     start = Radio(START_CHOICES, value="baseline", label="Start from", elem_id="svg-start")
                     with gr.Row():
@@ -302,7 +303,8 @@ class SvgTab(Tab):
                     run = gr.Button("Vectorize", variant="primary", elem_id="vec-run")
                     stop = gr.Button("Stop (keeps the last SVG)", variant="stop", elem_id="vec-stop")
                 gr.Examples([[example(n)] for n in IMAGE_EXAMPLES], [image],
-                            label="Examples: click one, then Vectorize")
+                            label="Examples: click one, then Vectorize", elem_id="vec-examples",
+                            example_labels=[n.removesuffix(".png") for n in IMAGE_EXAMPLES])
                 method = Radio([("LIVE (layer by layer)", "live"), ("vtracer + refinement", "vtracer")],
                                value="live", label="Method", elem_id="vec-method")
                 with gr.Row():
@@ -327,7 +329,8 @@ class SvgTab(Tab):
                 with gr.Row():
                     run = gr.Button("Make the icon set", variant="primary", elem_id="set-run")
                     stop = gr.Button("Stop", variant="stop", elem_id="set-stop")
-                gr.Examples([[e] for e in SET_EXAMPLES], [prompts], label="Examples: click one, then Make the icon set")
+                gr.Examples([[e] for e in SET_EXAMPLES], [prompts], label="Examples: click one, then Make the icon set",
+                            elem_id="set-examples")
                 with gr.Row():
                     paths = Slider(1, 256, value=8 if tiny else 32, step=1, label="Paths per icon",
                                    elem_id="set-paths")
