@@ -384,10 +384,8 @@ class AdaINTab(Tab):
                     w["styles"] = gr.File(label="Style image(s)", file_count="multiple", file_types=["image"],
                                           type="filepath", height=120, elem_id="adain-styles")
                 with gr.Row():
-                    w["contents_pv"] = gr.Gallery(label="Contents", columns=3, height=150, interactive=False,
-                                                  object_fit="contain", allow_preview=False)
-                    w["styles_pv"] = gr.Gallery(label="Styles", columns=3, height=150, interactive=False,
-                                                object_fit="contain", allow_preview=False)
+                    w["contents_pv"] = self._preview_gallery("Contents")
+                    w["styles_pv"] = self._preview_gallery("Styles")
                 w["run"] = gr.Button("Stylize", variant="primary", elem_id="adain-run")
                 w["alpha"] = Slider(0, 1, value=1.0, step=0.05, label="alpha: content (0) to style (1)")
                 # a shared instance lists each visitor's own decoders once their page loads
@@ -415,6 +413,12 @@ class AdaINTab(Tab):
                     example_labels=[" + ".join(n.removesuffix(".png") for n in c + st) for c, st in EXAMPLES])
         return w
 
+    @staticmethod
+    def _preview_gallery(label: str):
+        """Thumbnails of the uploads, each shown whole (two across, never stretched to a strip)."""
+        return gr.Gallery(label=label, columns=2, fit_columns=False, height=150, interactive=False,
+                          object_fit="contain", allow_preview=False)
+
     def _webcam_panel(self) -> dict:
         w = {}
         gr.Markdown("Streams your webcam through the model with the styles from the Transfer panel.")
@@ -433,9 +437,11 @@ class AdaINTab(Tab):
             with gr.Column():
                 with gr.Row():
                     w["contents"] = gr.File(label="Content images (e.g. photos)", file_count="multiple",
-                                            file_types=["image"], type="filepath", height=120)
+                                            file_types=["image"], type="filepath", height=120,
+                                            elem_id="adain-contents-train")
                     w["styles"] = gr.File(label="Style images (e.g. paintings)", file_count="multiple",
-                                          file_types=["image"], type="filepath", height=120)
+                                          file_types=["image"], type="filepath", height=120,
+                                          elem_id="adain-styles-train")
                 with gr.Accordion("...or folders on the server", open=False,
                                   visible=bool(getattr(self.ctx.args, "allow_server_paths", False))):
                     w["content_dir"] = gr.Textbox(label="Content folder (e.g. MS-COCO train2014)")

@@ -231,7 +231,7 @@ class BLoRATab(Tab):
                 train.loss_plot = gr.LinePlot(None, x="step", y="loss", **self.loss_axes(train.steps.value),
                                               title="Training loss (the B-LoRA being trained)", height=240,
                                               elem_id="bl-loss")
-                train.samples = gr.Gallery(label="Samples while training", columns=4, height="auto",
+                train.samples = gr.Gallery(label="Samples while training", columns=4, height=280,
                                            object_fit="contain", elem_id="bl-samples")
                 train.info = gr.JSON(label="Run", visible=False)
         gr.Examples([[[example(n) for n in files]] for files, in EXAMPLES], [train.files],
@@ -253,12 +253,10 @@ class BLoRATab(Tab):
         res = self.engine.resolution
         p = blora.PRESETS[self.default_preset]
         w = SimpleNamespace()
-        with gr.Row():
-            w.files = gr.File(label=f"Images (1-{blora.MAX_IMAGES}; each becomes its own B-LoRA)",
-                              file_count="multiple", file_types=["image"], type="filepath", height=150,
-                              elem_id="bl-files")
-            w.crops = gr.Gallery(label=f"Training crops ({res}x{res})", columns=3, height=150, object_fit="contain",
-                                 allow_preview=False, elem_id="bl-crops")
+        w.files = gr.File(label=f"Images (1-{blora.MAX_IMAGES}; each becomes its own B-LoRA)",
+                          file_count="multiple", file_types=["image"], type="filepath", height=120, elem_id="bl-files")
+        w.crops = gr.Gallery(label=f"Training crops ({res}x{res})", columns=5, fit_columns=False, height=140,
+                             object_fit="contain", allow_preview=False, elem_id="bl-crops")
         with gr.Row():
             w.preset = Dropdown(list(blora.PRESETS), value=self.default_preset, label="Preset", elem_id="bl-preset",
                                 scale=2)
@@ -290,8 +288,8 @@ class BLoRATab(Tab):
     def _library_inputs() -> SimpleNamespace:
         """The library's gallery (a click picks) and the two halves with their weights."""
         w = SimpleNamespace(ids=gr.State([]))
-        w.library = gr.Gallery(label="The library's B-LoRAs (click one to pick it)", columns=5, height=150,
-                               object_fit="contain", allow_preview=False, elem_id="bl-library")
+        w.library = gr.Gallery(label="The library's B-LoRAs (click one to pick it)", columns=5, fit_columns=False,
+                               height=160, object_fit="contain", allow_preview=False, elem_id="bl-library")
         with gr.Row():
             w.pick_as = Radio(["content", "style"], value="content", label="A click picks it as", elem_id="bl-pick-as")
             w.refresh = gr.Button("Refresh", size="sm", elem_id="bl-refresh")

@@ -341,7 +341,7 @@ class PersonalizeTab(Tab):
                 w.status = gr.Markdown("", elem_id="pz-status")
                 w.loss_plot = gr.LinePlot(None, x="step", y="loss", color="curve", title="Training loss",
                                           height=240, elem_id="pz-loss", **self.loss_axes(w.steps.value))
-                w.samples = gr.Gallery(label="Validation samples", columns=4, height="auto", object_fit="contain",
+                w.samples = gr.Gallery(label="Validation samples", columns=4, height=280, object_fit="contain",
                                        elem_id="pz-samples")
                 w.train_info = gr.JSON(label="Run", visible=False)
         gr.Examples([[[example(n) for n in files], word, cls] for files, word, cls in EXAMPLES],
@@ -361,11 +361,10 @@ class PersonalizeTab(Tab):
 
     def _subject_widgets(self, w) -> None:
         res = self.engine.resolution
-        with gr.Row():
-            w.files = gr.File(label="Subject photos (1-20; auto-cropped to a centred square)", file_count="multiple",
-                              file_types=["image"], type="filepath", height=150, elem_id="pz-files")
-            w.crops = gr.Gallery(label=f"Training crops ({res}x{res})", columns=3, height=150, object_fit="contain",
-                                 allow_preview=False, elem_id="pz-crops")
+        w.files = gr.File(label="Subject photos (1-20; auto-cropped to a centred square)", file_count="multiple",
+                          file_types=["image"], type="filepath", height=120, elem_id="pz-files")
+        w.crops = gr.Gallery(label=f"Training crops ({res}x{res})", columns=5, fit_columns=False, height=140,
+                             object_fit="contain", allow_preview=False, elem_id="pz-crops")
         with gr.Row():
             w.identifier = gr.Textbox(label="Identifier [V] (a rare token)", value="sks", elem_id="pz-identifier")
             w.class_noun = gr.Textbox(label="Class noun", value="dog", elem_id="pz-class")

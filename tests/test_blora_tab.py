@@ -358,3 +358,26 @@ def test_browser_a_run_stopped_at_its_first_step_has_a_readable_plot(live_app, p
     assert "1.000000" not in labels and "step" in labels and "loss" in labels
     ticks = [float(t) for t in labels if t.replace(".", "", 1).isdigit()]
     assert min(ticks) == 0 and 1 in ticks and len(ticks) >= 4    # both axes from 0, with a range
+
+
+# --------------------------------------------------------------------------- a newcomer's first run (issue 16)
+
+def test_the_example_trains_a_content_and_a_style_b_lora(tab):
+    """The Example fills the uploads with the cat (content) and the mosaic (style); Train makes
+    one B-LoRA of each (the tiny preset, shortened here); each preset says how long it takes."""
+    from tabs import blora as blora_tab
+    from tabs.common import example
+
+    with gr.Blocks() as demo:
+        BLoRATab(tab.ctx).build()
+    examples = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "bl-examples")
+    assert [c.elem_id for c in examples.components] == ["bl-files"]
+    (files,) = blora_tab.EXAMPLES[0]
+    assert files == ["content-cat.png", "style-mosaic.png"]
+    status, _, _, info = last(tab.train(**train_kwargs([example(n) for n in files]), request=fake_request()))[0]
+    assert status.split("\n\n")[-1].startswith("**Done.**") and len(info["adapters"]) == 2
+    for name in blora.PRESETS:
+        note = tab.describe_preset(name)
+        assert note.startswith("<small>Takes ") and ("(measured)" in note) == (name == "Quick test (tiny models)")
+        assert "(measured)" in note or "estimate" in note
+    assert tab.describe_preset("no such preset") == "" and tab.describe_preset(None) == ""

@@ -574,3 +574,43 @@ def test_shared_instance_keeps_each_visitors_adapters(tmp_path_factory, tmp_path
         assert app.alive()
     finally:
         app.stop()
+
+
+# ---------------------------------------------------------------------------- a newcomer's first run (issue 16)
+
+def test_the_example_fills_the_subject_and_trains(tab):
+    """The Example fills the three mug views, the identifier and the class; Train runs from it
+    (the tiny preset, shortened here), and the page says how long each preset takes."""
+    from tabs import personalize
+    from tabs.common import example
+
+    with gr.Blocks() as demo:
+        PersonalizeTab(tab.ctx).build()
+    examples = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "pz-examples")
+    assert [c.elem_id for c in examples.components] == ["pz-files", "pz-identifier", "pz-class"]
+    files, word, cls = personalize.EXAMPLES[0]
+    assert (files, word, cls) == (["subject-mug-1.png", "subject-mug-2.png", "subject-mug-3.png"], "sks", "mug")
+    status = last(tab.train(**train_kwargs([example(n) for n in files], identifier=word, class_noun=cls, steps=2,
+                                           name="example mug"), request=fake_request()))[0][0]
+    assert status.startswith("**Done.** Saved to the library as **example mug**")
+    # every preset says how long it takes: measured for the tiny one, labelled estimates for the others
+    for name in dreambooth.PRESETS:
+        note = tab.describe_preset(name)
+        assert note.startswith("<small>Takes ") and ("(measured)" in note) == (name == "Quick test (tiny models)")
+        assert "(measured)" in note or "estimate" in note
+    with pytest.raises(gr.Error, match="Preset"):
+        tab.describe_preset("fastest")
+
+
+def test_the_loss_plot_spans_the_run_from_zero(tab):
+    """A run stopped at step 1 has readable axes (issue 16 item 9): steps from 0 to the run's
+    last, loss from 0; the page's plot starts with the preset's step count."""
+    assert tab.loss_axes(12) == {"x_lim": [0, 12], "y_lim": [0, None]}
+    assert tab.loss_axes("") == {"x_lim": [0, None], "y_lim": [0, None]}
+    assert tab.loss_axes(-3) == {"x_lim": [0, None], "y_lim": [0, None]}
+    assert tab.update_loss_axes(800)["x_lim"] == [0, 800]
+    with gr.Blocks() as demo:
+        PersonalizeTab(tab.ctx).build()
+    plot = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "pz-loss")
+    steps = dreambooth.PRESETS[dreambooth.default_preset(tab.engine)]["steps"]
+    assert plot.x_lim == [0, steps] and plot.y_lim == [0, None]

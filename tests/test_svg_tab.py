@@ -357,3 +357,25 @@ def test_browser_image_to_svg(live_app, page, tmp_path):
     resp = page.request.get(href)
     assert href.endswith(".svg") and resp.ok and parse_svg(resp.body()).shapes
     screenshot(page, "image-to-svg")
+
+
+# --------------------------------------------------------------------------- a newcomer's first run (issue 16)
+
+def test_examples_fill_the_forms_and_the_leaf_vectorizes(tab):
+    """The text Examples fill a prompt and a valid style; the image Examples fill the upload with
+    our own images, and the leaf icon vectorizes with the tab's own Vectorize."""
+    from core import vectorfusion
+    from tabs import svg
+    from tabs.common import example
+
+    with gr.Blocks() as demo:
+        SvgTab(tab.ctx).build()
+    datasets = {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Dataset)}
+    assert [c.elem_id for c in datasets["svg-examples"].components] == ["svg-prompt", "svg-style"]
+    assert [c.elem_id for c in datasets["vec-examples"].components] == ["vec-image"]
+    assert [c.elem_id for c in datasets["set-examples"].components] == ["set-prompts"]
+    assert all(style in vectorfusion.STYLES and prompt for prompt, style in svg.TEXT_EXAMPLES)
+    assert svg.IMAGE_EXAMPLES[0] == "icon-leaf.png"
+    (preview, status, svg_file, png_file, info), _ = last(tab.vectorize(
+        image=example(svg.IMAGE_EXAMPLES[0]), method="live", paths=4, steps=4, size=32, request=fake_request()))
+    assert status.startswith("**Done.**") and info["paths"] <= 4 and Path(svg_file).read_text() == info["svg"]
