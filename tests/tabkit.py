@@ -32,3 +32,12 @@ def last(updates):
     updates = list(updates)
     assert updates, "the handler yielded nothing"
     return updates[-1], updates
+
+
+def example_inputs(demo, elem_id: str) -> list[str]:
+    """The elem_ids of the inputs a click on the gr.Examples with this elem_id fills."""
+    import gradio as gr
+
+    dataset = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == elem_id)
+    fn = next(f for f in demo.fns.values() if any(t[0] == dataset._id for t in f.targets))
+    return [o.elem_id for o in fn.outputs]

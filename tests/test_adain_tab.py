@@ -14,6 +14,7 @@ from PIL import Image
 from core import adain_runs
 from tabs import adain as tab_mod
 from tabs.common import AppContext
+from tests.tabkit import example_inputs
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -363,10 +364,8 @@ def test_examples_fill_the_uploads_and_stylize_runs_from_them(ctx, tab):
 
     with gr.Blocks() as demo:
         tab_mod.build(ctx)
-    datasets = {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Dataset)}
-    assert [c.elem_id for c in datasets["adain-examples"].components] == ["adain-contents", "adain-styles"]
-    assert len(datasets["adain-examples"].samples) == len(tab_mod.EXAMPLES)
-    assert [c.elem_id for c in datasets["adain-train-examples"].components][:2] == ["adain-contents-train",
+    assert example_inputs(demo, "adain-examples") == ["adain-contents", "adain-styles"]
+    assert example_inputs(demo, "adain-train-examples")[:2] == ["adain-contents-train",
                                                                                     "adain-styles-train"]
     contents, styles = tab_mod.EXAMPLES[0]
     assert (contents, styles) == (["content-house.png"], ["style-waves.png"])

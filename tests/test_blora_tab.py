@@ -17,7 +17,7 @@ from PIL import Image
 
 from core import blora, identity
 from tabs.blora import CUSTOM, BLoRATab
-from tests.tabkit import fake_request, last, make_ctx
+from tests.tabkit import example_inputs, fake_request, last, make_ctx
 
 from .conftest import screenshot, start_app
 
@@ -370,8 +370,7 @@ def test_the_example_trains_a_content_and_a_style_b_lora(tab):
 
     with gr.Blocks() as demo:
         BLoRATab(tab.ctx).build()
-    examples = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "bl-examples")
-    assert [c.elem_id for c in examples.components] == ["bl-files"]
+    assert example_inputs(demo, "bl-examples") == ["bl-files"]
     (files,) = blora_tab.EXAMPLES[0]
     assert files == ["content-cat.png", "style-mosaic.png"]
     status, _, _, info = last(tab.train(**train_kwargs([example(n) for n in files]), request=fake_request()))[0]

@@ -19,7 +19,7 @@ from core import dreambooth, identity, library
 from core.errors import UserError
 from core.events import Result
 from tabs.personalize import LISTED, PersonalizeTab
-from tests.tabkit import fake_request, last, make_ctx
+from tests.tabkit import example_inputs, fake_request, last, make_ctx
 
 from .conftest import screenshot, start_app
 
@@ -586,8 +586,7 @@ def test_the_example_fills_the_subject_and_trains(tab):
 
     with gr.Blocks() as demo:
         PersonalizeTab(tab.ctx).build()
-    examples = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "pz-examples")
-    assert [c.elem_id for c in examples.components] == ["pz-files", "pz-identifier", "pz-class"]
+    assert example_inputs(demo, "pz-examples") == ["pz-files", "pz-identifier", "pz-class"]
     files, word, cls = personalize.EXAMPLES[0]
     assert (files, word, cls) == (["subject-mug-1.png", "subject-mug-2.png", "subject-mug-3.png"], "sks", "mug")
     status = last(tab.train(**train_kwargs([example(n) for n in files], identifier=word, class_noun=cls, steps=2,

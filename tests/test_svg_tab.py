@@ -20,7 +20,7 @@ from core.vector import results
 from core.vector.rasterizer import render
 from core.vector.svg_io import parse_svg
 from tabs.svg import STOPPED_EMPTY, STOPPED_KEPT, SvgTab
-from tests.tabkit import fake_request, last, make_ctx
+from tests.tabkit import example_inputs, fake_request, last, make_ctx
 
 from .conftest import screenshot
 
@@ -370,10 +370,9 @@ def test_examples_fill_the_forms_and_the_leaf_vectorizes(tab):
 
     with gr.Blocks() as demo:
         SvgTab(tab.ctx).build()
-    datasets = {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Dataset)}
-    assert [c.elem_id for c in datasets["svg-examples"].components] == ["svg-prompt", "svg-style"]
-    assert [c.elem_id for c in datasets["vec-examples"].components] == ["vec-image"]
-    assert [c.elem_id for c in datasets["set-examples"].components] == ["set-prompts"]
+    assert example_inputs(demo, "svg-examples") == ["svg-prompt", "svg-style"]
+    assert example_inputs(demo, "vec-examples") == ["vec-image"]
+    assert example_inputs(demo, "set-examples") == ["set-prompts"]
     assert all(style in vectorfusion.STYLES and prompt for prompt, style in svg.TEXT_EXAMPLES)
     assert svg.IMAGE_EXAMPLES[0] == "icon-leaf.png"
     (preview, status, svg_file, png_file, info), _ = last(tab.vectorize(
