@@ -263,7 +263,7 @@ class SvgTab(Tab):
                     stop = gr.Button("Stop (keeps the last SVG)", variant="stop", elem_id="svg-stop")
                 gr.Examples([list(e) for e in TEXT_EXAMPLES], [prompt, style],
                             label="Examples: click one, then Generate SVG", examples_per_page=len(TEXT_EXAMPLES),
-                            elem_id="svg-examples")
+                            elem_id="svg-examples", example_labels=[f"{p} ({st})" for p, st in TEXT_EXAMPLES])
                 with gr.Accordion("Settings: start, paths, steps, seed", open=False):
                     start = Radio(START_CHOICES, value="baseline", label="Start from", elem_id="svg-start")
                     with gr.Row():
