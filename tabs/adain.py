@@ -27,7 +27,7 @@ from core import validate as v
 from core.adain_runs import BUILT_IN, DecoderSamples, DecoderTraining, DecoderSettings
 from core.errors import UserError
 from core.events import Progress, Result
-from tabs.common import (GPU, AppContext, JobClock, Tab, about, example, gpu, job_updates, session_key,
+from tabs.common import (GPU, AppContext, JobClock, Tab, about, example, gpu, job_updates, loss_axes, session_key,
                          status_text, user_errors)
 from tabs.widgets import Dropdown, Image, ImageEditor, Number, Slider
 
@@ -355,6 +355,16 @@ class AdaINTab(Tab):
         return (f"{prefix}{word} at step {run.step}; decoder saved as run '{run.run}'. "
                 "Pick it in the Decoder list to use it.")
 
+    @staticmethod
+    def loss_axes(steps) -> dict:
+        """The loss plot's axes: steps 0 to the run's last, loss from 0 (tabs.common.loss_axes: a run
+        stopped at step 1 still has a readable plot)."""
+        return loss_axes(steps, MAX_TRAIN_STEPS)
+
+    def update_loss_axes(self, steps):
+        """The plot's axes for a new step count (page helper)."""
+        return gr.update(**self.loss_axes(steps))
+
     def stop(self, request: gr.Request = None) -> str:
         """Stop this page's AdaIN job (a training run past its first checkpoint checkpoints first)."""
         n = self.engine.cancel(session_key(request))
@@ -455,7 +465,8 @@ class AdaINTab(Tab):
                     w["train"] = gr.Button("Train", variant="primary")
                     w["stop"] = gr.Button("Stop", variant="stop")
             with gr.Column():
-                w["curve"] = gr.LinePlot(x="step", y="value", color="term", label="Loss", height=320)
+                w["curve"] = gr.LinePlot(x="step", y="value", color="term", label="Loss", height=320,
+                                         **self.loss_axes(p.steps))
                 w["samples"] = gr.Gallery(label="content / style / transfer", columns=3, height=220,
                                           object_fit="contain")
                 w["status"] = gr.Markdown()
@@ -497,6 +508,7 @@ class AdaINTab(Tab):
                                        tr["run_name"], tr["steps"], tr["batch"], tr["resize"], tr["crop"],
                                        tr["sample_every"], tr["save_every"], tr["resume"], visitor],
                           [tr["curve"], tr["samples"], tr["status"], decoder], api_name="adain_train", **GPU)
+        tr["steps"].change(self.update_loss_axes, tr["steps"], tr["curve"], queue=False, **private)
         # no output: the job itself reports "Stopped at step N" as its last update
         self.wire_stop(tr["stop"])
 

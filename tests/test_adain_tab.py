@@ -381,3 +381,15 @@ def test_the_page_says_how_long_training_takes(ctx):
     assert "half a minute on a 2-core CPU" in text          # tiny mode: the measured figure
     assert "About this method" in {b.label for b in demo.blocks.values() if isinstance(b, gr.Accordion)}
     assert "an estimate" in tab_mod.PAPER_TIME               # the paper's recipe: labelled as an estimate
+
+
+def test_the_loss_plot_spans_the_run_from_zero(ctx, tab):
+    """A run stopped at step 1 has readable axes (issue 16 item 9): steps from 0 to the run's
+    last, loss from 0; the page's plot starts with the tiny preset's step count."""
+    assert tab.loss_axes(100) == {"x_lim": [0, 100], "y_lim": [0, None]}
+    assert tab.loss_axes(None) == {"x_lim": [0, None], "y_lim": [0, None]}
+    assert tab.update_loss_axes(7)["x_lim"] == [0, 7]
+    with gr.Blocks() as demo:
+        tab_mod.build(ctx)
+    plot = next(b for b in demo.blocks.values() if isinstance(b, gr.LinePlot))
+    assert plot.x_lim == [0, adain_runs.TINY_PRESET.steps] and plot.y_lim == [0, None]
