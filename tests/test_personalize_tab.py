@@ -613,3 +613,24 @@ def test_the_loss_plot_spans_the_run_from_zero(tab):
     plot = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "pz-loss")
     steps = dreambooth.PRESETS[dreambooth.default_preset(tab.engine)]["steps"]
     assert plot.x_lim == [0, steps] and plot.y_lim == [0, None]
+
+
+@pytest.mark.browser
+def test_browser_a_run_stopped_at_its_first_step_has_a_readable_plot(pz_app, page, tmp_path):
+    """Issue 16 item 9: one point alone used to give each axis an empty range, drawn as a lone
+    "1.000000" tick; the axes now run from 0 (steps up to the run's last)."""
+    page.goto(pz_app.url)
+    page.get_by_role("tab", name="Personalize").click()
+    page.locator("#pz-files input[type=file]").set_input_files(subject_files(tmp_path, 1))
+    page.wait_for_function("() => document.querySelectorAll('#pz-crops img').length >= 1", timeout=60_000)
+    page.get_by_text("Training settings").filter(visible=True).first.click()
+    page.locator("#pz-prior input[type=checkbox]").uncheck()
+    page.locator("#pz-steps input").fill("1")
+    page.locator("#pz-steps input").press("Tab")
+    page.locator("#pz-train").click()
+    page.wait_for_function("() => document.querySelector('#pz-status').innerText.includes('Done')", timeout=120_000)
+    page.wait_for_selector("#pz-loss svg text", timeout=30_000)
+    labels = page.eval_on_selector_all("#pz-loss svg text", "els => els.map(e => e.textContent)")
+    assert "1.000000" not in labels and "step" in labels and "loss" in labels
+    ticks = [float(t) for t in labels if t.replace(".", "", 1).isdigit()]
+    assert min(ticks) == 0 and 1 in ticks and len(ticks) >= 4    # both axes from 0, with a range
