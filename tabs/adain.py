@@ -27,8 +27,8 @@ from core import validate as v
 from core.adain_runs import BUILT_IN, DecoderSamples, DecoderTraining, DecoderSettings
 from core.errors import UserError
 from core.events import Progress, Result
-from tabs.common import (GPU, AppContext, JobClock, Tab, about, example, gpu, job_updates, loss_axes, session_key,
-                         status_text, user_errors)
+from tabs.common import (GPU, AppContext, JobClock, LossPlotAxes, Tab, about, example, gpu, job_updates,
+                         session_key, status_text, user_errors)
 from tabs.widgets import Dropdown, Image, ImageEditor, Number, Slider
 
 TITLE = "AdaIN Transfer"
@@ -150,11 +150,12 @@ def fps_text(state: dict, model_s: float, size: tuple[int, int], device: str) ->
     return text, {**state, "times": times, "model_ms": model_ms}
 
 
-class AdaINTab(Tab):
+class AdaINTab(LossPlotAxes, Tab):
     """The handlers, bound to one app context (tests call them directly)."""
 
     title = TITLE
     api_prefix = "adain"
+    max_steps = MAX_TRAIN_STEPS
 
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
@@ -354,16 +355,6 @@ class AdaINTab(Tab):
                     "(a Stop keeps the run once it has a checkpoint).")
         return (f"{prefix}{word} at step {run.step}; decoder saved as run '{run.run}'. "
                 "Pick it in the Decoder list to use it.")
-
-    @staticmethod
-    def loss_axes(steps) -> dict:
-        """The loss plot's axes: steps 0 to the run's last, loss from 0 (tabs.common.loss_axes: a run
-        stopped at step 1 still has a readable plot)."""
-        return loss_axes(steps, MAX_TRAIN_STEPS)
-
-    def update_loss_axes(self, steps):
-        """The plot's axes for a new step count (page helper)."""
-        return gr.update(**self.loss_axes(steps))
 
     def stop(self, request: gr.Request = None) -> str:
         """Stop this page's AdaIN job (a training run past its first checkpoint checkpoints first)."""

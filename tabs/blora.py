@@ -17,7 +17,7 @@ from core import validate as v
 from core.events import Result
 from core.train import MAX_STEPS
 
-from .common import (GPU, AppContext, Tab, about, captioned, example, gpu, image_updates, loss_axes, md_text,
+from .common import (GPU, AppContext, LossPlotAxes, Tab, about, captioned, example, gpu, image_updates, md_text,
                      stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
@@ -89,9 +89,10 @@ def _generated_line(result: Result) -> str:
     return f"**Done.** {result.info['use']}: {halves}."
 
 
-class BLoRATab(Tab):
+class BLoRATab(LossPlotAxes, Tab):
     title = TITLE
     api_prefix = "blora"
+    max_steps = MAX_STEPS
 
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
@@ -110,20 +111,9 @@ class BLoRATab(Tab):
         return tuple(settings[k] for k in PRESET_FIELDS)
 
     @staticmethod
-    def loss_axes(steps) -> dict:
-        """The loss plot's axes: steps 0 to the run's last, loss from 0 (tabs.common.loss_axes: a run
-        stopped at step 1 still has a readable plot; its loss is in the status line, as a line needs
-        two points)."""
-        return loss_axes(steps, MAX_STEPS)
-
-    @staticmethod
     def describe_preset(preset) -> str:
         """How long the preset's run takes (page helper; an unknown name: nothing)."""
         return preset_note(preset if isinstance(preset, str) else "")
-
-    def update_loss_axes(self, steps):
-        """The plot's axes for a new step count (page helper)."""
-        return gr.update(**self.loss_axes(steps))
 
     @user_errors
     @gpu(duration=600)

@@ -619,3 +619,18 @@ def loss_axes(steps: Any, most: int) -> dict:
     except UserError:
         last = None
     return dict(x_lim=[0, last], y_lim=[0, None])
+
+
+class LossPlotAxes:
+    """For a Tab with a training loss plot (mixed in before Tab): `loss_axes(steps)` for the plot's
+    x_lim/y_lim and `update_loss_axes(steps)`, the page helper that redraws them when the step
+    count changes. `max_steps` is the tab's largest step count."""
+
+    max_steps: int = 1_000_000
+
+    @classmethod
+    def loss_axes(cls, steps) -> dict:
+        return loss_axes(steps, cls.max_steps)
+
+    def update_loss_axes(self, steps):
+        return gr.update(**self.loss_axes(steps))

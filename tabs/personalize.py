@@ -16,7 +16,7 @@ from core import validate as v
 from core.errors import UserError
 from core.train import MAX_STEPS, TrainSettings
 
-from .common import (GPU, Tab, about, captioned, deliver, example, gpu, image_updates, loss_axes, md_text,
+from .common import (GPU, LossPlotAxes, Tab, about, captioned, deliver, example, gpu, image_updates, md_text,
                      stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
@@ -107,7 +107,7 @@ def _preset_values(preset: dict) -> tuple:
             q["gradient_checkpointing"], q["sample_every"])
 
 
-class PersonalizeTab(Tab):
+class PersonalizeTab(LossPlotAxes, Tab):
     """DreamBooth training, generation with up to SLOTS library adapters, language drift, and
     export / import of LoRAs. Whose adapters: `self.caller(request, visitor).owner` ("local" on
     a private instance, so a reload or a restart shows them again; the visitor token kept in the
@@ -115,6 +115,7 @@ class PersonalizeTab(Tab):
 
     title = TITLE
     api_prefix = "personalize"
+    max_steps = MAX_STEPS
 
     # ------------------------------------------------------------------ subject and identifier
     @user_errors
@@ -156,16 +157,6 @@ class PersonalizeTab(Tab):
     def describe_preset(self, preset) -> str:
         """How long the preset's run takes (measured for the tiny one, an estimate for the others)."""
         return preset_note(v.choice(preset, "Preset", dreambooth.PRESETS))
-
-    @staticmethod
-    def loss_axes(steps) -> dict:
-        """The loss plot's axes: steps 0 to the run's last, loss from 0 (tabs.common.loss_axes: a run
-        stopped at step 1 still has a readable plot)."""
-        return loss_axes(steps, MAX_STEPS)
-
-    def update_loss_axes(self, steps):
-        """The plot's axes for a new step count (page helper)."""
-        return gr.update(**self.loss_axes(steps))
 
     @user_errors
     def prompt_family(self, family) -> str:
