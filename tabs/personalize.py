@@ -48,8 +48,8 @@ PRESET_TIMES = {
                                       "(an estimate, not measured here)",
     "SD 1.5 LoRA (800 steps with prior)": "roughly 5-15 min on one A100-class GPU, class images included "
                                           "(an estimate, not measured here)",
-    "SD 1.5 full fine-tune (paper)": "roughly 10-20 min on one A100-class GPU (an estimate; the paper reports "
-                                     "about 5 min for 1000 steps on one TPUv4, with Imagen)",
+    "SD 1.5 full fine-tune (paper)": "roughly 10-20 min on one A100-class GPU, class images included "
+                                     "(an estimate, not measured here)",
 }
 
 
