@@ -604,3 +604,33 @@ def about(summary: str, details: str) -> None:
     gr.Markdown(summary)
     with gr.Accordion("About this method", open=False):
         gr.Markdown(details)
+
+
+# ------------------------------------------------------------------ loss plots (issue 16)
+
+def loss_axes(steps: Any, most: int) -> dict:
+    """A training loss plot's axes: steps 0 to the run's last (`steps`, if it is a valid step
+    count up to `most`), loss from 0. A run stopped at step 1 still has a readable plot (one
+    point alone gives each axis an empty range, drawn as a lone "1.000000" tick)."""
+    from core import validate
+
+    try:
+        last = validate.whole(steps, "Steps", 1, most)
+    except UserError:
+        last = None
+    return dict(x_lim=[0, last], y_lim=[0, None])
+
+
+class LossPlotAxes:
+    """For a Tab with a training loss plot (mixed in before Tab): `loss_axes(steps)` for the plot's
+    x_lim/y_lim and `update_loss_axes(steps)`, the page helper that redraws them when the step
+    count changes. `max_steps` is the tab's largest step count."""
+
+    max_steps: int = 1_000_000
+
+    @classmethod
+    def loss_axes(cls, steps) -> dict:
+        return loss_axes(steps, cls.max_steps)
+
+    def update_loss_axes(self, steps):
+        return gr.update(**self.loss_axes(steps))
