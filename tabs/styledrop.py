@@ -21,8 +21,8 @@ from core.images import load_image
 from core.throttle import DistinctLimit, Throttle
 from core.train import MAX_STEPS, TrainSettings
 
-from .common import (GPU, AppContext, Tab, captioned, deliver, gpu, html_text, image_updates, job_updates, md_text,
-                     stream_training, user_errors)
+from .common import (GPU, AppContext, Tab, about, captioned, deliver, gpu, example, html_text, image_updates,
+                     job_updates, md_text, stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 # Ratings of someone else's published loop, per client address: at most RATES_PER_MINUTE, and
@@ -48,12 +48,23 @@ GRID_JS = (_STATIC / "grid.js").read_text(encoding="utf-8")
 NO_LOOP = "No loop yet: upload a style image and start one."
 STOPPED_ROUND = ("**Stopped.** Nothing half-written is kept: an unfinished round (adapter and grid) is "
                  "removed, a new loop without a finished round too; the last finished round stays.")
+SUMMARY = ("**Teach the model a style from one image, then steer it by rating.** Start a loop from a style "
+           "image, rate the candidates it makes (thumbs up / down, or let CLIP pick), and train the next round "
+           "on the ones you liked.")
+
+# (style image, what it shows, its style): one click fills the form
+EXAMPLES = [
+    ("style-waves.png", "ocean waves", "woodblock print"),
+    ("style-mosaic.png", "a tiled pattern", "stained glass mosaic"),
+    ("style-ink.png", "brush strokes", "ink sketch"),
+]
+
 INTRO = (
     "**StyleDrop**: one style image (more allowed) trains a small adapter, the paper's "
     "`out + U·GELU(D·out)` after the feed-forward of every transformer block of the UNet, nothing else. Training "
     "text: **\"[content of the image] in [style] style\"**. Each round generates a grid of candidates (by the "
-    "paper's adapter guidance, Eq. 4, unless you switch it off); rate them "
-    "with thumbs up / down (click, or focus a tile and press **U** / **D**, **0** to withdraw, arrow keys to move) or let "
+    "paper's adapter guidance, Eq. 4, unless you switch it off); rate them with thumbs up / down "
+    "(click, or focus a tile and press **U** / **D**, **0** to withdraw, arrow keys to move) or let "
     "CLIP pick (by default the paper's rule: per prompt, the image with the best CLIP text score), then train the "
     "next round.\n\n"
     "*The next round* trains a **fresh adapter** (not the previous one continued) on the **liked** images plus the "
@@ -107,9 +118,9 @@ def _counts_text(view: dict) -> str:
         rule = (f"top {fb['k']}{' per prompt' if fb.get('per_prompt') else ''}" if fb["mode"] == "top_k"
                 else f"score ≥ {fb['threshold']:.3f}")
         clip = f" (CLIP rule: {rule}, w = {fb['text_weight']:.2f})"
-    return (f"**Round {view['round'].number}** · {len(view['tiles'])} candidates · thumbs up {view['up']} · "
-            f"thumbs down {view['down']} · CLIP picked {view['clip_picked']}{clip} · **liked (net ≥ 1): {view['liked']}** · "
-            f"your ratings: {mine}")
+    return (f"**Round {view['round'].number}** · {len(view['tiles'])} candidates · "
+            f"thumbs up {view['up']} · thumbs down {view['down']} · CLIP picked {view['clip_picked']}{clip} · "
+            f"**liked (net ≥ 1): {view['liked']}** · your ratings: {mine}")
 
 
 class StyleDropTab(Tab):
@@ -497,13 +508,16 @@ class StyleDropTab(Tab):
 
     # ------------------------------------------------------------------ layout and wiring
     def build(self) -> None:
-        gr.Markdown(INTRO)
+        about(SUMMARY, INTRO)
         ui = self.ui = SimpleNamespace()
         with gr.Row():
             with gr.Column(scale=1):
                 self._setup_column(ui)
             with gr.Column(scale=2):
                 self._loop_column(ui)
+        gr.Examples([[[example(f)], content, style] for f, content, style in EXAMPLES],
+                    [ui.style_files, ui.content, ui.style], label="Examples: click one, then Start a new loop",
+                    examples_per_page=len(EXAMPLES), elem_id="sd-examples")
         with gr.Accordion("Style + subject (StyleDrop + DreamBooth)", open=False):
             self._combine_section(ui)
         with gr.Row(visible=False):  # the API's rating endpoint (the grid's thumbs use its own event)
@@ -519,13 +533,20 @@ class StyleDropTab(Tab):
         p = styledrop.PRESETS[self.default_preset]
         ui.style_files = gr.File(label=f"Style image (1, up to {styledrop.MAX_STYLE_IMAGES})", file_count="multiple",
                                  file_types=["image"], type="filepath", elem_id="sd-style-files")
-        ui.style_view = gr.Gallery(label="Style image(s)", columns=4, height=140, elem_id="sd-style-view")
+        ui.style_view = gr.Gallery(label="Style image(s)", columns=4, height=160, object_fit="contain",
+                                   elem_id="sd-style-view")
         ui.content = gr.Textbox(label="Content of the style image", value="a house", elem_id="sd-content")
         ui.style = gr.Textbox(label="Style descriptor", value="watercolor painting", elem_id="sd-style")
         ui.text = gr.Markdown(f"Training text: **{styledrop.training_text('a house', 'watercolor painting')}**",
                               elem_id="sd-text")
         ui.name = gr.Textbox(label="Loop name (default: the style descriptor)", value="", elem_id="sd-name")
         ui.preset = Dropdown(list(styledrop.PRESETS), value=self.default_preset, label="Preset", elem_id="sd-preset")
+        with gr.Row():
+            ui.new = gr.Button("Start a new loop (round 1)", variant="primary", elem_id="sd-new")
+            ui.next = gr.Button("Train the next round on the liked images", variant="primary", elem_id="sd-next")
+        with gr.Row():
+            ui.generate = gr.Button("Generate more candidates for this round", elem_id="sd-generate")
+            ui.stop = gr.Button("Stop", variant="stop", elem_id="sd-stop")
         with gr.Accordion("Training settings", open=False):
             with gr.Row():
                 ui.steps = Number(label="Steps", value=p["steps"], precision=0, minimum=1, elem_id="sd-steps")
@@ -540,7 +561,7 @@ class StyleDropTab(Tab):
                             elem_id="sd-form")
             gr.Markdown(FORM_NOTE)
         ui.params = gr.Markdown(elem_id="sd-params")
-        with gr.Accordion("Candidate grid", open=True):
+        with gr.Accordion("Candidate grid", open=False):
             ui.prompts = gr.Textbox(label="Content prompts, one per line (sampled as \"[content] in [style] style\")",
                                     lines=5, value="\n".join(styledrop.DEFAULT_CONTENT_PROMPTS[:p["prompts"]]),
                                     elem_id="sd-prompts")
@@ -559,12 +580,6 @@ class StyleDropTab(Tab):
                                      elem_id="sd-lambda-b")
             gr.Markdown(GUIDANCE_NOTE)
             ui.options = gr.State(dict(DEFAULT_OPTIONS))
-        with gr.Row():
-            ui.new = gr.Button("Start a new loop (round 1)", variant="primary", elem_id="sd-new")
-            ui.next = gr.Button("Train the next round on the liked images", variant="primary", elem_id="sd-next")
-        with gr.Row():
-            ui.generate = gr.Button("Generate more candidates for this round", elem_id="sd-generate")
-            ui.stop = gr.Button("Stop", variant="stop", elem_id="sd-stop")
 
     def _loop_column(self, ui) -> None:
         with gr.Row():
