@@ -124,10 +124,23 @@ class SvgTab(Tab):
         paths = v.files(image, "Raster image", 1)
         return load_image(paths[0], what="image to vectorize", max_side=1024) if paths else None
 
+    def default_preset(self) -> str:
+        """The papers' settings, except on the offline tiny family (a CPU demo): the fast ones."""
+        return "fast" if self.engine.offline else "paper"
+
+    @user_errors
+    def preset_values(self, preset, paths):
+        """The budgets a preset stands for, into the sliders: (K, SDS steps, sampling steps, LIVE
+        steps in all for this many paths)."""
+        preset = v.choice(preset, "Settings", list(vectorfusion.PRESETS))
+        n_paths = v.whole(paths, "Paths", 1, vectorfusion.MAX_PATHS)
+        st = vectorfusion.VectorFusionSettings.preset(preset)
+        return st.k, st.sds_steps, st.sample_steps, min(5000, st.live.total_steps(n_paths))
+
     @user_errors
     @gpu(duration=600)
     def generate(self, prompt, style, start, paths, k, steps, guidance, seed, sample_steps, live_steps, negative,
-                 visitor=None, request: gr.Request = None):
+                 preset=None, visitor=None, request: gr.Request = None):
         """VectorFusion from text, streamed: (candidates, preview, status, SVG file, PNG file, details).
         `visitor` owns the run's folder (the endpoint has no visitor input: on a shared instance the
         page session does)."""
@@ -138,6 +151,7 @@ class SvgTab(Tab):
         seed_n = v.seed(seed)
         sample_n = v.whole(sample_steps, "Sampling steps", 1, 100)
         live_n = v.whole(live_steps, "LIVE steps", 1, 5000)
+        preset = self.default_preset() if preset is None else v.choice(preset, "Settings", list(vectorfusion.PRESETS))
         style = v.choice(style, "Style", list(vectorfusion.STYLES))
         start = v.choice(start, "Start from", [c for _, c in START_CHOICES])
         prompt, negative = v.text(prompt, "Prompt", 2_000), v.text(negative, "Negative prompt", 2_000)
@@ -145,7 +159,7 @@ class SvgTab(Tab):
         options = vectorfusion.VFOptions(style=style, num_paths=n_paths, steps=steps_n, guidance=guidance_f,
                                          seed=seed_n, negative_prompt=negative, preview_every=_preview_every(steps_n))
         events = vectorfusion.text_to_svg(
-            self.engine, prompt, options, init=start, k=k_n, sample_steps=sample_n, live_steps=live_n,
+            self.engine, prompt, options, init=start, preset=preset, k=k_n, sample_steps=sample_n, live_steps=live_n,
             metrics=self.ctx.metrics, data_dir=self.ctx.data_dir, owner=caller.owner, stop_key=caller.stop_key)
         shown: list = []      # the candidates, repeated in the last update (API callers see only it)
         on_disk: list = []    # the current SVG and PNG, once there is one
@@ -258,6 +272,10 @@ class SvgTab(Tab):
                 prompt = gr.Textbox(label="Prompt", value=TEXT_EXAMPLES[0][0], elem_id="svg-prompt")
                 style = Radio(list(vectorfusion.STYLES), value=TEXT_EXAMPLES[0][1], label="Style (iconographic: "
                               "filled paths · pixel art: grid of squares · sketch: strokes)", elem_id="svg-style")
+                preset = Radio([("The papers' settings (VectorFusion, LIVE: 1000 SDS steps, 500 LIVE steps per "
+                                 "16 paths, 600 px)", "paper"),
+                                ("Fast (ours: half the steps, LIVE at 256 px)", "fast")],
+                               value=self.default_preset(), label="Settings", elem_id="svg-preset")
                 with gr.Row():
                     run = gr.Button("Generate SVG", variant="primary", elem_id="svg-generate")
                     stop = gr.Button("Stop (keeps the last SVG)", variant="stop", elem_id="svg-stop")
@@ -266,20 +284,22 @@ class SvgTab(Tab):
                             elem_id="svg-examples", example_labels=[f"{p} ({st})" for p, st in TEXT_EXAMPLES])
                 with gr.Accordion("Settings: start, paths, steps, seed", open=False):
                     start = Radio(START_CHOICES, value="baseline", label="Start from", elem_id="svg-start")
+                    budget = vectorfusion.VectorFusionSettings.preset(self.default_preset())
                     with gr.Row():
                         paths = Slider(1, vectorfusion.MAX_PATHS, value=16 if tiny else 64, step=1,
                                        label="Paths (pixel art: squares in the grid)", elem_id="svg-paths")
-                        k = Slider(1, vectorfusion.MAX_K, value=2 if tiny else 4, step=1, label="K samples to rank",
-                                   elem_id="svg-k")
+                        k = Slider(1, vectorfusion.MAX_K, value=2 if tiny else budget.k, step=1,
+                                   label="K samples to rank", elem_id="svg-k")
                     with gr.Row():
-                        steps = Slider(0, vectorfusion.MAX_SDS_STEPS, value=6 if tiny else 500, step=1,
+                        steps = Slider(0, vectorfusion.MAX_SDS_STEPS, value=6 if tiny else budget.sds_steps, step=1,
                                        label="SDS steps", elem_id="svg-steps")
                         guidance = Slider(0, 200, value=100, step=1, label="SDS guidance (the paper: 100)",
                                           elem_id="svg-guidance")
                         seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="svg-seed")
-                    sample_steps = Slider(1, 100, value=2 if tiny else 30, step=1, label="Sampling steps (baseline)")
-                    live_steps = Slider(1, 5000, value=6 if tiny else 500, step=1,
-                                        label="LIVE steps (baseline vectorization)")
+                    sample_steps = Slider(1, 100, value=2 if tiny else budget.sample_steps, step=1,
+                                          label="Sampling steps (baseline)")
+                    live_steps = Slider(1, 5000, value=6 if tiny else min(5000, budget.live.total_steps(64)), step=1,
+                                        label="LIVE steps in all (baseline vectorization)")
                     negative = gr.Textbox(label="Negative prompt", value="")
             with gr.Column(scale=1):
                 status = gr.Markdown("", elem_id="svg-status")
@@ -287,8 +307,10 @@ class SvgTab(Tab):
                 candidates = gr.Gallery(label="Candidates (CLIP score)", columns=4, height=150, object_fit="contain",
                                         elem_id="svg-candidates")
         run.click(self.generate, [prompt, style, start, paths, k, steps, guidance, seed, sample_steps, live_steps,
-                                  negative], [candidates, preview, status, svg_file, png_file, info],
+                                  negative, preset], [candidates, preview, status, svg_file, png_file, info],
                   api_name="svg_generate", **GPU)
+        preset.change(self.preset_values, [preset, paths], [k, steps, sample_steps, live_steps],
+                      api_visibility="private", show_progress="hidden")
         self.wire_stop(stop)
 
     def _from_image(self) -> None:

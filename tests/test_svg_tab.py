@@ -378,3 +378,22 @@ def test_examples_fill_the_forms_and_the_leaf_vectorizes(tab):
     (preview, status, svg_file, png_file, info), _ = last(tab.vectorize(
         image=example(svg.IMAGE_EXAMPLES[0]), method="live", paths=4, steps=4, size=32, request=fake_request()))
     assert status.startswith("**Done.**") and info["paths"] <= 4 and Path(svg_file).read_text() == info["svg"]
+
+
+def test_the_settings_choice_fills_the_papers_budgets_or_ours(tab):
+    # the papers' (PyTorch-SVGRender's VectorFusion config and LIVE): K = 6 samples of 50 steps,
+    # 1000 SDS steps, LIVE 500 steps for each group of 16 paths (64 paths: 4 groups, 2000 steps)
+    assert tab.preset_values("paper", 64) == (6, 1000, 50, 2000)
+    assert tab.preset_values("paper", 20) == (6, 1000, 50, 1000)     # 16 + 4: two groups
+    assert tab.preset_values("fast", 64) == (4, 500, 30, 500)        # ours: 500 LIVE steps in all
+    with pytest.raises(gr.Error, match="Settings"):
+        tab.preset_values("quick", 64)
+    assert tab.default_preset() == "fast"                            # the tiny family: a CPU demo
+
+
+def test_the_chosen_settings_reach_the_run(tab):
+    (*_, status, _, _, info), _ = last(tab.generate(**text_kwargs(start="scratch", steps=2), preset="fast",
+                                                    request=fake_request()))
+    assert "Done" in status and info["preset"] == "fast"
+    with pytest.raises(gr.Error, match="Settings"):
+        list(tab.generate(**text_kwargs(), preset="best", request=fake_request()))
