@@ -21,8 +21,8 @@ from core.images import load_image
 from core.throttle import DistinctLimit, Throttle
 from core.train import MAX_STEPS, TrainSettings
 
-from .common import (GPU, AppContext, Tab, about, captioned, deliver, gpu, example, html_text, image_updates,
-                     job_updates, md_text, stream_training, user_errors)
+from .common import (GPU, AppContext, LossPlotAxes, Tab, about, captioned, deliver, example, gpu, html_text,
+                     image_updates, job_updates, md_text, stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 # Ratings of someone else's published loop, per client address: at most RATES_PER_MINUTE, and
@@ -123,7 +123,8 @@ def _counts_text(view: dict) -> str:
             f"**liked (net ≥ 1): {view['liked']}** · your ratings: {mine}")
 
 
-class StyleDropTab(Tab):
+class StyleDropTab(LossPlotAxes, Tab):
+    max_steps = MAX_STEPS
     title = TITLE
     api_prefix = "styledrop"
 
@@ -590,7 +591,8 @@ class StyleDropTab(Tab):
             ui.publish = gr.Checkbox(label="Shared for rating (others can rate)", value=False, elem_id="sd-publish",
                                      scale=1)
         ui.status = gr.Markdown("", elem_id="sd-status")
-        ui.loss = gr.LinePlot(None, x="step", y="loss", title="Training loss", height=180, elem_id="sd-loss")
+        ui.loss = gr.LinePlot(None, x="step", y="loss", title="Training loss", height=180, elem_id="sd-loss",
+                              **self.loss_axes(ui.steps.value))
         ui.counts = gr.Markdown("", elem_id="sd-counts")
         ui.grid = gr.HTML({"tiles": [], "message": NO_LOOP}, html_template=GRID_TEMPLATE, css_template=GRID_CSS,
                           js_on_load=GRID_JS, elem_id="sd-grid")
@@ -652,6 +654,7 @@ class StyleDropTab(Tab):
         for box in (ui.content, ui.style):
             box.change(self.describe, [ui.content, ui.style], ui.text, queue=False, **private)
         ui.rank.change(self.params_text, ui.rank, ui.params, queue=False, **private)
+        ui.steps.change(self.update_loss_axes, ui.steps, ui.loss, queue=False, **private)
         ui.preset.change(self.apply_preset, ui.preset, [ui.steps, ui.lr, ui.rank, ui.gc, ui.samples, ui.sample_steps,
                                                         ui.guidance, ui.params], **private)
         ui.loop.input(self.show_loop, [ui.loop, self.visitor], view, **private)

@@ -426,3 +426,15 @@ def test_style_and_subject_by_mixing_predictions(setup, round1):
         list(tab.combine(mix={"mode": "both", "gamma": 0.6}, **kw))
     (gallery, status), _ = last(tab.combine(mix=dict(DEFAULT_MIX), **{**kw, "subject_adapter": None}))
     assert len(gallery) == 1 and status.endswith(f"Adapters: #{info['adapter_id']} × 1.")  # the style's Eq. 4
+
+
+def test_the_loss_plot_reads_at_one_step_too(engine, tmp_path):
+    """Axes from 0 to the run's steps (a run stopped at step 1 is not a lone '1.000000' tick)."""
+    import gradio as gr
+
+    with gr.Blocks():
+        tab = StyleDropTab.mount(make_ctx(engine, tmp_path))
+    steps = tab.ui.steps.value
+    assert tab.ui.loss.x_lim == [0, steps] and tab.ui.loss.y_lim == [0, None]
+    assert tab.update_loss_axes(1)["x_lim"] == [0, 1]
+    assert tab.update_loss_axes("lots")["x_lim"] == [0, None]     # not a step count: no fixed end
