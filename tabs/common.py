@@ -214,7 +214,10 @@ def job_updates(events, *, stopped: str | Callable[[], str], done: str | Callabl
             elif isinstance(ev, Result):
                 last = done(ev) if callable(done) else done
             elif isinstance(ev, Progress):
-                last = progress(ev) if progress else status_text(ev, clock if ev.total else None)
+                if progress is None:
+                    last = status_text(ev, clock if ev.total else None)
+                else:   # a method's own line, with the same elapsed time and time left
+                    last = f"{progress(ev)} · {clock.tick(ev)}" if ev.total else progress(ev)
             elif line is not None:
                 last = line(ev) or last
             yield JobUpdate(text(last), ev)
