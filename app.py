@@ -26,6 +26,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="sdxl (default), sd15, tiny, tiny-sd, sdxl-arch, a Hub id or a local diffusers folder")
     p.add_argument("--device", default=env("STUDIO_DEVICE", "auto"), help="auto, cuda, cuda:1, mps or cpu")
     p.add_argument("--dtype", default=env("STUDIO_DTYPE", "auto"), help="auto, fp16, bf16 or fp32")
+    p.add_argument("--low-vram", action=argparse.BooleanOptionalAction, default=None,
+                   help="the low-memory mode: idle text encoders on the CPU, VAE tiling/slicing and an "
+                        "fp16-safe decode, gradient checkpointing and 8-bit Adam in training (env "
+                        "STUDIO_LOW_VRAM=1/0; default: on by itself on a CUDA GPU under 16 GiB)")
     p.add_argument("--host", default=env("STUDIO_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env("STUDIO_PORT", env("GRADIO_SERVER_PORT", "7860"))))
     default_data = env("STUDIO_DATA_DIR") or ("/data/studio" if Path("/data").is_dir() and env("SPACE_ID") else "data")
@@ -49,6 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="trusted proxies in front of the app (1 on a Space): the client address is read from "
                         "X-Forwarded-For that many entries from the right; 0 = the connection's own address")
     args = p.parse_args(argv)
+    if args.low_vram is None:
+        from core.devices import parse_low_vram
+
+        try:
+            args.low_vram = parse_low_vram(env("STUDIO_LOW_VRAM"))
+        except ValueError as exc:
+            p.error(f"STUDIO_LOW_VRAM: {exc}")
     if args.multi_user and args.allow_server_paths:
         p.error("--allow-server-paths cannot be used with --multi-user: every visitor could read the "
                 "server's folders (other visitors' uploads and runs included)")
@@ -105,6 +116,7 @@ def startup_line(args: argparse.Namespace, engine) -> str:
              if on]
     limits = engine.limits
     return (f"Style studio: model {engine.spec.source} on {engine.device} ({str(engine.dtype).replace('torch.', '')}); "
+            f"{engine.memory_mode}; "
             f"data dir {Path(args.data_dir).resolve()}; multi-user {'on' if args.multi_user else 'off'}; "
             f"auth {'on' if args.auth else 'off'}; job time limit "
             f"{f'{limits.time_limit_s / 60:g} min' if limits and limits.time_limit_s else 'none'}; "
@@ -125,7 +137,8 @@ def build_app(args: argparse.Namespace):
     cached_images_written_once()
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    engine = Engine(args.model, device=args.device, dtype=args.dtype, data_dir=data_dir)
+    engine = Engine(args.model, device=args.device, dtype=args.dtype, data_dir=data_dir,
+                    low_vram=getattr(args, "low_vram", None))
     engine.limits = job_limits(args)
     engine.load_in_background()
     ctx = AppContext(engine=engine, data_dir=data_dir, args=args,

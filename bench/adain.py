@@ -2,6 +2,7 @@
 
     python -m bench.adain                 # CPU (NCHW, channels_last), CUDA fp16 channels_last
     python -m bench.adain --sizes 256 512 1024 --iters 50 --devices cuda
+    python -m bench.adain --train-tiny    # the tab's tiny decoder-training preset, timed
 
 Batch 1, the paper's full-width network (random weights: speed does not depend on them).
 "frame" = content encoder + AdaIN + decoder with the style's features cached (the webcam
@@ -77,6 +78,38 @@ def bench_device(device: torch.device, dtype: torch.dtype, sizes, iters, warmup,
     return rows
 
 
+def train_tiny(steps: int | None = None) -> dict:
+    """Decoder training with the tab's tiny-mode preset (core.adain_runs.TINY_PRESET) on our own
+    example images, as the tab runs it offline: seconds in all and per step. Issue 16's goal is
+    under 60 s on two CPU cores."""
+    import dataclasses
+    import os
+    import tempfile
+
+    from core import adain_runs
+
+    examples = Path(__file__).resolve().parents[1] / "assets" / "examples"
+    settings = adain_runs.TINY_PRESET if steps is None else dataclasses.replace(adain_runs.TINY_PRESET, steps=steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        content = adain_runs.stage_images([str(examples / n) for n in ("content-house.png", "content-cat.png",
+                                                                        "subject-mug-1.png")], run / "content",
+                                          what="content")
+        style = adain_runs.stage_images([str(examples / n) for n in ("style-waves.png", "style-mosaic.png",
+                                                                      "style-ink.png")], run / "style", what="style")
+        cfg = adain.DecoderTrainConfig(content_dir=str(content), style_dir=str(style), out_dir=str(run),
+                                       steps=settings.steps, batch_size=settings.batch_size, resize=settings.resize,
+                                       crop=settings.crop, sample_every=settings.sample_every,
+                                       save_every=settings.save_every, tiny=True, device="cpu")
+        t0 = time.perf_counter()
+        for _ in adain.train_decoder(cfg):
+            pass
+        seconds = time.perf_counter() - t0
+    return {"steps": settings.steps, "batch": settings.batch_size, "crop": settings.crop, "seconds": seconds,
+            "s_per_step": seconds / settings.steps, "threads": torch.get_num_threads(),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)")}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
@@ -86,9 +119,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--width", type=float, default=1.0, help="1.0 = the paper's network")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--train-tiny", action="store_true",
+                    help="time the tab's tiny-mode decoder training preset instead (goal: < 60 s on 2 cores)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.train_tiny:
+        r = train_tiny()
+        print(f"AdaIN tiny decoder training, the tab's preset ({r['steps']} steps, batch {r['batch']}, crop "
+              f"{r['crop']}): {r['seconds']:.1f} s in all, {r['s_per_step'] * 1000:.0f} ms/step; "
+              f"{r['threads']} CPU threads, OMP_WAIT_POLICY={r['OMP_WAIT_POLICY']}; goal < 60 s")
+        return 0
     print(f"AdaIN benchmark: batch 1, encoder (VGG-19 to relu4_1) + AdaIN + decoder, width "
           f"{args.width}; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} CPU threads")

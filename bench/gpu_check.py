@@ -13,7 +13,10 @@ global time budget, --budget, turns the sections left into `SKIPPED:` lines):
 2. training at 1024: DreamBooth-LoRA, B-LoRA (rank 64), StyleDrop (rank 4): s/step and peak
    memory with and without gradient checkpointing, with and without 8-bit Adam (bitsandbytes;
    the row says when the trainer fell back to torch AdamW). Cached latents: the trainer always
-   encodes the VAE latents and text embeddings once up front (no switch to compare).
+   encodes the VAE latents and text embeddings once up front (no switch to compare). One more
+   DreamBooth-LoRA row in the low-memory mode (core/engine.py: idle text encoders on the CPU,
+   checkpointing and 8-bit Adam forced; goal: within 12 GB peak at 1024), the engine switched
+   into it for that row only unless the whole run is in it (--low-vram).
 3. adain: frames per second at 256/512/1024, fp16 (fp32 on CPU), channels_last, with the
    style's statistics cached (the webcam case; bench/adain.py's `bench_device`).
 4. rasterizer: forward+backward of random blob scenes 64/256 paths @256, 128@512, 256@600,
@@ -192,7 +195,7 @@ def section_style_aligned(engine, z: Sizes, rep: Report) -> None:
 
 # --- 2. training ---------------------------------------------------------------------------
 
-def _train_row(engine, rep: Report, label: str, recipe, cfg) -> None:
+def _train_row(engine, rep: Report, label: str, recipe, cfg, note: str = "") -> None:
     from bench.train import run_row
     from core.train import Trainer
 
@@ -208,7 +211,25 @@ def _train_row(engine, rep: Report, label: str, recipe, cfg) -> None:
     if not math.isfinite(per_step):
         raise RuntimeError(f"{label}: no step timings ({log.strip()[-200:]})")
     rep.row("training", f"{label} s/step", per_step, "s", "; ".join(notes))
-    rep.row("training", f"{label} peak", peak, unit)
+    rep.row("training", f"{label} peak", peak, unit, note)
+
+
+def _low_vram_row(engine, rep: Report, label: str, recipe, cfg) -> None:
+    """A training row with the engine in the low-memory mode (switched on for the row only when
+    the run is not in it already); the settings are what the trainer makes of them there."""
+    from core.train import low_vram_settings
+
+    switched = not engine.low_vram
+    if switched:
+        engine.set_low_vram(True)
+    try:
+        if engine.device.type == "cuda":
+            torch.cuda.empty_cache()
+        _train_row(engine, rep, label, recipe, low_vram_settings(cfg),
+                   note="; ".join(engine.low_vram_notes) + "; goal <= 12 GiB peak at 1024")
+    finally:
+        if switched:
+            engine.set_low_vram(False)
 
 
 def section_training(engine, z: Sizes, rep: Report) -> None:
@@ -225,9 +246,9 @@ def section_training(engine, z: Sizes, rep: Report) -> None:
     rep.row("training", "cached latents", "always", "", "VAE latents and text embeddings encoded once up front")
     failures = []
 
-    def guarded(label, make_recipe, **kw):
+    def guarded(label, make_recipe, row=_train_row, **kw):
         try:
-            _train_row(engine, rep, label, make_recipe(), cfg(**kw))
+            row(engine, rep, label, make_recipe(), cfg(**kw))
         except Exception as exc:  # noqa: BLE001 - one row's failure is reported, the rest run
             failures.append(label)
             rep.error("training", f"{label}: {type(exc).__name__}: {str(exc)[:300]}")
@@ -241,6 +262,7 @@ def section_training(engine, z: Sizes, rep: Report) -> None:
         for adam8 in (True, False):
             guarded(f"DreamBooth-LoRA {z.image}px ckpt={'on' if gc else 'off'} 8bit={'on' if adam8 else 'off'}",
                     db, gradient_checkpointing=gc, use_8bit_adam=adam8)
+    guarded(f"DreamBooth-LoRA {z.image}px low-VRAM mode", db, row=_low_vram_row)
     if engine.xl:
         for gc in (False, True):
             guarded(f"B-LoRA rank 64 {z.image}px ckpt={'on' if gc else 'off'}",
@@ -431,6 +453,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32", "auto"])
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny family, tiny sizes")
+    ap.add_argument("--low-vram", action=argparse.BooleanOptionalAction, default=None,
+                    help="the whole run in the low-memory mode (default: the app's automatic choice; "
+                         "the DreamBooth-LoRA low-VRAM row is measured either way)")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--budget", type=float, default=460.0, help="seconds; later sections are skipped past it")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; smoke: 1)")
@@ -450,7 +475,8 @@ def main(argv=None) -> int:
 
     from core.engine import Engine
 
-    engine = Engine(a.model, device=a.device, dtype=a.dtype, data_dir=tempfile.mkdtemp(prefix="gpu-check-"))
+    engine = Engine(a.model, device=a.device, dtype=a.dtype, data_dir=tempfile.mkdtemp(prefix="gpu-check-"),
+                    low_vram=a.low_vram)
     dev = engine.device
     if not a.smoke and dev.type != "cuda":
         print(f"gpu_check: no CUDA device here ({dev}); the full sizes would take hours. "
@@ -460,6 +486,7 @@ def main(argv=None) -> int:
     header = {"date (UTC)": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
               "device": gpu, "model": a.model + (" (random weights)" if a.model == "sdxl-arch" else ""),
               "dtype": str(engine.dtype).replace("torch.", ""), "mode": "smoke (tiny sizes)" if a.smoke else "full",
+              "memory mode": engine.memory_mode,
               "torch": torch.__version__, "python": platform.python_version(),
               "CPU threads": torch.get_num_threads(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
               "command": "python -m bench.gpu_check " + " ".join(argv or sys.argv[1:])}
@@ -472,6 +499,8 @@ def main(argv=None) -> int:
     try:
         engine.load()
         header["model load"] = f"{time.perf_counter() - t_load:.1f} s"
+        if engine.low_vram:
+            header["memory mode"] += ": " + ", ".join(engine.low_vram_notes)
     except Exception as exc:  # noqa: BLE001
         header["model load"] = f"ERROR: {type(exc).__name__}: {exc}"
     runners = {

@@ -49,3 +49,43 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         torch.mps.empty_cache()
+
+
+# --------------------------------------------------------------------------- the low-memory mode
+# Automatic below 16 GiB: cards sold as "16 GB" (T4, V100-16GB) report a little less and are
+# included; they are the ones the reference scripts run out of memory on (issue 19).
+LOW_VRAM_BELOW_BYTES = 16 * 2**30
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
+
+
+def parse_low_vram(value: str | bool | None) -> bool | None:
+    """A forced setting from a flag or STUDIO_LOW_VRAM: True, False, or None (auto)."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "auto"):
+        return None
+    if text in _ON:
+        return True
+    if text in _OFF:
+        return False
+    raise ValueError(f"low-VRAM mode must be on, off or auto (got {value!r})")
+
+
+def total_memory(device: torch.device, properties=None) -> int | None:
+    """The accelerator's total memory in bytes (CUDA only; None elsewhere)."""
+    if device.type != "cuda":
+        return None
+    properties = properties or torch.cuda.get_device_properties
+    return int(properties(device).total_memory)
+
+
+def low_vram_mode(device: torch.device, forced: bool | None = None, properties=None) -> bool:
+    """Whether the low-memory mode is on: as forced (--low-vram / --no-low-vram, STUDIO_LOW_VRAM),
+    else automatically on a CUDA GPU with less than 16 GiB; never automatically on CPU or MPS.
+    `properties` stands in for torch.cuda.get_device_properties (tests)."""
+    if forced is not None:
+        return bool(forced)
+    total = total_memory(device, properties)
+    return total is not None and total < LOW_VRAM_BELOW_BYTES

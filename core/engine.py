@@ -45,14 +45,17 @@ class Health:
     dtype: str
     offline: bool
     detail: str = ""
+    low_vram: bool = False   # the low-memory mode (see Engine's low-memory block)
+    low_vram_reason: str = ""
 
 
 class Engine:
     def __init__(self, model: str = "sdxl", device: str | None = None,
-                 dtype: str | None = None, data_dir: str | Path = "data"):
+                 dtype: str | None = None, data_dir: str | Path = "data", low_vram: bool | None = None):
         self.spec = models.resolve(model)
         self.device = devices.pick_device(device)
         self.dtype = devices.pick_dtype(self.device, dtype)
+        self._init_low_vram(low_vram)
         self.data_dir = Path(data_dir)
         self.jobs = JobRegistry()
         self.gpu_lock = GpuSlot()            # one accelerator job at a time, in arrival order
@@ -92,8 +95,11 @@ class Engine:
                 if self._load_error is not None:
                     raise self._load_error
                 try:
-                    self._pipe = models.load_pipeline(self.spec, self.device, self.dtype,
-                                                      report=self._load_messages.append)
+                    pipe = models.load_pipeline(self.spec, self.device, self.dtype,
+                                                report=self._load_messages.append)
+                    if self.low_vram:
+                        self._apply_low_vram(pipe)
+                    self._pipe = pipe
                     self._rgb_map = fit_latent_rgb_map(self._pipe.vae)
                 except BaseException as exc:
                     self._load_error = exc
@@ -127,7 +133,8 @@ class Engine:
     def health(self) -> Health:
         """The model's state now, for the banner (never blocks, never loads)."""
         facts = dict(model=self.spec.source, device=str(self.device),
-                     dtype=str(self.dtype).replace("torch.", ""), offline=self.offline)
+                     dtype=str(self.dtype).replace("torch.", ""), offline=self.offline,
+                     low_vram=self.low_vram, low_vram_reason=self.low_vram_reason)
         if self._pipe is not None:
             return Health("ready", **facts)
         if self._load_error is not None:
@@ -187,6 +194,8 @@ class Engine:
         than its owner's share (`self.limits`), and stopped after the time limit."""
         job = Job(stop_key, kind)
         self.jobs.admit(job, self.limits)
+        if self.low_vram:
+            work = self._offload_after(work)
         try:
             if needs_model:
                 for event in self.wait_loaded():
@@ -298,3 +307,151 @@ class Engine:
                 vae.to(orig)
         return z.to(self.dtype)
 
+
+    # ------------------------------------------------------------------ the low-memory mode (issue 19)
+    # On with --low-vram / STUDIO_LOW_VRAM=1, or by itself on a CUDA GPU under 16 GiB
+    # (core.devices.low_vram_mode); off on CPU and MPS unless forced. What it does, exactly:
+    # * the text encoders are offloaded to the CPU while idle: accelerate's `cpu_offload_with_hook`
+    #   (the hook diffusers' `enable_model_cpu_offload` uses) moves one to the GPU when it is called,
+    #   and it goes back to the CPU when the UNet next runs without grad (inference) and at the end
+    #   of every job. CUDA only. A text encoder that trains (text-encoder LoRA) is held on the GPU
+    #   for the rest of its job (`hold_on_device`, called by the trainer).
+    # * the UNet and the VAE stay resident. diffusers' whole-model offload is not used: its chained
+    #   hooks move the UNet off the GPU after every pipeline call (5 GB back and forth per SDXL job)
+    #   and a text encoder off between its forward and backward, which breaks text-encoder LoRA
+    #   training; the trainer and the peft adapters work on the resident UNet in place.
+    # * VAE tiling (tiles of at most LOW_VRAM_TILE px) and slicing (one image of a batch at a time).
+    # * an fp16-safe decode: the fp16-fixed SDXL VAE when it is in the local cache, else a decode
+    #   that upcasts the VAE to fp32 for the call (core.models.make_decode_fp16_safe).
+    # * training: core.train.low_vram_settings on every run (gradient checkpointing, 8-bit Adam
+    #   through bitsandbytes on CUDA, with a note naming the optimizer actually used).
+    LOW_VRAM_TILE = 512
+
+    def _init_low_vram(self, forced: bool | None) -> None:
+        self.low_vram = devices.low_vram_mode(self.device, forced)
+        if not self.low_vram:
+            self.low_vram_reason = ""
+        elif forced:
+            self.low_vram_reason = "forced on"
+        else:
+            total = devices.total_memory(self.device)
+            self.low_vram_reason = f"automatic: the GPU has {total / 2**30:.1f} GiB"
+        self.low_vram_notes: list[str] = []
+        self._idle_hooks: dict[str, Any] = {}   # text encoder name -> accelerate offload hook
+        self._held: set[str] = set()            # text encoders kept on the GPU for this job
+        self._unet_hook = None                  # the UNet's pre-forward hook (a removable handle)
+        self._before_low_vram: dict[str, Any] = {}  # what _apply_low_vram changed, for set_low_vram(False)
+
+    def _apply_low_vram(self, pipe) -> None:
+        """Set the low-memory mode up on a freshly loaded pipeline (see the block comment)."""
+        notes = self.low_vram_notes
+        vae = pipe.vae
+        self._before_low_vram = {"vae": vae, "tiles": (vae.tile_sample_min_size, vae.tile_latent_min_size)}
+        fixed = models.fp16_fix_vae(self.spec, self.dtype, self.device)
+        if fixed is not None:
+            pipe.register_modules(vae=fixed)
+            notes.append("fp16-fixed VAE")
+            vae = fixed
+        vae.enable_tiling()
+        vae.enable_slicing()
+        if vae.tile_sample_min_size > self.LOW_VRAM_TILE:
+            down = 2 ** (len(vae.config.block_out_channels) - 1)
+            vae.tile_sample_min_size = self.LOW_VRAM_TILE
+            vae.tile_latent_min_size = self.LOW_VRAM_TILE // down
+        notes.append("VAE tiling and slicing")
+        models.make_decode_fp16_safe(vae)
+        if fixed is None and self.dtype == torch.float16:
+            notes.append("VAE decoded in fp32")
+        if self.device.type == "cuda":
+            self._offload_text_encoders(pipe, self.device)
+            notes.append("text encoders on the CPU when idle")
+        else:
+            notes.append("no offload (not CUDA)")
+
+    def _offload_text_encoders(self, pipe, device: torch.device) -> None:
+        for name in ("text_encoder", "text_encoder_2"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                self._idle_hooks[name] = offload_when_idle(module, device)
+        if self._idle_hooks:
+            self._unet_hook = pipe.unet.register_forward_pre_hook(self._before_unet)
+
+    def _before_unet(self, module, args) -> None:
+        if not torch.is_grad_enabled():  # inference: the prompts are encoded by now
+            self.offload_idle()
+
+    def offload_idle(self, *, release_held: bool = False) -> None:
+        """Move the idle text encoders to the CPU (those held for a training job too, with
+        `release_held`, at the end of the job)."""
+        if release_held:
+            self._held.clear()
+        for name, hook in self._idle_hooks.items():
+            module = hook.model
+            if name not in self._held and next(module.parameters()).device.type != "cpu":
+                hook.offload()
+
+    def hold_on_device(self, modules) -> None:
+        """Keep these text encoders on the GPU until the job ends (a text encoder whose LoRA
+        trains must not move between its forward and its backward, nor while the optimizer's
+        state is created or resumed). A no-op outside the low-memory mode."""
+        for name, hook in self._idle_hooks.items():
+            if any(hook.model is m for m in modules):
+                self._held.add(name)
+                hook.model.to(self.device)
+
+    def _offload_after(self, work: Callable[[JobContext], Result]) -> Callable[[JobContext], Result]:
+        """`work` that offloads the idle text encoders when it ends (inside the GPU slot)."""
+        def wrapped(ctx: JobContext) -> Result:
+            try:
+                return work(ctx)
+            finally:
+                self.offload_idle(release_held=True)
+        return wrapped
+
+    def set_low_vram(self, on: bool) -> None:
+        """Switch the mode of a loaded engine (bench/gpu_check.py measures one engine both ways;
+        the app decides once, at start). Off undoes exactly what `_apply_low_vram` did."""
+        pipe = self.pipe
+        if on == self.low_vram:
+            return
+        self._derived.clear()  # rebuilt on demand, on the VAE now in use
+        if on:
+            self.low_vram, self.low_vram_reason, self.low_vram_notes = True, "switched on", []
+            self._apply_low_vram(pipe)
+            return
+        from accelerate.hooks import remove_hook_from_module
+
+        for hook in self._idle_hooks.values():
+            remove_hook_from_module(hook.model)
+            hook.model.to(self.device)
+        self._idle_hooks.clear()
+        self._held.clear()
+        if self._unet_hook is not None:
+            self._unet_hook.remove()
+            self._unet_hook = None
+        vae = pipe.vae
+        vae.disable_tiling()
+        vae.disable_slicing()
+        vae.__dict__.pop("decode", None)             # the class's own decode again
+        vae.__dict__.pop("_fp16_safe_decode", None)
+        original = self._before_low_vram.get("vae", vae)
+        if original is not vae:
+            pipe.register_modules(vae=original)
+        original.tile_sample_min_size, original.tile_latent_min_size = self._before_low_vram["tiles"]
+        self.low_vram, self.low_vram_reason, self.low_vram_notes = False, "", []
+
+    @property
+    def memory_mode(self) -> str:
+        """The memory mode in words, for the banner and the start-up line."""
+        if not self.low_vram:
+            return "standard memory"
+        why = f" ({self.low_vram_reason})" if self.low_vram_reason else ""
+        return f"low-VRAM mode{why}"
+
+
+def offload_when_idle(module: torch.nn.Module, device: torch.device):
+    """accelerate's offload hook on `module`: on the CPU now, on `device` when called, back on
+    the CPU at `hook.offload()`."""
+    from accelerate import cpu_offload_with_hook
+
+    return cpu_offload_with_hook(module, device)[1]

@@ -160,6 +160,8 @@ class ResidentAdapters:
         adapter_id = int(adapter_id)
         store = get_store(self.engine)
         a = store.get_adapter(adapter_id, owner)  # visibility check every time
+        if a.extra.get(FORM_KEY) in MODULE_FORMS:
+            raise UserError(f"The adapter {a.name!r} is not a LoRA: it applies through `active` only.")
         if adapter_id in self._loaded and self._loaded[adapter_id] in peft_names(self.unet):
             self._loaded.move_to_end(adapter_id)
             return self._loaded[adapter_id]
@@ -230,6 +232,13 @@ class ResidentAdapters:
     def active(self, weights: Mapping[int, float], owner: Any = None) -> Iterator[list[str]]:
         """Activate these library adapters with a weight each for the block; all off after."""
         weights = {int(k): float(v) for k, v in weights.items() if v is not None}
+        hooked = module_form_entries(self.engine, weights, owner)
+        if hooked:  # non-peft adapters: on through their own hooks for the block, the rest as below
+            with MODULE_FORMS[hooked[0][0].extra[FORM_KEY]]().applied_entries(self.unet, hooked), \
+                    self.active({i: w for i, w in weights.items() if i not in {a.id for a, _ in hooked}},
+                                owner) as names:
+                yield names
+            return
         if not weights:
             disable_everywhere(self.engine)
             yield []
@@ -321,3 +330,34 @@ def import_arguments(engine) -> dict[str, Any]:
     return dict(base_model=base_model_id(engine), arch=arch_of(engine), unet_config=pipe.unet.config,
                 base_modules=module_shapes(unet=pipe.unet, text_encoder=pipe.text_encoder,
                                            text_encoder_2=getattr(pipe, "text_encoder_2", None)))
+
+
+# --------------------------------------------------------------------------- non-peft adapters (a hook point)
+# A library entry whose extra[FORM_KEY] names a form here is not a LoRA: `ResidentAdapters.active`
+# puts it on the UNet through that module's `applied_entries(unet, [(entry, weight), ...])`
+# context manager (forward hooks, removed after the block) instead of loading it into peft.
+
+FORM_KEY = "adapter_form"
+
+
+def _styledrop_adapter():
+    from . import styledrop_adapter
+
+    return styledrop_adapter
+
+
+MODULE_FORMS = {"styledrop-gelu": _styledrop_adapter}
+
+
+def module_form_entries(engine, weights: Mapping[int, float], owner: Any) -> list[tuple[Any, float]]:
+    """[(library entry, weight)] of the adapters among `weights` that are in a non-peft form
+    (visibility-checked for `owner`); one form at a time."""
+    store = get_store(engine)
+    out = []
+    for i, w in weights.items():
+        a = store.get_adapter(int(i), owner)
+        if a.extra.get(FORM_KEY) in MODULE_FORMS:
+            out.append((a, float(w)))
+    if len({a.extra[FORM_KEY] for a, _ in out}) > 1:
+        raise UserError("Adapters of different non-LoRA forms cannot be combined.")
+    return out

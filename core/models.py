@@ -127,3 +127,83 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype,
             module.requires_grad_(False).eval()
     report(f"Loaded {spec.source}")
     return pipe
+
+
+# --------------------------------------------------------------------------- fp16-safe VAE decode
+# SDXL's VAE overflows in fp16 (activations past 65504 turn into inf, then NaN: black images).
+# Two remedies, used by the low-memory mode (core/engine.py): the fp16-fixed VAE, when it is
+# already in the local Hugging Face cache (never downloaded), or a decode that upcasts the VAE to
+# fp32 for the call and restores it after.
+FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
+
+
+def needs_upcast(vae) -> bool:
+    """True when decoding with `vae` as it is could overflow: fp16 weights and a config that
+    does not declare them safe (`force_upcast`; the fp16-fixed VAE sets it to False)."""
+    return next(vae.parameters()).dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", True))
+
+
+def decode_upcast(vae, z: torch.Tensor, decode: Callable | None = None, *args, **kwargs):
+    """`vae.decode(z)` computed in fp32 (weights and input) with autocast off; the VAE is put back
+    in its own dtype afterwards, even on an error. `decode` is the undecorated decode to call
+    (default: `vae.decode`)."""
+    decode = decode or vae.decode
+    param = next(vae.parameters())
+    orig = param.dtype
+    with torch.autocast(param.device.type, enabled=False):
+        if orig != torch.float32:
+            vae.to(torch.float32)
+        try:
+            return decode(z.to(torch.float32), *args, **kwargs)
+        finally:
+            if orig != torch.float32:
+                vae.to(orig)
+
+
+def make_decode_fp16_safe(vae) -> None:
+    """From now on `vae.decode` upcasts whenever `needs_upcast(vae)` (a no-op in fp32/bf16 and for
+    the fp16-fixed VAE). SDXL pipelines already upcast before their own decode; this covers the
+    SD 1.5 pipelines and every direct decode. Installed once per VAE."""
+    if getattr(vae, "_fp16_safe_decode", False):
+        return
+    plain = vae.decode
+
+    def decode(z, *args, **kwargs):
+        if not needs_upcast(vae):
+            return plain(z, *args, **kwargs)
+        return decode_upcast(vae, z, plain, *args, **kwargs)
+    vae.decode = decode
+    vae._fp16_safe_decode = True
+
+
+def local_fp16_fix_vae() -> str | None:
+    """The folder of the fp16-fixed SDXL VAE if the local Hugging Face cache holds it (config and
+    weights), else None. Looks only; never downloads."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(FP16_FIX_VAE, "config.json")
+        weights = try_to_load_from_cache(FP16_FIX_VAE, "diffusion_pytorch_model.safetensors")
+    except Exception:  # noqa: BLE001 - no cache, unreadable cache: simply not available
+        return None
+    if isinstance(config, str) and isinstance(weights, str):
+        return str(Path(config).parent)
+    return None
+
+
+def fp16_fix_vae(spec: ModelSpec, dtype: torch.dtype, device: torch.device, folder: str | None = None):
+    """The fp16-fixed VAE for an SDXL model in fp16, loaded from `folder` (default: the local
+    cache), or None when it does not apply or is not there."""
+    if not spec.xl or spec.built_in or dtype != torch.float16:
+        return None
+    folder = folder or local_fp16_fix_vae()
+    if folder is None:
+        return None
+    from diffusers import AutoencoderKL
+
+    try:
+        vae = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - a broken cache entry: keep the upcasting decode
+        log.warning("the fp16-fixed VAE could not be loaded (%s); decoding upcasts instead", type(exc).__name__)
+        return None
+    return vae.to(device).requires_grad_(False).eval()

@@ -1,40 +1,63 @@
 """StyleDrop (Sohn et al., NeurIPS 2023) on the shared trainer: adapter tuning on one style
 image, then feedback rounds.
 
-The paper's base model (Muse) is not public; like the Style-Aligned paper's SDRP-SDXL baseline we
-tune a small adapter on the SDXL (or SD 1.5) UNet.
+The paper's base model (Muse, a masked transformer) is not public; like the Style-Aligned paper's
+SDRP-SDXL baseline (arXiv 2312.02133, Sec. 4.2) we tune a small adapter on the SDXL (or SD 1.5)
+UNet, predicting noise where Muse predicts token logits.
 
-**The adapter.** A low-rank residual layer after the feed-forward of every transformer block,
+**What is the paper's** (source: arXiv 2306.00983, the ar5iv text)
 
-    out' = out + U (D out),      D: r x d (truncated normal, std 0.02),   U: d x r (zeros)
+* The adapter (App. B.1.1, Fig. S1), the default form "gelu": after the feed-forward of every
+  transformer block, out' = out + U GELU(D out), D: r x d truncated normal std 0.02 (cut at 2
+  std, as flax's truncated normal), U: d x r zeros (the identity at step 0), no bias; GELU the
+  tanh approximation (`jax.nn.gelu`'s default, as Fig. S1 calls it). Only D and U train
+  (2 r d per block). It is not a LoRA: core/styledrop_adapter.py hooks it onto the resident
+  UNet's `ff` modules for the job and removes the hooks after (the UNet is never changed); the
+  library keeps D and U with the tag extra["adapter_form"] = "styledrop-gelu", and
+  `library.adapters(engine).active` puts it on the same way for generation and feedback rounds.
+* Training text "[content description] in [style descriptor] style" (Sec. 3.2.1); sampling
+  prompts "[new content] in [style descriptor] style".
+* Adapter guidance (Eq. 4), `lambdas=(lambda_A, lambda_B)`: G^(t) + lambda_A (G^(t) - G(t)) +
+  lambda_B (G(t) - G(n)) on noise predictions, three UNet passes a step (`adapter_guidance`).
+  Table S3: lambda_B = 5, lambda_A 0-2 (round 1), 2 (round 2). Without `lambdas`: plain CFG with
+  the adapter on in both halves (what LoRA users know).
+* CLIP feedback default (Sec. 3.3, 4.4.3): per content prompt, the one candidate with the best
+  CLIP image-text score (k = 1, text weight 1, per prompt). Top-k / threshold on a mix with the
+  CLIP style score stay options.
+* Subject + style (Sec. 3.4, Eqs. 5-6), `generate_with_subject(mix="predictions")`:
+  (1 - gamma) Eq. 4 of the style adapter on t + gamma Eq. 4 of the subject adapter on c (t without
+  its style phrase); the paper's gamma 0.5-0.7. The subject is a DreamBooth LoRA here (the paper:
+  a DreamBooth-trained adapter). `mix="weights"` (both adapters on at once) stays the API default.
+* Each round trains a new adapter from scratch (Sec. 3.3, "iterative training ... trains a new
+  adapter on images sampled from a previously trained adapter").
 
-trained alone. The feed-forward's last layer is the Linear `ff.net.2` (out = W2 h + b), so the
-adapter is a rank-r update of that Linear: W2' = W2 + U (D W2), b' = b + U D b. We train exactly
-the paper's parameters D and U (2 r d per block) with the standard LoRA of `ff.net.2`
-re-parametrised as lora_A = D W2 (W2 frozen), lora_B = U, and we drop the bias term U D b
-(during training too, so what is saved is exactly what was trained): the adapter acts on the
-FF output without its constant bias, out' = out + U D (out - b). It is saved as a standard LoRA
-on `ff.net.2` (lora_A = D W2, lora_B = U), so diffusers (`load_lora_weights`), AUTOMATIC1111 and
-ComfyUI load it. A plain LoRA on `ff.net.2` would NOT be the same function class: its A is any
-r x d_ff matrix (r (d_ff + d) parameters, 2.5x more with SDXL's 4x feed-forward), while the
-adapter's A = D W2 is confined to the row space of W2. As in the Style-Aligned paper's
-baseline the layer is linear (the paper's GELU between D and U cannot be written as a LoRA).
+**What differs, and why**
 
-**Training text** "[content description] in [style descriptor] style" (the paper found it key to
-separate content from style); sampling prompts "[new content] in [style descriptor] style".
+* One adapter per block, after the feed-forward; the paper puts two per layer (after
+  cross-attention and after the MLP, App. B.1.1), and round 1 shares them across layers
+  (is_shared, d_prj 4). We follow the SDRP-SDXL baseline's single adapter after each FF.
+* Round 2 trains on the liked candidates **plus** the style image(s) (the paper: the selected
+  samples only) at the rank given (the paper: d_prj 32, not shared). Liked = net thumbs >= 1
+  over all raters (CLIP counts as one).
+* Defaults: 400 steps at lr 1e-4 (the SDRP-SDXL baseline), not 1000 at 3e-5 with batch 8 (Muse).
+* The "linear" form (`form="linear"`), for A1111/ComfyUI: out' = out + U D (out - b) as a LoRA
+  on `ff.net.2` (out = W2 h + b): lora_A = D W2 (parametrised, W2 frozen; only D and U train),
+  lora_B = U; the bias term U D b is dropped in training too, so what is saved is what was
+  trained. No GELU: a different adapter, trained separately. A plain LoRA on `ff.net.2` would
+  not be this function class (its A is any r x d_ff matrix). `export_for_lora_loaders` writes a
+  linear adapter exactly and a GELU one linearised (GELU(z) ~ z/2, see EXPORT_NOTE).
 
 **Feedback rounds.** Round 1 trains on the style image. Its adapter generates a grid of
-candidates over a list of content prompts; people (thumbs up/down) and CLIP (top-k or threshold
-on a mix of CLIP text score and CLIP style score) rate them in the store, each under its own rater
-key ("clip" for CLIP). Rule: a candidate is *liked* when its net score (thumbs up minus thumbs
-down over all raters, CLIP counting as one rater) is at least 1. The next round trains a fresh
-adapter on the liked images (each with its own sampling prompt as training text) plus the
-original style image(s). Every round keeps its adapter, candidates, ratings and metrics (mean
-CLIP text score, mean CLIP style score) in the store.
+candidates over a list of content prompts; people (thumbs up/down) and CLIP rate them in the
+store, each under its own rater key ("clip" for CLIP). The next round trains a fresh adapter on
+the liked images (each with its own sampling prompt as training text) plus the original style
+image(s). Every round keeps its adapter, candidates, ratings and metrics (mean CLIP text score,
+mean CLIP style score) in the store.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import functools
 import io
@@ -45,7 +68,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from PIL import Image
 
-from . import library
+from . import library, styledrop_adapter
 from .errors import UserError
 from .events import Notice, Progress, Result
 from .images import center_crop_resize, load_image
@@ -57,6 +80,7 @@ TARGETS = r".*transformer_blocks\.\d+\.ff\.net\.2"
 MAX_STYLE_IMAGES = 8
 MAX_CANDIDATES = 64
 MAX_PROMPTS = 32
+FORMS = ("gelu", "linear")  # the paper's adapter (default); the LoRA-compatible linear layer (A1111/ComfyUI)
 
 # a varied set of objects, scenes and animals (editable in the UI)
 DEFAULT_CONTENT_PROMPTS = [
@@ -128,10 +152,17 @@ def parse_prompts(text_or_list: str | Sequence[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- the adapter
 
-def adapter_spec(rank: int = 4) -> AdapterSpec:
+def adapter_spec(rank: int = 4, form: str = "gelu") -> AdapterSpec:
+    """"gelu": the paper's module out + U GELU(D out), hooked on (core/styledrop_adapter.py);
+    "linear": out + U D (out - b) as a LoRA on ff.net.2 (only D and U train), loadable by A1111/ComfyUI."""
     if not 1 <= int(rank) <= 128:
         raise UserError("The adapter rank must be between 1 and 128.")
-    # trained as the paper's adapter (only D and U), saved as a plain LoRA on ff.net.2
+    if form not in FORMS:
+        raise UserError(f"The adapter form is one of {', '.join(FORMS)}.")
+    if form == "gelu":
+        return AdapterSpec(target_modules=styledrop_adapter.BLOCKS + r"\.ff", rank=int(rank),
+                           module_adapter=styledrop_adapter.factory(rank))
+    # trained as the paper's adapter without the GELU (only D and U), saved as a plain LoRA on ff.net.2
     return AdapterSpec(target_modules=TARGETS, rank=int(rank), init="gaussian",
                        down_parametrization=DownThroughW2)
 
@@ -180,7 +211,7 @@ class DownThroughW2(torch.nn.Module):
 
 def make_recipe(engine, style: Sequence[tuple[Image.Image, str]], liked: Sequence[tuple[Image.Image, str]] = (),
                 *, rank: int = 4, name: str = "", style_descriptor: str = "", round_number: int = 1,
-                loop_id: int | None = None, liked_ids: Sequence[int] = ()) -> Recipe:
+                loop_id: int | None = None, liked_ids: Sequence[int] = (), form: str = "gelu") -> Recipe:
     """StyleDrop as a recipe: examples = style image(s) with "[content] in [style] style", plus
     (rounds >= 2) the liked candidates, each with its own sampling prompt."""
     if not style:
@@ -188,12 +219,17 @@ def make_recipe(engine, style: Sequence[tuple[Image.Image, str]], liked: Sequenc
     res = engine.resolution
     examples = [Example(center_crop_resize(im.convert("RGB"), res, res), text) for im, text in style]
     examples += [Example(center_crop_resize(im.convert("RGB"), res, res), text) for im, text in liked]
+    described = {"gelu": "the paper's adapter out + U GELU(D out) after each block's feed-forward (forward "
+                          "hooks); not a LoRA",
+                 "linear": "linear adapter U(D out) on ff.net.2, saved as LoRA lora_A = D W2, lora_B = U "
+                           "(bias term U D b dropped)"}
     return Recipe(method=METHOD, name=name or f"StyleDrop round {round_number}", examples=examples,
-                  adapter=adapter_spec(rank), trigger_words=style_phrase(style_descriptor) if style_descriptor else "",
-                  sample_prompts=[],
+                  adapter=adapter_spec(rank, form), trigger_words=style_phrase(style_descriptor) if style_descriptor
+                  else "", sample_prompts=[],
                   extra={"loop_id": loop_id, "round": round_number, "style_images": len(style),
-                         "liked_candidates": list(liked_ids), "adapter_form": "paper adapter U(D out) on ff.net.2, "
-                         "saved as LoRA lora_A = D W2, lora_B = U (bias term U D b dropped)"})
+                         "liked_candidates": list(liked_ids),
+                         "adapter_form": styledrop_adapter.FORM if form == "gelu" else "linear",
+                         "adapter_description": described.get(form, "")})
 
 
 def store_of(engine):
@@ -258,11 +294,13 @@ def training_set(store, loop_id: int, owner: str) -> tuple[list[tuple[Image.Imag
 # --------------------------------------------------------------------------- candidates and scores
 
 def _generate_grid(engine, ctx, adapter_id: int | None, owner, loop, contents: Sequence[str], *,
-                   samples_per_prompt: int, seed: int, steps: int, guidance: float):
+                   samples_per_prompt: int, seed: int, steps: int, guidance: float,
+                   lambdas: tuple[float, float] | None = None):
     prompts = [sampling_prompt(c, loop.style_descriptor) for c in contents]
     items = []
     total = len(prompts) * samples_per_prompt
-    with library.adapters(engine).active({adapter_id: 1.0} if adapter_id else {}, owner):
+    with sampling(engine, {adapter_id: 1.0} if adapter_id else {}, owner, lambdas) as guidance_used:
+        guidance = guidance if guidance_used is None else guidance_used
         for i, p in enumerate(prompts):
             imgs = engine.text_to_image(ctx, [p] * samples_per_prompt, seed=seed, steps=steps, guidance=guidance,
                                         message=f"Candidates {i * samples_per_prompt + 1}-"
@@ -300,6 +338,129 @@ def _add_candidates(store, engine, round_id, owner, loop, items, metrics):
     store.add_candidates(round_id, owner, items)
     cands = store.candidates(round_id, owner)
     return store.update_round(round_id, owner, metrics=round_metrics(cands))
+
+
+# --------------------------------------------------------------------------- adapter guidance (Eq. 4)
+
+def eq4(uncond_base: torch.Tensor, cond_base: torch.Tensor, cond_adapter: torch.Tensor, lambda_a: float,
+        lambda_b: float) -> torch.Tensor:
+    """StyleDrop's adapter guidance (Eq. 4), on noise predictions:
+    G^(t) + lambda_A (G^(t) - G(t)) + lambda_B (G(t) - G(n)), with G^ the adapted model, G the
+    base model, t the prompt and n the negative (here: unconditional) prompt. lambda_A = -1 is
+    the base model's plain CFG at scale 1 + lambda_B (diffusers' guidance w = 1 + lambda_B)."""
+    return cond_adapter + float(lambda_a) * (cond_adapter - cond_base) + float(lambda_b) * (cond_base - uncond_base)
+
+
+def check_lambdas(lambda_a, lambda_b) -> tuple[float, float]:
+    a, b = float(lambda_a), float(lambda_b)
+    if not (-1 <= a <= 10 and 0 <= b <= 30):
+        raise UserError("Adapter guidance needs lambda_A between -1 and 10 and lambda_B between 0 and 30.")
+    return a, b
+
+
+def _half(value, n: int):
+    """The second (conditional) half of a CFG-batched UNet argument; anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == 2 * n:
+        return value[n:]
+    if isinstance(value, dict):
+        return {k: _half(v, n) for k, v in value.items()}
+    return value
+
+
+@contextlib.contextmanager
+def _guided(engine, combine):
+    """For the block, every CFG-batched UNet call ([negative; prompt]) runs the base model (adapters
+    off) on both halves, G(n) and G(t), and returns `combine(unet, args, kwargs, G(n), G(t))` (the
+    arguments of the prompt half) in both halves; the pipeline's own CFG then leaves it unchanged
+    whatever its scale (u + w (c - u) with u = c): it only needs a scale above 1 to batch."""
+    unet = engine.pipe.unet
+    inside: list[bool] = []
+
+    def hook(module, args, kwargs, output):
+        if inside:  # the extra passes themselves
+            return output
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        n = sample.shape[0] // 2
+        args_c = [_half(a, n) for a in args]
+        kwargs_c = {k: _half(v, n) for k, v in kwargs.items()}
+        inside.append(True)
+        try:
+            mixed = combine(module, args_c, {**kwargs_c, "return_dict": False}, sample[:n], sample[n:])
+        finally:
+            inside.pop()
+        both = torch.cat([mixed, mixed]).to(sample.dtype)
+        if isinstance(output, tuple):
+            return (both, *output[1:])
+        output.sample = both
+        return output
+
+    handle = unet.register_forward_hook(hook, with_kwargs=True)
+    try:
+        library.disable_everywhere(engine)
+        yield
+    finally:
+        handle.remove()
+
+
+def adapter_guidance(engine, weights: Mapping[int, float], owner, lambda_a: float, lambda_b: float):
+    """Eq. 4 for the block: G(n), G(t) from the base model, G^(t) with `weights`' adapters on
+    (three UNet evaluations per step)."""
+    resident = library.adapters(engine)
+
+    def combine(unet, args, kwargs, uncond, cond):
+        with resident.active(dict(weights), owner):
+            adapted = unet(*args, **kwargs)[0]
+        return eq4(uncond, cond, adapted, lambda_a, lambda_b)
+    return _guided(engine, combine)
+
+
+def subject_style_guidance(engine, *, style_adapter_id: int, subject_adapter_id: int, owner, content_prompt: str,
+                           gamma: float, lambda_a: float, lambda_b: float):
+    """The paper's "my content in my style" (Sec. 3.4, Eqs. 5-6) for one prompt t (with the style
+    descriptor) and its content prompt c (without): (1 - gamma) l_s + gamma l_c, with
+    l_s = Eq. 4 of the style adapter on t and l_c = Eq. 4 of the subject adapter on c, sharing
+    the base model's G(n): five UNet evaluations per step."""
+    resident = library.adapters(engine)
+    pipe = engine.pipe
+    with torch.no_grad():
+        enc = pipe.encode_prompt(content_prompt, device=engine.device, num_images_per_prompt=1,
+                                 do_classifier_free_guidance=False)
+    c_emb, c_pooled = enc[0], (enc[2] if engine.xl else None)
+
+    def on_content(kwargs):
+        b = kwargs["encoder_hidden_states"].shape[0]
+        out = {**kwargs, "encoder_hidden_states": c_emb.expand(b, -1, -1).to(kwargs["encoder_hidden_states"])}
+        if c_pooled is not None and kwargs.get("added_cond_kwargs"):
+            added = dict(kwargs["added_cond_kwargs"])
+            added["text_embeds"] = c_pooled.expand(b, -1).to(added["text_embeds"])
+            out["added_cond_kwargs"] = added
+        return out
+
+    def combine(unet, args, kwargs, uncond, cond):
+        with resident.active({int(style_adapter_id): 1.0}, owner):
+            styled = unet(*args, **kwargs)[0]
+        kw_c = on_content(kwargs)
+        base_c = unet(*args, **kw_c)[0]
+        with resident.active({int(subject_adapter_id): 1.0}, owner):
+            subject = unet(*args, **kw_c)[0]
+        g = float(gamma)
+        return (1 - g) * eq4(uncond, cond, styled, lambda_a, lambda_b) + g * eq4(uncond, base_c, subject, lambda_a,
+                                                                                   lambda_b)
+    return _guided(engine, combine)
+
+
+@contextlib.contextmanager
+def sampling(engine, weights: Mapping[int, float], owner, lambdas: tuple[float, float] | None):
+    """Adapters on for a generation block: plain (the adapted model in both CFG halves; yields
+    None) or, with `lambdas` = (lambda_A, lambda_B), adapter guidance (Eq. 4; yields the
+    pipeline guidance scale to pass, 1 + lambda_B, at least 1.5 so the pipeline batches CFG)."""
+    if lambdas is None or not weights:
+        with library.adapters(engine).active(weights, owner):
+            yield None
+        return
+    a, b = check_lambdas(*lambdas)
+    with adapter_guidance(engine, weights, owner, a, b):
+        yield max(1.0 + b, 1.5)
 
 
 def check_grid(contents, samples_per_prompt, steps):
@@ -376,8 +537,14 @@ def round_outcome(result: Result) -> RoundOutcome | CandidatesOutcome:
 def train_round(engine, loop_id: int, config: TrainSettings, *, owner: str, stop_key: str | None = None,
                 rank: int = 4, contents: str | Sequence[str] = DEFAULT_CONTENT_PROMPTS, samples_per_prompt: int = 1,
                 seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None,
-                step_hook=None, recipe_hook=None) -> Iterator:
-    """Train the loop's next round (a fresh adapter) and generate its candidate grid, in one job.
+                step_hook=None, recipe_hook=None, form: str = "gelu",
+                lambdas: tuple[float, float] | None = None) -> Iterator:
+    """Train the loop's next round and generate its candidate grid, in one job. Every round
+    trains a **fresh** adapter (D re-drawn, U = 0), also round 2 on the liked images; the paper
+    (Sec. 3.3) says "trains a new adapter" as well, but on the selected samples only (ours adds the
+    style image(s)), with a wider adapter in round 2 (Table S3: d_prj 32, not shared; ours keeps
+    the rank given). `form`: "gelu" (the paper's module) or "linear" (a LoRA for A1111/ComfyUI).
+    `lambdas` = (lambda_A, lambda_B): the grid by adapter guidance (Eq. 4), else plain CFG.
     Streams the trainer's events; ends with a Result (candidate images; info: round, adapter,
     trainable parameters, metrics)."""
     store = store_of(engine)
@@ -386,9 +553,11 @@ def train_round(engine, loop_id: int, config: TrainSettings, *, owner: str, stop
         raise UserError("Only the loop's owner can train its rounds; you can rate its candidates.")
     contents, n = check_grid(contents, samples_per_prompt, sample_steps)
     style, liked, liked_ids, number = training_set(store, loop.id, owner)
+    if lambdas is not None:
+        lambdas = check_lambdas(*lambdas)
     recipe = make_recipe(engine, style, liked, rank=rank, name=f"{loop.name} · StyleDrop round {number}",
                          style_descriptor=loop.style_descriptor, round_number=number, loop_id=loop.id,
-                         liked_ids=liked_ids)
+                         liked_ids=liked_ids, form=form)
     if recipe_hook is not None:  # tests: see exactly what the trainer gets
         recipe_hook(recipe)
     trainer = Trainer(engine, recipe, config, step_hook=step_hook, owner=owner)
@@ -404,13 +573,16 @@ def train_round(engine, loop_id: int, config: TrainSettings, *, owner: str, stop
             rnd = store.add_round(loop.id, owner, adapter_id=a.id, extra={
                 "trained_on": {"style_images": len(style), "liked_candidates": liked_ids},
                 "trainable_params": out.trainable_params, "rank": int(rank),
-                "lora_numbers": lora_numbers(engine.pipe.unet, rank), "steps": int(config.steps),
+                "lora_numbers": (lora_numbers(engine.pipe.unet, rank) if form == "linear"
+                                 else param_count(engine.pipe.unet, rank)),
+                "adapter_form": recipe.extra["adapter_form"], "steps": int(config.steps),
                 "learning_rate": float(config.learning_rate), "loss_before": out.loss_before,
                 "loss_after": out.loss_after, "seconds": round(out.seconds, 2),
                 "content_prompts": list(contents), "samples_per_prompt": n, "seed": int(seed),
-                "sample_steps": int(sample_steps), "guidance": float(guidance)})
+                "sample_steps": int(sample_steps), "guidance": float(guidance),
+                "adapter_guidance": list(lambdas) if lambdas is not None else None})
             items = _generate_grid(engine, ctx, a.id, owner, loop, contents, samples_per_prompt=n, seed=seed,
-                                   steps=sample_steps, guidance=guidance)
+                                   steps=sample_steps, guidance=guidance, lambdas=lambdas)
             rnd = _add_candidates(store, engine, rnd.id, owner, loop, items, metrics)
         except BaseException:
             library.adapters(engine).remove(a.id)
@@ -457,8 +629,10 @@ def first_round(engine, images: Sequence[Image.Image], config: TrainSettings, *,
 
 def generate_candidates(engine, round_id: int, *, owner: str, stop_key: str | None = None,
                         contents: str | Sequence[str] = DEFAULT_CONTENT_PROMPTS, samples_per_prompt: int = 1,
-                        seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None) -> Iterator:
-    """More candidates for a round (its adapter active), appended to its grid and scored."""
+                        seed: int = 0, sample_steps: int = 30, guidance: float = 5.0, metrics=None,
+                        lambdas: tuple[float, float] | None = None) -> Iterator:
+    """More candidates for a round (its adapter active; with `lambdas` = (lambda_A, lambda_B) by
+    adapter guidance, Eq. 4), appended to its grid and scored."""
     store = store_of(engine)
     rnd = store.get_round(round_id, owner)
     loop = store.get_loop(rnd.loop_id, owner)
@@ -468,10 +642,12 @@ def generate_candidates(engine, round_id: int, *, owner: str, stop_key: str | No
         raise UserError("This round's adapter was deleted from the library; train a new round.")
     store.get_adapter(rnd.adapter_id, owner)
     contents, n = check_grid(contents, samples_per_prompt, sample_steps)
+    if lambdas is not None:
+        lambdas = check_lambdas(*lambdas)
 
     def work(ctx) -> Result:
         items = _generate_grid(engine, ctx, rnd.adapter_id, owner, loop, contents, samples_per_prompt=n,
-                               seed=seed, steps=sample_steps, guidance=guidance)
+                               seed=seed, steps=sample_steps, guidance=guidance, lambdas=lambdas)
         r2 = _add_candidates(store, engine, rnd.id, owner, loop, items, metrics)
         outcome = CandidatesOutcome(loop_id=loop.id, round_id=rnd.id, round=rnd.number, metrics=dict(r2.metrics),
                                     added=len(items))
@@ -496,11 +672,12 @@ def pick_score(scores: Mapping[str, float], text_weight: float) -> float | None:
     return w * float(scores["clip_text"]) + (1 - w) * float(scores["clip_style"])
 
 
-def clip_picks(cands, *, mode: str = "top_k", k: int = 4, threshold: float = 0.5, text_weight: float = 0.5,
-               per_prompt: bool = False) -> list[int]:
+def clip_picks(cands, *, mode: str = "top_k", k: int = 1, threshold: float = 0.5, text_weight: float = 1.0,
+               per_prompt: bool = True) -> list[int]:
     """Candidate ids CLIP picks: the k best by `pick_score` (per content prompt when
-    `per_prompt`, as the paper's CLIP feedback keeps the best image per prompt), or every
-    candidate whose score is at least `threshold`. Ties keep the earlier candidate."""
+    `per_prompt`), or every candidate whose score is at least `threshold`. Ties keep the earlier
+    candidate. The defaults are the paper's CLIP feedback (Sec. 3.3, 4.4.3): per prompt, the one
+    sample with the best CLIP image-text score (k = 1, text weight 1, style score unused)."""
     if mode not in ("top_k", "threshold"):
         raise UserError("CLIP feedback is by top-k or by threshold.")
     if not 0 <= float(text_weight) <= 1:
@@ -528,8 +705,8 @@ def _rate_as_clip(store, ratings: Mapping[int, int], owner: str) -> None:
     store.rate_many(ratings, CLIP_RATER, viewer=owner)
 
 
-def clip_feedback(engine, round_id: int, *, owner: str, mode: str = "top_k", k: int = 4, threshold: float = 0.5,
-                  text_weight: float = 0.5, per_prompt: bool = False) -> dict:
+def clip_feedback(engine, round_id: int, *, owner: str, mode: str = "top_k", k: int = 1, threshold: float = 0.5,
+                  text_weight: float = 1.0, per_prompt: bool = True) -> dict:
     """Apply CLIP feedback to a round: thumbs up under the rater "clip" on the picks, CLIP's earlier
     picks withdrawn elsewhere (so changing k or the threshold re-picks). Owner only."""
     store = store_of(engine)
@@ -679,6 +856,49 @@ def adapter_size(engine, rank: int) -> AdapterSize | None:
                        lora_numbers=lora_numbers(unet, rank))
 
 
+# --------------------------------------------------------------------------- export for LoRA loaders
+
+EXPORT_NOTE = (
+    "A1111 and ComfyUI load LoRAs, which are linear. A round trained in the **linear form** exports exactly "
+    "(it is a LoRA on `ff.net.2`). The **paper's adapter** has a GELU between D and U, which no LoRA can "
+    "express: its export replaces GELU(z) by its tangent at 0, z/2 (lora_A = ½·D·W2, lora_B = U) and drops the "
+    "constant ½·U·D·b. That is exact only while D·out stays near 0, so it loses what the GELU's curvature "
+    "learned, and its images differ from the ones made here. For an exact LoRA, train the round in the linear "
+    "form (a separate adapter, trained without the GELU).")
+
+
+def export_for_lora_loaders(engine, round_id: int, *, owner: str) -> tuple[str, bool]:
+    """A kohya-format LoRA file of a round's adapter for A1111/ComfyUI: (path, exact). A linear
+    adapter is written as it is (exact); a GELU adapter as its linearisation
+    (`styledrop_adapter.linearised_lora`, not exact; see EXPORT_NOTE)."""
+    import uuid
+
+    from . import lora_format
+    from .files import atomic_path
+    from .store_base import safe_filename
+
+    store = store_of(engine)
+    rnd = store.get_round(int(round_id), owner)
+    if rnd.adapter_id is None:
+        raise UserError("This round's adapter was deleted from the library.")
+    a = store.get_adapter(rnd.adapter_id, owner)
+    if not styledrop_adapter.is_gelu(a):
+        return str(store.export(a.id, owner, fmt="kohya")), True
+    adapter = styledrop_adapter.StyleDropAdapter.from_canonical(store.load_adapter(a.id, owner)[0])
+    sd = styledrop_adapter.linearised_lora(adapter, engine.pipe.unet)
+    configs = {"unet": {"r": adapter.rank, "lora_alpha": adapter.rank,
+                        "target_modules": sorted(k[len("unet."):-len(".lora_A.weight")] for k in sd
+                                                 if k.endswith(".lora_A.weight"))}}
+    header = {"ss_network_module": "networks.lora", "ss_output_name": a.name, "ss_network_dim": str(adapter.rank),
+              "ss_base_model": a.base_model, "studio_note": "linearised StyleDrop GELU adapter (GELU(z) ~ z/2)"}
+    folder = store.root / "exports" / uuid.uuid4().hex
+    final = folder / f"{safe_filename(a.name + '-linearised')}.safetensors"
+    with atomic_path(final) as tmp:
+        lora_format.write_safetensors(tmp, lora_format.to_kohya(sd, configs, te_style="te1" if engine.xl else "te"),
+                                      header)
+    return str(final), False
+
+
 # --------------------------------------------------------------------------- StyleDrop + DreamBooth
 
 def subject_style_prompt(subject_adapter, style_descriptor: str) -> str:
@@ -699,12 +919,52 @@ def combined_prompt(engine, *, style_adapter_id: int, subject_adapter_id: int, o
 
 def generate_with_subject(engine, *, style_adapter_id: int, subject_adapter_id: int | None, prompts: Sequence[str],
                           style_weight: float = 1.0, subject_weight: float = 1.0, owner: str,
-                          stop_key: str | None = None, **kwargs) -> Iterator:
-    """Both adapters active at once (peft set_adapters, a weight each): the style adapter on the
-    FF outputs, the subject's LoRA on its own modules."""
+                          stop_key: str | None = None, mix: str = "weights", gamma: float = 0.6,
+                          lambdas: tuple[float, float] = (1.0, 5.0), **kwargs) -> Iterator:
+    """Style + subject. `mix="weights"`: both adapters active at once (peft set_adapters, a weight
+    each; the GELU style adapter through its hooks). `mix="predictions"`: the paper's way (Sec.
+    3.4), (1 - gamma) Eq. 4 of the style adapter on the prompt + gamma Eq. 4 of the subject
+    adapter on the prompt without its style phrase (`subject_style_guidance`), `lambdas` =
+    (lambda_A, lambda_B); the paper: gamma 0.5-0.7."""
     weights = {int(style_adapter_id): float(style_weight)}
     if subject_adapter_id is not None:
         if int(subject_adapter_id) == int(style_adapter_id):
             raise UserError("Pick a subject adapter different from the style adapter.")
         weights[int(subject_adapter_id)] = float(subject_weight)
-    return library.generate(engine, prompts, weights, owner=owner, stop_key=stop_key, **kwargs)
+    if mix == "weights":
+        return library.generate(engine, prompts, weights, owner=owner, stop_key=stop_key, **kwargs)
+    if mix != "predictions":
+        raise UserError("Mix the predictions or the weights.")
+    if not 0 <= float(gamma) <= 1:
+        raise UserError("gamma (subject share) must be between 0 and 1.")
+    lambda_a, lambda_b = check_lambdas(*lambdas)
+    from .validate import prompt_list
+
+    prompts = prompt_list(prompts)
+    store = store_of(engine)
+    if subject_adapter_id is None:  # no subject: the style adapter's Eq. 4 alone (gamma = 0)
+        store.get_adapter(int(style_adapter_id), owner)
+        kwargs.pop("guidance", None)
+
+        def style_only(ctx) -> Result:
+            with sampling(engine, weights, owner, (lambda_a, lambda_b)) as w:
+                images = engine.text_to_image(ctx, prompts, guidance=w, **kwargs)
+            return Result(images=images, info={"prompts": list(prompts), "adapters": weights,
+                                               "lambdas": [lambda_a, lambda_b]})
+        return engine.run(style_only, stop_key=stop_key or owner, kind="generate")
+    style = store.get_adapter(int(style_adapter_id), owner)
+    store.get_adapter(int(subject_adapter_id), owner)
+    phrase = " " + (style.trigger_words or "").strip()
+    kwargs.pop("guidance", None)
+
+    def work(ctx) -> Result:
+        images = []
+        for p in prompts:
+            content = p[: -len(phrase)].strip() if len(phrase) > 1 and p.endswith(phrase) else p
+            with subject_style_guidance(engine, style_adapter_id=style.id, subject_adapter_id=int(subject_adapter_id),
+                                        owner=owner, content_prompt=content, gamma=gamma, lambda_a=lambda_a,
+                                        lambda_b=lambda_b):
+                images += engine.text_to_image(ctx, [p], guidance=max(1.0 + lambda_b, 1.5), **kwargs)
+        return Result(images=images, info={"prompts": list(prompts), "adapters": weights, "mix": "predictions",
+                                           "gamma": float(gamma), "lambdas": [lambda_a, lambda_b]})
+    return engine.run(work, stop_key=stop_key or owner, kind="generate")

@@ -53,13 +53,14 @@ command line in core/train_cli.py.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -114,6 +115,11 @@ class AdapterSpec:
     text_encoder_rank: int = 0
     text_encoder_targets: list[str] | str = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])  # CLIP attention
+    # A non-peft adapter (a hook point; StyleDrop's GELU module): a factory (unet, generator=) ->
+    # an object with parameters(), named_parameters(), state_dict(), configs() and remove(). It
+    # hooks itself onto the UNet for the run and is removed after it (the UNet is never changed);
+    # what it learned is saved from its state_dict() (canonical keys, see core/lora_format.py).
+    module_adapter: Callable[..., Any] | None = None
 
     def lora_config(self):
         from peft import LoraConfig
@@ -230,6 +236,25 @@ def _accelerator(engine, cfg: TrainSettings):
         return Accelerator(**kwargs)
 
 
+def low_vram_settings(cfg: TrainSettings) -> TrainSettings:
+    """The low-memory mode's version of `cfg` (a copy; core.engine, issue 19): gradient
+    checkpointing and 8-bit Adam on, every other setting as given. The trainer applies it to every
+    preset of every method when `engine.low_vram` is on."""
+    return replace(cfg, gradient_checkpointing=True, use_8bit_adam=True)
+
+
+def optimizer_name(cfg: TrainSettings, device: torch.device) -> str:
+    """Which AdamW a run of `cfg` on `device` gets, with the reason when 8-bit Adam was asked for
+    and cannot be had (bitsandbytes is optional and CUDA-only)."""
+    if not cfg.use_8bit_adam:
+        return "torch AdamW"
+    if device.type != "cuda":
+        return f"torch AdamW (8-bit Adam needs CUDA; this is {device.type})"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "torch AdamW (8-bit Adam needs bitsandbytes, which is not installed)"
+    return "8-bit AdamW (bitsandbytes)"
+
+
 def _optimizer(params, cfg: TrainSettings, device: torch.device, notes: list[str]):
     if cfg.use_8bit_adam and device.type == "cuda":
         try:
@@ -251,16 +276,21 @@ class Trainer(DataCache, Checkpoints):
                  step_hook: Callable[[int], None] | None = None, owner: str = "local"):
         self.engine = engine
         self.recipe = recipe
+        self.notes: list[str] = []
+        if getattr(engine, "low_vram", False):  # the low-memory mode: every preset, every method
+            config = low_vram_settings(config)
+            self.notes.append(f"Low-VRAM mode: gradient checkpointing on; optimizer: "
+                              f"{optimizer_name(config, engine.device)}.")
         self.cfg = config.check()
         self.owner = owner  # whose run: checkpoints are kept per owner, and only the owner resumes them
         root = Path(run_root) if run_root else Path(engine.data_dir) / "training"
         self.run_root = root if owner == "local" else root / owner_dirname(engine.data_dir, owner)
         self.step_hook = step_hook  # tests: called after every optimizer step
-        self.notes: list[str] = []
         self.adapter_name = f"train-{uuid.uuid4().hex[:8]}"
         self._gc_was: bool | None = None
         self._parametrized: list[torch.nn.Module] = []  # LoRA down layers under a parametrization
         self._te_lora: dict[str, torch.nn.Module] = {}  # text encoders carrying the training adapter
+        self._module: Any = None  # AdapterSpec.module_adapter's object while it is hooked on
         self.is_main = True  # False in the secondary processes of `accelerate launch`
         self.tokens: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
 
@@ -347,6 +377,8 @@ class Trainer(DataCache, Checkpoints):
             if unet.dtype != torch.float32:
                 unet.to(torch.float32)  # Adam on fp16 weights diverges; the backup restores the original
             params = list(unet.parameters())
+        elif spec.module_adapter is not None:
+            params = self._attach_module(unet, spec)
         else:
             try:
                 with torch.random.fork_rng(devices=[]):  # the LoRA init follows the run's seed
@@ -372,6 +404,13 @@ class Trainer(DataCache, Checkpoints):
             if p.dtype != torch.float32:
                 p.data = p.data.float()  # trainable weights in fp32; frozen ones stay as they are
         return params
+
+    def _attach_module(self, unet, spec: AdapterSpec) -> list[torch.nn.Parameter]:
+        """A non-peft adapter (AdapterSpec.module_adapter) hooked onto the UNet, seeded by the run."""
+        if spec.text_encoder_rank:
+            raise UserError("Text-encoder LoRA goes with LoRA training, not with this adapter.")
+        self._module = spec.module_adapter(unet, generator=torch.Generator().manual_seed(int(self.cfg.seed)))
+        return list(self._module.parameters())
 
     def _attach_text_encoders(self) -> list[torch.nn.Parameter]:
         """The training adapter (same name as the UNet's) injected in place into each text
@@ -425,6 +464,9 @@ class Trainer(DataCache, Checkpoints):
         """Leave the resident UNet as other tabs expect it: frozen, eval, adapters disabled;
         on failure without the training adapter; after full fine-tuning, the original weights."""
         self._unparametrize_down()
+        if self._module is not None:  # its weights are in the Outcome already (or discarded)
+            self._module.remove()
+            self._module = None
         for te in self._te_lora.values():
             te.requires_grad_(False)
             te.eval()
@@ -534,9 +576,15 @@ class Trainer(DataCache, Checkpoints):
         try:
             loss_before = self.eval_loss()
             params = self._attach()
+            if self._te_lora and getattr(engine, "low_vram", False):
+                engine.hold_on_device(self._te_lora.values())  # not offloaded while it trains
             params_named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
             params_named += [(f"{comp}.{n}", p) for comp, te in self._te_lora.items()
                              for n, p in te.named_parameters() if p.requires_grad]
+            if self._module is not None:
+                if accelerator.num_processes > 1:
+                    raise UserError("This adapter trains in one process only (DDP does not see it).")
+                params_named += [(f"module_adapter.{n}", p) for n, p in self._module.named_parameters()]
             if cfg.gradient_checkpointing:
                 unet.enable_gradient_checkpointing()
             optimizer, lr_sched, gen = self._optimization(params, accelerator)
@@ -647,7 +695,10 @@ class Trainer(DataCache, Checkpoints):
         if self.recipe.adapter.full:
             sd, configs, share = self._extract_lora()
             extra["extracted_energy"] = round(share, 4)
-        return Outcome(None if self.recipe.adapter.full else self.adapter_name, sd, configs, history, samples,
+        elif self._module is not None:
+            sd, configs = self._module.state_dict(), self._module.configs()
+        plain = self.recipe.adapter.full or self._module is not None
+        return Outcome(None if plain else self.adapter_name, sd, configs, history, samples,
                        library.count_params(params), loss_before, loss_after, time.monotonic() - started, extra)
 
 
@@ -682,7 +733,8 @@ def save_outcome(engine, recipe: Recipe, cfg: TrainSettings, out: Outcome, *, ow
         library.adapters(engine).adopt(a.id, out.adapter_name)
     else:
         a = store.save_adapter(state_dict=out.state_dict, configs=out.configs, **common)
-        library.adapters(engine).ensure(a.id, owner)
+        if recipe.adapter.module_adapter is None:  # a non-peft adapter is applied per request instead
+            library.adapters(engine).ensure(a.id, owner)
     return a
 
 

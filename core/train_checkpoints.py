@@ -33,6 +33,8 @@ class Checkpoints:
         if not spec["text_encoder_rank"]:  # UNet-only runs keep the keys they had before the option
             spec.pop("text_encoder_rank")
             spec.pop("text_encoder_targets")
+        if spec.get("module_adapter") is None:  # runs without one keep the keys they had before it
+            spec.pop("module_adapter", None)
         cfg = {k: v for k, v in asdict(self.cfg).items()
                if k not in ("steps", "sample_every", "sample_steps", "sample_guidance", "sample_seed",
                             "checkpoint_every", "resume", "keep_checkpoints", "eval_draws")}

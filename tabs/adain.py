@@ -27,8 +27,8 @@ from core import validate as v
 from core.adain_runs import BUILT_IN, DecoderSamples, DecoderTraining, DecoderSettings
 from core.errors import UserError
 from core.events import Progress, Result
-from tabs.common import (GPU, AppContext, JobClock, Tab, gpu, job_updates, session_key, status_text,
-                         user_errors)
+from tabs.common import (GPU, AppContext, JobClock, LossPlotAxes, Tab, about, example, gpu, job_updates,
+                         session_key, status_text, user_errors)
 from tabs.widgets import Dropdown, Image, ImageEditor, Number, Slider
 
 TITLE = "AdaIN Transfer"
@@ -41,6 +41,28 @@ MAX_STYLES = 8             # style images mixed at once
 MAX_TRAIN_IMAGES = 200     # uploaded images per training set
 MAX_TRAIN_STEPS = 200_000  # the paper trains 160,000
 GALLERY_EVERY_S = 1.0      # how often a Transfer re-sends its growing gallery
+
+# (content images, style images): one click fills the Transfer panel with our own example images
+EXAMPLES = [(["content-house.png"], ["style-waves.png"]), (["content-cat.png"], ["style-mosaic.png"]),
+            (["content-house.png", "content-cat.png"], ["style-ink.png"])]
+TRAIN_EXAMPLE = (["content-house.png", "content-cat.png"], ["style-waves.png", "style-mosaic.png", "style-ink.png"])
+
+SUMMARY = ("**Restyle a photo with any style image, instantly.** Upload a content image and a style image, "
+           "then Stylize; no training needed (you can train your own decoder below).")
+ABOUT = ("AdaIN (Huang & Belongie, ICCV 2017), real-time arbitrary style transfer: a fixed VGG-19 encodes the "
+         "content and the style; adaptive instance normalization gives the content's features each style's "
+         "channel mean and spread (at relu4_1); a learned decoder turns them back into an image. alpha blends "
+         "the AdaIN features with the content's own (0 = the content, 1 = full style); several styles mix by "
+         "their weights; painted regions give each style its own area; colour preservation matches the style "
+         "image's colours to the content's first. Training a decoder: loss = content (on the AdaIN target) + "
+         "10 x style (mean and spread at relu1_1..relu4_1), Adam with lr 1e-4 / (1 + 5e-5 x step); the paper "
+         "trains batch 8 of 256 px crops (of images resized to 512) for 160,000 steps on MS-COCO and WikiArt.")
+# The decoder presets' duration: measured on this project's CPU for the tiny preset (bench/adain.py);
+# for the paper's recipe, an estimate, not a measurement.
+TINY_NOTE = ("*Tiny offline mode: random weights, the output is noise-like. The tiny training preset takes "
+             "about half a minute on a 2-core CPU.*")
+PAPER_TIME = ("The paper's recipe (160,000 steps) is a long job: many hours on one GPU (an estimate, not "
+              "measured here); a few thousand steps already give a usable decoder.")
 
 
 def parse_weights(text: str | None, n: int) -> list[float] | None:
@@ -128,11 +150,12 @@ def fps_text(state: dict, model_s: float, size: tuple[int, int], device: str) ->
     return text, {**state, "times": times, "model_ms": model_ms}
 
 
-class AdaINTab(Tab):
+class AdaINTab(LossPlotAxes, Tab):
     """The handlers, bound to one app context (tests call them directly)."""
 
     title = TITLE
     api_prefix = "adain"
+    max_steps = MAX_TRAIN_STEPS
 
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
@@ -342,10 +365,7 @@ class AdaINTab(Tab):
     def build(self) -> None:
         # one container with an id, so browser tests (and CSS) can find this tab's widgets
         with gr.Column(elem_id="adain-tab"):
-            gr.Markdown("Real-time arbitrary style transfer with **AdaIN** (Huang & Belongie 2017): the "
-                        "content's VGG features take each style's channel mean and spread, and a learned "
-                        "decoder turns them back into an image." +
-                        (" *Tiny offline mode: random weights, the output is noise-like.*" if self.tiny else ""))
+            about(SUMMARY + (f"\n\n{TINY_NOTE}" if self.tiny else ""), ABOUT)
             with gr.Tab("Transfer"):
                 transfer = self._transfer_panel()
             with gr.Tab("Webcam"):
@@ -358,32 +378,47 @@ class AdaINTab(Tab):
         w = {}
         with gr.Row():
             with gr.Column():
-                w["contents"] = gr.File(label="Content image(s) - several for a batch", file_count="multiple",
-                                        file_types=["image"], type="filepath")
-                w["contents_pv"] = gr.Gallery(label="Contents", columns=4, height=140, interactive=False)
-                w["styles"] = gr.File(label="Style image(s)", file_count="multiple", file_types=["image"],
-                                      type="filepath")
-                w["styles_pv"] = gr.Gallery(label="Styles", columns=4, height=140, interactive=False)
-                w["weights"] = gr.Textbox(label="Style weights (one per style, e.g. 0.7, 0.3; empty = equal)",
-                                          placeholder="equal")
+                with gr.Row():
+                    w["contents"] = gr.File(label="Content image(s) - several for a batch", file_count="multiple",
+                                            file_types=["image"], type="filepath", height=120,
+                                            elem_id="adain-contents")
+                    w["styles"] = gr.File(label="Style image(s)", file_count="multiple", file_types=["image"],
+                                          type="filepath", height=120, elem_id="adain-styles")
+                with gr.Row():
+                    w["contents_pv"] = self._preview_gallery("Contents")
+                    w["styles_pv"] = self._preview_gallery("Styles")
+                w["run"] = gr.Button("Stylize", variant="primary", elem_id="adain-run")
                 w["alpha"] = Slider(0, 1, value=1.0, step=0.05, label="alpha: content (0) to style (1)")
-                w["preserve"] = gr.Checkbox(label="Preserve the content's colours")
-                w["size"] = Slider(64, self.max_side, value=512, step=32,
-                                   label=f"Output size, longer side (max {self.max_side})")
                 # a shared instance lists each visitor's own decoders once their page loads
                 w["decoder"] = Dropdown([DEFAULT_DECODER] if self.ctx.shared else self.decoder_choices(),
                                         value=DEFAULT_DECODER, label="Decoder", allow_custom_value=True)
+                with gr.Accordion("More settings: weights, colours, size", open=False):
+                    w["weights"] = gr.Textbox(label="Style weights (one per style, e.g. 0.7, 0.3; empty = equal)",
+                                              placeholder="equal")
+                    w["preserve"] = gr.Checkbox(label="Preserve the content's colours")
+                    w["size"] = Slider(64, self.max_side, value=512, step=32,
+                                       label=f"Output size, longer side (max {self.max_side})")
                 with gr.Accordion("Regions: a style per painted area", open=False):
                     w["use_regions"] = gr.Checkbox(label="Use painted regions")
                     gr.Markdown("Paint layer 1 where style 1 goes, layer 2 for style 2, ...; "
                                 "the unpainted area takes the next style.")
                     w["regions"] = ImageEditor(label="Regions", type="numpy", sources=(),
                                                layers=gr.LayerOptions(layers=["Style 1"]), transforms=(), height=360)
-                w["run"] = gr.Button("Stylize", variant="primary")
             with gr.Column():
-                w["gallery"] = gr.Gallery(label="Stylized", columns=2, format="png")
-                w["info"] = gr.Markdown()
+                w["info"] = gr.Markdown(elem_id="adain-info")
+                w["gallery"] = gr.Gallery(label="Stylized", columns=2, format="png", height=420,
+                                          object_fit="contain", elem_id="adain-gallery")
+        gr.Examples([[[example(n) for n in c], [example(n) for n in st]] for c, st in EXAMPLES],
+                    [w["contents"], w["styles"]], label="Examples: click one, then Stylize",
+                    examples_per_page=len(EXAMPLES), elem_id="adain-examples",
+                    example_labels=[" + ".join(n.removesuffix(".png") for n in c + st) for c, st in EXAMPLES])
         return w
+
+    @staticmethod
+    def _preview_gallery(label: str):
+        """Thumbnails of the uploads, each shown whole (two across, never stretched to a strip)."""
+        return gr.Gallery(label=label, columns=2, fit_columns=False, height=150, interactive=False,
+                          object_fit="contain", allow_preview=False)
 
     def _webcam_panel(self) -> dict:
         w = {}
@@ -401,10 +436,13 @@ class AdaINTab(Tab):
         w, p = {}, self.preset
         with gr.Row():
             with gr.Column():
-                w["contents"] = gr.File(label="Content images (e.g. photos)", file_count="multiple",
-                                        file_types=["image"], type="filepath")
-                w["styles"] = gr.File(label="Style images (e.g. paintings)", file_count="multiple",
-                                      file_types=["image"], type="filepath")
+                with gr.Row():
+                    w["contents"] = gr.File(label="Content images (e.g. photos)", file_count="multiple",
+                                            file_types=["image"], type="filepath", height=120,
+                                            elem_id="adain-contents-train")
+                    w["styles"] = gr.File(label="Style images (e.g. paintings)", file_count="multiple",
+                                          file_types=["image"], type="filepath", height=120,
+                                          elem_id="adain-styles-train")
                 with gr.Accordion("...or folders on the server", open=False,
                                   visible=bool(getattr(self.ctx.args, "allow_server_paths", False))):
                     w["content_dir"] = gr.Textbox(label="Content folder (e.g. MS-COCO train2014)")
@@ -418,9 +456,14 @@ class AdaINTab(Tab):
                     w["train"] = gr.Button("Train", variant="primary")
                     w["stop"] = gr.Button("Stop", variant="stop")
             with gr.Column():
-                w["curve"] = gr.LinePlot(x="step", y="value", color="term", label="Loss", height=320)
-                w["samples"] = gr.Gallery(label="content / style / transfer", columns=3, height=220)
+                w["curve"] = gr.LinePlot(x="step", y="value", color="term", label="Loss", height=320,
+                                         **self.loss_axes(p.steps))
+                w["samples"] = gr.Gallery(label="content / style / transfer", columns=3, height=220,
+                                          object_fit="contain")
                 w["status"] = gr.Markdown()
+        gr.Examples([[[example(n) for n in TRAIN_EXAMPLE[0]], [example(n) for n in TRAIN_EXAMPLE[1]], "first-decoder"]],
+                    [w["contents"], w["styles"], w["run_name"]], label="Example: click it, then Train",
+                    elem_id="adain-train-examples", example_labels=["2 photos + 3 styles, run 'first-decoder'"])
         return w
 
     def _recipe(self, w: dict, p: DecoderSettings) -> None:
@@ -430,11 +473,10 @@ class AdaINTab(Tab):
             w["sample_every"] = Number(value=p.sample_every, precision=0, label="Samples every N steps")
             w["save_every"] = Number(value=p.save_every, precision=0, label="Checkpoint every N steps")
             w["resume"] = gr.Checkbox(value=p.resume, label="Resume from the run's checkpoint")
-            gr.Markdown("Loss = content (on the AdaIN target) + 10 x style (mean/std at relu1_1..relu4_1); "
-                        "Adam, lr 1e-4 / (1 + 5e-5 x step). A Stop keeps the run once it has a checkpoint." +
-                        (" *Tiny mode: smaller than the paper's batch 8 of 256 px crops (of images resized to "
+            gr.Markdown("A Stop keeps the run once it has a checkpoint. " +
+                        ("*Tiny mode: smaller than the paper's batch 8 of 256 px crops (of images resized to "
                          "512) for 160,000 steps, so a run takes well under a minute on a CPU.*"
-                         if self.tiny else ""))
+                         if self.tiny else PAPER_TIME))
 
     def _wire(self, t: dict, cam: dict, tr: dict) -> None:
         private = dict(api_visibility="private", show_progress="hidden")
@@ -457,6 +499,7 @@ class AdaINTab(Tab):
                                        tr["run_name"], tr["steps"], tr["batch"], tr["resize"], tr["crop"],
                                        tr["sample_every"], tr["save_every"], tr["resume"], visitor],
                           [tr["curve"], tr["samples"], tr["status"], decoder], api_name="adain_train", **GPU)
+        tr["steps"].change(self.update_loss_axes, tr["steps"], tr["curve"], queue=False, **private)
         # no output: the job itself reports "Stopped at step N" as its last update
         self.wire_stop(tr["stop"])
 

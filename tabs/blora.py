@@ -14,11 +14,11 @@ import pandas as pd
 
 from core import blora
 from core import validate as v
-from core.errors import UserError
 from core.events import Result
 from core.train import MAX_STEPS
 
-from .common import GPU, AppContext, Tab, captioned, gpu, image_updates, md_text, stream_training, user_errors
+from .common import (GPU, AppContext, LossPlotAxes, Tab, about, captioned, example, gpu, image_updates, md_text,
+                     stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "B-LoRA Mix"
@@ -33,6 +33,28 @@ NEGATIVE_NOTE = ("No negative prompt on this tab: with any negative prompt, even
 TRAIN_STOPPED = ("**Stopped.** B-LoRAs finished before the Stop are in the library; the last checkpoint of "
                  "the unfinished one (if any) is kept: train again with Resume on to continue.")
 GENERATE_STOPPED = "**Stopped.** The images were not finished."
+EXAMPLES = [(["content-cat.png", "style-mosaic.png"],)]  # one B-LoRA each: the cat's content, the mosaic's style
+SUMMARY = ("**Take the content of one image and the style of another.** Train a B-LoRA on each image (one click "
+           "on the example, then Train), then mix one's content with another's style below.")
+ABOUT = ("B-LoRA (Frenkel et al., ECCV 2024) learns one image with LoRA on just two blocks of SDXL's UNet, "
+         f"trained together: `{blora.CONTENT_BLOCK}` learns its **content**, `{blora.STYLE_BLOCK}` its **style**. "
+         "Each image becomes one library entry holding both halves; load the content half of one and the style "
+         "half of another. The paper's recipe: prompt \"A [v]\", rank 64, lr 5e-5 constant, 1000 steps, batch 1, "
+         "no prior preservation, text encoders frozen.\n\nThe paper's four uses ([c] = the content trigger, "
+         "[s] = the style trigger):\n\n" + "\n".join(f"- **{u}**: {spec['help']}" for u, spec in blora.USES.items()))
+# How long a preset trains one image: the tiny one measured on this project's 2-core CPU (30 steps:
+# about 6 s per image); the paper's is an estimate, not a measurement.
+PRESET_TIMES = {
+    "Quick test (tiny models)": "about 6 s per image on a 2-core CPU (measured)",
+    "Paper (SDXL, 1000 steps)": "roughly 10-20 min per image on one A100-class GPU (an estimate, not measured here)",
+}
+
+
+def preset_note(name: str) -> str:
+    """How long a preset's run takes, as the page shows it under the preset."""
+    return f"<small>Takes {PRESET_TIMES[name]}.</small>" if name in PRESET_TIMES else ""
+
+
 PRESET_FIELDS = ("steps", "learning_rate", "rank", "sample_every", "checkpoint_every", "gradient_checkpointing")
 
 
@@ -67,9 +89,10 @@ def _generated_line(result: Result) -> str:
     return f"**Done.** {result.info['use']}: {halves}."
 
 
-class BLoRATab(Tab):
+class BLoRATab(LossPlotAxes, Tab):
     title = TITLE
     api_prefix = "blora"
+    max_steps = MAX_STEPS
 
     def __init__(self, ctx: AppContext):
         super().__init__(ctx)
@@ -88,19 +111,9 @@ class BLoRATab(Tab):
         return tuple(settings[k] for k in PRESET_FIELDS)
 
     @staticmethod
-    def loss_axes(steps) -> dict:
-        """The loss plot's axes: steps 0 to the run's last, loss from 0. A run stopped at step 1
-        still has a readable plot (one point alone gives each axis an empty range, drawn as a lone
-        "1.000000" tick; its loss is in the status line, as a line needs two points)."""
-        try:
-            last = v.whole(steps, "Steps", 1, MAX_STEPS)
-        except UserError:
-            last = None
-        return dict(x_lim=[0, last], y_lim=[0, None])
-
-    def update_loss_axes(self, steps):
-        """The plot's axes for a new step count (page helper)."""
-        return gr.update(**self.loss_axes(steps))
+    def describe_preset(preset) -> str:
+        """How long the preset's run takes (page helper; an unknown name: nothing)."""
+        return preset_note(preset if isinstance(preset, str) else "")
 
     @user_errors
     @gpu(duration=600)
@@ -199,10 +212,7 @@ class BLoRATab(Tab):
 
     # ------------------------------------------------------------------ layout
     def build(self) -> None:
-        gr.Markdown(
-            "**B-LoRA** learns one image with LoRA on just two blocks of SDXL's UNet, trained together: "
-            f"`{blora.CONTENT_BLOCK}` learns its **content**, `{blora.STYLE_BLOCK}` its **style**. Each image "
-            "becomes one library entry holding both halves; combine halves of different images below.")
+        about(SUMMARY, ABOUT)
         with gr.Row():
             with gr.Column(scale=1):
                 train = self._training_inputs()
@@ -211,9 +221,12 @@ class BLoRATab(Tab):
                 train.loss_plot = gr.LinePlot(None, x="step", y="loss", **self.loss_axes(train.steps.value),
                                               title="Training loss (the B-LoRA being trained)", height=240,
                                               elem_id="bl-loss")
-                train.samples = gr.Gallery(label="Samples while training", columns=4, height="auto",
-                                           elem_id="bl-samples")
+                train.samples = gr.Gallery(label="Samples while training", columns=4, height=280,
+                                           object_fit="contain", elem_id="bl-samples")
                 train.info = gr.JSON(label="Run", visible=False)
+        gr.Examples([[[example(n) for n in files]] for files, in EXAMPLES], [train.files],
+                    label="Example: click it, then Train B-LoRA", elem_id="bl-examples",
+                    example_labels=[" + ".join(n.removesuffix(".png") for n in files) for files, in EXAMPLES])
         gr.Markdown("### Mix content and style")
         with gr.Row():
             with gr.Column(scale=1):
@@ -230,18 +243,22 @@ class BLoRATab(Tab):
         res = self.engine.resolution
         p = blora.PRESETS[self.default_preset]
         w = SimpleNamespace()
-        w.files = gr.File(label=f"Images (1-{blora.MAX_IMAGES}; each becomes its own B-LoRA)", file_count="multiple",
-                          file_types=["image"], type="filepath", elem_id="bl-files")
-        w.crops = gr.Gallery(label=f"Training crops ({res}x{res})", columns=4, height=140, elem_id="bl-crops")
+        w.files = gr.File(label=f"Images (1-{blora.MAX_IMAGES}; each becomes its own B-LoRA)",
+                          file_count="multiple", file_types=["image"], type="filepath", height=120, elem_id="bl-files")
+        w.crops = gr.Gallery(label=f"Training crops ({res}x{res})", columns=5, fit_columns=False, height=140,
+                             object_fit="contain", allow_preview=False, elem_id="bl-crops")
         with gr.Row():
-            w.trigger = gr.Textbox(label="Trigger word (empty: a fresh [vN])", value="", elem_id="bl-trigger")
-            w.name = gr.Textbox(label="Name (default: the trigger)", value="", elem_id="bl-name")
-        w.joint = gr.Checkbox(label="One B-LoRA from all images (a subject from several photos) "
-                                    "instead of one per image", value=False, elem_id="bl-joint")
-        w.preset = Dropdown(list(blora.PRESETS), value=self.default_preset, label="Preset", elem_id="bl-preset",
-                            info="The paper: prompt \"A [v]\", rank 64, lr 5e-5 constant, 1000 steps, batch 1, "
-                                 "no prior preservation, text encoders frozen.")
+            w.preset = Dropdown(list(blora.PRESETS), value=self.default_preset, label="Preset", elem_id="bl-preset",
+                                scale=2)
+            w.run = gr.Button("Train B-LoRA", variant="primary", elem_id="bl-train", scale=1)
+            w.stop = gr.Button("Stop", variant="stop", elem_id="bl-stop-train", scale=1)
+        w.preset_note = gr.Markdown(preset_note(self.default_preset), elem_id="bl-preset-note")
         with gr.Accordion("Training settings", open=False):
+            with gr.Row():
+                w.trigger = gr.Textbox(label="Trigger word (empty: a fresh [vN])", value="", elem_id="bl-trigger")
+                w.name = gr.Textbox(label="Name (default: the trigger)", value="", elem_id="bl-name")
+            w.joint = gr.Checkbox(label="One B-LoRA from all images (a subject from several photos) "
+                                        "instead of one per image", value=False, elem_id="bl-joint")
             with gr.Row():
                 w.steps = Number(label="Steps", value=p["steps"], precision=0, minimum=1, elem_id="bl-steps")
                 w.lr = Number(label="Learning rate (constant)", value=p["learning_rate"], elem_id="bl-lr")
@@ -255,17 +272,14 @@ class BLoRATab(Tab):
             with gr.Row():
                 w.seed = Number(label="Seed", value=0, precision=0, minimum=0)
                 w.resume = gr.Checkbox(label="Resume a stopped run with the same inputs", value=True)
-        with gr.Row():
-            w.run = gr.Button("Train B-LoRA", variant="primary", elem_id="bl-train")
-            w.stop = gr.Button("Stop", variant="stop", elem_id="bl-stop-train")
         return w
 
     @staticmethod
     def _library_inputs() -> SimpleNamespace:
         """The library's gallery (a click picks) and the two halves with their weights."""
         w = SimpleNamespace(ids=gr.State([]))
-        w.library = gr.Gallery(label="The library's B-LoRAs (click one to pick it)", columns=4, height=220,
-                               allow_preview=False, elem_id="bl-library")
+        w.library = gr.Gallery(label="The library's B-LoRAs (click one to pick it)", columns=5, fit_columns=False,
+                               height=160, object_fit="contain", allow_preview=False, elem_id="bl-library")
         with gr.Row():
             w.pick_as = Radio(["content", "style"], value="content", label="A click picks it as", elem_id="bl-pick-as")
             w.refresh = gr.Button("Refresh", size="sm", elem_id="bl-refresh")
@@ -279,27 +293,26 @@ class BLoRATab(Tab):
                                elem_id="bl-style", scale=3, allow_custom_value=True)
             w.style_w = Slider(0, 2, value=1.0, step=0.05, label="Style weight", info=WEIGHT_INFO,
                                elem_id="bl-style-w", scale=2)
-        gr.Markdown(f"<small>{WEIGHT_NOTE}</small>", elem_id="bl-weight-note")
         return w
 
     def _generate_inputs(self, w: SimpleNamespace) -> None:
         """The four uses' buttons, the prompts and the sampling settings (added to `w`)."""
-        gr.Markdown("**The paper's four uses**, one click each ([c] = the content trigger, [s] = the style "
-                    "trigger):")
+        gr.Markdown("**The paper's four uses**, one click each (see About this method):")
         with gr.Row():
             w.use_buttons = [gr.Button(u, elem_id=f"bl-use-{i}", size="sm") for i, u in enumerate(blora.USES)]
-        gr.Markdown("\n".join(f"- **{u}**: {spec['help']}" for u, spec in blora.USES.items()))
-        w.prompts = gr.Textbox(label="Prompts, one per line ([c], [s] are replaced by the triggers)", lines=3,
+        w.prompts = gr.Textbox(label="Prompts, one per line ([c], [s] are replaced by the triggers)", lines=2,
                                value="A [c] in [s] style", elem_id="bl-prompts")
-        with gr.Row():
-            w.seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="bl-seed")
-            w.steps = Slider(1, 100, value=4 if self.engine.offline else 50, step=1, label="Steps",
-                             elem_id="bl-gen-steps")
-            w.guidance = Slider(0, 20, value=7.5, step=0.5, label="Guidance")
-        gr.Markdown(f"<small>{NEGATIVE_NOTE}</small>", elem_id="bl-negative-note")
         with gr.Row():
             w.run = gr.Button("Generate with these prompts", variant="primary", elem_id="bl-generate")
             w.stop = gr.Button("Stop", variant="stop", elem_id="bl-stop")
+        with gr.Accordion("Sampling: seed, steps, guidance", open=False):
+            with gr.Row():
+                w.seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="bl-seed")
+                w.steps = Slider(1, 100, value=4 if self.engine.offline else 50, step=1, label="Steps",
+                                 elem_id="bl-gen-steps")
+                w.guidance = Slider(0, 20, value=7.5, step=0.5, label="Guidance")
+        gr.Markdown(f"<small>{WEIGHT_NOTE}</small>", elem_id="bl-weight-note")
+        gr.Markdown(f"<small>{NEGATIVE_NOTE}</small>", elem_id="bl-negative-note")
         w.use = Dropdown([CUSTOM, *blora.USES], value=CUSTOM, visible=False, label="Use")
 
     # ------------------------------------------------------------------ wiring
@@ -307,6 +320,7 @@ class BLoRATab(Tab):
         ui = dict(api_visibility="private")  # page helpers, not part of the API
         train.files.change(self.show_crops, train.files, train.crops, **ui)
         train.steps.change(self.update_loss_axes, train.steps, train.loss_plot, queue=False, **ui)
+        train.preset.change(self.describe_preset, train.preset, train.preset_note, queue=False, **ui)
         train.preset.change(self.apply_preset, train.preset, [train.steps, train.lr, train.rank, train.sample_every,
                                                               train.ckpt_every, train.gc], queue=False, **ui)
         library_out = [mix.library, mix.ids, mix.content, mix.style]

@@ -214,7 +214,10 @@ def job_updates(events, *, stopped: str | Callable[[], str], done: str | Callabl
             elif isinstance(ev, Result):
                 last = done(ev) if callable(done) else done
             elif isinstance(ev, Progress):
-                last = progress(ev) if progress else status_text(ev, clock if ev.total else None)
+                if progress is None:
+                    last = status_text(ev, clock if ev.total else None)
+                else:   # a method's own line, with the same elapsed time and time left
+                    last = f"{progress(ev)} · {clock.tick(ev)}" if ev.total else progress(ev)
             elif line is not None:
                 last = line(ev) or last
             yield JobUpdate(text(last), ev)
@@ -604,3 +607,33 @@ def about(summary: str, details: str) -> None:
     gr.Markdown(summary)
     with gr.Accordion("About this method", open=False):
         gr.Markdown(details)
+
+
+# ------------------------------------------------------------------ loss plots (issue 16)
+
+def loss_axes(steps: Any, most: int) -> dict:
+    """A training loss plot's axes: steps 0 to the run's last (`steps`, if it is a valid step
+    count up to `most`), loss from 0. A run stopped at step 1 still has a readable plot (one
+    point alone gives each axis an empty range, drawn as a lone "1.000000" tick)."""
+    from core import validate
+
+    try:
+        last = validate.whole(steps, "Steps", 1, most)
+    except UserError:
+        last = None
+    return dict(x_lim=[0, last], y_lim=[0, None])
+
+
+class LossPlotAxes:
+    """For a Tab with a training loss plot (mixed in before Tab): `loss_axes(steps)` for the plot's
+    x_lim/y_lim and `update_loss_axes(steps)`, the page helper that redraws them when the step
+    count changes. `max_steps` is the tab's largest step count."""
+
+    max_steps: int = 1_000_000
+
+    @classmethod
+    def loss_axes(cls, steps) -> dict:
+        return loss_axes(steps, cls.max_steps)
+
+    def update_loss_axes(self, steps):
+        return gr.update(**self.loss_axes(steps))

@@ -23,6 +23,11 @@ def health_markdown(health) -> str:
         text = f"**The model could not be loaded**: {where}. {reason.strip()}"
         if fix.strip():
             text += f"\n\n**To fix it**: {fix.strip()}"
+    if getattr(health, "low_vram", False):
+        why = f" ({health.low_vram_reason})" if getattr(health, "low_vram_reason", "") else ""
+        offload = "idle text encoders wait on the CPU, " if health.device.startswith("cuda") else ""
+        text += (f"\n\n**Low-VRAM mode**{why}: {offload}the VAE decodes in tiles (fp16-safe), training "
+                 "uses gradient checkpointing and 8-bit Adam; slower, but it fits a smaller GPU.")
     if health.offline:
         text += ("\n\n*Offline tiny models: images are noise, the machinery is real; sizes are capped "
                  "at 256 px.*")
@@ -34,10 +39,11 @@ class HealthBanner:
         self.ctx = ctx
 
     def health(self) -> dict:
-        """The model's state: model, device, dtype, state (loading / ready / failed), detail."""
+        """The model's state: model, device, dtype, state (loading / ready / failed), whether the
+        low-memory mode is on, detail."""
         h = self.ctx.engine.health()
         return {"state": h.state, "model": h.model, "device": h.device, "dtype": h.dtype,
-                "offline": h.offline, "detail": scrub_paths(h.detail)}
+                "offline": h.offline, "low_vram": h.low_vram, "detail": scrub_paths(h.detail)}
 
     def poll(self):
         h = self.ctx.engine.health()

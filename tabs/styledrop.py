@@ -21,8 +21,8 @@ from core.images import load_image
 from core.throttle import DistinctLimit, Throttle
 from core.train import MAX_STEPS, TrainSettings
 
-from .common import (GPU, AppContext, Tab, captioned, gpu, html_text, image_updates, job_updates, md_text,
-                     stream_training, user_errors)
+from .common import (GPU, AppContext, LossPlotAxes, Tab, about, captioned, deliver, example, gpu, html_text,
+                     image_updates, job_updates, md_text, stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 # Ratings of someone else's published loop, per client address: at most RATES_PER_MINUTE, and
@@ -32,6 +32,10 @@ RATES_PER_MINUTE = 60
 RATERS_PER_LOOP = 2
 
 TITLE = "StyleDrop Loop"
+# The page's defaults: the paper's adapter; Eq. 4 with lambda_B = 5 (Table S3) and lambda_A = 1 (the
+# middle of round 1's 0-2; round 2 uses 2)
+DEFAULT_OPTIONS = {"form": "gelu", "adapter_guidance": True, "lambda_a": 1.0, "lambda_b": 5.0}
+DEFAULT_MIX = {"mode": "predictions", "gamma": 0.6}  # the paper's gamma 0.5-0.7
 
 # The grid (a gr.HTML): visitor text goes in its triple-stash fields only after
 # tabs.common.html_text (Gradio evaluates the rendered template as a JavaScript template
@@ -44,14 +48,39 @@ GRID_JS = (_STATIC / "grid.js").read_text(encoding="utf-8")
 NO_LOOP = "No loop yet: upload a style image and start one."
 STOPPED_ROUND = ("**Stopped.** Nothing half-written is kept: an unfinished round (adapter and grid) is "
                  "removed, a new loop without a finished round too; the last finished round stays.")
+SUMMARY = ("**Teach the model a style from one image, then steer it by rating.** Start a loop from a style "
+           "image, rate the candidates it makes (thumbs up / down, or let CLIP pick), and train the next round "
+           "on the ones you liked.")
+
+# (style image, what it shows, its style): one click fills the form
+EXAMPLES = [
+    ("style-waves.png", "ocean waves", "woodblock print"),
+    ("style-mosaic.png", "a tiled pattern", "stained glass mosaic"),
+    ("style-ink.png", "brush strokes", "ink sketch"),
+]
+
 INTRO = (
-    "**StyleDrop**: one style image (more allowed) trains a small adapter: a low-rank residual layer "
-    "`out + U·D·out` after the feed-forward of every transformer block of the UNet, nothing else. Training "
-    "text: **\"[content of the image] in [style] style\"**. Each round generates a grid of candidates; rate them "
-    "with 👍/👎 (click, or focus a tile and press **U** / **D**, **0** to withdraw, arrow keys to move) or let "
-    "CLIP pick, then train the next round: a fresh adapter on the **liked** images plus the style image.\n\n"
+    "**StyleDrop**: one style image (more allowed) trains a small adapter, the paper's "
+    "`out + U·GELU(D·out)` after the feed-forward of every transformer block of the UNet, nothing else. Training "
+    "text: **\"[content of the image] in [style] style\"**. Each round generates a grid of candidates (by the "
+    "paper's adapter guidance, Eq. 4, unless you switch it off); rate them with thumbs up / down "
+    "(click, or focus a tile and press **U** / **D**, **0** to withdraw, arrow keys to move) or let "
+    "CLIP pick (by default the paper's rule: per prompt, the image with the best CLIP text score), then train the "
+    "next round.\n\n"
+    "*The next round* trains a **fresh adapter** (not the previous one continued) on the **liked** images plus the "
+    "style image. The paper also trains a new adapter, but on the selected images alone and with a wider one in "
+    "round 2 (d_prj 32 instead of 4); here the style image stays in and the rank is the one you set.\n\n"
     "*Combining ratings:* every person (and CLIP, as one more rater) has at most one vote per image; an image is "
     "**liked** when thumbs up minus thumbs down is at least 1.")
+FORM_NOTE = (
+    "**The paper's adapter** (default): `out + U·GELU(D·out)`, put on through hooks only while it is used. "
+    "**Linear**: `out + U·D·(out − b)` as a LoRA on `ff.net.2` (no GELU, the bias term left out): a different, "
+    "separately trained adapter, which A1111/ComfyUI load exactly.")
+GUIDANCE_NOTE = (
+    "**Adapter guidance (Eq. 4):** ε = ε̂(t) + λ_A·(ε̂(t) − ε(t)) + λ_B·(ε(t) − ε(∅)), ε̂ the adapted UNet, ε the "
+    "base one: three UNet passes a step instead of two. λ_A sets how much of the style, λ_B the text guidance "
+    "(it replaces *Guidance*: plain CFG at w is λ_A = −1, λ_B = w − 1). Paper: λ_B = 5, λ_A 0–2 in round 1, 2 in "
+    "round 2. Off: plain CFG with the adapter on in both halves. API calls get the page's defaults.")
 
 
 def _fmt(x, nd=3):
@@ -89,12 +118,13 @@ def _counts_text(view: dict) -> str:
         rule = (f"top {fb['k']}{' per prompt' if fb.get('per_prompt') else ''}" if fb["mode"] == "top_k"
                 else f"score ≥ {fb['threshold']:.3f}")
         clip = f" (CLIP rule: {rule}, w = {fb['text_weight']:.2f})"
-    return (f"**Round {view['round'].number}** · {len(view['tiles'])} candidates · 👍 {view['up']} · "
-            f"👎 {view['down']} · CLIP picked {view['clip_picked']}{clip} · **liked (net ≥ 1): {view['liked']}** · "
-            f"your ratings: {mine}")
+    return (f"**Round {view['round'].number}** · {len(view['tiles'])} candidates · "
+            f"thumbs up {view['up']} · thumbs down {view['down']} · CLIP picked {view['clip_picked']}{clip} · "
+            f"**liked (net ≥ 1): {view['liked']}** · your ratings: {mine}")
 
 
-class StyleDropTab(Tab):
+class StyleDropTab(LossPlotAxes, Tab):
+    max_steps = MAX_STEPS
     title = TITLE
     api_prefix = "styledrop"
 
@@ -110,15 +140,15 @@ class StyleDropTab(Tab):
         try:
             r = v.whole(rank, "Adapter rank r", 1, 128, default=4)
         except UserError as exc:
-            return f"⚠ {exc}"
+            return f"**Warning:** {exc}"
         size = styledrop.adapter_size(self.engine, r)
         if size is None:
             return f"Adapter rank {r}: the parameter count appears when the model has loaded."
         return (f"**Adapter:** D (r×d) and U (d×r) after the feed-forward of each of the {size.blocks} "
                 f"transformer blocks → **{size.trainable_params:,} trained parameters** at r = {r} (Σ 2·r·d). "
-                f"Saved as a standard LoRA on `ff.net.2` (lora_A = D·W2, lora_B = U; {size.lora_numbers:,} "
-                "numbers in the file; the adapter's bias term U·D·b is left out, in training too), loadable by "
-                "diffusers, A1111, ComfyUI.")
+                "The paper's form keeps exactly those in the library; the linear form is saved as a standard "
+                f"LoRA on `ff.net.2` (lora_A = D·W2, lora_B = U; {size.lora_numbers:,} numbers in the file; the "
+                "bias term U·D·b is left out, in training too), loadable by diffusers, A1111, ComfyUI.")
 
     def loop_choices(self, owner: str) -> list[tuple[str, str]]:
         store = styledrop.store_of(self.engine)
@@ -200,7 +230,7 @@ class StyleDropTab(Tab):
         try:
             return f"Training text: **{md_text(styledrop.training_text(content, style))}**"
         except UserError as exc:
-            return f"⚠ {exc}"
+            return f"**Warning:** {exc}"
 
     def apply_preset(self, preset):
         """(steps, learning rate, rank, checkpointing, samples, sampling steps, guidance, adapter text)."""
@@ -251,6 +281,38 @@ class StyleDropTab(Tab):
         return styledrop.combined_prompt(self.engine, style_adapter_id=style_id, subject_adapter_id=subject_id,
                                          owner=owner)
 
+    # ------------------------------------------------------------------ adapter form and guidance
+    @staticmethod
+    @user_errors
+    def options_of(form, adapter_guidance, lambda_a, lambda_b) -> dict:
+        """The page's adapter form and guidance settings, checked (kept in a State for train/generate)."""
+        return {"form": v.choice(form, "Adapter form", styledrop.FORMS),
+                "adapter_guidance": v.flag(adapter_guidance, "Adapter guidance (Eq. 4)"),
+                "lambda_a": v.real(lambda_a, "λ_A (style adaptation)", -1, 10),
+                "lambda_b": v.real(lambda_b, "λ_B (text guidance)", 0, 30)}
+
+    def sampling_options(self, options) -> tuple[str, tuple[float, float] | None]:
+        """(adapter form, (lambda_A, lambda_B) or None for plain CFG) from the State; None (a
+        plain REST call, which has no State): the page's defaults, the paper's."""
+        options = dict(DEFAULT_OPTIONS) if options is None else options
+        if not isinstance(options, dict):
+            raise UserError("The adapter settings could not be read.")
+        o = self.options_of(options.get("form"), options.get("adapter_guidance"), options.get("lambda_a"),
+                            options.get("lambda_b"))
+        return o["form"], (o["lambda_a"], o["lambda_b"]) if o["adapter_guidance"] else None
+
+    @user_errors
+    def export(self, round, visitor=None, request: gr.Request = None):
+        """The round's adapter as a kohya LoRA file for A1111/ComfyUI: (file, note)."""
+        round_id = v.record_id(round, "Round")
+        owner = self.caller(request, visitor).owner
+        if round_id is None:
+            raise UserError("Pick a round (train one first).")
+        path, exact = styledrop.export_for_lora_loaders(self.engine, round_id, owner=owner)
+        return deliver(path), ("Exact: this round's adapter is a LoRA (linear form)." if exact else
+                      "**Linearised** (not exact): GELU(z) replaced by z/2 and the bias term dropped; images in "
+                      "A1111/ComfyUI will differ from the ones here.")
+
     # ------------------------------------------------------------------ rounds
     @staticmethod
     def grid_settings(prompts, samples_per_prompt, sample_steps, guidance, grid_seed) -> dict:
@@ -266,7 +328,7 @@ class StyleDropTab(Tab):
     @user_errors
     @gpu(duration=900)
     def train(self, loop, style_files, content, style, name, steps, learning_rate, rank, gradient_checkpointing,
-              seed, prompts, samples_per_prompt, sample_steps, guidance, grid_seed, visitor=None,
+              seed, prompts, samples_per_prompt, sample_steps, guidance, grid_seed, options=None, visitor=None,
               request: gr.Request = None):
         """Train the loop's next round (no loop: a new loop from the style image) and its grid,
         streamed: (status, loss plot, loop view ×6, info)."""
@@ -281,8 +343,10 @@ class StyleDropTab(Tab):
         content = v.text(content, "Content of the style image", 200)
         style = v.text(style, "Style descriptor", 200)
         name = v.text(name, "Loop name", 100)
+        form, lambdas = self.sampling_options(options)
         caller = self.caller(request, visitor)
-        round_kw = dict(owner=caller.owner, stop_key=caller.stop_key, rank=rank, metrics=self.ctx.metrics, **grid)
+        round_kw = dict(owner=caller.owner, stop_key=caller.stop_key, rank=rank, metrics=self.ctx.metrics, form=form,
+                        lambdas=lambdas, **grid)
         if loop_id is None:
             if not paths:
                 raise UserError("Upload a style image to start a loop.")
@@ -317,16 +381,17 @@ class StyleDropTab(Tab):
 
     @user_errors
     @gpu(duration=300)
-    def generate(self, loop, round, prompts, samples_per_prompt, sample_steps, guidance, grid_seed, visitor=None,
-                 request: gr.Request = None):
+    def generate(self, loop, round, prompts, samples_per_prompt, sample_steps, guidance, grid_seed, options=None,
+                 visitor=None, request: gr.Request = None):
         """More candidates for the round, streamed: (status, loop view ×6)."""
         grid = self.grid_settings(prompts, samples_per_prompt, sample_steps, guidance, grid_seed)
         loop_id, round_id = v.record_id(loop, "Feedback loop"), v.record_id(round, "Round")
+        _, lambdas = self.sampling_options(options)
         caller = self.caller(request, visitor)
         if round_id is None:
             raise UserError("Pick a round (train one first).")
         events = styledrop.generate_candidates(self.engine, round_id, owner=caller.owner, stop_key=caller.stop_key,
-                                               metrics=self.ctx.metrics, **grid)
+                                               metrics=self.ctx.metrics, lambdas=lambdas, **grid)
         for u in job_updates(events, stopped="**Stopped.** No candidates were added."):
             if isinstance(u.event, Result):
                 outcome = styledrop.round_outcome(u.event)
@@ -392,11 +457,30 @@ class StyleDropTab(Tab):
         return self.render(owner, loop_id, round_id)
 
     # ------------------------------------------------------------------ style + subject
+    @staticmethod
+    @user_errors
+    def mix_of(mode, gamma) -> dict:
+        """The page's style + subject mixing, checked (kept in a State for `combine`)."""
+        return {"mode": v.choice(mode, "Mix", ["predictions", "weights"]),
+                "gamma": v.real(gamma, "γ (subject share)", 0, 1)}
+
+    def mix_options(self, mix, options) -> dict:
+        """generate_with_subject's mixing arguments from the States (None: the page's defaults)."""
+        mix = dict(DEFAULT_MIX) if mix is None else mix
+        if not isinstance(mix, dict):
+            raise UserError("The mixing settings could not be read.")
+        m = self.mix_of(mix.get("mode"), mix.get("gamma"))
+        if m["mode"] == "weights":
+            return {"mix": "weights"}
+        _, lambdas = self.sampling_options(options)
+        return {"mix": "predictions", "gamma": m["gamma"], "lambdas": lambdas or (0.0, 5.0)}
+
     @user_errors
     @gpu(duration=120)
     def combine(self, style_adapter, style_weight, subject_adapter, subject_weight, prompts, seed, sample_steps,
-                guidance, visitor=None, request: gr.Request = None):
-        """Both adapters at once, streamed: (gallery, status)."""
+                guidance, options=None, mix=None, visitor=None, request: gr.Request = None):
+        """Style + subject, streamed: (gallery, status). `mix` (the page's State; None: its default)
+        {"mode": "predictions" | "weights", "gamma": g}."""
         style_weight = v.real(style_weight, "Style weight", 0, 2)
         subject_weight = v.real(subject_weight, "Subject weight", 0, 2)
         seed = v.seed(seed)
@@ -405,6 +489,7 @@ class StyleDropTab(Tab):
         style_id = v.record_id(style_adapter, "Style adapter")
         subject_id = v.record_id(subject_adapter, "Subject adapter")
         prompts = v.text(prompts, "Prompts", 10_000)
+        mix_kw = self.mix_options(mix, options)
         caller = self.caller(request, visitor)
         if style_id is None:
             raise UserError("Pick a StyleDrop adapter (train a round first).")
@@ -412,21 +497,28 @@ class StyleDropTab(Tab):
         events = styledrop.generate_with_subject(
             self.engine, style_adapter_id=style_id, subject_adapter_id=subject_id, prompts=lines,
             style_weight=style_weight, subject_weight=subject_weight, owner=caller.owner,
-            stop_key=caller.stop_key, seed=seed, steps=steps, guidance=guidance)
+            stop_key=caller.stop_key, seed=seed, steps=steps, guidance=guidance, **mix_kw)
+
         def finish(result, status):
             used = ", ".join(f"#{i} × {w:g}" for i, w in result.info["adapters"].items())
+            if result.info.get("mix") == "predictions":
+                used = ", ".join(f"#{i}" for i in result.info["adapters"]) + \
+                    f" (predictions mixed, γ = {result.info['gamma']:g})"
             return captioned(result), f"{status} Adapters: {used}."
         yield from image_updates(events, stopped="**Stopped.** The images were not finished.", finish=finish)
 
     # ------------------------------------------------------------------ layout and wiring
     def build(self) -> None:
-        gr.Markdown(INTRO)
+        about(SUMMARY, INTRO)
         ui = self.ui = SimpleNamespace()
         with gr.Row():
             with gr.Column(scale=1):
                 self._setup_column(ui)
             with gr.Column(scale=2):
                 self._loop_column(ui)
+        gr.Examples([[[example(f)], content, style] for f, content, style in EXAMPLES],
+                    [ui.style_files, ui.content, ui.style], label="Examples: click one, then Start a new loop",
+                    examples_per_page=len(EXAMPLES), elem_id="sd-examples")
         with gr.Accordion("Style + subject (StyleDrop + DreamBooth)", open=False):
             self._combine_section(ui)
         with gr.Row(visible=False):  # the API's rating endpoint (the grid's thumbs use its own event)
@@ -442,13 +534,20 @@ class StyleDropTab(Tab):
         p = styledrop.PRESETS[self.default_preset]
         ui.style_files = gr.File(label=f"Style image (1, up to {styledrop.MAX_STYLE_IMAGES})", file_count="multiple",
                                  file_types=["image"], type="filepath", elem_id="sd-style-files")
-        ui.style_view = gr.Gallery(label="Style image(s)", columns=4, height=140, elem_id="sd-style-view")
+        ui.style_view = gr.Gallery(label="Style image(s)", columns=4, height=160, object_fit="contain",
+                                   elem_id="sd-style-view")
         ui.content = gr.Textbox(label="Content of the style image", value="a house", elem_id="sd-content")
         ui.style = gr.Textbox(label="Style descriptor", value="watercolor painting", elem_id="sd-style")
         ui.text = gr.Markdown(f"Training text: **{styledrop.training_text('a house', 'watercolor painting')}**",
                               elem_id="sd-text")
         ui.name = gr.Textbox(label="Loop name (default: the style descriptor)", value="", elem_id="sd-name")
         ui.preset = Dropdown(list(styledrop.PRESETS), value=self.default_preset, label="Preset", elem_id="sd-preset")
+        with gr.Row():
+            ui.new = gr.Button("Start a new loop (round 1)", variant="primary", elem_id="sd-new")
+            ui.next = gr.Button("Train the next round on the liked images", variant="primary", elem_id="sd-next")
+        with gr.Row():
+            ui.generate = gr.Button("Generate more candidates for this round", elem_id="sd-generate")
+            ui.stop = gr.Button("Stop", variant="stop", elem_id="sd-stop")
         with gr.Accordion("Training settings", open=False):
             with gr.Row():
                 ui.steps = Number(label="Steps", value=p["steps"], precision=0, minimum=1, elem_id="sd-steps")
@@ -458,8 +557,12 @@ class StyleDropTab(Tab):
             with gr.Row():
                 ui.gc = gr.Checkbox(label="Gradient checkpointing", value=p["gradient_checkpointing"])
                 ui.seed = Number(label="Training seed", value=0, precision=0, minimum=0)
+            ui.form = Radio([("The paper's adapter: out + U·GELU(D·out)", "gelu"),
+                             ("Linear (a LoRA for A1111/ComfyUI)", "linear")], value="gelu", label="Adapter form",
+                            elem_id="sd-form")
+            gr.Markdown(FORM_NOTE)
         ui.params = gr.Markdown(elem_id="sd-params")
-        with gr.Accordion("Candidate grid", open=True):
+        with gr.Accordion("Candidate grid", open=False):
             ui.prompts = gr.Textbox(label="Content prompts, one per line (sampled as \"[content] in [style] style\")",
                                     lines=5, value="\n".join(styledrop.DEFAULT_CONTENT_PROMPTS[:p["prompts"]]),
                                     elem_id="sd-prompts")
@@ -470,12 +573,14 @@ class StyleDropTab(Tab):
                                          elem_id="sd-sample-steps")
                 ui.guidance = Number(label="Guidance", value=p["guidance"], minimum=0)
                 ui.grid_seed = Number(label="Grid seed", value=0, precision=0, minimum=0)
-        with gr.Row():
-            ui.new = gr.Button("Start a new loop (round 1)", variant="primary", elem_id="sd-new")
-            ui.next = gr.Button("Train the next round on the liked images", variant="primary", elem_id="sd-next")
-        with gr.Row():
-            ui.generate = gr.Button("Generate more candidates for this round", elem_id="sd-generate")
-            ui.stop = gr.Button("Stop", variant="stop", elem_id="sd-stop")
+            with gr.Row():
+                ui.eq4 = gr.Checkbox(label="Adapter guidance (Eq. 4)", value=True, elem_id="sd-eq4")
+                ui.lambda_a = Slider(-1, 5, value=DEFAULT_OPTIONS["lambda_a"], step=0.1, label="λ_A (style adaptation)",
+                                     elem_id="sd-lambda-a")
+                ui.lambda_b = Slider(0, 15, value=DEFAULT_OPTIONS["lambda_b"], step=0.5, label="λ_B (text guidance)",
+                                     elem_id="sd-lambda-b")
+            gr.Markdown(GUIDANCE_NOTE)
+            ui.options = gr.State(dict(DEFAULT_OPTIONS))
 
     def _loop_column(self, ui) -> None:
         with gr.Row():
@@ -486,7 +591,8 @@ class StyleDropTab(Tab):
             ui.publish = gr.Checkbox(label="Shared for rating (others can rate)", value=False, elem_id="sd-publish",
                                      scale=1)
         ui.status = gr.Markdown("", elem_id="sd-status")
-        ui.loss = gr.LinePlot(None, x="step", y="loss", title="Training loss", height=180, elem_id="sd-loss")
+        ui.loss = gr.LinePlot(None, x="step", y="loss", title="Training loss", height=180, elem_id="sd-loss",
+                              **self.loss_axes(ui.steps.value))
         ui.counts = gr.Markdown("", elem_id="sd-counts")
         ui.grid = gr.HTML({"tiles": [], "message": NO_LOOP}, html_template=GRID_TEMPLATE, css_template=GRID_CSS,
                           js_on_load=GRID_JS, elem_id="sd-grid")
@@ -494,20 +600,35 @@ class StyleDropTab(Tab):
             with gr.Row():
                 ui.clip_mode = Radio([("Top-k", "top_k"), ("Threshold", "threshold")], value="top_k",
                                      label="CLIP feedback picks", elem_id="sd-clip-mode")
-                ui.clip_k = Slider(1, 32, value=4, step=1, label="k (best k)", elem_id="sd-clip-k")
+                ui.clip_k = Slider(1, 32, value=1, step=1, label="k (best k)", elem_id="sd-clip-k")
                 ui.clip_threshold = Slider(-1, 1, value=0.5, step=0.005, label="Threshold on the score",
                                            elem_id="sd-clip-thr")
             with gr.Row():
-                ui.clip_weight = Slider(0, 1, value=0.5, step=0.05,
+                ui.clip_weight = Slider(0, 1, value=1.0, step=0.05,
                                         label="Score = w · CLIP text + (1 − w) · CLIP style; w =", elem_id="sd-clip-w")
-                ui.clip_per_prompt = gr.Checkbox(label="Top-k per content prompt (the paper's CLIP feedback)",
-                                                 value=False)
+                ui.clip_per_prompt = gr.Checkbox(label="Top-k per content prompt (with k = 1, w = 1: the paper's "
+                                                       "CLIP feedback, the default)", value=True)
                 ui.clip = gr.Button("Apply CLIP feedback", elem_id="sd-clip")
         ui.rounds = gr.Markdown("", elem_id="sd-rounds")
+        with gr.Accordion("Export for A1111 / ComfyUI", open=False):
+            gr.Markdown(styledrop.EXPORT_NOTE)
+            with gr.Row():
+                ui.export = gr.Button("Export this round's adapter as a LoRA", elem_id="sd-export")
+                ui.export_file = gr.File(label="LoRA file (kohya format)", elem_id="sd-export-file")
+            ui.export_note = gr.Markdown("", elem_id="sd-export-note")
 
     def _combine_section(self, ui) -> None:
-        gr.Markdown("Pick a StyleDrop adapter and a Personalize (DreamBooth) subject: both adapters are active at "
-                    "once, a weight each, on \"a [V] [class] in [style] style\".")
+        gr.Markdown("Pick a StyleDrop adapter and a Personalize (DreamBooth) subject, on \"a [V] [class] in [style] "
+                    "style\". **Mix predictions** (the paper, Sec. 3.4): (1 − γ)·Eq. 4 of the style adapter on the "
+                    "prompt + γ·Eq. 4 of the subject adapter on the prompt without its style phrase (λ_A, λ_B from "
+                    "the candidate grid's settings; five UNet passes a step; the paper: γ 0.5–0.7). **Mix weights**: "
+                    "both adapters on at once, a weight each (the sliders below).")
+        with gr.Row():
+            ui.c_mix = Radio([("Mix predictions (the paper)", "predictions"), ("Mix weights", "weights")],
+                             value=DEFAULT_MIX["mode"], label="Mix", elem_id="sd-c-mix")
+            ui.c_gamma = Slider(0, 1, value=DEFAULT_MIX["gamma"], step=0.05, label="γ (subject share)",
+                                elem_id="sd-c-gamma")
+            ui.mix = gr.State(dict(DEFAULT_MIX))
         with gr.Row():
             with gr.Column():
                 with gr.Row():
@@ -533,21 +654,26 @@ class StyleDropTab(Tab):
         for box in (ui.content, ui.style):
             box.change(self.describe, [ui.content, ui.style], ui.text, queue=False, **private)
         ui.rank.change(self.params_text, ui.rank, ui.params, queue=False, **private)
+        ui.steps.change(self.update_loss_axes, ui.steps, ui.loss, queue=False, **private)
         ui.preset.change(self.apply_preset, ui.preset, [ui.steps, ui.lr, ui.rank, ui.gc, ui.samples, ui.sample_steps,
                                                         ui.guidance, ui.params], **private)
         ui.loop.input(self.show_loop, [ui.loop, self.visitor], view, **private)
         ui.round.input(self.show_round, [ui.loop, ui.round, self.visitor], view, **private)
         ui.publish.input(self.publish, [ui.loop, ui.publish, self.visitor], view, api_name="styledrop_publish")
 
+        settings = [ui.form, ui.eq4, ui.lambda_a, ui.lambda_b]
+        for box in settings:
+            box.change(self.options_of, settings, ui.options, queue=False, **private)
+        ui.export.click(self.export, [ui.round, self.visitor], [ui.export_file, ui.export_note], **private)
         train_tail = [ui.style_files, ui.content, ui.style, ui.name, ui.steps, ui.lr, ui.rank, ui.gc, ui.seed,
-                      ui.prompts, ui.samples, ui.sample_steps, ui.guidance, ui.grid_seed, self.visitor]
+                      ui.prompts, ui.samples, ui.sample_steps, ui.guidance, ui.grid_seed, ui.options, self.visitor]
         train_out = [ui.status, ui.loss, *view, ui.info]
         for event in (ui.next.click(self.train, [ui.loop, *train_tail], train_out, api_name="styledrop_train", **GPU),
                       ui.new.click(self.train, [ui.no_loop, *train_tail], train_out, **private, **GPU)):
             event.then(self.refresh_adapters, self.visitor, [ui.c_style, ui.c_subject], **private).then(
                 self.params_text, ui.rank, ui.params, **private)
         ui.generate.click(self.generate, [ui.loop, ui.round, ui.prompts, ui.samples, ui.sample_steps, ui.guidance,
-                                          ui.grid_seed, self.visitor],
+                                          ui.grid_seed, ui.options, self.visitor],
                           [ui.status, *view], api_name="styledrop_generate", **GPU)
         ui.grid.click(self.rate_from_grid, [ui.loop, ui.round, self.visitor], [ui.counts, ui.grid, ui.rounds],
                       trigger_mode="multiple", **private)
@@ -559,8 +685,11 @@ class StyleDropTab(Tab):
         for box in (ui.c_style, ui.c_subject):
             box.change(self.combine_prompt, [ui.c_style, ui.c_subject, self.visitor], ui.c_prompt, queue=False,
                        **private)
+        for box in (ui.c_mix, ui.c_gamma):
+            box.change(self.mix_of, [ui.c_mix, ui.c_gamma], ui.mix, queue=False, **private)
         ui.c_generate.click(self.combine, [ui.c_style, ui.c_style_weight, ui.c_subject, ui.c_subject_weight,
-                                           ui.c_prompt, ui.c_seed, ui.sample_steps, ui.guidance, self.visitor],
+                                           ui.c_prompt, ui.c_seed, ui.sample_steps, ui.guidance, ui.options, ui.mix,
+                                           self.visitor],
                             [ui.c_gallery, ui.c_status], api_name="styledrop_combine", **GPU)
         self.on_page_load(self.page_load, [ui.rank, self.visitor],
                           [*view, ui.params, ui.c_style, ui.c_subject])

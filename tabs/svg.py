@@ -20,7 +20,7 @@ from core.events import Progress, Result
 from core.images import load_image
 from core.vector import results
 
-from .common import GPU, Tab, deliver, gpu, job_updates, status_text, user_errors
+from .common import GPU, Tab, about, deliver, example, gpu, job_updates, status_text, user_errors
 from .widgets import Number, Radio, Slider
 
 TITLE = "Text-to-SVG"
@@ -29,6 +29,24 @@ STOPPED_KEPT = "**Stopped.** The last SVG is kept: download it (SVG or PNG) from
 STOPPED_EMPTY = "**Stopped.** No SVG was made yet."
 SET_STOPPED_KEPT = "**Stopped.** The icons vectorized so far are in the files."
 SET_STOPPED_EMPTY = "**Stopped.** The set was not finished."
+
+# one click fills a form, then its button: text prompts (prompt, style), an image to vectorize, icon sets
+TEXT_EXAMPLES = [("a red panda eating bamboo", "iconographic"), ("a lighthouse on a cliff", "iconographic"),
+                 ("a cup of coffee", "pixel art"), ("a bicycle", "sketch")]
+IMAGE_EXAMPLES = ["icon-leaf.png", "style-mosaic.png"]
+SET_EXAMPLES = ["a guitar\na hot air balloon\na sailboat\na mountain", "a fox\nan owl\na bear"]
+
+SUMMARY = ("**Make SVG vector art from a text prompt, or trace an image into an SVG.** Type a prompt and "
+           "Generate SVG; the SVG and a PNG are ready to download at any moment.")
+ABOUT = ("VectorFusion (Jain et al., CVPR 2023). From text: the model samples K images of the prompt + "
+         f"\"{vectorfusion.SUFFIX}\", CLIP ranks them and picks the best, LIVE (layer-wise image vectorization) "
+         "traces it path by path, then score distillation sampling (SDS) through our differentiable rasterizer "
+         "refines the paths so that the rendered SVG looks like the prompt to the diffusion model (guidance 100, "
+         "as in the paper). \"From scratch\" skips the sampling and starts SDS from random paths. Styles: "
+         "iconographic (filled closed paths), pixel art (a grid of squares), sketch (open strokes). From an "
+         "image: LIVE, or vtracer's tracing refined, with a path budget. Icon set: a Style-Aligned set of the "
+         "prompts (one shared style), each vectorized. The preview is the download: cairosvg renders the very "
+         "SVG file offered below it.")
 
 START_CHOICES = [("Baseline: sample K, rank with CLIP, LIVE, then SDS", "baseline"),
                  ("From scratch: random paths, SDS only", "scratch")]
@@ -106,10 +124,23 @@ class SvgTab(Tab):
         paths = v.files(image, "Raster image", 1)
         return load_image(paths[0], what="image to vectorize", max_side=1024) if paths else None
 
+    def default_preset(self) -> str:
+        """The papers' settings, except on the offline tiny family (a CPU demo): the fast ones."""
+        return "fast" if self.engine.offline else "paper"
+
+    @user_errors
+    def preset_values(self, preset, paths):
+        """The budgets a preset stands for, into the sliders: (K, SDS steps, sampling steps, LIVE
+        steps in all for this many paths)."""
+        preset = v.choice(preset, "Settings", list(vectorfusion.PRESETS))
+        n_paths = v.whole(paths, "Paths", 1, vectorfusion.MAX_PATHS)
+        st = vectorfusion.VectorFusionSettings.preset(preset)
+        return st.k, st.sds_steps, st.sample_steps, min(5000, st.live.total_steps(n_paths))
+
     @user_errors
     @gpu(duration=600)
     def generate(self, prompt, style, start, paths, k, steps, guidance, seed, sample_steps, live_steps, negative,
-                 visitor=None, request: gr.Request = None):
+                 preset=None, visitor=None, request: gr.Request = None):
         """VectorFusion from text, streamed: (candidates, preview, status, SVG file, PNG file, details).
         `visitor` owns the run's folder (the endpoint has no visitor input: on a shared instance the
         page session does)."""
@@ -120,6 +151,7 @@ class SvgTab(Tab):
         seed_n = v.seed(seed)
         sample_n = v.whole(sample_steps, "Sampling steps", 1, 100)
         live_n = v.whole(live_steps, "LIVE steps", 1, 5000)
+        preset = self.default_preset() if preset is None else v.choice(preset, "Settings", list(vectorfusion.PRESETS))
         style = v.choice(style, "Style", list(vectorfusion.STYLES))
         start = v.choice(start, "Start from", [c for _, c in START_CHOICES])
         prompt, negative = v.text(prompt, "Prompt", 2_000), v.text(negative, "Negative prompt", 2_000)
@@ -127,7 +159,7 @@ class SvgTab(Tab):
         options = vectorfusion.VFOptions(style=style, num_paths=n_paths, steps=steps_n, guidance=guidance_f,
                                          seed=seed_n, negative_prompt=negative, preview_every=_preview_every(steps_n))
         events = vectorfusion.text_to_svg(
-            self.engine, prompt, options, init=start, k=k_n, sample_steps=sample_n, live_steps=live_n,
+            self.engine, prompt, options, init=start, preset=preset, k=k_n, sample_steps=sample_n, live_steps=live_n,
             metrics=self.ctx.metrics, data_dir=self.ctx.data_dir, owner=caller.owner, stop_key=caller.stop_key)
         shown: list = []      # the candidates, repeated in the last update (API callers see only it)
         on_disk: list = []    # the current SVG and PNG, once there is one
@@ -225,10 +257,7 @@ class SvgTab(Tab):
 
     # ------------------------------------------------------------------ layout and wiring
     def build(self) -> None:
-        gr.Markdown("**VectorFusion**: SVG icons from text. The model samples K images of the prompt + "
-                    f"\"{vectorfusion.SUFFIX}\", CLIP picks the best, LIVE vectorizes it layer by layer, then "
-                    "score distillation through our differentiable rasterizer refines the paths. The preview is "
-                    "the download: cairosvg renders the very SVG file offered below.")
+        about(SUMMARY, ABOUT)
         with gr.Tab("From text"):
             self._from_text()
         with gr.Tab("From an image"):
@@ -240,46 +269,64 @@ class SvgTab(Tab):
         tiny = self.engine.offline
         with gr.Row():
             with gr.Column(scale=1):
-                prompt = gr.Textbox(label="Prompt", value="a red panda eating bamboo", elem_id="svg-prompt")
-                style = Radio(list(vectorfusion.STYLES), value="iconographic", label="Style (iconographic: "
+                prompt = gr.Textbox(label="Prompt", value=TEXT_EXAMPLES[0][0], elem_id="svg-prompt")
+                style = Radio(list(vectorfusion.STYLES), value=TEXT_EXAMPLES[0][1], label="Style (iconographic: "
                               "filled paths · pixel art: grid of squares · sketch: strokes)", elem_id="svg-style")
-                start = Radio(START_CHOICES, value="baseline", label="Start from", elem_id="svg-start")
-                with gr.Row():
-                    paths = Slider(1, vectorfusion.MAX_PATHS, value=16 if tiny else 64, step=1,
-                                   label="Paths (pixel art: squares in the grid)", elem_id="svg-paths")
-                    k = Slider(1, vectorfusion.MAX_K, value=2 if tiny else 4, step=1, label="K samples to rank",
-                               elem_id="svg-k")
-                with gr.Row():
-                    steps = Slider(0, vectorfusion.MAX_SDS_STEPS, value=6 if tiny else 500, step=1,
-                                   label="SDS steps", elem_id="svg-steps")
-                    guidance = Slider(0, 200, value=100, step=1, label="SDS guidance (the paper: 100)",
-                                      elem_id="svg-guidance")
-                    seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="svg-seed")
-                with gr.Accordion("Advanced", open=False):
-                    sample_steps = Slider(1, 100, value=2 if tiny else 30, step=1, label="Sampling steps (baseline)")
-                    live_steps = Slider(1, 5000, value=6 if tiny else 500, step=1,
-                                        label="LIVE steps (baseline vectorization)")
-                    negative = gr.Textbox(label="Negative prompt", value="")
+                preset = Radio([("The papers' settings (VectorFusion, LIVE: 1000 SDS steps, 500 LIVE steps per "
+                                 "16 paths, 600 px)", "paper"),
+                                ("Fast (ours: half the steps, LIVE at 256 px)", "fast")],
+                               value=self.default_preset(), label="Settings", elem_id="svg-preset")
                 with gr.Row():
                     run = gr.Button("Generate SVG", variant="primary", elem_id="svg-generate")
                     stop = gr.Button("Stop (keeps the last SVG)", variant="stop", elem_id="svg-stop")
+                gr.Examples([list(e) for e in TEXT_EXAMPLES], [prompt, style],
+                            label="Examples: click one, then Generate SVG", examples_per_page=len(TEXT_EXAMPLES),
+                            elem_id="svg-examples", example_labels=[f"{p} ({st})" for p, st in TEXT_EXAMPLES])
+                with gr.Accordion("Settings: start, paths, steps, seed", open=False):
+                    start = Radio(START_CHOICES, value="baseline", label="Start from", elem_id="svg-start")
+                    budget = vectorfusion.VectorFusionSettings.preset(self.default_preset())
+                    with gr.Row():
+                        paths = Slider(1, vectorfusion.MAX_PATHS, value=16 if tiny else 64, step=1,
+                                       label="Paths (pixel art: squares in the grid)", elem_id="svg-paths")
+                        k = Slider(1, vectorfusion.MAX_K, value=2 if tiny else budget.k, step=1,
+                                   label="K samples to rank", elem_id="svg-k")
+                    with gr.Row():
+                        steps = Slider(0, vectorfusion.MAX_SDS_STEPS, value=6 if tiny else budget.sds_steps, step=1,
+                                       label="SDS steps", elem_id="svg-steps")
+                        guidance = Slider(0, 200, value=100, step=1, label="SDS guidance (the paper: 100)",
+                                          elem_id="svg-guidance")
+                        seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="svg-seed")
+                    sample_steps = Slider(1, 100, value=2 if tiny else budget.sample_steps, step=1,
+                                          label="Sampling steps (baseline)")
+                    live_steps = Slider(1, 5000, value=6 if tiny else min(5000, budget.live.total_steps(64)), step=1,
+                                        label="LIVE steps in all (baseline vectorization)")
+                    negative = gr.Textbox(label="Negative prompt", value="")
             with gr.Column(scale=1):
                 status = gr.Markdown("", elem_id="svg-status")
-                candidates = gr.Gallery(label="Candidates (CLIP score)", columns=4, height=180,
-                                        elem_id="svg-candidates")
                 preview, svg_file, png_file, info = result_panel("svg")
+                candidates = gr.Gallery(label="Candidates (CLIP score)", columns=4, height=150, object_fit="contain",
+                                        elem_id="svg-candidates")
         run.click(self.generate, [prompt, style, start, paths, k, steps, guidance, seed, sample_steps, live_steps,
-                                  negative], [candidates, preview, status, svg_file, png_file, info],
+                                  negative, preset], [candidates, preview, status, svg_file, png_file, info],
                   api_name="svg_generate", **GPU)
+        preset.change(self.preset_values, [preset, paths], [k, steps, sample_steps, live_steps],
+                      api_visibility="private", show_progress="hidden")
         self.wire_stop(stop)
 
     def _from_image(self) -> None:
         tiny = self.engine.offline
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.File(label="Raster image (PNG, JPEG, WebP ...)", file_types=["image"],
-                                type="filepath", elem_id="vec-image")
-                image_view = gr.Image(label="As read", interactive=False, height=160, elem_id="vec-image-view")
+                with gr.Row():
+                    image = gr.File(label="Raster image (PNG, JPEG, WebP ...)", file_types=["image"],
+                                    type="filepath", height=150, elem_id="vec-image")
+                    image_view = gr.Image(label="As read", interactive=False, height=150, elem_id="vec-image-view")
+                with gr.Row():
+                    run = gr.Button("Vectorize", variant="primary", elem_id="vec-run")
+                    stop = gr.Button("Stop (keeps the last SVG)", variant="stop", elem_id="vec-stop")
+                gr.Examples([[example(n)] for n in IMAGE_EXAMPLES], [image],
+                            label="Examples: click one, then Vectorize", elem_id="vec-examples",
+                            example_labels=[n.removesuffix(".png") for n in IMAGE_EXAMPLES])
                 method = Radio([("LIVE (layer by layer)", "live"), ("vtracer + refinement", "vtracer")],
                                value="vtracer", label="Method", elem_id="vec-method")
                 with gr.Row():
@@ -287,9 +334,6 @@ class SvgTab(Tab):
                     steps = Slider(0, 5000, value=100 if tiny else 500, step=1, label="Steps", elem_id="vec-steps")
                     size = Slider(32, 600, value=64 if tiny else 256, step=8, label="Working size (px)",
                                   elem_id="vec-size")
-                with gr.Row():
-                    run = gr.Button("Vectorize", variant="primary", elem_id="vec-run")
-                    stop = gr.Button("Stop (keeps the last SVG)", variant="stop", elem_id="vec-stop")
             with gr.Column(scale=1):
                 status = gr.Markdown("", elem_id="vec-status")
                 preview, svg_file, png_file, info = result_panel("vec")
@@ -303,7 +347,12 @@ class SvgTab(Tab):
         with gr.Row():
             with gr.Column(scale=1):
                 prompts = gr.Textbox(label="One icon per line (a Style-Aligned set: one shared style)", lines=4,
-                                     value="a guitar\na hot air balloon\na sailboat\na mountain", elem_id="set-prompts")
+                                     value=SET_EXAMPLES[0], elem_id="set-prompts")
+                with gr.Row():
+                    run = gr.Button("Make the icon set", variant="primary", elem_id="set-run")
+                    stop = gr.Button("Stop", variant="stop", elem_id="set-stop")
+                gr.Examples([[e] for e in SET_EXAMPLES], [prompts], label="Examples: click one, then Make the icon set",
+                            elem_id="set-examples")
                 with gr.Row():
                     paths = Slider(1, 256, value=8 if tiny else 32, step=1, label="Paths per icon",
                                    elem_id="set-paths")
@@ -313,12 +362,10 @@ class SvgTab(Tab):
                     seed = Number(label="Seed", value=0, precision=0, minimum=0)
                     steps = Slider(1, 100, value=2 if tiny else 30, step=1, label="Sampling steps")
                     guidance = Slider(0, 20, value=5.0, step=0.5, label="Guidance")
-                with gr.Row():
-                    run = gr.Button("Make the icon set", variant="primary", elem_id="set-run")
-                    stop = gr.Button("Stop", variant="stop", elem_id="set-stop")
             with gr.Column(scale=1):
                 status = gr.Markdown("", elem_id="set-status")
                 gallery = gr.Gallery(label="Icons (rendered by cairosvg from the SVGs)", columns=4, height="auto",
+                                     object_fit="contain",
                                      elem_id="set-gallery")
                 files = gr.File(label="SVG and PNG files", file_count="multiple", interactive=False,
                                 elem_id="set-files")

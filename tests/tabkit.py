@@ -32,3 +32,22 @@ def last(updates):
     updates = list(updates)
     assert updates, "the handler yielded nothing"
     return updates[-1], updates
+
+
+def example_inputs(demo, elem_id: str) -> list[str]:
+    """The elem_ids of the inputs a click on the gr.Examples with this elem_id fills."""
+    import gradio as gr
+
+    dataset = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == elem_id)
+    fn = next(f for f in demo.fns.values() if any(t[0] == dataset._id for t in f.targets))
+    return [o.elem_id for o in fn.outputs]
+
+
+def assert_readable_loss_axes(page, selector: str) -> None:
+    """A loss plot after a one-step run (issue 16 item 9): no lone "1.000000" tick (one point
+    alone gives each axis an empty range); both axes from 0, with a range."""
+    page.wait_for_selector(f"{selector} svg text", timeout=30_000)
+    labels = page.eval_on_selector_all(f"{selector} svg text", "els => els.map(e => e.textContent)")
+    assert "1.000000" not in labels and "step" in labels and "loss" in labels
+    ticks = [float(t) for t in labels if t.replace(".", "", 1).isdigit()]
+    assert min(ticks) == 0 and 1 in ticks and len(ticks) >= 4

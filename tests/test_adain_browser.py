@@ -70,6 +70,7 @@ def test_stylize_and_bad_upload(adain_page, images):
     files = tab.locator("input[type=file][multiple]")
     files.nth(0).set_input_files(images["content"])
     files.nth(1).set_input_files([images["style"], images["style2"]])
+    tab.get_by_text("More settings: weights, colours, size").click()
     tab.get_by_label("Style weights").fill("0.7, 0.3")
     tab.get_by_role("button", name="Stylize").click()
     page.wait_for_selector("text=Done: 1 image(s) at 512x384")
@@ -100,6 +101,7 @@ def test_painted_regions(adain_page, images):
     for i in range(10):
         page.mouse.move(x0 + 4 * i, y0 + 6 * i)
     page.mouse.up()
+    tab.get_by_text("More settings: weights, colours, size").click()
     size = tab.get_by_label("Output size", exact=False).and_(tab.locator("input[type=number]"))
     size.fill("128")
     size.press("Enter")

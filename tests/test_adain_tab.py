@@ -14,6 +14,7 @@ from PIL import Image
 from core import adain_runs
 from tabs import adain as tab_mod
 from tabs.common import AppContext
+from tests.tabkit import example_inputs
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -352,3 +353,43 @@ def test_a_stop_while_a_transfer_waits_for_the_accelerator(tab, tmp_path):
         slot.release(other)
     assert last == (gr.skip(), "Stopped.")
     assert tab.stop(request()) == "Nothing is running."
+
+
+# --------------------------------------------------------------------------- a newcomer's first run (issue 16)
+
+def test_examples_fill_the_uploads_and_stylize_runs_from_them(ctx, tab):
+    """Each Example fills the two uploads with our own images (assets/examples); the first one,
+    Stylized with the page's defaults, gives one image per content image."""
+    from tabs.common import example
+
+    with gr.Blocks() as demo:
+        tab_mod.build(ctx)
+    assert example_inputs(demo, "adain-examples") == ["adain-contents", "adain-styles"]
+    assert example_inputs(demo, "adain-train-examples")[:2] == ["adain-contents-train",
+                                                                                    "adain-styles-train"]
+    contents, styles = tab_mod.EXAMPLES[0]
+    assert (contents, styles) == (["content-house.png"], ["style-waves.png"])
+    images, info = list(tab.transfer([example(n) for n in contents], [example(n) for n in styles], "", 1.0, False,
+                                     False, None, 128, tab_mod.DEFAULT_DECODER, None))[-1]
+    assert len(images) == 1 and max(images[0].size) == 128 and info.startswith("Done: 1 image(s)")
+
+
+def test_the_page_says_how_long_training_takes(ctx):
+    with gr.Blocks() as demo:
+        tab_mod.build(ctx)
+    text = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
+    assert "half a minute on a 2-core CPU" in text          # tiny mode: the measured figure
+    assert "About this method" in {b.label for b in demo.blocks.values() if isinstance(b, gr.Accordion)}
+    assert "an estimate" in tab_mod.PAPER_TIME               # the paper's recipe: labelled as an estimate
+
+
+def test_the_loss_plot_spans_the_run_from_zero(ctx, tab):
+    """A run stopped at step 1 has readable axes (issue 16 item 9): steps from 0 to the run's
+    last, loss from 0; the page's plot starts with the tiny preset's step count."""
+    assert tab.loss_axes(100) == {"x_lim": [0, 100], "y_lim": [0, None]}
+    assert tab.loss_axes(None) == {"x_lim": [0, None], "y_lim": [0, None]}
+    assert tab.update_loss_axes(7)["x_lim"] == [0, 7]
+    with gr.Blocks() as demo:
+        tab_mod.build(ctx)
+    plot = next(b for b in demo.blocks.values() if isinstance(b, gr.LinePlot))
+    assert plot.x_lim == [0, adain_runs.TINY_PRESET.steps] and plot.y_lim == [0, None]

@@ -17,7 +17,7 @@ from PIL import Image
 
 from core import blora, identity
 from tabs.blora import CUSTOM, BLoRATab
-from tests.tabkit import fake_request, last, make_ctx
+from tests.tabkit import assert_readable_loss_axes, example_inputs, fake_request, last, make_ctx
 
 from .conftest import screenshot, start_app
 
@@ -353,8 +353,26 @@ def test_browser_a_run_stopped_at_its_first_step_has_a_readable_plot(live_app, p
     box.press("Tab")
     page.locator("#bl-train").click()
     page.wait_for_function("() => document.querySelector('#bl-status').innerText.includes('Done')", timeout=120_000)
-    page.wait_for_selector("#bl-loss svg text", timeout=30_000)
-    labels = page.eval_on_selector_all("#bl-loss svg text", "els => els.map(e => e.textContent)")
-    assert "1.000000" not in labels and "step" in labels and "loss" in labels
-    ticks = [float(t) for t in labels if t.replace(".", "", 1).isdigit()]
-    assert min(ticks) == 0 and 1 in ticks and len(ticks) >= 4    # both axes from 0, with a range
+    assert_readable_loss_axes(page, "#bl-loss")
+
+
+# --------------------------------------------------------------------------- a newcomer's first run (issue 16)
+
+def test_the_example_trains_a_content_and_a_style_b_lora(tab):
+    """The Example fills the uploads with the cat (content) and the mosaic (style); Train makes
+    one B-LoRA of each (the tiny preset, shortened here); each preset says how long it takes."""
+    from tabs import blora as blora_tab
+    from tabs.common import example
+
+    with gr.Blocks() as demo:
+        BLoRATab(tab.ctx).build()
+    assert example_inputs(demo, "bl-examples") == ["bl-files"]
+    (files,) = blora_tab.EXAMPLES[0]
+    assert files == ["content-cat.png", "style-mosaic.png"]
+    status, _, _, info = last(tab.train(**train_kwargs([example(n) for n in files]), request=fake_request()))[0]
+    assert status.split("\n\n")[-1].startswith("**Done.**") and len(info["adapters"]) == 2
+    for name in blora.PRESETS:
+        note = tab.describe_preset(name)
+        assert note.startswith("<small>Takes ") and ("(measured)" in note) == (name == "Quick test (tiny models)")
+        assert "(measured)" in note or "estimate" in note
+    assert tab.describe_preset("no such preset") == "" and tab.describe_preset(None) == ""

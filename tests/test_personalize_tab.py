@@ -19,7 +19,7 @@ from core import dreambooth, identity, library
 from core.errors import UserError
 from core.events import Result
 from tabs.personalize import LISTED, PersonalizeTab
-from tests.tabkit import fake_request, last, make_ctx
+from tests.tabkit import assert_readable_loss_axes, example_inputs, fake_request, last, make_ctx
 
 from .conftest import screenshot, start_app
 
@@ -263,7 +263,7 @@ def test_small_handlers(tab, tmp_path):
     assert tab.show_crops(None) == []
     assert tab.describe_identifier("sks", "teapot").startswith("Instance prompt: **a sks teapot** · class prompt: "
                                                                "**a teapot**")
-    assert "⚠" in tab.describe_identifier("two words", "dog")
+    assert "**Warning:**" in tab.describe_identifier("two words", "dog")
     assert tab.describe_identifier("", "dog") == "Give an identifier and a class noun."
     with pytest.raises(gr.Error, match="Class noun"):
         tab.describe_identifier("sks", 5)
@@ -574,3 +574,59 @@ def test_shared_instance_keeps_each_visitors_adapters(tmp_path_factory, tmp_path
         assert app.alive()
     finally:
         app.stop()
+
+
+# ---------------------------------------------------------------------------- a newcomer's first run (issue 16)
+
+def test_the_example_fills_the_subject_and_trains(tab):
+    """The Example fills the three mug views, the identifier and the class; Train runs from it
+    (the tiny preset, shortened here), and the page says how long each preset takes."""
+    from tabs import personalize
+    from tabs.common import example
+
+    with gr.Blocks() as demo:
+        PersonalizeTab(tab.ctx).build()
+    assert example_inputs(demo, "pz-examples") == ["pz-files", "pz-identifier", "pz-class"]
+    files, word, cls = personalize.EXAMPLES[0]
+    assert (files, word, cls) == (["subject-mug-1.png", "subject-mug-2.png", "subject-mug-3.png"], "sks", "mug")
+    status = last(tab.train(**train_kwargs([example(n) for n in files], identifier=word, class_noun=cls, steps=2,
+                                           name="example mug"), request=fake_request()))[0][0]
+    assert status.startswith("**Done.** Saved to the library as **example mug**")
+    # every preset says how long it takes: measured for the tiny one, labelled estimates for the others
+    for name in dreambooth.PRESETS:
+        note = tab.describe_preset(name)
+        assert note.startswith("<small>Takes ") and ("(measured)" in note) == (name == "Quick test (tiny models)")
+        assert "(measured)" in note or "estimate" in note
+    with pytest.raises(gr.Error, match="Preset"):
+        tab.describe_preset("fastest")
+
+
+def test_the_loss_plot_spans_the_run_from_zero(tab):
+    """A run stopped at step 1 has readable axes (issue 16 item 9): steps from 0 to the run's
+    last, loss from 0; the page's plot starts with the preset's step count."""
+    assert tab.loss_axes(12) == {"x_lim": [0, 12], "y_lim": [0, None]}
+    assert tab.loss_axes("") == {"x_lim": [0, None], "y_lim": [0, None]}
+    assert tab.loss_axes(-3) == {"x_lim": [0, None], "y_lim": [0, None]}
+    assert tab.update_loss_axes(800)["x_lim"] == [0, 800]
+    with gr.Blocks() as demo:
+        PersonalizeTab(tab.ctx).build()
+    plot = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "pz-loss")
+    steps = dreambooth.PRESETS[dreambooth.default_preset(tab.engine)]["steps"]
+    assert plot.x_lim == [0, steps] and plot.y_lim == [0, None]
+
+
+@pytest.mark.browser
+def test_browser_a_run_stopped_at_its_first_step_has_a_readable_plot(pz_app, page, tmp_path):
+    """Issue 16 item 9: one point alone used to give each axis an empty range, drawn as a lone
+    "1.000000" tick; the axes now run from 0 (steps up to the run's last)."""
+    page.goto(pz_app.url)
+    page.get_by_role("tab", name="Personalize").click()
+    page.locator("#pz-files input[type=file]").set_input_files(subject_files(tmp_path, 1))
+    page.wait_for_function("() => document.querySelectorAll('#pz-crops img').length >= 1", timeout=60_000)
+    page.get_by_text("Training settings").filter(visible=True).first.click()
+    page.locator("#pz-prior input[type=checkbox]").uncheck()
+    page.locator("#pz-steps input").fill("1")
+    page.locator("#pz-steps input").press("Tab")
+    page.locator("#pz-train").click()
+    page.wait_for_function("() => document.querySelector('#pz-status').innerText.includes('Done')", timeout=120_000)
+    assert_readable_loss_axes(page, "#pz-loss")

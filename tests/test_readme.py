@@ -28,3 +28,12 @@ def test_the_headless_example_runs_verbatim_in_tiny_mode(live_app):
     scores, consistency = out.stdout.strip().rsplit("] ", 1)
     assert len(scores.strip("[").split(",")) == 3           # a CLIP score per prompt
     assert 0.0 <= float(consistency) <= 1.0 + 1e-6
+
+
+def test_every_picture_and_file_the_readme_links_exists():
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)\)", text)
+    local = [link for link in links if not link.startswith(("http://", "https://", "mailto:"))]
+    assert any(link.startswith("assets/screenshots/") for link in local)
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert missing == [], missing

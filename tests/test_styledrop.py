@@ -57,7 +57,8 @@ def metrics():
 
 @pytest.fixture(scope="module")
 def round1(engine, metrics):
-    """A loop with round 1 trained, 6 candidates scored; also what the trainer saw."""
+    """A loop with round 1 trained (the linear, LoRA-compatible form), 6 candidates scored; also
+    what the trainer saw."""
     loop = sd.create_loop(engine, [style_image()], owner="local", content_description="a gradient square",
                           style_descriptor="neon gradient")
     seen = {}
@@ -81,7 +82,7 @@ def round1(engine, metrics):
     before = {k.replace(".base_layer", ""): v.clone() for k, v in library.snapshot(engine.pipe.unet).items()
               if "lora_" not in k}  # (earlier tests may have left peft wrappers: base_layer names)
     res = last(sd.train_round(engine, loop.id, TrainSettings(**CFG), owner="local", metrics=metrics, step_hook=hook,
-                              recipe_hook=lambda r: seen.setdefault("recipe", r), **GRID))
+                              recipe_hook=lambda r: seen.setdefault("recipe", r), form="linear", **GRID))
     after = {k.replace(".base_layer", ""): v for k, v in library.snapshot(engine.pipe.unet).items() if "lora_" not in k}
     return dict(loop=loop, result=res, seen=seen, grads=grads, before=before, after=after)
 
@@ -96,13 +97,13 @@ def test_training_text_and_prompts():
 
 
 def test_adapter_is_the_identity_at_step_0_after_every_feed_forward(engine):
-    """Before any step the adapter is the paper's initialisation: U = 0 (so the UNet computes
-    exactly what the base model does), D truncated normal with std 0.02 (|D| <= 2 std); and it
-    sits on the output Linear of the feed-forward (ff.net.2) of every transformer block, nothing
-    else."""
+    """The linear form: before any step the adapter is the paper's initialisation: U = 0 (so
+    the UNet computes exactly what the base model does), D truncated normal with std 0.02
+    (|D| <= 2 std); and it sits on the output Linear of the feed-forward (ff.net.2) of every
+    transformer block, nothing else."""
     from core.train import Trainer
 
-    recipe = sd.make_recipe(engine, [(style_image(), "a square in flat style")], rank=4)
+    recipe = sd.make_recipe(engine, [(style_image(), "a square in flat style")], rank=4, form="linear")
     t = Trainer(engine, recipe, TrainSettings(steps=1, seed=2))
     t._cache(ctx())
     unet = engine.pipe.unet
@@ -146,10 +147,10 @@ def test_clip_picks_by_hand():
              cand(3, "a tree", 0.20, 0.60),  # 0.06 + 0.42 = 0.48
              cand(4, "a boat", 0.50, 0.40)]  # 0.15 + 0.28 = 0.43
     assert sd.pick_score(cands[0].scores, 0.3) == pytest.approx(0.44)
-    assert sd.clip_picks(cands, k=2, text_weight=0.3) == [101, 103]
+    assert sd.clip_picks(cands, k=2, text_weight=0.3, per_prompt=False) == [101, 103]
     assert sd.clip_picks(cands, k=1, text_weight=0.3, per_prompt=True) == [101, 103, 104]
     assert sd.clip_picks(cands, mode="threshold", threshold=0.435, text_weight=0.3) == [100, 101, 103]
-    assert sd.clip_picks(cands, k=2, text_weight=1.0) == [102, 104]  # text score alone
+    assert sd.clip_picks(cands, k=2, text_weight=1.0, per_prompt=False) == [102, 104]  # text score alone
     tie = [cand(0, "a", 0.5, 0.5), cand(1, "a", 0.5, 0.5)]
     assert sd.clip_picks(tie, k=1) == [100]  # ties keep the earlier candidate
 
@@ -243,7 +244,7 @@ def test_clip_feedback_picks_the_top_scoring_candidates(engine, round1, metrics)
     w = 0.3
     combined = [w * t + (1 - w) * s for t, s in zip(text, sty)]
     order = sorted(range(len(cands)), key=lambda i: -combined[i])
-    out = sd.clip_feedback(engine, rid, owner="local", mode="top_k", k=2, text_weight=w)
+    out = sd.clip_feedback(engine, rid, owner="local", mode="top_k", k=2, text_weight=w, per_prompt=False)
     assert set(out["picked"]) == {cands[i].id for i in order[:2]}
     clip = store.scores(rid, "local", raters=["clip"])
     assert {c for c, s in clip.items() if s.up} == set(out["picked"])
@@ -405,3 +406,282 @@ def test_sd15_round(tmp_path):
     layers = sd.ff_out_layers(e.pipe.unet)
     assert layers and res.info["trainable_params"] == sum(2 * 4 * lin.out_features for lin in layers.values())
     assert res.info["round"] == 1 and len(res.images) == 1
+
+
+# --------------------------------------------------------------------------- the paper's adapter (issue 17)
+
+def gelu_tanh(z: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (jax.nn.gelu's default, the paper's Fig. S1), written out."""
+    return 0.5 * z * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (z + 0.044715 * z ** 3)))
+
+
+def test_gelu_module_is_x_plus_U_gelu_D_x_by_hand():
+    """The module against a hand-written float64 x + U GELU(D x) on random tensors (and with a
+    weight w: x + w U GELU(D x)); U starts at zero, so a fresh module is the identity."""
+    from core.styledrop_adapter import GeluAdapter
+
+    rng = np.random.default_rng(3)
+    a = GeluAdapter(d=12, rank=3).double()
+    assert torch.count_nonzero(a.up) == 0 and a.down.shape == (3, 12) and a.up.shape == (12, 3)
+    x = rng.normal(size=(2, 5, 12))
+    assert torch.equal(a(torch.from_numpy(x)), torch.from_numpy(x))  # the identity at step 0
+    D, U = rng.normal(size=(3, 12)), rng.normal(size=(12, 3))
+    with torch.no_grad():
+        a.down.copy_(torch.from_numpy(D))
+        a.up.copy_(torch.from_numpy(U))
+    expected = x + gelu_tanh(x @ D.T) @ U.T
+    np.testing.assert_allclose(a(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a(torch.from_numpy(x), weight=0.4).detach().numpy(),
+                               x + 0.4 * gelu_tanh(x @ D.T) @ U.T, rtol=1e-12, atol=1e-12)
+    # not the linear layer of before: the GELU matters here
+    assert np.abs(expected - (x + x @ D.T @ U.T)).max() > 0.1
+
+
+def unet_call(engine, x, emb, kw):
+    with torch.no_grad():
+        return engine.pipe.unet(x, torch.tensor([500]), encoder_hidden_states=emb, **kw).sample
+
+
+def test_gelu_adapter_hooks_after_every_feed_forward_and_restores_the_unet(engine):
+    """Training form: one hook on the FF of each of the 8 transformer blocks, 2 r d trainable
+    parameters per block (counted by hand), identity at step 0 (U = 0); with U set, each FF's
+    output becomes out + U GELU(D out) (float64 by hand) and the UNet's output changes;
+    removing it leaves the UNet bit-identical (state dict, modules, no hooks, same output)."""
+    from core.styledrop_adapter import Training, feed_forwards, hooks_on
+    from core.train import Trainer
+
+    unet = engine.pipe.unet
+    t = Trainer(engine, sd.make_recipe(engine, [(style_image(), "a square in flat style")], rank=4),
+                TrainSettings(steps=1))
+    t._cache(ctx())
+    emb, kw = t._cond(["a square in flat style"])
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    library.disable_all(unet)
+    snap, modules, hooks = library.snapshot(unet), [n for n, _ in unet.named_modules()], hooks_on(unet)
+    base = unet_call(engine, x, emb, kw)
+    blocks = [n for n, _ in unet.named_modules() if re.fullmatch(r".*transformer_blocks\.\d+", n)]
+    train = Training(unet, rank=4, generator=torch.Generator().manual_seed(1))
+    try:
+        assert sorted(feed_forwards(unet)) == sorted(blocks) and len(blocks) == 8
+        assert hooks_on(unet) == hooks + 8
+        assert sum(p.numel() for p in train.parameters()) == 8 * (4 * 64 + 64 * 4) == 4096  # D, U per block
+        assert all(torch.count_nonzero(train.adapter.block(b).up) == 0 for b in blocks)
+        every_d = torch.cat([train.adapter.block(b).down.detach().flatten() for b in blocks])
+        # D: truncated normal, std 0.02, cut at 2 std (std of the truncated law 0.88 x 0.02); 2048 draws
+        assert every_d.abs().max() <= 0.04 + 1e-6 and 0.015 < float(every_d.std()) < 0.020
+        assert torch.equal(unet_call(engine, x, emb, kw), base)  # U = 0: exactly the base model
+        with torch.no_grad():
+            for p in train.parameters():
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+        ff = unet.get_submodule(blocks[0]).ff
+        h = torch.randn(2, 7, ff.net[0].proj.in_features, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            hooked = ff(h).double().numpy()
+            train.remove()
+            plain = ff(h).double().numpy()
+        D = train.adapter.block(blocks[0]).down.detach().double().numpy()
+        U = train.adapter.block(blocks[0]).up.detach().double().numpy()
+        np.testing.assert_allclose(hooked, plain + gelu_tanh(plain @ D.T) @ U.T, rtol=1e-4, atol=1e-5)
+        train = Training(unet, rank=4, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            for p in train.parameters():
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+        assert (unet_call(engine, x, emb, kw) - base).abs().max() > 1e-3
+    finally:
+        train.remove()
+    assert hooks_on(unet) == hooks and [n for n, _ in unet.named_modules()] == modules
+    after = library.snapshot(unet)
+    assert after.keys() == snap.keys() and all(torch.equal(snap[k], after[k]) for k in snap)
+    assert torch.equal(unet_call(engine, x, emb, kw), base)
+
+
+@pytest.fixture(scope="module")
+def gelu_round(engine):
+    """Round 1 in the default (the paper's GELU) form; the UNet before and after."""
+    loop = sd.create_loop(engine, [style_image(2)], owner="local", content_description="a gradient square",
+                          style_descriptor="glow gradient")
+    from core.styledrop_adapter import hooks_on
+
+    library.disable_all(engine.pipe.unet)
+    before, hooks = library.snapshot(engine.pipe.unet), hooks_on(engine.pipe.unet)
+    grads = []
+    res = last(sd.train_round(engine, loop.id, TrainSettings(**CFG), owner="local", contents=["a cat"],
+                              sample_steps=2, step_hook=lambda s: grads.append(
+                                  [n for n, p in engine.pipe.unet.named_parameters() if p.requires_grad])))
+    return dict(loop=loop, result=res, before=before, hooks=hooks, grads=grads)
+
+
+def test_gelu_round_trains_saves_in_its_form_and_leaves_the_unet_as_it_was(engine, gelu_round):
+    from safetensors.torch import load_file
+
+    from core.styledrop_adapter import FORM, hooks_on
+
+    info = gelu_round["result"].info
+    assert info["trainable_params"] == 8 * 2 * 4 * 64 == 4096  # sum over blocks of 2 r d, by hand
+    assert all(names == [] for names in gelu_round["grads"])  # no UNet weight trains, only D and U
+    a = sd.store_of(engine).get_adapter(info["adapter_id"], "local")
+    assert a.extra["adapter_form"] == FORM and a.method == "styledrop" and a.rank == 4
+    tensors = load_file(str(a.path))
+    assert len(tensors) == 16 and all(".ff.styledrop_gelu.lora_" in k for k in tensors)
+    assert all(torch.count_nonzero(v) > 0 for k, v in tensors.items() if k.endswith("lora_B.weight"))  # U learned
+    after = library.snapshot(engine.pipe.unet)
+    assert after.keys() == gelu_round["before"].keys()
+    assert all(torch.equal(gelu_round["before"][k], after[k]) for k in after)
+    assert hooks_on(engine.pipe.unet) == gelu_round["hooks"]
+
+
+def test_gelu_adapter_loads_for_generation_by_hand_and_only_inside_the_block(engine, gelu_round):
+    """`active` puts the stored GELU adapter on through hooks: each FF's output is then
+    out + U GELU(D out) with D, U read from the file (float64 by hand); after the block the
+    hooks are gone and the UNet computes the base model bit for bit."""
+    from safetensors.torch import load_file
+
+    from core.styledrop_adapter import feed_forwards, hooks_on
+
+    aid = gelu_round["result"].info["adapter_id"]
+    a = sd.store_of(engine).get_adapter(aid, "local")
+    tensors = load_file(str(a.path))
+    unet = engine.pipe.unet
+    name, ff = next(iter(feed_forwards(unet).items()))
+    h = torch.randn(2, 5, ff.net[0].proj.in_features, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        plain = ff(h).double().numpy()
+    hooks = hooks_on(unet)
+    with library.adapters(engine).active({aid: 1.0}, "local"):
+        assert hooks_on(unet) == hooks + 8
+        with torch.no_grad():
+            hooked = ff(h).double().numpy()
+    assert hooks_on(unet) == hooks
+    D = tensors[f"unet.{name}.ff.styledrop_gelu.lora_A.weight"].double().numpy()
+    U = tensors[f"unet.{name}.ff.styledrop_gelu.lora_B.weight"].double().numpy()
+    np.testing.assert_allclose(hooked, plain + gelu_tanh(plain @ D.T) @ U.T, rtol=1e-4, atol=1e-6)
+    assert np.abs(hooked - plain).max() > 1e-5  # the trained adapter does something
+    base = pixels(engine, "a cat in glow gradient style", {})
+    styled = pixels(engine, "a cat in glow gradient style", {aid: 1.0})
+    assert np.array_equal(pixels(engine, "a cat in glow gradient style", {}), base)
+    assert np.abs(styled - base).max() > 0
+    with pytest.raises(UserError, match="not a LoRA"):
+        library.adapters(engine).ensure(aid, "local")
+
+
+def test_eq4_by_hand_and_its_plain_cfg_case():
+    """Eq. 4: G^(t) + lA (G^(t) - G(t)) + lB (G(t) - G(n)), numbers worked by hand; lA = -1 is
+    the base model's plain CFG at w = 1 + lB; an adapter at the identity (G^ = G) gives plain
+    CFG for any lA."""
+    N = torch.tensor([1.0, -2.0, 0.5])   # G(n): base, unconditional
+    B = torch.tensor([2.0, 0.0, 0.5])    # G(t): base, conditional
+    A = torch.tensor([4.0, 1.0, -0.5])   # G^(t): adapted, conditional
+    # 4 + 2 (4 - 2) + 5 (2 - 1) = 13;  1 + 2 (1 - 0) + 5 (0 + 2) = 13;  -0.5 + 2 (-1) + 5 * 0 = -2.5
+    torch.testing.assert_close(sd.eq4(N, B, A, 2.0, 5.0), torch.tensor([13.0, 13.0, -2.5]))
+    # plain CFG (diffusers: u + w (c - u)) with w = 1 + lB = 5
+    torch.testing.assert_close(sd.eq4(N, B, A, -1.0, 4.0), N + 5.0 * (B - N))
+    torch.testing.assert_close(sd.eq4(N, B, B, 1.7, 4.0), N + 5.0 * (B - N))
+    torch.testing.assert_close(sd.eq4(N, B, A, 0.0, 0.0), A)  # lA = lB = 0: the adapted model alone
+
+
+def test_adapter_guidance_in_the_denoising_loop(engine, gelu_round):
+    """Inside `adapter_guidance` a CFG-batched UNet call returns, in both halves, Eq. 4 on the
+    three predictions computed separately (base on the negative half, base on the prompt half,
+    the adapted model on the prompt half); hooks gone after. And in the pipeline, lA = -1 with
+    lB = w - 1 generates what plain CFG at w generates with no adapter."""
+    from core.styledrop_adapter import hooks_on
+
+    aid = gelu_round["result"].info["adapter_id"]
+    unet = engine.pipe.unet
+    pipe = engine.pipe
+    emb, neg, pooled, neg_pooled = pipe.encode_prompt("a cat in glow gradient style", device=engine.device,
+                                                      num_images_per_prompt=1, do_classifier_free_guidance=True)
+    time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]], dtype=emb.dtype)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+
+    def run(xb, e, p, t):
+        with torch.no_grad():
+            return unet(xb, torch.tensor(500), encoder_hidden_states=e,
+                        added_cond_kwargs={"text_embeds": p, "time_ids": t}, return_dict=False)[0]
+
+    n_pred = run(x, neg, neg_pooled, time_ids)
+    b_pred = run(x, emb, pooled, time_ids)
+    with library.adapters(engine).active({aid: 1.0}, "local"):
+        a_pred = run(x, emb, pooled, time_ids)
+    hooks = hooks_on(unet)
+    with sd.adapter_guidance(engine, {aid: 1.0}, "local", 1.5, 4.0):
+        both = run(torch.cat([x, x]), torch.cat([neg, emb]), torch.cat([neg_pooled, pooled]),
+                   torch.cat([time_ids, time_ids]))
+    assert hooks_on(unet) == hooks
+    expected = a_pred + 1.5 * (a_pred - b_pred) + 4.0 * (b_pred - n_pred)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(both[:1], expected, rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(both[1:], expected, rtol=0, atol=1e-5 * scale)
+    assert (a_pred - b_pred).abs().max() > 1e-4 * scale  # the adapter's term is really there
+    # the pipeline: lA = -1, lB = 4 is plain CFG at 5 on the base model
+    with sd.sampling(engine, {aid: 1.0}, "local", (-1.0, 4.0)) as w:
+        assert w == 5.0
+        guided = np.asarray(engine.text_to_image(ctx(), ["a cat in glow gradient style"], seed=3, steps=3,
+                                                 guidance=w)[0], dtype=np.float32)
+    plain = pixels(engine, "a cat in glow gradient style", {}, seed=3)
+    assert np.abs(guided - plain).max() <= 1.0
+
+
+def test_clip_feedback_default_is_the_papers_best_text_score_per_prompt():
+    """By default CLIP keeps, per content prompt, the one candidate with the best CLIP
+    image-text score (the style score plays no part), worked by hand."""
+    cands = [cand(0, "a cat", 0.30, 0.10),   # best text score for "a cat"
+             cand(1, "a cat", 0.10, 0.90),
+             cand(2, "a tree", 0.20, 0.95),
+             cand(3, "a tree", 0.25, 0.05),  # best for "a tree"
+             cand(4, "a boat", 0.50, 0.40)]  # alone
+    assert sd.clip_picks(cands) == [100, 103, 104]
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(sd.clip_feedback).parameters.items()}
+    assert (defaults["mode"], defaults["k"], defaults["text_weight"], defaults["per_prompt"]) == \
+        ("top_k", 1, 1.0, True)
+
+
+def test_subject_and_style_by_mixing_predictions(engine, gelu_round):
+    """The paper's "my content in my style" (Eqs. 5-6): inside the block a CFG-batched UNet call
+    returns (1 - g) [A_s + lA (A_s - B_t) + lB (B_t - N)] + g [A_c + lA (A_c - B_c) + lB (B_c - N)],
+    each prediction computed separately (A_s: the style adapter on t, B_t / B_c: the base model on t /
+    on c (t without its style phrase), A_c: the subject adapter on c, N: the base model on the
+    negative); and the job generates with it."""
+    from core.styledrop_adapter import hooks_on
+
+    subj = Image.fromarray(np.full((64, 64, 3), (30, 200, 60), np.uint8))
+    recipe = db.make_recipe(engine, [subj], identifier="sks", class_noun="dog", prior=False, rank=4,
+                            sample_prompts=[])
+    trained = last(train(engine, recipe, TrainSettings(steps=2, learning_rate=1e-2), owner="local"))
+    subject_id = trained.info["adapter_id"]
+    style_id = gelu_round["result"].info["adapter_id"]
+    pipe, unet = engine.pipe, engine.pipe.unet
+    t_emb, n_emb, t_pool, n_pool = pipe.encode_prompt("a sks dog in glow gradient style", device=engine.device,
+                                                      num_images_per_prompt=1, do_classifier_free_guidance=True)
+    c_emb, _, c_pool, _ = pipe.encode_prompt("a sks dog", device=engine.device, num_images_per_prompt=1,
+                                             do_classifier_free_guidance=True)
+    ids = torch.tensor([[64, 64, 0, 0, 64, 64]], dtype=t_emb.dtype)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(8))
+
+    def run(xb, e, p, t, weights=None):
+        with library.adapters(engine).active(weights or {}, "local"), torch.no_grad():
+            return unet(xb, torch.tensor(400), encoder_hidden_states=e,
+                        added_cond_kwargs={"text_embeds": p, "time_ids": t}, return_dict=False)[0]
+
+    N, B_t, B_c = run(x, n_emb, n_pool, ids), run(x, t_emb, t_pool, ids), run(x, c_emb, c_pool, ids)
+    A_s = run(x, t_emb, t_pool, ids, {style_id: 1.0})
+    A_c = run(x, c_emb, c_pool, ids, {subject_id: 1.0})
+    g, la, lb = 0.6, 1.5, 4.0
+    expected = (1 - g) * (A_s + la * (A_s - B_t) + lb * (B_t - N)) + g * (A_c + la * (A_c - B_c) + lb * (B_c - N))
+    hooks = hooks_on(unet)
+    with sd.subject_style_guidance(engine, style_adapter_id=style_id, subject_adapter_id=subject_id, owner="local",
+                                   content_prompt="a sks dog", gamma=g, lambda_a=la, lambda_b=lb):
+        both = run(torch.cat([x, x]), torch.cat([n_emb, t_emb]), torch.cat([n_pool, t_pool]), torch.cat([ids, ids]))
+    assert hooks_on(unet) == hooks
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(both, torch.cat([expected, expected]), rtol=0, atol=1e-5 * scale)
+    assert (A_c - B_c).abs().max() > 1e-4 * scale and (A_s - B_t).abs().max() > 1e-4 * scale
+    res = last(sd.generate_with_subject(engine, style_adapter_id=style_id, subject_adapter_id=subject_id,
+                                        prompts=["a sks dog in glow gradient style"], owner="local", mix="predictions",
+                                        gamma=g, lambdas=(la, lb), seed=5, steps=2))
+    assert len(res.images) == 1 and res.info["mix"] == "predictions" and hooks_on(unet) == hooks
+    with pytest.raises(UserError, match="predictions or the weights"):
+        sd.generate_with_subject(engine, style_adapter_id=style_id, subject_adapter_id=None, prompts=["a cat"],
+                                 owner="local", mix="both")

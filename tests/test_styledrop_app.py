@@ -150,9 +150,10 @@ def test_browser_loop_two_rounds_then_restart(app, page, style_png):
     page.wait_for_function("() => document.activeElement && document.activeElement.classList.contains('sd-tile')",
                            timeout=10_000)
     page.keyboard.press("d")  # focus moved on to the third tile
-    page.wait_for_function("() => document.querySelector('#sd-counts').innerText.includes('👎 1')", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#sd-counts').innerText.includes('thumbs down 1')",
+                           timeout=30_000)
     counts = page.locator("#sd-counts").inner_text()
-    assert "👍 2" in counts and "your ratings: 3" in counts
+    assert "thumbs up 2" in counts and "your ratings: 3" in counts
     assert page.locator("#sd-grid .sd-mine-up").count() == 2 and page.locator("#sd-grid .sd-mine-down").count() == 1
     screenshot(page, "styledrop-round1-rated")
     page.locator("#sd-next").click()

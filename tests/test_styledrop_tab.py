@@ -11,6 +11,7 @@ import os
 import gradio as gr
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from core import identity, styledrop
@@ -137,7 +138,7 @@ def test_ratings_from_the_grid_toggle_and_count(setup, round1):
 
     counts, grid, rounds = click(-1)
     tile = next(t for t in grid["tiles"] if t["id"] == cid)
-    assert (tile["mine"], tile["mine_down"], tile["down"]) == (-1, True, 1) and "👎 1" in counts
+    assert (tile["mine"], tile["mine_down"], tile["down"]) == (-1, True, 1) and "thumbs down 1" in counts
     counts, grid, _ = click(0)   # withdrawn
     tile = next(t for t in grid["tiles"] if t["id"] == cid)
     assert (tile["mine"], tile["down"]) == (0, 0)
@@ -281,9 +282,9 @@ def test_stop_keeps_no_half_made_loop(setup):
 def test_small_views(setup, tmp_path):
     tab = setup["tab"]
     assert tab.describe("a cat", "oil") == "Training text: **a cat in oil style**"
-    assert tab.describe("a cat", " ").startswith("⚠")
+    assert tab.describe("a cat", " ").startswith("**Warning:**")
     assert tab.describe("a *cat*", "oil") == "Training text: **a \\*cat\\* in oil style**"
-    assert tab.params_text("x").startswith("⚠") and "Adapter rank r" in tab.params_text("x")
+    assert tab.params_text("x").startswith("**Warning:**") and "Adapter rank r" in tab.params_text("x")
     assert "2,048 trained parameters" in tab.params_text(2) and "8 transformer blocks" in tab.params_text(2)
     preset = tab.apply_preset("SD 1.5 (400 steps)")
     assert preset[:7] == (400, 1e-4, 4, False, 1, 30, 7.0) and "4,096 trained parameters" in preset[7]
@@ -334,3 +335,106 @@ def test_adapter_size_by_hand_and_none_before_loading(engine, tmp_path):
     assert size.trainable_params == sum(2 * 3 * d for d in TINY_BLOCK_WIDTHS)
     assert size.lora_numbers == sum(3 * (4 * d + d) for d in TINY_BLOCK_WIDTHS)   # d_ff = 4 d
     assert styledrop.adapter_size(Engine("tiny", data_dir=tmp_path), 3) is None
+
+
+# ------------------------------------------------------------------ issue 17: form, Eq. 4, export, CLIP default
+
+def test_adapter_settings_are_checked_and_default_to_the_papers(setup):
+    tab = setup["tab"]
+    from tabs.styledrop import DEFAULT_OPTIONS
+
+    assert tab.sampling_options(None) == ("gelu", (1.0, 5.0))  # no State (a REST call): the page's defaults
+    assert tab.sampling_options(dict(DEFAULT_OPTIONS)) == ("gelu", (1.0, 5.0))  # the page: Eq. 4, lambda_B = 5
+    assert tab.sampling_options({**DEFAULT_OPTIONS, "form": "linear", "adapter_guidance": False}) == ("linear", None)
+    assert tab.options_of("linear", True, 2.0, 4.0) == {"form": "linear", "adapter_guidance": True, "lambda_a": 2.0,
+                                                         "lambda_b": 4.0}
+    with pytest.raises(gr.Error, match="Adapter form"):
+        tab.options_of("lora", True, 1.0, 5.0)
+    with pytest.raises(gr.Error, match="λ_B"):
+        tab.options_of("gelu", True, 1.0, 99.0)
+    with pytest.raises(gr.Error, match="λ_A"):
+        list(tab.generate(loop=None, round="1", prompts="a cat", samples_per_prompt=1, sample_steps=2, guidance=5.0,
+                          grid_seed=0, options={**DEFAULT_OPTIONS, "lambda_a": "x"}, visitor=setup["alice"],
+                          request=setup["alice_page"]))
+
+
+def test_rounds_train_in_the_chosen_form_with_eq4_grids_and_export(setup, round1):
+    """Round 1 through the tab is the paper's GELU adapter; a round trained in the linear form
+    exports exactly, the GELU one as its linearisation: lora_down = D W2 / 2, lora_up = U (by
+    hand from the stored D, U and the UNet's W2); grids by Eq. 4 are added."""
+    from safetensors.torch import load_file
+
+    from core.styledrop_adapter import FORM
+
+    tab, store = setup["tab"], styledrop.store_of(setup["tab"].engine)
+    info = round1["info"]
+    alice = tab.caller(setup["alice_page"], setup["alice"]).owner
+    bob = tab.caller(setup["bob_page"], setup["bob"]).owner
+    gelu = store.get_adapter(info["adapter_id"], alice)
+    assert gelu.extra["adapter_form"] == FORM
+    (status, *view), _ = last(tab.generate(loop=str(info["loop_id"]), round=str(info["round_id"]), prompts="a fish",
+                                           samples_per_prompt=1, sample_steps=2, guidance=5.0, grid_seed=1,
+                                           options={"form": "gelu", "adapter_guidance": True, "lambda_a": 2.0,
+                                                    "lambda_b": 5.0}, visitor=setup["alice"],
+                                           request=setup["alice_page"]))
+    assert "1 more candidates" in status
+    path, note = tab.export(round=str(info["round_id"]), visitor=setup["alice"], request=setup["alice_page"])
+    assert "Linearised" in note and os.path.exists(path)
+    kohya = load_file(path)
+    stored = load_file(str(gelu.path))
+    unet = tab.engine.pipe.unet
+    block = "down_blocks.1.attentions.0.transformer_blocks.0"
+    D = stored[f"unet.{block}.ff.styledrop_gelu.lora_A.weight"]
+    U = stored[f"unet.{block}.ff.styledrop_gelu.lora_B.weight"]
+    W2 = unet.get_submodule(f"{block}.ff.net.2")
+    W2 = (W2.get_base_layer() if hasattr(W2, "get_base_layer") else W2).weight.detach().float()
+    key = "lora_unet_" + block.replace(".", "_") + "_ff_net_2"
+    torch.testing.assert_close(kohya[f"{key}.lora_down.weight"], 0.5 * D @ W2)
+    torch.testing.assert_close(kohya[f"{key}.lora_up.weight"], U)
+    assert len([k for k in kohya if k.endswith(".lora_down.weight")]) == 8
+    with pytest.raises(gr.Error, match="not found"):  # another visitor: not theirs
+        tab.export(round=str(info["round_id"]), visitor=setup["bob"], request=setup["bob_page"])
+    final, _ = last(tab.train(**train_kw(setup, who="bob", steps=1, prompts="a cat",
+                                         options={"form": "linear", "adapter_guidance": False, "lambda_a": 0.0,
+                                                  "lambda_b": 5.0})))
+    linear = store.get_adapter(final[-1]["adapter_id"], bob)
+    assert linear.extra["adapter_form"] == "linear"
+    path, note = tab.export(round=str(final[-1]["round_id"]), visitor=setup["bob"], request=setup["bob_page"])
+    assert note.startswith("Exact") and any(k.endswith("ff_net_2.lora_down.weight") for k in load_file(path))
+
+
+def test_style_and_subject_by_mixing_predictions(setup, round1):
+    from core import dreambooth
+    from core.train import TrainSettings, train
+    from tabs.styledrop import DEFAULT_MIX, DEFAULT_OPTIONS
+    from tests.test_styledrop import last as last_event
+
+    tab, info = setup["tab"], round1["info"]
+    alice = tab.caller(setup["alice_page"], setup["alice"]).owner
+    recipe = dreambooth.make_recipe(tab.engine, [style_image(3)], identifier="sks", class_noun="dog", prior=False,
+                                    rank=4, sample_prompts=[])
+    subject = last_event(train(tab.engine, recipe, TrainSettings(steps=1, learning_rate=1e-3), owner=alice))
+    kw = dict(style_adapter=str(info["adapter_id"]), style_weight=1.0, subject_adapter=str(subject.info["adapter_id"]),
+              subject_weight=1.0, prompts="a sks dog in neon style", seed=3, sample_steps=2, guidance=5.0,
+              options=dict(DEFAULT_OPTIONS), visitor=setup["alice"], request=setup["alice_page"])
+    assert DEFAULT_MIX == {"mode": "predictions", "gamma": 0.6}  # the page's default: the paper's way
+    (gallery, status), _ = last(tab.combine(mix=dict(DEFAULT_MIX), **kw))
+    assert len(gallery) == 1 and "predictions mixed, γ = 0.6" in status
+    (gallery, status), _ = last(tab.combine(mix={"mode": "weights", "gamma": 0.6}, **kw))
+    assert len(gallery) == 1 and status.endswith(f"#{subject.info['adapter_id']} × 1.")
+    with pytest.raises(gr.Error, match="Mix"):
+        list(tab.combine(mix={"mode": "both", "gamma": 0.6}, **kw))
+    (gallery, status), _ = last(tab.combine(mix=dict(DEFAULT_MIX), **{**kw, "subject_adapter": None}))
+    assert len(gallery) == 1 and status.endswith(f"Adapters: #{info['adapter_id']} × 1.")  # the style's Eq. 4
+
+
+def test_the_loss_plot_reads_at_one_step_too(engine, tmp_path):
+    """Axes from 0 to the run's steps (a run stopped at step 1 is not a lone '1.000000' tick)."""
+    import gradio as gr
+
+    with gr.Blocks():
+        tab = StyleDropTab.mount(make_ctx(engine, tmp_path))
+    steps = tab.ui.steps.value
+    assert tab.ui.loss.x_lim == [0, steps] and tab.ui.loss.y_lim == [0, None]
+    assert tab.update_loss_axes(1)["x_lim"] == [0, 1]
+    assert tab.update_loss_axes("lots")["x_lim"] == [0, None]     # not a step count: no fixed end

@@ -20,7 +20,7 @@ from core.vector import results
 from core.vector.rasterizer import render
 from core.vector.svg_io import parse_svg
 from tabs.svg import STOPPED_EMPTY, STOPPED_KEPT, SvgTab
-from tests.tabkit import fake_request, last, make_ctx
+from tests.tabkit import example_inputs, fake_request, last, make_ctx
 
 from .conftest import screenshot
 
@@ -314,6 +314,7 @@ def test_browser_text_to_svg_streams_downloads_and_stops(live_app, page):
     screenshot(page, "text-to-svg")
 
     # a long run from scratch: frames stream, the SVG is downloadable mid-run, Stop keeps it
+    page.get_by_text("Settings: start, paths, steps, seed").click()
     page.get_by_label("From scratch: random paths, SDS only").check()
     steps = page.locator("#svg-steps input[type=number]")
     steps.fill("3000")
@@ -356,3 +357,43 @@ def test_browser_image_to_svg(live_app, page, tmp_path):
     resp = page.request.get(href)
     assert href.endswith(".svg") and resp.ok and parse_svg(resp.body()).shapes
     screenshot(page, "image-to-svg")
+
+
+# --------------------------------------------------------------------------- a newcomer's first run (issue 16)
+
+def test_examples_fill_the_forms_and_the_leaf_vectorizes(tab):
+    """The text Examples fill a prompt and a valid style; the image Examples fill the upload with
+    our own images, and the leaf icon vectorizes with the tab's own Vectorize."""
+    from core import vectorfusion
+    from tabs import svg
+    from tabs.common import example
+
+    with gr.Blocks() as demo:
+        SvgTab(tab.ctx).build()
+    assert example_inputs(demo, "svg-examples") == ["svg-prompt", "svg-style"]
+    assert example_inputs(demo, "vec-examples") == ["vec-image"]
+    assert example_inputs(demo, "set-examples") == ["set-prompts"]
+    assert all(style in vectorfusion.STYLES and prompt for prompt, style in svg.TEXT_EXAMPLES)
+    assert svg.IMAGE_EXAMPLES[0] == "icon-leaf.png"
+    (preview, status, svg_file, png_file, info), _ = last(tab.vectorize(
+        image=example(svg.IMAGE_EXAMPLES[0]), method="live", paths=4, steps=4, size=32, request=fake_request()))
+    assert status.startswith("**Done.**") and info["paths"] <= 4 and Path(svg_file).read_text() == info["svg"]
+
+
+def test_the_settings_choice_fills_the_papers_budgets_or_ours(tab):
+    # the papers' (PyTorch-SVGRender's VectorFusion config and LIVE): K = 6 samples of 50 steps,
+    # 1000 SDS steps, LIVE 500 steps for each group of 16 paths (64 paths: 4 groups, 2000 steps)
+    assert tab.preset_values("paper", 64) == (6, 1000, 50, 2000)
+    assert tab.preset_values("paper", 20) == (6, 1000, 50, 1000)     # 16 + 4: two groups
+    assert tab.preset_values("fast", 64) == (4, 500, 30, 500)        # ours: 500 LIVE steps in all
+    with pytest.raises(gr.Error, match="Settings"):
+        tab.preset_values("quick", 64)
+    assert tab.default_preset() == "fast"                            # the tiny family: a CPU demo
+
+
+def test_the_chosen_settings_reach_the_run(tab):
+    (*_, status, _, _, info), _ = last(tab.generate(**text_kwargs(start="scratch", steps=2), preset="fast",
+                                                    request=fake_request()))
+    assert "Done" in status and info["preset"] == "fast"
+    with pytest.raises(gr.Error, match="Settings"):
+        list(tab.generate(**text_kwargs(), preset="best", request=fake_request()))

@@ -2,9 +2,12 @@
 from . import Mutation
 
 SD = "core/styledrop.py"
+SDA = "core/styledrop_adapter.py"
 T = "tests/test_styledrop.py"
 TAB = "tests/test_styledrop_tab.py"
 STEP0 = f"{T}::test_adapter_is_the_identity_at_step_0_after_every_feed_forward"
+GELU = f"{T}::test_gelu_module_is_x_plus_U_gelu_D_x_by_hand"
+HOOKS = f"{T}::test_gelu_adapter_hooks_after_every_feed_forward_and_restores_the_unet"
 
 MUTATIONS = [
     Mutation("styledrop-up-not-zero-initialised", SD,
@@ -35,4 +38,35 @@ MUTATIONS = [
              'seed = v.seed(grid_seed, "Grid seed")', "seed = int(grid_seed or 0)",
              (f"{TAB}::test_bad_training_values_are_refused_naming_the_field",),
              "a missing or negative grid seed quietly becomes seed 0"),
+    # issue 17: the paper's adapter, adapter guidance (Eq. 4), the paper's CLIP feedback
+    Mutation("styledrop-gelu-after-the-up-projection", SDA,
+             "        return F.linear(h, self.up)",
+             "        return F.gelu(F.linear(F.linear(x.to(self.down.dtype), self.down), self.up), "
+             "approximate=GELU_APPROXIMATE)", (GELU,),
+             "GELU(U D x) instead of U GELU(D x): the nonlinearity in the wrong place"),
+    Mutation("styledrop-gelu-up-not-zero-initialised", SDA,
+             "self.up = torch.nn.Parameter(torch.zeros(int(d), int(rank)))",
+             "self.up = torch.nn.Parameter(0.02 * torch.randn(int(d), int(rank)))", (GELU, HOOKS),
+             "U random at step 0: the fresh adapter is not the identity"),
+    Mutation("styledrop-gelu-down-init-ten-times-wider", SDA,
+             "std=0.02, a=-0.04, b=0.04", "std=0.2, a=-0.4, b=0.4", (HOOKS,)),
+    Mutation("styledrop-eq4-lambdas-swapped", SD,
+             "float(lambda_a) * (cond_adapter - cond_base) + float(lambda_b) * (cond_base - uncond_base)",
+             "float(lambda_b) * (cond_adapter - cond_base) + float(lambda_a) * (cond_base - uncond_base)",
+             (f"{T}::test_eq4_by_hand_and_its_plain_cfg_case",),
+             "lambda_A scales the text term and lambda_B the style term"),
+    Mutation("styledrop-clip-default-global-top-k", SD,
+             "               per_prompt: bool = True) -> list[int]:",
+             "               per_prompt: bool = False) -> list[int]:",
+             (f"{T}::test_clip_feedback_default_is_the_papers_best_text_score_per_prompt",),
+             "the default CLIP feedback picks globally, not the best per prompt as the paper"),
+    Mutation("styledrop-eq4-adapter-on-the-negative-half", SD,
+             "        return value[n:]", "        return value[:n]",
+             (f"{T}::test_adapter_guidance_in_the_denoising_loop",),
+             "the adapted pass of Eq. 4 conditioned on the negative prompt instead of the prompt"),
+    Mutation("styledrop-subject-style-gamma-swapped", SD,
+             "return (1 - g) * eq4(uncond, cond, styled, lambda_a, lambda_b) + g * eq4(",
+             "return g * eq4(uncond, cond, styled, lambda_a, lambda_b) + (1 - g) * eq4(",
+             (f"{T}::test_subject_and_style_by_mixing_predictions",),
+             "gamma weighs the style instead of the subject (Eqs. 5-6)"),
 ]
