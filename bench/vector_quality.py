@@ -15,9 +15,10 @@ average 4-6; 2026-12-01): budget 16: vtracer 4.8 paths 32.39 dB, ours 5.5 paths 
 dB, better on 24 of 24; ours keeps what vtracer's tracing at the working size has, which can be
 more than its tracing at 256 px); wall time 5.7 s mean, 4.7 s median, 12 s at most, CPU time
 2.75 s mean, 4.25 s at most. --tight (half of vtracer's paths): vtracer 2.9 paths 19.97 dB, ours
-3.0 paths 31.92 dB (+12.0 dB, better on 24 of 24), 3.0 s mean, CPU 1.76 s mean. LIVE "paper"
-(500 steps per stage, the UDF weight recomputed every step) ran past 10 minutes on the first
-icon at 256 px and was stopped.
+3.0 paths 31.92 dB (+12.0 dB, better on 24 of 24), 3.0 s mean, CPU 1.76 s mean. At load 2.9,
+icons 0-3 with `--live fast`: ours 48.13 dB in 3.0 s mean (4.0 s at most), LIVE "fast" 39.72 dB
+in 9.2 s, vtracer 33.67 dB. LIVE "paper" (500 steps per stage, the UDF weight recomputed every
+step) ran past 10 minutes on the first icon at 256 px and was stopped.
 """
 from __future__ import annotations
 
