@@ -4,7 +4,7 @@ Three parts, each a streaming handler with its own Stop:
 - From text (api_name="svg_generate"): baseline (K samples ranked by CLIP, LIVE on the best)
   then score distillation through our rasterizer; candidates with their CLIP scores, then
   frames and the loss; the current SVG and PNG can be downloaded at any moment.
-- From an image (api_name="vectorize"): LIVE, or vtracer's tracing refined, with a path budget.
+- From an image (api_name="vectorize"): vtracer's tracing refined (the default), or LIVE, with a path budget.
 - Icon set (api_name="svg_icon_set"): a Style-Aligned set of prompts, each vectorized.
 
 The preview is the PNG that cairosvg renders from the very SVG file offered for download. The
@@ -44,8 +44,8 @@ ABOUT = ("VectorFusion (Jain et al., CVPR 2023). From text: the model samples K 
          "refines the paths so that the rendered SVG looks like the prompt to the diffusion model (guidance 100, "
          "as in the paper). \"From scratch\" skips the sampling and starts SDS from random paths. Styles: "
          "iconographic (filled closed paths), pixel art (a grid of squares), sketch (open strokes). From an "
-         "image: LIVE, or vtracer's tracing refined, with a path budget. Icon set: a Style-Aligned set of the "
-         "prompts (one shared style), each vectorized. The preview is the download: cairosvg renders the very "
+         "image: vtracer's tracing refined (the default, the better one), or LIVE, with a path budget. "
+         "Icon set: a Style-Aligned set of the prompts (one shared style), each vectorized. The preview is the download: cairosvg renders the very "
          "SVG file offered below it.")
 
 START_CHOICES = [("Baseline: sample K, rank with CLIP, LIVE, then SDS", "baseline"),
