@@ -45,8 +45,8 @@ ABOUT = ("VectorFusion (Jain et al., CVPR 2023). From text: the model samples K 
          "as in the paper). \"From scratch\" skips the sampling and starts SDS from random paths. Styles: "
          "iconographic (filled closed paths), pixel art (a grid of squares), sketch (open strokes). From an "
          "image: vtracer's tracing refined (the default, the better one), or LIVE, with a path budget. "
-         "Icon set: a Style-Aligned set of the prompts (one shared style), each vectorized. The preview is the download: cairosvg renders the very "
-         "SVG file offered below it.")
+         "Icon set: a Style-Aligned set of the prompts (one shared style), each vectorized. The preview is the "
+         "download: cairosvg renders the very SVG file offered below it.")
 
 START_CHOICES = [("Baseline: sample K, rank with CLIP, LIVE, then SDS", "baseline"),
                  ("From scratch: random paths, SDS only", "scratch")]
