@@ -150,7 +150,7 @@ class SvgTab(Tab):
         guidance_f = v.real(guidance, "SDS guidance", 0, 200)
         seed_n = v.seed(seed)
         sample_n = v.whole(sample_steps, "Sampling steps", 1, 100)
-        live_n = v.whole(live_steps, "LIVE steps", 1, 5000)
+        live_n = v.whole(live_steps, "LIVE steps in all", 1, 5000)
         preset = self.default_preset() if preset is None else v.choice(preset, "Settings", list(vectorfusion.PRESETS))
         style = v.choice(style, "Style", list(vectorfusion.STYLES))
         start = v.choice(start, "Start from", [c for _, c in START_CHOICES])
