@@ -50,22 +50,31 @@ def config_from_args(a) -> TrainSettings:
                        resume=not a.no_resume)
 
 
-def consume(events: Iterator[Any], out=sys.stdout) -> Result | None:
+def _say(line: str, out) -> None:
+    """One line in one write: processes of a multi-process launch share the stream, and print()
+    writes the text and its newline apart (two system calls when the stream is unbuffered), so their
+    lines could run into each other."""
+    out.write(line + "\n")
+    out.flush()
+
+
+def consume(events: Iterator[Any], out=None) -> Result | None:
     """Print a headless run's events; returns the final Result."""
+    out = out or sys.stdout
     result = None
     for ev in events:
         if isinstance(ev, TrainStep):
             prior = f" prior {ev.prior_loss:.4f}" if ev.prior_loss is not None else ""
-            print(f"step {ev.step}/{ev.total} loss {ev.loss:.4f} (instance {ev.instance_loss:.4f}{prior}) "
-                  f"lr {ev.lr:.2e} {ev.seconds:.2f}s", file=out, flush=True)
+            _say(f"step {ev.step}/{ev.total} loss {ev.loss:.4f} (instance {ev.instance_loss:.4f}{prior}) "
+                 f"lr {ev.lr:.2e} {ev.seconds:.2f}s", out)
         elif isinstance(ev, Checkpointed):
-            print(f"checkpoint at step {ev.step}: {ev.path}", file=out, flush=True)
+            _say(f"checkpoint at step {ev.step}: {ev.path}", out)
         elif isinstance(ev, TrainSamples):
-            print(f"samples at step {ev.step}: {len(ev.images)} images", file=out, flush=True)
+            _say(f"samples at step {ev.step}: {len(ev.images)} images", out)
         elif isinstance(ev, Notice):
-            print(f"note: {ev.message}", file=out, flush=True)
+            _say(f"note: {ev.message}", out)
         elif isinstance(ev, Progress) and not ev.message.startswith("Samples"):
-            print(ev.message, file=out, flush=True)
+            _say(ev.message, out)
         elif isinstance(ev, Result):
             result = ev
     return result

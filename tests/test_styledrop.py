@@ -508,13 +508,15 @@ def gelu_round(engine):
     res = last(sd.train_round(engine, loop.id, TrainSettings(**CFG), owner="local", contents=["a cat"],
                               sample_steps=2, step_hook=lambda s: grads.append(
                                   [n for n, p in engine.pipe.unet.named_parameters() if p.requires_grad])))
-    return dict(loop=loop, result=res, before=before, hooks=hooks, grads=grads)
+    # the UNet right after the round (later tests of the module may load other adapters)
+    after, hooks_after = library.snapshot(engine.pipe.unet), hooks_on(engine.pipe.unet)
+    return dict(loop=loop, result=res, before=before, hooks=hooks, grads=grads, after=after, hooks_after=hooks_after)
 
 
 def test_gelu_round_trains_saves_in_its_form_and_leaves_the_unet_as_it_was(engine, gelu_round):
     from safetensors.torch import load_file
 
-    from core.styledrop_adapter import FORM, hooks_on
+    from core.styledrop_adapter import FORM
 
     info = gelu_round["result"].info
     assert info["trainable_params"] == 8 * 2 * 4 * 64 == 4096  # sum over blocks of 2 r d, by hand
@@ -524,10 +526,10 @@ def test_gelu_round_trains_saves_in_its_form_and_leaves_the_unet_as_it_was(engin
     tensors = load_file(str(a.path))
     assert len(tensors) == 16 and all(".ff.styledrop_gelu.lora_" in k for k in tensors)
     assert all(torch.count_nonzero(v) > 0 for k, v in tensors.items() if k.endswith("lora_B.weight"))  # U learned
-    after = library.snapshot(engine.pipe.unet)
+    after = gelu_round["after"]
     assert after.keys() == gelu_round["before"].keys()
     assert all(torch.equal(gelu_round["before"][k], after[k]) for k in after)
-    assert hooks_on(engine.pipe.unet) == gelu_round["hooks"]
+    assert gelu_round["hooks_after"] == gelu_round["hooks"]
 
 
 def test_gelu_adapter_loads_for_generation_by_hand_and_only_inside_the_block(engine, gelu_round):
