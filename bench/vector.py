@@ -12,6 +12,10 @@
    2x2 samples: 0.83 s, 6.5 s, 16.1 s; goal <= half of that on CPU, <= 20 ms for 256@600 on an H100.
 4. (--part sds) VectorFusion's SDS loop per iteration and per run, for 64/128/256 paths, on
    the --model family (tiny on CPU; sdxl-arch on a GPU; --sds-input 512 for the paper's sizes).
+5. (--part split) Where one SDS iteration's time goes (core.pacing.PhaseTimer: rasterizer,
+   augmentation, VAE encoder forward, UNet, backward, optimizer, previews), and a short run with a
+   frame at every step against the same run with frames paced to 10% of its time (the app's
+   setting), side by side in one run.
 3. (--part parity) PSNR of our rasterizer against cairosvg at 256 px over the committed icons, or
    over a whole Iconify JSON set (--iconify-json, e.g. icons.json of the npm package
    @iconify-json/flat-color-icons fetched with `npm pack`).
@@ -219,9 +223,48 @@ def bench_sds(model: str, paths: list[int], steps: int, input_size: int | None, 
         print(f"{n:5d} {dt / steps:7.3f}s {dt:7.1f}s {1000 * dt / steps / 60:15.1f} min  {peak}", flush=True)
 
 
+def bench_split(model: str, n_paths: int, steps: int, input_size: int | None, threads: int):
+    """The SDS iteration's split by phase, with frames at every step and paced (share 0.1)."""
+    import queue
+    import tempfile
+
+    from core import vectorfusion as vf
+    from core.engine import Engine
+    from core.jobs import Job, JobContext
+    from core.pacing import PhaseTimer
+
+    torch.set_num_threads(threads)
+    engine = Engine(model, data_dir=tempfile.mkdtemp())
+    engine.load()
+    R, S = vf.sizes(engine, input_size)
+    print(f"\n== SDS split: {model} on {engine.device}, {n_paths} paths, render {R} px, encode {S} px, "
+          f"{steps} iterations a frame at every step vs paced to 10%; {thread_settings()}")
+    ctx = JobContext(Job("bench", "bench"), queue.Queue())
+    rows = {}
+    for label, share in (("every step", None), ("paced 10%", 0.1)):
+        o = vf.VFOptions(num_paths=n_paths, steps=steps, preview_every=1, preview_share=share, reinit_every=50,
+                         input_size=S, seed=0)
+        scene = vf.initial_scene("iconographic", n_paths, R, np.random.default_rng(0))
+        files = vf.SvgFiles(tempfile.mkdtemp(), "bench", png_size=R)
+        vf.sds_loop(engine, ctx, "a lighthouse", scene.clone(),
+                    vf.VFOptions(**{**o.__dict__, "steps": 2}), files)          # warm-up
+        timer = PhaseTimer(engine.device)
+        t = time.perf_counter()
+        vf.sds_loop(engine, ctx, "a lighthouse", scene, o, files, phase=timer)
+        rows[label] = (time.perf_counter() - t, timer)
+    names = sorted({k for _, tm in rows.values() for k in tm.seconds}, key=lambda k: -rows["every step"][1].seconds[k])
+    print(f"{'phase':46s} " + " ".join(f"{lb:>20s}" for lb in rows))
+    for k in names:
+        print(f"{k:46s} " + " ".join(f"{1000 * tm.seconds[k] / steps:9.1f} ms {100 * tm.split().get(k, 0):6.1f}%  "
+                                     for _, tm in rows.values()))
+    (a, _), (b, _) = rows.values()
+    print(f"{'per iteration (wall)':46s} {1000 * a / steps:9.1f} ms {'':10s} {1000 * b / steps:9.1f} ms"
+          f"   ratio {a / b:.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["all", "raster", "vectorize", "parity", "sds"], default="all")
+    ap.add_argument("--part", choices=["all", "raster", "vectorize", "parity", "sds", "split"], default="all")
     ap.add_argument("--model", default="tiny", help="--part sds: tiny, tiny-sd, sdxl-arch (GPU), sd15, sdxl")
     ap.add_argument("--sds-steps", type=int, default=10, help="--part sds: timed iterations per row")
     ap.add_argument("--sds-input", type=int, default=None,
@@ -243,6 +286,9 @@ def main():
         bench_parity(256, sorted(glob.glob(a.icons)), a.iconify_json)
     if a.part == "sds":
         bench_sds(a.model, [int(v) for v in a.sds_paths.split(",")], a.sds_steps, a.sds_input, a.threads)
+        return
+    if a.part == "split":
+        bench_split(a.model, int(a.sds_paths.split(",")[0]), a.sds_steps, a.sds_input, a.threads)
         return
     if a.part in ("all", "vectorize"):
         torch.set_num_threads(1)   # small images: one thread avoids OpenMP wake-up overheads

@@ -59,6 +59,7 @@ from .errors import Cancelled, UserError
 from .files import atomic_write, owner_dirname
 from .events import Result
 from .jobs import JobContext
+from .pacing import PreviewPacer, untimed
 from .vector.live import LiveSettings, VectorProgress, live, xing_loss
 from .vector.rasterizer import render
 from .vector.scene import Scene, Shape, circle_shape, polygon_shape, shape_area
@@ -262,6 +263,7 @@ class SDS:
         self.alphas = sched.alphas_cumprod.to(torch.float32)
         self.encoder = Fp32Encoder(pipe.vae)
         self.cond = self._conditioning(prompt, negative_prompt)
+        self.phase = untimed      # a core.pacing.PhaseTimer to measure the split (bench/vector.py)
 
     @torch.no_grad()
     def _conditioning(self, prompt: str, negative: str) -> dict:
@@ -283,13 +285,15 @@ class SDS:
 
     def __call__(self, image: torch.Tensor, t: int | None = None) -> SDSOutput:
         e = self.engine
-        x = augment(image, self.size, self.gen, self.distortion, self.p) if self.augment else image[None]
-        if x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        z = self.encoder(x.to(e.device), self.gen)                       # fp32, grad
+        with self.phase("augment"):
+            x = augment(image, self.size, self.gen, self.distortion, self.p) if self.augment else image[None]
+            if x.shape[-1] != self.size:
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        with self.phase("VAE encoder (forward)"):
+            z = self.encoder(x.to(e.device), self.gen)                       # fp32, grad
         t = self.timestep() if t is None else int(t)
         noise = torch.randn(z.shape, generator=self.gen).to(z.device)
-        with torch.no_grad():
+        with torch.no_grad(), self.phase("UNet"):
             a = self.alphas[t].to(z.device)
             zt = a.sqrt() * z.detach() + (1 - a).sqrt() * noise
             tt = torch.full((2,), t, device=e.device, dtype=torch.long)
@@ -465,6 +469,7 @@ class VFOptions:
     alpha_threshold: float = 0.05
     area_threshold: float | None = None
     preview_every: int = 10
+    preview_share: float | None = None  # previews at most this share of the loop's time (None: no cap)
     input_size: int | None = None       # model input size (default: the model's resolution)
     augment: bool = True
     negative_prompt: str = ""
@@ -524,9 +529,14 @@ def export_scene(scene: Scene, bg: torch.Tensor | None) -> Scene:
 
 
 def sds_loop(engine, ctx: JobContext, prompt: str, scene: Scene, o: VFOptions, files: SvgFiles,
-             step0: int = 0, total: int | None = None):
+             step0: int = 0, total: int | None = None, phase=untimed):
     """Optimize `scene` (in place) with SDS; streams SvgProgress via ctx.emit; returns
-    (scene for export, loss history). On Stop the current SVG is written before Cancelled."""
+    (scene for export, loss history). On Stop the current SVG is written before Cancelled.
+
+    Previews (the SVG and PNG written, an SvgProgress emitted) come every `o.preview_every` steps
+    and, with `o.preview_share`, only while they have taken at most that share of the loop's time
+    (core.pacing.PreviewPacer); the other steps emit a plain Progress. `phase`: a
+    core.pacing.PhaseTimer to measure where an iteration's time goes."""
     if o.steps is None:
         o = replace(o, steps=VectorFusionSettings().sds_steps)
     size = int(scene.width)
@@ -535,6 +545,8 @@ def sds_loop(engine, ctx: JobContext, prompt: str, scene: Scene, o: VFOptions, f
     bg = torch.ones(3, device=device) if (o.learn_background and o.style == "iconographic") else None
     sds = SDS(engine, engine.clean_prompt(full_prompt(prompt, o.style), ctx), o.negative_prompt, o.guidance,
               input_size=o.input_size, seed=o.seed, augment=o.augment)
+    sds.phase = phase
+    pacer = PreviewPacer(o.preview_every, o.preview_share)
     opt, point_lr = _optimizer(scene, o.style, bg, o, size)
     rng = np.random.default_rng(o.seed + 1)
     total = total or o.steps
@@ -543,8 +555,9 @@ def sds_loop(engine, ctx: JobContext, prompt: str, scene: Scene, o: VFOptions, f
 
     def snapshot(i, value, message):
         nonlocal last_svg
-        svg = scene_to_svg(export_scene(scene, bg))
-        img = files.write(svg)
+        with pacer.showing(), phase("previews (SVG + PNG written)"):
+            svg = scene_to_svg(export_scene(scene, bg))
+            img = files.write(svg)
         last_svg = svg
         return SvgProgress(step=step0 + i, total=total, message=message, preview=[img],
                            metrics={"loss": value, "paths": float(len(scene.shapes))},
@@ -558,15 +571,18 @@ def sds_loop(engine, ctx: JobContext, prompt: str, scene: Scene, o: VFOptions, f
                 if g["kind"] == "points":
                     g["lr"] = point_lr * _point_scale(i, o.steps)
             bgc = bg.clamp(0, 1) if bg is not None else (1.0, 1.0, 1.0)
-            img = render(scene, size, size, background=bgc)
+            with phase("rasterizer (forward)"):
+                img = render(scene, size, size, background=bgc)
             out = sds(img)
             loss = out.loss
             if o.style == "iconographic" and o.xing_weight:
-                loss = loss + o.xing_weight * xing_loss(scene.shapes).to(loss.device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
+                with phase("xing loss (forward)"):
+                    loss = loss + o.xing_weight * xing_loss(scene.shapes).to(loss.device)
+            with phase("backward (encoder, augmentation, rasterizer)"):
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            with phase("optimizer step"), torch.no_grad():
+                opt.step()
                 for s in scene.shapes:
                     if s.fill is not None:
                         s.fill.clamp_(0, 1)
@@ -580,7 +596,7 @@ def sds_loop(engine, ctx: JobContext, prompt: str, scene: Scene, o: VFOptions, f
                     for p in (scene.shapes[k].points, scene.shapes[k].fill):
                         opt.state.pop(p, None)
             message = f"SDS {i + 1}/{o.steps} (t={out.t})"
-            if (i + 1) % max(1, o.preview_every) == 0 or i == o.steps - 1:
+            if pacer.due(i + 1, last=i == o.steps - 1):
                 ctx.check()
                 ctx.emit(snapshot(i + 1, out.value, message))
             else:
@@ -600,9 +616,11 @@ def sds_loop(engine, ctx: JobContext, prompt: str, scene: Scene, o: VFOptions, f
 
 def live_streamed(ctx: JobContext, files: "SvgFiles", image: Image.Image, size: int, device, *, num_paths: int,
                   steps: int, seed: int, preview_every: int, total: int, offset: int = 0, label: str = "",
-                  settings: LiveSettings | None = None) -> Scene:
+                  settings: LiveSettings | None = None, preview_share: float | None = None) -> Scene:
     """LIVE on `image` (resized to size x size) inside a job: every frame's SVG is written to the
-    run's files and streamed; returns the final scene. Stops at the next frame on Cancel.
+    run's files and streamed (with `preview_share`, only while the writes have taken at most that
+    share of the time: the other frames stream as plain progress); returns the final scene. Stops
+    at the next frame on Cancel.
     `settings` (default `LiveSettings.fast()`) gives the schedule, weight floor and xing weight;
     with `settings.steps_per_stage` every stage runs that many steps, else `steps` in all."""
     st = settings or LiveSettings.fast()
@@ -612,13 +630,18 @@ def live_streamed(ctx: JobContext, files: "SvgFiles", image: Image.Image, size: 
                preview_every=preview_every, uniform_weight=st.uniform_weight, xing_weight=st.xing_weight,
                steps_per_stage=st.steps_per_stage, point_schedule=st.point_schedule, udf_every=st.udf_every,
                **st.geometry(size))
+    pacer = PreviewPacer(1, preview_share)
     while True:
         try:
             ev = next(gen)
         except StopIteration as stop:
             return stop.value
         ctx.check()
-        img = files.write(ev.svg)
+        if not pacer.due(ev.step):
+            ctx.progress(offset + ev.step, total, label + ev.message, **ev.metrics)
+            continue
+        with pacer.showing():
+            img = files.write(ev.svg)
         ctx.emit(SvgProgress(step=offset + ev.step, total=total, message=label + ev.message, preview=[img],
                              metrics=ev.metrics, svg=ev.svg, files=files.paths))
 
@@ -638,6 +661,8 @@ def check_options(prompt: str, o: VFOptions, k: int, init: str) -> None:
         raise UserError(f"SDS steps must be between 0 and {MAX_SDS_STEPS}.")
     if not 0 <= float(o.guidance) <= 1000:
         raise UserError("The SDS guidance weight must be between 0 and 1000.")
+    if o.preview_share is not None and not 0 < float(o.preview_share) <= 1:
+        raise UserError("The share of time for previews must be a fraction above 0 and at most 1.")
 
 
 def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: str = "baseline",
@@ -696,7 +721,7 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
             live_scene = live_streamed(ctx, files, baseline, int(live_size or st.live_size(R)), engine.device,
                                        num_paths=int(o.num_paths), steps=live_settings.steps, seed=o.seed,
                                        preview_every=max(1, o.preview_every), total=total,
-                                       settings=live_settings)
+                                       settings=live_settings, preview_share=o.preview_share)
             scene = scaled(live_scene.to("cpu"), R, R)
             info["baseline_svg"] = scene_to_svg(scene)
             atomic_write(folder / "baseline.svg", info["baseline_svg"].encode("utf-8"))

@@ -102,6 +102,11 @@ def _preview_every(steps: int) -> int:
     return max(1, min(10, steps // 40))
 
 
+# Writing the SVG and its PNG for a frame costs as much as a short run's SDS step: frames take at
+# most this share of a VectorFusion run's time (core.pacing.PreviewPacer), the rest stream as text.
+PREVIEW_SHARE = 0.1
+
+
 def result_panel(prefix: str):
     """The current SVG (as cairosvg renders it), its SVG and PNG downloads, hidden details."""
     preview = gr.Image(label="Current SVG (rendered by cairosvg)", type="filepath",
@@ -157,7 +162,8 @@ class SvgTab(Tab):
         prompt, negative = v.text(prompt, "Prompt", 2_000), v.text(negative, "Negative prompt", 2_000)
         caller = self.caller(request, visitor)
         options = vectorfusion.VFOptions(style=style, num_paths=n_paths, steps=steps_n, guidance=guidance_f,
-                                         seed=seed_n, negative_prompt=negative, preview_every=_preview_every(steps_n))
+                                         seed=seed_n, negative_prompt=negative, preview_every=_preview_every(steps_n),
+                                         preview_share=PREVIEW_SHARE)
         events = vectorfusion.text_to_svg(
             self.engine, prompt, options, init=start, preset=preset, k=k_n, sample_steps=sample_n, live_steps=live_n,
             metrics=self.ctx.metrics, data_dir=self.ctx.data_dir, owner=caller.owner, stop_key=caller.stop_key)

@@ -159,4 +159,13 @@ MUTATIONS = [
              "    if len(scene.shapes) > num_paths:\n        scene = prune(scene, target, num_paths)",
              "    if len(scene.shapes) > num_paths:\n        scene = vtracer_scene(target, num_paths)",
              (f"{BUDGET}[1]",), "vtracer's coarser retry kept: the budget left unused"),
+    Mutation("pacing-share-ignored", "core/pacing.py",
+             "return self.spent + self.last_cost <= self.share * (elapsed + self.last_cost)", "return True",
+             ("tests/test_pacing.py::test_a_share_lets_a_preview_through_only_within_its_budget",
+              "tests/test_pacing.py::test_sds_frames_under_a_share_when_writing_is_slow"),
+             "previews written at every step whatever they cost"),
+    Mutation("pacing-last-frame-skipped", "core/vectorfusion.py",
+             "if pacer.due(i + 1, last=i == o.steps - 1):", "if pacer.due(i + 1):",
+             ("tests/test_pacing.py::test_sds_frames_under_a_share_when_writing_is_slow",),
+             "a paced run's last SVG never shown: the page stays on an older frame"),
 ]
