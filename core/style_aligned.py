@@ -17,16 +17,18 @@ import contextlib
 import math
 import types
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import styles
 from .attention import attention, project_qkv, self_attention_names, swapped_processors
 from .errors import UserError
 from .events import Result
 from .jobs import JobContext
+from .styles import LibraryStyle
 
 MAX_SET = 8
 EPS = 1e-5
@@ -261,15 +263,20 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
              options: SharingOptions | None = None, seed: int = 0, steps: int = 50,
              guidance: float = 5.0, width: int | None = None, height: int | None = None,
              negative_prompt: str = "", reference_image=None, reference_prompt: str = "",
-             inversion_guidance: float = 2.0, metrics=None) -> Callable[[JobContext], Result]:
+             inversion_guidance: float = 2.0, metrics=None, library_style: LibraryStyle | None = None,
+             style_weight: float = 1.0, owner: Any = None) -> Callable[[JobContext], Result]:
     """A style-aligned set as the work of a job (the inputs are checked now): `work(ctx)`
     returns the set's Result; run it alone (style_aligned_set) or as part of a larger job.
 
     Without `reference_image` the first prompt's image is the reference. With one, the
     reference is that image (described by `reference_prompt`) and every prompt is a target.
-    `metrics` (core.metrics.Metrics) adds CLIP text scores and the set's DINO consistency."""
+    `metrics` (core.metrics.Metrics) adds CLIP text scores and the set's DINO consistency.
+    `library_style` (core.styles, as `owner` sees it): a StyleDrop adapter or a B-LoRA's style
+    half active with `style_weight` during the whole job (inversion included), its phrase
+    appended to every prompt; shared attention then aligns the set within that style."""
     options = options or SharingOptions()
-    full = build_prompts(prompts, style)
+    full = styles.styled_prompts(build_prompts(prompts, style), library_style)
+    style_weight = styles.check_weight(style_weight)
     if reference_image is not None:
         ref_text = (reference_prompt or "").strip()
         if not ref_text:
@@ -279,6 +286,10 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
             raise UserError(f"With a reference image, at most {MAX_SET - 1} prompts.")
 
     def work(ctx: JobContext) -> Result:
+        with styles.style_active(engine, library_style, style_weight, owner=owner):
+            return styled_work(ctx)
+
+    def styled_work(ctx: JobContext) -> Result:
         w, h = engine.check_size(width or engine.resolution, height or engine.resolution)
         latents = engine.initial_latents(len(full), seed, w, h)
         on_step = None
@@ -299,7 +310,9 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
                                           guidance=guidance, width=w, height=h, latents=latents,
                                           on_step=on_step, message="Style-aligned set")
         info = {"prompts": full, "options": asdict(options), "seed": seed,
-                "reference": "image" if reference_image is not None else "first prompt"}
+                "reference": "image" if reference_image is not None else "first prompt",
+                "library_style": None if library_style is None else
+                {"adapter_id": library_style.adapter_id, "name": library_style.name, "weight": style_weight}}
         if metrics is not None:
             ctx.progress(steps, steps, "Scoring the set")
             info["clip_text_scores"] = metrics.clip_text_scores(images, full)

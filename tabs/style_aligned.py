@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import gradio as gr
 
+from core import styles
 from core import validate as v
 from core.images import load_image
 from core.style_aligned import MAX_SET, SharingOptions, style_aligned_set
 
-from .common import GPU, Tab, about, example, gpu, image_updates, user_errors
+from .common import GPU, Tab, about, example, gpu, image_updates, md_text, user_errors
 from .widgets import Number, Slider
 
 TITLE = "Style-Aligned Set"
@@ -46,6 +47,9 @@ def _metrics_markdown(info: dict, note: str) -> str:
                      f"{info['style_consistency']:.3f}")
     if lines:
         lines.append(f"\n<small>Scored with {note}.</small>")
+    used = info.get("library_style")
+    if used:
+        lines.insert(0, f"**Library style:** {md_text(used['name'])} (#{used['adapter_id']}) × {used['weight']:g}\n")
     return "\n".join(lines)
 
 
@@ -78,9 +82,13 @@ class StyleAlignedTab(Tab):
     def generate(self, prompts, style, seed, steps, guidance, width, height, negative, reference_file,
                  reference_prompt, adain_queries, adain_keys, adain_values, share_group_norm,
                  full_attention_share, shared_score_shift, shared_score_scale, share_fraction,
-                 request: gr.Request = None):
-        """The set, streamed: (gallery, status, metrics table, metrics)."""
+                 library_style=None, style_weight=1.0, visitor=None, request: gr.Request = None):
+        """The set, streamed: (gallery, status, metrics table, metrics). `library_style`: the id of
+        a StyleDrop adapter or B-LoRA of the visitor's library (or a published one), active with
+        `style_weight` while the set is made."""
         seed_n = v.seed(seed)
+        style_id = v.record_id(library_style, "Style from the library")
+        style_weight_f = v.real(style_weight, "Style weight", 0, styles.MAX_WEIGHT)
         steps_n = v.whole(steps, "Steps", 1, 100)
         guidance_f = v.real(guidance, "Guidance", 0, 20)
         width_n, height_n = v.whole(width, "Width", 8, 4096), v.whole(height, "Height", 8, 4096)
@@ -93,17 +101,24 @@ class StyleAlignedTab(Tab):
         reference_prompt = v.text(reference_prompt, "Describe the reference", 1_000)
         ref_paths = v.files(reference_file, "Reference image", 1)
         reference = load_image(ref_paths[0], what="reference image", max_side=2048) if ref_paths else None
+        caller = self.caller(request, visitor)
+        picked = None if style_id is None else styles.get_style(self.engine, style_id, owner=caller.owner)
         events = style_aligned_set(
             self.engine, prompts.splitlines(), style, options=options, seed=seed_n, steps=steps_n,
             guidance=guidance_f, width=width_n, height=height_n, negative_prompt=negative,
             reference_image=reference, reference_prompt=reference_prompt, metrics=self.ctx.metrics,
-            stop_key=self.caller(request).stop_key)
+            library_style=picked, style_weight=style_weight_f, owner=caller.owner, stop_key=caller.stop_key)
         note = self.ctx.metrics.note if self.ctx.metrics else ""
         # no scores of an earlier set under this one while it runs, nor after a Stop
         yield from image_updates(events, stopped="**Stopped.** The set was not finished.", rest=("", None),
                                  finish=lambda result, status: (result.images, status,
                                                                 _metrics_markdown(result.info, note),
                                                                 dict(result.info)))
+
+    def style_choices(self, visitor=None, request: gr.Request = None):
+        """The library styles the visitor may use, for the picker (kept if still there)."""
+        found = styles.library_styles(self.engine, owner=self.caller(request, visitor).owner)
+        return gr.update(choices=[("None", "")] + [(s.label, str(s.adapter_id)) for s in found])
 
     # ------------------------------------------------------------------ layout and wiring
     def build(self) -> None:
@@ -134,6 +149,15 @@ class StyleAlignedTab(Tab):
                     ref_view = gr.Image(label="Reference as used", interactive=False, height=200)
                     ref_prompt = gr.Textbox(label="Describe the reference (content and style)",
                                             placeholder="a painting of a house, in impressionist style")
+                with gr.Accordion("Style from the library (optional)", open=False):
+                    gr.Markdown("A StyleDrop adapter or the style half of a B-LoRA you trained (or one "
+                                "shared with you), on while the set is made; its style words join every prompt.")
+                    with gr.Row():
+                        style_pick = gr.Dropdown(choices=[("None", "")], value="", label="Library style",
+                                                 elem_id="sa-library-style", scale=3)
+                        refresh = gr.Button("Refresh list", size="sm", scale=1, elem_id="sa-library-refresh")
+                    style_weight = Slider(0, styles.MAX_WEIGHT, value=1.0, step=0.05, label="Style weight",
+                                          elem_id="sa-library-weight")
                 with gr.Accordion("Advanced", open=False):
                     sharing = self._sharing_widgets()
             with gr.Column(scale=1):
@@ -147,9 +171,12 @@ class StyleAlignedTab(Tab):
                         [prompts, style, ref_file, ref_prompt], label="Examples: click one, then Generate set",
                         examples_per_page=len(EXAMPLES))
         ref_file.change(self.show_reference, ref_file, ref_view, api_visibility="private")
-        inputs = [prompts, style, seed, steps, guidance, width, height, negative, ref_file, ref_prompt, *sharing]
+        inputs = [prompts, style, seed, steps, guidance, width, height, negative, ref_file, ref_prompt, *sharing,
+                  style_pick, style_weight, self.visitor]
         run.click(self.generate, inputs, [gallery, status, metrics_md, metrics_json], api_name="style_aligned", **GPU)
         self.wire_stop(stop)
+        refresh.click(self.style_choices, [self.visitor], style_pick, api_visibility="private")
+        self.on_page_load(self.style_choices, [self.visitor], [style_pick])
 
     @staticmethod
     def _sharing_widgets() -> list:

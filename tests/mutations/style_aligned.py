@@ -61,4 +61,18 @@ MUTATIONS = [
              "return F.normalize(model.encode_text(tokenizer(list(texts)).to(self.device)).float(), dim=-1)",
              "return model.encode_text(tokenizer(list(texts)).to(self.device)).float()",
              (f"{T}::test_metrics_reported",), "a dot product reported as a cosine"),
+    # library styles used by a set (core/styles.py, issue 18)
+    Mutation("styles-blora-content-half", "core/styles.py",
+             'blora.Half(style.adapter_id, "style", weight)', 'blora.Half(style.adapter_id, "content", weight)',
+             ("tests/test_styles.py::test_only_the_style_half_of_a_blora_is_on",),
+             "the B-LoRA's content half used as the style: its subject leaks into every image"),
+    Mutation("styles-adapter-never-on", "core/styles.py",
+             "        with library.adapters(engine).active({style.adapter_id: weight}, owner):\n            yield",
+             "        yield",
+             ("tests/test_styles.py::test_a_style_aligned_set_with_a_library_style",),
+             "the StyleDrop adapter listed and named in the prompt but never put on the UNet"),
+    Mutation("styles-phrase-not-appended", "core/styles.py",
+             'else f"{p.rstrip(\' ,.\')}, {style.phrase}" for p in prompts]', "else p for p in prompts]",
+             ("tests/test_styles.py::test_styles_are_listed_per_owner_with_their_phrase",),
+             "the adapter on without its style words: StyleDrop's adapter was trained on them"),
 ]

@@ -1,0 +1,177 @@
+"""Library styles used by another method (issue 18): a StyleDrop adapter and a B-LoRA's style
+half, trained here on the tiny family, listed per owner and used by a Style-Aligned set; the
+set changes, the resident UNet computes afterwards what it computed before, owners are kept."""
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from core import blora, library, styledrop, styles
+from core.errors import UserError
+from core.events import Result
+from core.style_aligned import SharingOptions, style_aligned_set
+from core.train import TrainSettings
+from tabs.style_aligned import StyleAlignedTab
+from tests.tabkit import fake_request, last, make_ctx
+from tests.test_blora import picture
+from tests.test_styledrop import style_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# the paper's style block, written out (a swap of core.blora's constants must fail here)
+STYLE_BLOCK = "up_blocks.0.attentions.1"
+PROMPTS = ["a cat", "a tree"]
+
+
+def final(events):
+    seen = list(events)
+    assert isinstance(seen[-1], Result), seen[-1]
+    return seen[-1]
+
+
+def as_array(result):
+    return np.stack([np.asarray(i, dtype=np.float32) for i in result.images])
+
+
+@pytest.fixture(scope="module")
+def made(engine):
+    """Alice's StyleDrop round (the paper's GELU adapter) and B-LoRA, trained through core."""
+    loop = styledrop.create_loop(engine, [style_image(2)], owner="alice", content_description="a gradient square",
+                                 style_descriptor="glow gradient")
+    sd = final(styledrop.train_round(engine, loop.id, TrainSettings(steps=10, learning_rate=5e-2), owner="alice",
+                                     contents=["a cat"], sample_steps=2))
+    bl = final(blora.train_blora(engine, [picture(1)], TrainSettings(steps=3, learning_rate=1e-2, sample_steps=2),
+                                 owner="alice", rank=4, sample_prompts=[]))
+    return dict(styledrop=sd.info["adapter_id"], blora=bl.info["adapters"][0]["adapter_id"])
+
+
+def a_set(engine, style=None, weight=1.0, owner="alice", seed=3):
+    return final(style_aligned_set(engine, PROMPTS, "", options=SharingOptions(), seed=seed, steps=2,
+                                   guidance=5.0, library_style=style, style_weight=weight, owner=owner,
+                                   stop_key=owner))
+
+
+def plain(engine):
+    """One ordinary generation (no sharing, no style): what the UNet computes."""
+    return as_array(final(engine.generate(["a lighthouse"], seed=5, steps=2)))
+
+
+def test_styles_are_listed_per_owner_with_their_phrase(engine, made):
+    found = {s.adapter_id: s for s in styles.library_styles(engine, owner="alice")}
+    assert set(found) == {made["styledrop"], made["blora"]}
+    sd, bl = found[made["styledrop"]], found[made["blora"]]
+    assert sd.method == "styledrop" and sd.phrase == "in glow gradient style" and "StyleDrop" in sd.label
+    assert bl.method == "b-lora" and bl.phrase.startswith("in ") and bl.phrase.endswith(" style")
+    assert "style half" in bl.label
+    assert styles.library_styles(engine, owner="bob") == []
+    with pytest.raises(UserError, match="not found"):
+        styles.get_style(engine, made["styledrop"], owner="bob")
+    assert styles.styled_prompts(["a cat", "a dog, in glow gradient style"], sd) == \
+        ["a cat, in glow gradient style", "a dog, in glow gradient style"]
+    assert styles.styled_prompts(["a cat"], None) == ["a cat"]
+
+
+@pytest.mark.parametrize("kind", ["styledrop", "blora"])
+def test_a_style_aligned_set_with_a_library_style(engine, made, kind):
+    st = styles.get_style(engine, made[kind], owner="alice")
+    before_unet, before_image = library.snapshot(engine.pipe.unet), plain(engine)
+    without = a_set(engine)
+    styled = a_set(engine, st)
+    assert styled.info["prompts"] == [f"{p}, {st.phrase}" for p in PROMPTS]
+    assert styled.info["library_style"] == {"adapter_id": made[kind], "name": st.name, "weight": 1.0}
+    assert np.abs(as_array(styled) - as_array(without)).max() > 2.0    # the style changes the set
+    # the phrase alone does not explain it: the same prompts, weight 0, are the set without the adapter
+    zero = a_set(engine, st, weight=0.0)
+    assert zero.info["prompts"] == styled.info["prompts"]
+    explicit = final(style_aligned_set(engine, styled.info["prompts"], "", options=SharingOptions(), seed=3,
+                                       steps=2, guidance=5.0))
+    assert np.abs(as_array(zero) - as_array(explicit)).max() <= 1.0
+    assert np.abs(as_array(styled) - as_array(explicit)).max() > 2.0
+    # afterwards the UNet is as it was: same parameters, same output
+    after = library.snapshot(engine.pipe.unet)
+    assert after.keys() == before_unet.keys() and all(np.array_equal(before_unet[k], after[k]) for k in after)
+    assert np.array_equal(before_image, plain(engine))
+
+
+def test_only_the_style_half_of_a_blora_is_on(engine, made):
+    """Inside the block: LoRA weights of the B-LoRA in its style block only (never the content half)."""
+    st = styles.get_style(engine, made["blora"], owner="alice")
+
+    def work(ctx):
+        with styles.style_active(engine, st, 1.0, owner="alice"):
+            active = list(engine.pipe.unet.active_adapters())
+            mods = [m for n in active for m in blora.adapter_modules(engine.pipe.unet, n)]
+        return Result(images=[], info={"active": active, "modules": mods})
+
+    info = final(engine.run(work, kind="test")).info
+    assert len(info["active"]) == 1       # the half alone (the trained B-LoRA stays resident, off)
+    assert info["modules"] and all(m.startswith(STYLE_BLOCK + ".") for m in info["modules"])
+
+
+def test_owners_and_values_are_checked(engine, made):
+    for kind, method in (("blora", "b-lora"), ("styledrop", "styledrop")):   # ids Bob read somewhere
+        with pytest.raises(UserError, match="not found"):
+            a_set(engine, styles.LibraryStyle(made[kind], "x", method, ""), owner="bob")
+    with pytest.raises(UserError, match="weight"):
+        styles.check_weight(2.5)
+    with pytest.raises(UserError, match="weight"):
+        a_set(engine, styles.get_style(engine, made["styledrop"], owner="alice"), weight=-1.0)
+
+
+def test_the_tab_lists_and_uses_the_visitors_styles(engine, made, tmp_path):
+    from core import identity
+
+    tab = StyleAlignedTab(make_ctx(engine, tmp_path, shared=True))
+    alice_token, bob_token = identity.issue(tmp_path), identity.issue(tmp_path)
+    alice = tab.caller(fake_request("a", "10.0.0.1"), alice_token).owner
+    # a style of the visitor's own (trained for the owner their token stands for)
+    loop = styledrop.create_loop(engine, [style_image(3)], owner=alice, content_description="a square",
+                                 style_descriptor="neon")
+    own = final(styledrop.train_round(engine, loop.id, TrainSettings(steps=2, learning_rate=1e-2), owner=alice,
+                                      contents=["a cat"], sample_steps=2)).info["adapter_id"]
+    choices = tab.style_choices(visitor=alice_token, request=fake_request("a", "10.0.0.1"))["choices"]
+    assert choices == [("None", ""), (f"{styles.get_style(engine, own, owner=alice).label}", str(own))]
+    assert tab.style_choices(visitor=bob_token, request=fake_request("b", "10.0.0.2"))["choices"] == [("None", "")]
+    kw = dict(prompts="a cat\na tree", style="", seed=3, steps=2, guidance=5.0, width=64, height=64, negative="",
+              reference_file=None, reference_prompt="", adain_queries=True, adain_keys=True, adain_values=False,
+              share_group_norm=False, full_attention_share=False, shared_score_shift=0.0, shared_score_scale=1.0,
+              share_fraction=1.0)
+    (gallery, status, _, info), _ = last(tab.generate(**kw, library_style=str(own), style_weight=1.0,
+                                                      visitor=alice_token, request=fake_request("a", "10.0.0.1")))
+    assert len(gallery) == 2 and info["library_style"]["adapter_id"] == own
+    assert all(p.endswith("in neon style") for p in info["prompts"])
+    with pytest.raises(gr.Error, match="not found"):     # not Bob's to use
+        list(tab.generate(**kw, library_style=str(own), visitor=bob_token, request=fake_request("b", "10.0.0.2")))
+    with pytest.raises(gr.Error, match="Style from the library"):
+        list(tab.generate(**kw, library_style="1; drop", visitor=alice_token, request=fake_request("a", "10.0.0.1")))
+    with pytest.raises(gr.Error, match="Style weight"):
+        list(tab.generate(**kw, library_style=str(own), style_weight=9, visitor=alice_token,
+                          request=fake_request("a", "10.0.0.1")))
+
+
+@pytest.mark.browser
+def test_browser_a_set_in_a_library_style(live_app, page, tmp_path):
+    """A StyleDrop round trained through the API, then, in the Style-Aligned tab as a user would:
+    refresh the list, pick that style, generate; the set names the style it used."""
+    from gradio_client import Client, handle_file
+
+    style_png = tmp_path / "style.png"
+    style_image(4).save(style_png)
+    c = Client(live_app.url, verbose=False)
+    out = c.predict("", [handle_file(str(style_png))], "a gradient", "lagoon", "", 2, 1e-2, 4, False, 0, "a cat",
+                    1, 2, 5.0, 0, None, api_name="/styledrop_train")
+    adapter_id = out[-1]["adapter_id"]
+    page.goto(live_app.url)
+    page.get_by_text("Style from the library (optional)").click()
+    page.locator("#sa-library-refresh").click()
+    page.locator("#sa-library-style input").click()
+    page.get_by_role("option", name=f"#{adapter_id}", exact=False).click()
+    page.locator("#sa-prompts textarea").fill("A guitar\nA sailboat")
+    page.locator("#sa-generate").click()
+    page.wait_for_function("() => document.querySelector('#sa-metrics').innerText.includes('Library style')",
+                           timeout=120_000)
+    shown = page.locator("#sa-metrics").inner_text()
+    assert f"(#{adapter_id}) × 1" in shown and "lagoon" in shown
+    assert "Done" in page.locator("#sa-status").inner_text()
+    assert page.locator("#sa-gallery img").count() >= 2
