@@ -130,9 +130,10 @@ def test_the_tab_lists_and_uses_the_visitors_styles(engine, made, tmp_path):
                                  style_descriptor="neon")
     own = final(styledrop.train_round(engine, loop.id, TrainSettings(steps=2, learning_rate=1e-2), owner=alice,
                                       contents=["a cat"], sample_steps=2)).info["adapter_id"]
-    choices = tab.style_choices(visitor=alice_token, request=fake_request("a", "10.0.0.1"))["choices"]
+    choices = tab.library_style_choices(visitor=alice_token, request=fake_request("a", "10.0.0.1"))["choices"]
     assert choices == [("None", ""), (f"{styles.get_style(engine, own, owner=alice).label}", str(own))]
-    assert tab.style_choices(visitor=bob_token, request=fake_request("b", "10.0.0.2"))["choices"] == [("None", "")]
+    bobs = tab.library_style_choices(visitor=bob_token, request=fake_request("b", "10.0.0.2"))["choices"]
+    assert bobs == [("None", "")]
     kw = dict(prompts="a cat\na tree", style="", seed=3, steps=2, guidance=5.0, width=64, height=64, negative="",
               reference_file=None, reference_prompt="", adain_queries=True, adain_keys=True, adain_values=False,
               share_group_norm=False, full_attention_share=False, shared_score_shift=0.0, shared_score_scale=1.0,
@@ -175,3 +176,55 @@ def test_browser_a_set_in_a_library_style(live_app, page, tmp_path):
     assert f"(#{adapter_id}) × 1" in shown and "lagoon" in shown
     assert "Done" in page.locator("#sa-status").inner_text()
     assert page.locator("#sa-gallery img").count() >= 2
+
+
+# ----------------------------------------------------------------------------- Text-to-SVG
+
+def svg_run(engine, tmp_path, style=None, weight=1.0, prompt="a cup", owner="alice"):
+    from core import vectorfusion as vf
+
+    o = vf.VFOptions(num_paths=4, steps=3, preview_every=3, seed=2)
+    return final(vf.text_to_svg(engine, prompt, o, init="scratch", data_dir=tmp_path, owner=owner,
+                                library_style=style, style_weight=weight))
+
+
+@pytest.mark.parametrize("kind", ["styledrop", "blora"])
+def test_score_distillation_in_a_library_style(engine, made, kind, tmp_path):
+    """The style's adapter is on during SDS: the losses (the UNet's noise predictions) differ from
+    the same styled prompt without it, and at weight 0 they are those of the plain prompt."""
+    st = styles.get_style(engine, made[kind], owner="alice")
+    before_unet, before_image = library.snapshot(engine.pipe.unet), plain(engine)
+    styled = svg_run(engine, tmp_path, st)
+    assert styled.info["prompt"] == f"a cup, {st.phrase}"
+    assert styled.info["library_style"]["adapter_id"] == made[kind]
+    explicit = svg_run(engine, tmp_path, prompt=f"a cup, {st.phrase}")
+    zero = svg_run(engine, tmp_path, st, weight=0.0)
+    assert zero.info["losses"] == pytest.approx(explicit.info["losses"], rel=1e-3, abs=1e-6)
+    assert styled.info["losses"] != pytest.approx(explicit.info["losses"], rel=1e-2)
+    after = library.snapshot(engine.pipe.unet)
+    assert after.keys() == before_unet.keys() and all(np.array_equal(before_unet[k], after[k]) for k in after)
+    assert np.array_equal(before_image, plain(engine))
+    forged = styles.LibraryStyle(made[kind], "x", st.method, "")
+    with pytest.raises(UserError, match="not found"):
+        svg_run(engine, tmp_path, forged, owner="bob")
+
+
+def test_the_svg_tab_runs_in_a_library_style(engine, made, tmp_path):
+    from tabs.svg import SvgTab
+
+    tab = SvgTab(make_ctx(engine, tmp_path))      # a private instance: everything is "local"'s
+    loop = styledrop.create_loop(engine, [style_image(5)], owner="local", content_description="a square",
+                                 style_descriptor="ember")
+    own = final(styledrop.train_round(engine, loop.id, TrainSettings(steps=2, learning_rate=1e-2), owner="local",
+                                      contents=["a cat"], sample_steps=2)).info["adapter_id"]
+    kw = dict(prompt="a cup", style="iconographic", start="scratch", paths=4, k=1, steps=2, guidance=100,
+              seed=0, sample_steps=2, live_steps=4, negative="", preset="fast")
+    (_, _, status, _, _, details), _ = last(tab.generate(**kw, library_style=str(own), style_weight=0.5,
+                                                         request=fake_request()))
+    shown = status.replace("\\", "")          # as Markdown renders it (the name's markup escaped)
+    assert "Library style: ember" in shown and f"(#{own}) × 0.5" in shown
+    assert details["prompt"] == "a cup, in ember style"
+    with pytest.raises(gr.Error, match="Style weight"):
+        list(tab.generate(**kw, library_style=str(own), style_weight=3, request=fake_request()))
+    with pytest.raises(gr.Error, match="not a style|not found"):
+        list(tab.generate(**kw, library_style="999999", request=fake_request()))

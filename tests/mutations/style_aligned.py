@@ -75,4 +75,10 @@ MUTATIONS = [
              'else f"{p.rstrip(\' ,.\')}, {style.phrase}" for p in prompts]', "else p for p in prompts]",
              ("tests/test_styles.py::test_styles_are_listed_per_owner_with_their_phrase",),
              "the adapter on without its style words: StyleDrop's adapter was trained on them"),
+    Mutation("styles-svg-adapter-never-on", "core/vectorfusion.py",
+             "        with styles.style_active(engine, library_style, style_weight, owner=owner):\n"
+             "            return styled_work(ctx)",
+             "        return styled_work(ctx)",
+             ("tests/test_styles.py::test_score_distillation_in_a_library_style",),
+             "vector art 'in a library style' with only its words: the adapter off during SDS"),
 ]
