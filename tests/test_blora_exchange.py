@@ -17,6 +17,7 @@ from tabs.blora import BLoRATab
 from tests.tabkit import fake_request, make_ctx
 
 from .lora_oracle import predict, unet_inputs
+from .test_blora import assert_same_state, unet_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,17 +64,6 @@ def write(path, per_block: dict[str, dict[str, torch.Tensor]]) -> str:
 
 def as_peft(key: str) -> str:
     return key.replace(".lora.down.weight", ".lora_A.weight").replace(".lora.up.weight", ".lora_B.weight")
-
-
-def unet_state(unet):
-    return (library.snapshot(unet), [(n, type(m).__name__) for n, m in unet.named_modules()],
-            library.peft_names(unet))
-
-
-def assert_same_state(a, b):
-    (sa, ta, pa), (sb, tb, pb) = a, b
-    assert pa == pb and ta == tb and set(sa) == set(sb)
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def ours(engine, adapter_id, inputs, owner="local", weights=(1.0, 1.0)) -> torch.Tensor:
