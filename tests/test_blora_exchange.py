@@ -89,7 +89,6 @@ def reference_way(engine, path, inputs) -> torch.Tensor:
     try:
         StableDiffusionXLPipeline.load_lora_into_unet({**content, **style}, network_alphas, unet=unet,
                                                       adapter_name="reference-way")
-        unet.set_adapters(["reference-way"], weights=[1.0])
         return predict(unet, inputs)
     finally:
         if "reference-way" in library.peft_names(unet):
@@ -132,10 +131,11 @@ def test_a_reference_file_imports_as_a_blora_with_each_half_in_its_block(engine,
             for name, block in zip(names, (CONTENT, STYLE)):
                 landed = blora.adapter_modules(unet, name)
                 assert set(landed) == set(projections(unet, block))
-                for m in landed:
+                peft_keyed = {as_peft(k): v for k, v in written[block].items()}
+                for m in landed:  # the written tensors, in place in their own block
                     mod = unet.get_submodule(m)
-                    k = f"unet.{m}.lora_A.weight" if spelling == "peft" else f"unet.{m}.lora.down.weight"
-                    assert torch.equal(mod.lora_A[name].weight.detach().cpu(), written[block][k])
+                    assert torch.equal(mod.lora_A[name].weight.detach().cpu(), peft_keyed[f"unet.{m}.lora_A.weight"])
+                    assert torch.equal(mod.lora_B[name].weight.detach().cpu(), peft_keyed[f"unet.{m}.lora_B.weight"])
         mine, theirs = ours(engine, a.id, inputs), reference_way(engine, path, inputs)
         base = predict(unet, inputs)
         tol = 1e-5 * float((base ** 2).mean().sqrt())
@@ -250,6 +250,12 @@ def hostile_files(unet, tmp_path):
         (str(not_st), "pickle"),
         (str(junk), "not a safetensors file"),
     ]
+
+
+def test_an_sd15_model_takes_no_b_lora_files(tiny_sd_engine, engine, tmp_path):
+    path = write(tmp_path / "b.safetensors", reference_tensors(engine.pipe.unet))
+    with pytest.raises(UserError, match="needs an SDXL model"):
+        blora_exchange.import_reference(tiny_sd_engine, path, owner="local")
 
 
 def test_hostile_files_are_refused_naming_the_problem(engine, tmp_path):
