@@ -16,6 +16,7 @@ from core.errors import UserError
 from tabs.blora import BLoRATab
 from tests.tabkit import fake_request, make_ctx
 
+from .conftest import screenshot
 from .lora_oracle import predict, unet_inputs
 from .test_blora import assert_same_state, unet_state
 
@@ -309,3 +310,35 @@ def test_the_tab_imports_and_exports_through_its_handlers(engine, tmp_path):
         with pytest.raises(gr.Error, match=field):
             tab.import_blora(**kwargs, request=req)
     library.get_store(engine).delete_adapter(entry.id, owner)
+
+
+# --------------------------------------------------------------------------- in a browser
+
+@pytest.mark.browser
+def test_browser_import_a_reference_file_then_export_it(live_app, page, engine, tmp_path):
+    """The Import / export accordion: a reference file in, listed in the content and export
+    pickers, out again in the reference layout as a download."""
+    path = write(tmp_path / "Teddy.safetensors", reference_tensors(engine.pipe.unet, seed=11))
+    page.goto(live_app.url)
+    page.get_by_role("tab", name="B-LoRA Mix").click()
+    page.get_by_text("Import / export B-LoRA files").click()
+    page.locator("#bl-import-file input[type=file]").set_input_files(path)
+    page.locator("#bl-import-trigger textarea, #bl-import-trigger input").first.fill("[v18]")
+    page.locator("#bl-import-btn").click()
+    page.wait_for_function("() => document.querySelector('#bl-exchange-status').innerText.includes('Imported')",
+                           timeout=60_000)
+    assert "content" in page.locator("#bl-exchange-status").inner_text()
+    for picker in ("#bl-content", "#bl-export-entry"):
+        page.locator(f"{picker} input").click()
+        option = page.get_by_role("option", name="Teddy [v18]").first
+        option.wait_for(timeout=15_000)
+        if picker == "#bl-export-entry":
+            option.click()
+        else:
+            page.keyboard.press("Escape")
+    page.locator("#bl-export-btn").click()
+    page.wait_for_function("() => document.querySelector('#bl-exchange-status').innerText.includes('Exported')",
+                           timeout=60_000)
+    assert "reference" in page.locator("#bl-exchange-status").inner_text()
+    assert ".safetensors" in page.locator("#bl-export-file").inner_text()
+    screenshot(page, "blora-exchange")
