@@ -2,8 +2,9 @@
 (Frenkel et al., ECCV 2024).
 
 Widgets and wiring only: the method is core/blora.py (a recipe of the shared trainer core/train.py,
-halves loaded by block into the resident UNet; the library's B-LoRAs with their thumbnails); the
-library is core/library.py.
+halves loaded by block into the resident UNet; the library's B-LoRAs with their thumbnails); B-LoRA
+files in the authors' layout come in and go out through core/blora_exchange.py; the library is
+core/library.py.
 """
 from __future__ import annotations
 
