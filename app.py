@@ -133,6 +133,7 @@ def build_app(args: argparse.Namespace):
     from tabs.common import AppContext, visitor_handlers
     from tabs.gradio_fixes import cached_images_written_once
     from tabs.health import HealthBanner
+    from tabs.links import link_tabs
 
     cached_images_written_once()
     data_dir = Path(args.data_dir)
@@ -154,10 +155,12 @@ def build_app(args: argparse.Namespace):
         HealthBanner(ctx).build(demo)
         if args.multi_user and os.environ.get("OAUTH_CLIENT_ID"):  # a Space with `hf_oauth: true`
             gr.LoginButton()
-        for name in TAB_MODULES:
-            module = importlib.import_module(name)
-            with gr.Tab(module.TITLE):
-                ctx.tabs[name] = module.build(ctx)
+        with gr.Tabs() as tabs:
+            for name in TAB_MODULES:
+                module = importlib.import_module(name)
+                with gr.Tab(module.TITLE, id=name):
+                    ctx.tabs[name] = module.build(ctx)
+        link_tabs(ctx, tabs)
 
         assign_visitor, visitor = visitor_handlers(ctx)
         demo.load(assign_visitor, ctx.visitor, ctx.visitor, api_visibility="private")

@@ -1,9 +1,14 @@
 """The Style-Aligned Set tab: a set of images sharing one style (Hertz et al., CVPR 2024)."""
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
 import gradio as gr
 
+from core import styledrop
 from core import validate as v
+from core.errors import UserError
 from core.images import load_image
 from core.style_aligned import MAX_SET, SharingOptions, style_aligned_set
 
@@ -112,6 +117,19 @@ class StyleAlignedTab(Tab):
                                                                 _metrics_markdown(result.info, note),
                                                                 dict(result.info)))
 
+    @user_errors
+    def set_for_styledrop(self, gallery, prompts, style):
+        """The finished set handed to StyleDrop as the style images of a new loop (up to its 8),
+        with the reference's prompt as their content and the style text as the descriptor:
+        (style files, content, style descriptor, the tab to show)."""
+        items = [it[0] if isinstance(it, (list, tuple)) else it for it in (gallery or [])]
+        paths = v.files(items[:styledrop.MAX_STYLE_IMAGES], "Set", styledrop.MAX_STYLE_IMAGES)
+        if not paths:
+            raise UserError("Generate a set first: its images become the style images of a StyleDrop loop.")
+        lines = [ln.strip() for ln in v.text(prompts, "Prompts", 10_000).splitlines() if ln.strip()]
+        descriptor = style_descriptor(v.text(style, "Style text appended to every prompt", 1_000))
+        return paths, (lines[0] if lines else ""), descriptor, gr.Tabs(selected="tabs.styledrop")
+
     # ------------------------------------------------------------------ layout and wiring
     def build(self) -> None:
         offline = self.engine.offline
@@ -149,6 +167,8 @@ class StyleAlignedTab(Tab):
             with gr.Column(scale=1):
                 status = gr.Markdown("", elem_id="sa-status")
                 gallery = gr.Gallery(label="Set", columns=4, height="auto", elem_id="sa-gallery")
+                to_styledrop = gr.Button("Train a StyleDrop style on this set (opens StyleDrop Loop)", size="sm",
+                                         elem_id="sa-to-styledrop")
                 metrics_md = gr.Markdown("", elem_id="sa-metrics")
                 metrics_json = gr.JSON(label="Metrics", visible=False)
 
@@ -157,6 +177,8 @@ class StyleAlignedTab(Tab):
                         [prompts, style, ref_file, ref_prompt], label="Examples: click one, then Generate set",
                         examples_per_page=len(EXAMPLES))
         ref_file.change(self.show_reference, ref_file, ref_view, api_visibility="private")
+        # app.link_tabs wires the hand-over to StyleDrop (it needs that tab's inputs)
+        self.ui = SimpleNamespace(gallery=gallery, prompts=prompts, style=style, to_styledrop=to_styledrop)
         inputs = [prompts, style, seed, steps, guidance, width, height, negative, ref_file, ref_prompt, *sharing,
                   *library_style, self.visitor]
         run.click(self.generate, inputs, [gallery, status, metrics_md, metrics_json], api_name="style_aligned", **GPU)
@@ -179,6 +201,15 @@ class StyleAlignedTab(Tab):
             Slider(0.1, 2, value=d.shared_score_scale, step=0.05, label="Scale on the reference keys"),
             Slider(0, 1, value=d.share_fraction, step=0.05, label="Fraction of self-attention layers that share"),
         ]
+
+
+def style_descriptor(style_text: str) -> str:
+    """A StyleDrop style descriptor from a Style-Aligned style text: "in minimal flat design
+    illustration" -> "minimal flat design illustration" (StyleDrop adds "in ... style" itself)."""
+    text = (style_text or "").strip().rstrip(".")
+    text = re.sub(r"^(in\s+)?(the\s+style\s+of\s+|a\s+style\s+of\s+)?", "", text, flags=re.IGNORECASE)
+    text = re.sub(r"\s+style$", "", text, flags=re.IGNORECASE).strip()
+    return text
 
 
 build = StyleAlignedTab.mount  # the tab module's entry point (tabs/__init__.py)

@@ -300,3 +300,59 @@ def test_the_personalize_tab_adds_a_library_style(engine, made, subject, tmp_pat
     with pytest.raises(gr.Error, match="not found"):
         list(tab.generate(prompts="a cat", seed=1, steps=2, guidance=5.0, library_style="999999",
                           request=fake_request()))
+
+
+# ----------------------------------------------------------------------------- a set becomes a StyleDrop style
+
+def test_style_descriptor_from_a_style_text():
+    from tabs.style_aligned import style_descriptor
+
+    assert style_descriptor("in minimal flat design illustration") == "minimal flat design illustration"
+    assert style_descriptor("in the style of the reference") == "the reference"
+    assert style_descriptor("In Watercolor Painting style.") == "Watercolor Painting"
+    assert style_descriptor("neon") == "neon" and style_descriptor("") == ""
+
+
+def test_styledrop_round_1_trains_on_a_style_aligned_set(engine, tmp_path):
+    """The set's images as the loop's style images (through the tab's hand-over): round 1 trains on
+    all of them, with the reference's prompt as content and the style text as descriptor."""
+    tab = StyleAlignedTab(make_ctx(engine, tmp_path))
+    s = a_set(engine)
+    files = []
+    for i, img in enumerate(s.images):
+        files.append(str(tmp_path / f"set{i}.png"))
+        img.save(files[-1])
+    paths, content, descriptor, shown = tab.set_for_styledrop(gallery=[(f, None) for f in files],
+                                                              prompts="a cat\na tree", style="in glow style")
+    assert paths == files and content == "a cat" and descriptor == "glow"
+    assert shown.selected == "tabs.styledrop"
+    with pytest.raises(gr.Error, match="Generate a set first"):
+        tab.set_for_styledrop(gallery=[], prompts="a cat", style="")
+    from PIL import Image
+
+    loop = styledrop.create_loop(engine, [Image.open(p) for p in paths], owner="carol", content_description=content,
+                                 style_descriptor=descriptor)
+    r = final(styledrop.train_round(engine, loop.id, TrainSettings(steps=2, learning_rate=1e-2), owner="carol",
+                                    contents=["a boat"], sample_steps=2))
+    assert r.info["trained_on"]["style_images"] == len(PROMPTS) == 2
+    shown = [np.asarray(im.convert("RGB"), np.float32) for im in styledrop.style_images(
+        styledrop.store_of(engine), styledrop.store_of(engine).get_loop(loop.id, "carol"), "carol")]
+    assert len(shown) == 2 and all(np.abs(a - np.asarray(b, np.float32)).max() <= 1 for a, b in zip(shown, s.images))
+
+
+@pytest.mark.browser
+def test_browser_a_set_becomes_a_styledrop_loop(live_app, page):
+    page.goto(live_app.url)
+    page.locator("#sa-prompts textarea").fill("A guitar\nA sailboat\nA mountain")
+    page.locator("#sa-style textarea, #sa-style input").first.fill("in ember glow style")
+    page.locator("#sa-generate").click()
+    page.wait_for_function("() => document.querySelectorAll('#sa-gallery img').length >= 3"
+                           " && document.querySelector('#sa-status').innerText.includes('Done')", timeout=120_000)
+    page.locator("#sa-to-styledrop").click()
+    page.wait_for_function("() => document.querySelectorAll('#sd-style-view img').length >= 3", timeout=60_000)
+    assert page.locator("#sd-style textarea, #sd-style input").first.input_value() == "ember glow"
+    assert page.locator("#sd-content textarea, #sd-content input").first.input_value() == "A guitar"
+    page.locator("#sd-new").click()
+    page.wait_for_function("() => document.querySelector('#sd-status').innerText.includes('Done: round 1')",
+                           timeout=180_000)
+    assert "trained on 3 style" in page.locator("#sd-status").inner_text()
