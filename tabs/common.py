@@ -192,7 +192,7 @@ class Tab:
 
         from .widgets import Dropdown, Slider
 
-        with gr.Accordion("Style from the library (optional)", open=False):
+        with gr.Accordion("Style from the library (optional)", open=False, elem_id=f"{prefix}-library"):
             gr.Markdown(note)
             with gr.Row():
                 pick = Dropdown(choices=[("None", "")], value="", label="Library style",

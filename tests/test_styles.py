@@ -164,7 +164,7 @@ def test_browser_a_set_in_a_library_style(live_app, page, tmp_path):
                     1, 2, 5.0, 0, None, api_name="/styledrop_train")
     adapter_id = out[-1]["adapter_id"]
     page.goto(live_app.url)
-    page.get_by_text("Style from the library (optional)").click()
+    page.locator("#sa-library").get_by_text("Style from the library (optional)").click()
     page.locator("#sa-library-refresh").click()
     page.locator("#sa-library-style input").click()
     page.get_by_role("option", name=f"#{adapter_id}", exact=False).click()
@@ -356,3 +356,30 @@ def test_browser_a_set_becomes_a_styledrop_loop(live_app, page):
     page.wait_for_function("() => document.querySelector('#sd-status').innerText.includes('Done: round 1')",
                            timeout=180_000)
     assert "trained on 3 style" in page.locator("#sd-status").inner_text()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("where", ["personalize", "svg"])
+def test_browser_subject_and_vector_art_in_a_library_style(live_app, page, tmp_path, where):
+    """A StyleDrop style trained through the API, picked under "Style from the library" in
+    Personalize (a subject in that style) and in Text-to-SVG (vector art in that style)."""
+    from gradio_client import Client, handle_file
+
+    style_png = tmp_path / "style.png"
+    style_image(7).save(style_png)
+    out = Client(live_app.url, verbose=False).predict(
+        "", [handle_file(str(style_png))], "a gradient", "pine", "", 2, 1e-2, 4, False, 0, "a cat", 1, 2, 5.0, 0,
+        None, api_name="/styledrop_train")
+    adapter_id = out[-1]["adapter_id"]
+    tab, prefix, button, status = dict(personalize=("Personalize", "pz", "#pz-generate", "#pz-gen-status"),
+                                       svg=("Text-to-SVG", "svg", "#svg-generate", "#svg-status"))[where]
+    page.goto(live_app.url)
+    page.get_by_role("tab", name=tab, exact=True).click()
+    page.locator(f"#{prefix}-library").get_by_text("Style from the library (optional)").click()
+    page.locator(f"#{prefix}-library-refresh").click()
+    page.locator(f"#{prefix}-library-style input").click()
+    page.get_by_role("option", name=f"#{adapter_id}", exact=False).click()
+    page.locator(button).click()
+    page.wait_for_function(f"() => document.querySelector('{status}').innerText.includes('Done')", timeout=180_000)
+    text = page.locator(status).inner_text()
+    assert "pine" in text and f"(#{adapter_id}) × 1" in text
