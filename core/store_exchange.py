@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import lora_format as lf
+from .errors import UserError
 from .files import atomic_path
 from .store_base import Adapter, now, safe_filename
+from .styledrop_adapter import FORM as GELU_FORM
+from .styledrop_adapter import FORM_KEY
 
 
 class ExchangeMixin:
@@ -48,6 +51,9 @@ class ExchangeMixin:
         Files go to `<root>/exports/<random>/<name>.safetensors` by default (swept by `recover`).
         """
         a = self.get_adapter(adapter_id, viewer)
+        if (a.extra or {}).get(FORM_KEY) == GELU_FORM:  # no LoRA layout holds x + U·GELU(D·x)
+            raise UserError(f"{a.name!r} is a StyleDrop adapter in the paper's GELU form, which LoRA files cannot "
+                            "hold: export it from the StyleDrop Loop tab (as its linearisation).")
         sd, configs = self.load_adapter(adapter_id, viewer, part)
         if fmt == "kohya":
             if te_style == "auto" and a.arch.lower().startswith(("sdxl", "xl")):

@@ -532,6 +532,17 @@ def test_gelu_round_trains_saves_in_its_form_and_leaves_the_unet_as_it_was(engin
     assert gelu_round["hooks_after"] == gelu_round["hooks"]
 
 
+def test_a_gelu_adapter_is_never_exported_as_a_plain_lora(engine, gelu_round):
+    """No LoRA layout holds x + U·GELU(D·x): the store's own export refuses it (an id typed into
+    another tab's export), pointing to the StyleDrop tab's linearised export."""
+    from core.errors import UserError
+
+    aid = gelu_round["result"].info["adapter_id"]
+    for fmt in ("kohya", "diffusers"):
+        with pytest.raises(UserError, match="GELU form.*StyleDrop Loop tab"):
+            sd.store_of(engine).export(aid, "local", fmt=fmt)
+
+
 def test_gelu_adapter_loads_for_generation_by_hand_and_only_inside_the_block(engine, gelu_round):
     """`active` puts the stored GELU adapter on through hooks: each FF's output is then
     out + U GELU(D out) with D, U read from the file (float64 by hand); after the block the

@@ -411,3 +411,24 @@ def test_batched_edge_sides_with_a_far_off_point():
     with torch.no_grad():
         a, b = render(scene, path="loop"), render(scene, path="batched")
     assert torch.isfinite(b).all() and (a - b).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("path", ["loop", "batched"])
+def test_a_shape_with_a_nan_point_is_not_drawn_and_the_rest_is(path):
+    """An optimiser step that blew up leaves a non-finite control point: that shape is skipped,
+    the others render (and get gradients) exactly as without it."""
+    def shapes():
+        return [circle_shape((10, 10), 6, (1, 0, 0, 1)), circle_shape((22, 22), 6, (0, 0, 1, 1)),
+                circle_shape((16, 16), 5, (0, 1, 0, 0.5))]
+    broken, plain = shapes(), shapes()
+    broken[1].points.data[0, 0] = float("nan")
+    for sh in broken + plain:
+        sh.points.requires_grad_(True)
+    target = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    img = render(Scene(32, 32, broken), path=path)
+    ref = render(Scene(32, 32, [plain[0], plain[2]]), path=path)
+    assert torch.isfinite(img).all() and torch.allclose(img, ref, atol=1e-6)
+    ((img - target) ** 2).sum().backward()
+    ((ref - target) ** 2).sum().backward()
+    for i, j in ((0, 0), (2, 2)):
+        assert torch.allclose(broken[i].points.grad, plain[j].points.grad, atol=1e-6)

@@ -69,6 +69,11 @@ def signed_distance(A, B, e, q, side, inside, interior):
 
 
 def pixel_box(lo, hi, pad, W, H):
+    """The pixels (x, y, w, h) a shape with bounds lo..hi can touch, `pad` more on each side;
+    None when that is no pixel, or when a bound is not finite (a control point became NaN or
+    infinite, e.g. after an optimiser step blew up: such a shape is not drawn)."""
+    if not all(math.isfinite(float(v)) for v in (lo[0], lo[1], hi[0], hi[1], pad)):
+        return None
     x0 = max(0, int(math.floor(lo[0] - pad)))
     y0 = max(0, int(math.floor(lo[1] - pad)))
     x1 = min(W, int(math.ceil(hi[0] + pad)))
