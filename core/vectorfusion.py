@@ -66,7 +66,7 @@ from .vector.live import LiveSettings, VectorProgress, live, xing_loss
 from .vector.rasterizer import render
 from .vector.scene import Scene, Shape, circle_shape, polygon_shape, shape_area
 from .vector.svg_io import scene_to_svg
-from .vector.vectorize import scaled
+from .vector.vectorize import DEFAULT_INIT, scaled
 
 log = logging.getLogger(__name__)
 
@@ -756,10 +756,10 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
     return engine.run(work, stop_key=stop_key or owner, kind="vectorfusion")
 
 
-def image_to_svg(engine, image, *, num_paths: int = 16, init: str = "live", steps: int | None = None,
+def image_to_svg(engine, image, *, num_paths: int = 16, init: str = DEFAULT_INIT, steps: int | None = None,
                  size: int = 128, seed: int = 0, data_dir=None, owner: str = "local",
                  stop_key: str | None = None, name: str = "vectorized", preview_every: int = 10):
-    """Image-to-SVG (LIVE, or vtracer + refinement) as a job; streams SvgProgress, then a Result."""
+    """Image-to-SVG (vtracer + refinement, the default, or LIVE) as a job; streams SvgProgress, then a Result."""
     from .vector.vectorize import INITS as VEC_INITS, vectorize
 
     if init not in VEC_INITS:

@@ -181,7 +181,7 @@ class Tab:
         from core import styles
         from core import validate as v
 
-        picked = v.record_id(style_id, "Style from the library")
+        picked = v.record_id(style_id, "Library style")
         weight = v.real(weight, "Style weight", 0, styles.MAX_WEIGHT)
         return (None if picked is None else styles.get_style(self.engine, picked, owner=owner)), weight
 

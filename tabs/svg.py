@@ -203,9 +203,9 @@ class SvgTab(Tab):
         size_n = v.whole(size, "Working size", 32, 600)
         method = v.choice(method, "Method", ["live", "vtracer"])
         images = v.files(image, "Raster image", 1)
+        caller = self.caller(request, visitor)     # a forged token is refused first
         if not images:
             raise gr.Error("Upload an image to vectorize.", print_exception=False)
-        caller = self.caller(request, visitor)
         events = vectorfusion.image_to_svg(
             self.engine, images[0], num_paths=n_paths, init=method, steps=steps_n, size=size_n,
             data_dir=self.ctx.data_dir, owner=caller.owner, stop_key=caller.stop_key,
@@ -352,7 +352,8 @@ class SvgTab(Tab):
                 status = gr.Markdown("", elem_id="vec-status")
                 preview, svg_file, png_file, info = result_panel("vec")
         image.change(self.show_image, image, image_view, api_name=False)
-        run.click(self.vectorize, [image, method, paths, steps, size], [preview, status, svg_file, png_file, info],
+        run.click(self.vectorize, [image, method, paths, steps, size, self.visitor],
+                  [preview, status, svg_file, png_file, info],
                   api_name="vectorize", **GPU)
         self.wire_stop(stop, api_name="vectorize_stop")
 
@@ -384,7 +385,7 @@ class SvgTab(Tab):
                 files = gr.File(label="SVG and PNG files", file_count="multiple", interactive=False,
                                 elem_id="set-files")
                 info = gr.JSON(label="Details", visible=False)
-        run.click(self.icon_set, [prompts, paths, live_steps, size, seed, steps, guidance],
+        run.click(self.icon_set, [prompts, paths, live_steps, size, seed, steps, guidance, self.visitor],
                   [gallery, status, files, info], api_name="svg_icon_set", **GPU)
         self.wire_stop(stop, api_name="svg_icon_set_stop")
 

@@ -144,7 +144,7 @@ def test_the_tab_lists_and_uses_the_visitors_styles(engine, made, tmp_path):
     assert all(p.endswith("in neon style") for p in info["prompts"])
     with pytest.raises(gr.Error, match="not found"):     # not Bob's to use
         list(tab.generate(**kw, library_style=str(own), visitor=bob_token, request=fake_request("b", "10.0.0.2")))
-    with pytest.raises(gr.Error, match="Style from the library"):
+    with pytest.raises(gr.Error, match="Library style"):
         list(tab.generate(**kw, library_style="1; drop", visitor=alice_token, request=fake_request("a", "10.0.0.1")))
     with pytest.raises(gr.Error, match="Style weight"):
         list(tab.generate(**kw, library_style=str(own), style_weight=9, visitor=alice_token,

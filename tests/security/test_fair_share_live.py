@@ -53,7 +53,8 @@ def test_a_job_over_its_time_limit_gives_the_slot_to_the_next(limited_app, tmp_p
     job_a = client(limited_app).submit(*train_args(tmp_path, a, 200_000), api_name="/adain_train")
     wait_for(job_a, "step ")  # A holds the accelerator
     # A cannot start a second job meanwhile, from any page
-    msg = raw_error(limited_app, "/personalize_generate", ["a {v} {c}", 0, 2, 5.0, None, 1.0, None, 1.0, None, 1.0, a])
+    msg = raw_error(limited_app, "/personalize_generate",
+                    ["a {v} {c}", 0, 2, 5.0, None, 1.0, None, 1.0, None, 1.0, a, "", 1.0])
     assert "You already have a job (adain-train) running or waiting" in msg
     # B waits in line, then runs once A's time is up
     started = time.monotonic()
