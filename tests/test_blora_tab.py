@@ -140,12 +140,46 @@ def test_generate_mixes_the_two_halves_and_a_use_button_takes_its_own_prompts(ta
     ("generate", dict(style_weight=5), "Style weight"), ("generate", dict(use="Teleport"), "Use"),
     ("generate", dict(steps=0), "Steps"), ("generate", dict(guidance="lots"), "Guidance"),
     ("generate", dict(use=STYLE_TRANSFER, content=None, style=None), "needs a content B-LoRA"),
+    ("generate", dict(candidates=0), r"Candidates \(best of N\)"),
+    ("generate", dict(candidates=9), r"Candidates \(best of N\)"),
+    ("generate", dict(candidates=2.5), r"Candidates \(best of N\)"),
+    ("generate", dict(preference=1.5), "Preference"), ("generate", dict(preference="style"), "Preference"),
+    ("generate", dict(preference=math.inf), "Preference"),
 ])
 def test_bad_values_are_refused_naming_the_field(tab, trained, handler, over, field):
     kwargs = train_kwargs(**{"files": trained["files"], **over}) if handler == "train" else generate_kwargs(**over)
     with pytest.raises(gr.Error, match=field):
         list(getattr(tab, handler)(**kwargs, request=fake_request()))
     assert tab.engine.jobs.running() == []
+
+
+def test_best_of_n_shows_candidates_best_first_and_a_picked_seed_regenerates_it(tab, trained):
+    """Issue 18: N candidates ranked (CLIP text, DINO to the content and style images), best first
+    with their seed and scores; a click on one puts its seed in the Seed box with N = 1, and
+    Generate then gives that image again (8-bit images, a batch of 3 against one alone)."""
+    a, b = trained["ids"]
+    kw = generate_kwargs(content=a, style=b, seed=30)
+    (gallery, status, used), _ = last(tab.generate(**kw, candidates=3, preference=0.75, request=fake_request()))
+    assert "Best of 3 (preference 0.75" in status and len(gallery) == 3
+    ranking = used["ranking"]
+    assert [r["rank"] for r in ranking] == [1, 2, 3] and sorted(r["seed"] for r in ranking) == [30, 31, 32]
+    assert [r["score"] for r in ranking] == sorted((r["score"] for r in ranking), reverse=True)
+    for (_, caption), r in zip(gallery, ranking):
+        assert caption.startswith(f"{used['prompts'][0]} — #{r['rank']} · seed {r['seed']} · text ")
+        assert " · content " in caption and " · style " in caption and " · score " in caption
+    assert tab.use_seed(used, SimpleNamespace(index=1)) == (ranking[1]["seed"], 1)
+    for info, evt in ((used, None), (used, SimpleNamespace(index=3)), (None, SimpleNamespace(index=0)),
+                      ({"ranking": []}, SimpleNamespace(index=0))):
+        assert tab.use_seed(info, evt) == (gr.skip(), gr.skip())
+    seed, n = tab.use_seed(used, SimpleNamespace(index=1))
+    (again, _, used_again), _ = last(tab.generate(**{**kw, "seed": seed}, candidates=n, request=fake_request()))
+    assert used_again["ranking"] == [] and len(again) == 1
+    assert np.allclose(np.asarray(again[0][0], dtype=np.float64), np.asarray(gallery[1][0], dtype=np.float64),
+                       atol=2.0)
+    (same, _, _), _ = last(tab.generate(**kw, candidates=3, preference=0.75, request=fake_request()))
+    assert same[0][1] == gallery[0][1]                                  # the same seed: the same top candidate
+    assert np.allclose(np.asarray(same[0][0], dtype=np.float64), np.asarray(gallery[0][0], dtype=np.float64),
+                       atol=1.0)
 
 
 def test_library_pickers_refuse_what_is_not_an_id(tab):

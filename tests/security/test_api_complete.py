@@ -1,6 +1,8 @@
 """Every endpoint works from a fresh API session with only its documented parameters (the
-visitor token last where it takes one), on a shared instance; what one visitor makes, another
-neither lists nor uses; ratings of a published loop cannot be stuffed.
+visitor token last where it takes one; inputs added later come after it, with defaults, so
+that earlier clients keep working: /blora_generate's best-of-N pair), on a shared instance;
+what one visitor makes, another neither lists nor uses; ratings of a published loop cannot be
+stuffed.
 
 One module-wide flow makes a thing with each tab (tiny models, a few steps each); every call
 opens a new client, as a script would, so no value filled in by a page load is relied on."""
@@ -12,6 +14,7 @@ import pytest
 
 from .conftest import client, new_token, picture, raw_call, raw_error, upload
 
+AFTER_TOKEN = {"/blora_generate": [1, 0.5]}  # candidates (best of N), preference content <-> style
 SA = ["a cat", "", 0, 2, 5.0, 64, 64, "", None, "", True, True, False, False, False, 0.0, 1.0, 1.0]
 
 
@@ -120,7 +123,8 @@ def test_another_visitor_neither_lists_nor_uses_them(shared_app, made):
                       ("/blora_generate", ["Custom prompts", str(made["blora"]), 1.0, None, 1.0, "a [c]", 0, 2, 7.5]),
                       ("/styledrop_combine", [str(made["sd"]), 1.0, None, 1.0, "a dog", 0, 2, 5.0]),
                       ("/adain", [None, None, "", 1.0, False, False, None, 64, "run1"])):
-        msg = raw_error(shared_app, api, [*args, other])
+        after = AFTER_TOKEN.get(api, [])  # plain HTTP sends every input, defaults included
+        msg = raw_error(shared_app, api, [*args, other, *after])
         assert "not found" in msg or "Upload" in msg, (api, msg)
     c = upload(shared_app, made["img"][0]["path"])
     msg = raw_error(shared_app, "/adain", [[c], [c], "", 1.0, False, False, None, 64, "run1", other])
