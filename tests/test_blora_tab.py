@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
 from types import SimpleNamespace
 
@@ -372,6 +373,24 @@ def test_browser_train_pick_and_transfer(live_app, page, tmp_path):
     assert page.locator("#bl-gallery img").count() >= 1
     assert "content #" in page.locator("#bl-gen-status").inner_text()
     screenshot(page, "blora-mix")
+    # best of 3 (issue 18): candidates best first, captioned with seed and scores; a click uses one's seed
+    box = page.locator("#bl-candidates input[type=number]")
+    box.fill("3")
+    box.press("Enter")
+    page.locator("#bl-use-0").click()
+    page.wait_for_function("() => document.querySelector('#bl-gen-status').innerText.includes('Best of 3')",
+                           timeout=60_000)
+    assert page.locator("#bl-gallery .thumbnail-item").count() == 3
+    caption = page.locator("#bl-gallery").inner_text()
+    assert "#1 · seed " in caption and "score " in caption, caption
+    seeds = re.findall(r"#\d · seed (\d+)", caption)                     # in the gallery's order
+    page.locator("#bl-gallery .thumbnail-item").nth(1).click()
+    page.wait_for_function("() => document.querySelector('#bl-candidates input[type=number]').value === '1'",
+                           timeout=15_000)
+    page.get_by_text("Sampling: seed, steps, guidance").click()
+    seed = page.locator("#bl-seed input").input_value()
+    assert sorted(seeds) == ["0", "1", "2"] and seed == seeds[1], (seed, seeds)   # the one clicked
+    screenshot(page, "blora-best-of-n")
 
 
 @pytest.mark.browser
