@@ -13,23 +13,18 @@ from core.errors import UserError
 from core.events import Result
 from core.metrics import Metrics
 from core.train import TrainSettings
+from tests.test_blora import picture as blora_picture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def picture(kind: int, size: int = 64) -> Image.Image:
-    """Hand-made pictures far apart: a yellow square on a ramp, stripes on green, a noise field."""
+    """Hand-made pictures far apart: test_blora's two (a yellow square on a ramp, stripes on
+    green) and, from 2 on, noise fields."""
+    if kind < 2:
+        return blora_picture(kind, size)
     rng = np.random.default_rng(kind)
-    yy, xx = np.mgrid[:size, :size] / size
-    if kind == 0:
-        a = np.stack([200 * xx + 30, 60 + 0 * yy, 200 - 150 * xx], -1)
-        a[16:48, 16:48] = (240, 220, 40)
-    elif kind == 1:
-        a = np.stack([40 + 0 * xx, 160 + 60 * np.sin(12 * yy), 60 + 0 * xx], -1)
-        a[:, ::8] = (250, 250, 250)
-    else:
-        a = rng.uniform(0, 255, (size, size, 3))
-    return Image.fromarray(np.clip(a + rng.normal(0, 6, a.shape), 0, 255).astype(np.uint8))
+    return Image.fromarray(rng.uniform(0, 255, (size, size, 3)).astype(np.uint8))
 
 
 def blend(a: Image.Image, b: Image.Image, t: float) -> Image.Image:
