@@ -221,6 +221,21 @@ def test_stop_ends_generating(tab, trained):
     assert tab.engine.jobs.running() == []
 
 
+def test_stop_ends_a_best_of_n_run(tab, trained):
+    a, b = trained["ids"]
+    updates, asked = [], False
+    kw = generate_kwargs(content=a, style=b, steps=60, candidates=4)
+    for u in tab.generate(**kw, request=fake_request("page-n")):
+        updates.append(u)
+        if isinstance(u[0], list) and not asked:    # a preview: denoising the four candidates
+            assert len(u[0]) == 4
+            tab.stop(fake_request("page-n"))
+            asked = True
+    gallery, status, used = updates[-1]
+    assert asked and "Stopped" in status and used == gr.skip()
+    assert tab.engine.jobs.running() == [] and not tab.engine.gpu_lock.locked()
+
+
 def test_each_visitor_sees_and_uses_only_their_own_b_loras(engine, trained, tmp_path):
     data = tmp_path / "shared"
     shared = BLoRATab(make_ctx(engine, data, shared=True, metrics=False))
