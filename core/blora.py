@@ -37,7 +37,7 @@ import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -343,11 +343,13 @@ def adapter_modules(unet, adapter_name: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def halves_active(engine, halves: Sequence[Half], owner: Any) -> Iterator[list[str]]:
+def halves_active(engine, halves: Sequence[Half], owner: Any,
+                  also: Mapping[str, float] | None = None) -> Iterator[list[str]]:
     """Load the halves into their blocks, active with their (linear) weights, for one block of
     code; afterwards the UNet is as it was: the halves' adapters deleted, every module that was
     wrapped for them unwrapped again, the peft bookkeeping as before, every remaining adapter
-    disabled. Run inside a job (it changes the shared UNet)."""
+    disabled. `also`: peft adapters already on the UNet (name: weight) kept active beside the
+    halves (a DreamBooth subject with a B-LoRA's style). Run inside a job (it changes the shared UNet)."""
     unet = engine.pipe.unet
     halves = [h for h in halves if h is not None and float(h.weight) != 0.0]
     parts = [h.part for h in halves]
@@ -358,8 +360,9 @@ def halves_active(engine, halves: Sequence[Half], owner: Any) -> Iterator[list[s
     try:
         for h in halves:
             names.append(load_half(engine, h, owner))
-        if names:
-            unet.set_adapters(names, weights=[float(h.weight) for h in halves])
+        also = dict(also or {})
+        if names or also:
+            unet.set_adapters([*names, *also], weights=[float(h.weight) for h in halves] + list(also.values()))
             unet.enable_adapters()
         else:
             library.disable_all(unet)

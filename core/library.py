@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -301,9 +301,13 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def generate(engine, prompts, weights: Mapping[int, float], *, owner: Any, stop_key: str | None = None, **kwargs):
+def generate(engine, prompts, weights: Mapping[int, float], *, owner: Any, stop_key: str | None = None,
+             activate: Callable[[Mapping[int, float]], Any] | None = None, info: Mapping[str, Any] | None = None,
+             **kwargs):
     """A batch with adapters of `owner`'s library (or published ones) active, a weight each,
-    streamed; adapters off afterwards. `stop_key` (default: `owner`) is what a Stop reaches it by."""
+    streamed; adapters off afterwards. `stop_key` (default: `owner`) is what a Stop reaches it by.
+    `activate(weights)`: the context that puts them on (default `adapters(engine).active`; core.styles
+    adds a library style this way); `info`: more for the Result's info."""
     from .events import Result
     from .validate import prompt_list
 
@@ -312,11 +316,12 @@ def generate(engine, prompts, weights: Mapping[int, float], *, owner: Any, stop_
     store = get_store(engine)
     for i in weights:
         store.get_adapter(i, owner)  # not found / not yours: before the job starts
+    activate = activate or (lambda w: adapters(engine).active(w, owner))
 
     def work(ctx):
-        with adapters(engine).active(weights, owner):
+        with activate(weights):
             images = engine.text_to_image(ctx, prompts, **kwargs)
-        return Result(images=images, info={"prompts": list(prompts), "adapters": weights})
+        return Result(images=images, info={"prompts": list(prompts), "adapters": weights, **(info or {})})
     return engine.run(work, stop_key=stop_key or owner, kind="generate")
 
 

@@ -7,7 +7,7 @@ import contextlib
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from . import lora_format as lf
 from .files import atomic_path
@@ -20,17 +20,26 @@ class ExchangeMixin:
     def import_lora(self, path: str | os.PathLike, *, owner: str, base_model: str,
                     base_modules: Mapping[str, Any], name: str | None = None, arch: str = "",
                     unet_config: Any = None, max_bytes: int = lf.DEFAULT_MAX_BYTES,
-                    trigger_words: str = "", published: bool = False) -> Adapter:
+                    trigger_words: str = "", published: bool = False, method: str = "imported",
+                    parts: Mapping[str, Sequence[str]] | None = None,
+                    accept: Callable[[lf.StateDict], None] | None = None) -> Adapter:
         """Import a user's LoRA `.safetensors` (diffusers/peft or kohya), checked by content
-        (never unpickled) and against `base_modules` (see `lora_format.module_shapes`)."""
-        sd, configs, fmt = lf.read_lora(path, base_modules=base_modules, max_bytes=max_bytes,
-                                        unet_config=unet_config)
+        (never unpickled) and against `base_modules` (see `lora_format.module_shapes`).
+
+        A method's own import (B-LoRA's reference files) names its `method` and `parts` (as
+        `save_adapter` takes them) and may refuse what it cannot use: `accept` gets the canonical
+        state dict before it is checked against `base_modules` and raises a `UserError`."""
+        sd, configs, fmt = lf.read_lora(path, max_bytes=max_bytes, unet_config=unet_config)
+        if accept is not None:  # the method's own refusal first: it says best what the file is not
+            accept(sd)
+        if base_modules is not None:
+            lf.check_modules(sd, base_modules)
         stem = Path(path).name
         stem = stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem
-        return self.save_adapter(owner=owner, name=name or stem, method="imported", base_model=base_model,
+        return self.save_adapter(owner=owner, name=name or stem, method=method, base_model=base_model,
                                  state_dict=sd, configs=configs, arch=arch, trigger_words=trigger_words,
                                  extra={"source_format": fmt, "original_filename": Path(path).name},
-                                 published=published)
+                                 parts=parts, published=published)
 
     def export(self, adapter_id: int, viewer: Any, *, fmt: str = "kohya", part: str | None = None,
                te_style: str = "auto", dest_dir: str | os.PathLike | None = None) -> Path:
@@ -50,14 +59,20 @@ class ExchangeMixin:
             out, header = sd, lf.file_metadata(configs)
         else:
             raise ValueError(f"unknown export format {fmt!r}")
+        name = a.name + (f"-{part}" if part else "") + ("" if fmt == "kohya" else "-diffusers")
+        return self.write_download(name, out, header, dest_dir=dest_dir)
+
+    def write_download(self, name: str, tensors: Mapping[str, Any], header: Mapping[str, str], *,
+                       dest_dir: str | os.PathLike | None = None) -> Path:
+        """Write one download copy `<name>.safetensors` (atomically) into `dest_dir`, by default a
+        fresh folder under `<root>/exports/` (swept by `recover` and after an hour)."""
         if dest_dir is None:
             self._sweep_exports()
         folder = Path(dest_dir) if dest_dir is not None else self.root / "exports" / uuid.uuid4().hex
         folder.mkdir(parents=True, exist_ok=True)
-        fname = safe_filename(a.name + (f"-{part}" if part else "") + ("" if fmt == "kohya" else "-diffusers"))
-        final = folder / f"{fname}.safetensors"
+        final = folder / f"{safe_filename(name)}.safetensors"
         with atomic_path(final) as tmp:
-            lf.write_safetensors(tmp, out, header)
+            lf.write_safetensors(tmp, tensors, header)
         return final
 
     def _sweep_exports(self, max_age_s: float = 3600.0) -> None:

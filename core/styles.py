@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from . import blora, library, styledrop
 from .errors import UserError
@@ -87,16 +87,31 @@ def check_weight(weight: float) -> float:
 
 
 @contextlib.contextmanager
-def style_active(engine, style: LibraryStyle | None, weight: float = 1.0, *, owner: Any) -> Iterator[None]:
-    """The style on the resident UNet with this (linear) weight for one block of code; nothing when
+def style_active(engine, style: LibraryStyle | None, weight: float = 1.0, *, owner: Any,
+                 adapters: Mapping[int, float] | None = None) -> Iterator[None]:
+    """The style on the resident UNet with this (linear) weight for one block of code, together
+    with other library adapters (`adapters`, id: weight: a DreamBooth subject); just those when
     `style` is None. Run inside a job."""
-    if style is None:
-        yield
+    weights = {int(k): float(v) for k, v in (adapters or {}).items()}
+    if style is None or style.method != blora.METHOD:
+        if style is not None:
+            weights[style.adapter_id] = check_weight(weight)
+        with library.adapters(engine).active(weights, owner):   # (none: every adapter off)
+            yield
         return
-    weight = check_weight(weight)
-    if style.method == blora.METHOD:
-        with blora.halves_active(engine, [blora.Half(style.adapter_id, "style", weight)], owner):
+    half = blora.Half(style.adapter_id, "style", check_weight(weight))
+    with library.adapters(engine).active(weights, owner) as names:
+        with blora.halves_active(engine, [half], owner, also=dict(zip(names, weights.values()))):
             yield
-    else:
-        with library.adapters(engine).active({style.adapter_id: weight}, owner):
-            yield
+
+
+def generate(engine, prompts: Sequence[str], weights: Mapping[int, float], *, style: LibraryStyle | None,
+             style_weight: float = 1.0, owner: Any, stop_key: str | None = None, **kwargs):
+    """`library.generate` (one image per prompt, library adapters a weight each: a DreamBooth
+    subject) with a library style on as well and its phrase in every prompt: subject + style in
+    one generation."""
+    style_weight = check_weight(style_weight)
+    used = None if style is None else {"adapter_id": style.adapter_id, "name": style.name, "weight": style_weight}
+    return library.generate(engine, styled_prompts(prompts, style), weights, owner=owner, stop_key=stop_key,
+                            activate=lambda w: style_active(engine, style, style_weight, owner=owner, adapters=w),
+                            info={"library_style": used}, **kwargs)

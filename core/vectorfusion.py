@@ -55,11 +55,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import styles
 from .errors import Cancelled, UserError
 from .files import atomic_write, owner_dirname
 from .events import Result
 from .jobs import JobContext
 from .pacing import PreviewPacer, untimed
+from .styles import LibraryStyle
 from .vector.live import LiveSettings, VectorProgress, live, xing_loss
 from .vector.rasterizer import render
 from .vector.scene import Scene, Shape, circle_shape, polygon_shape, shape_area
@@ -669,7 +671,8 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
                 preset: str | VectorFusionSettings | None = None, k: int | None = None,
                 sample_steps: int | None = None, sample_guidance: float | None = None,
                 live_steps: int | None = None, live_size: int | None = None, metrics=None,
-                data_dir=None, owner: str = "local", stop_key: str | None = None):
+                data_dir=None, owner: str = "local", stop_key: str | None = None,
+                library_style: LibraryStyle | None = None, style_weight: float = 1.0):
     """VectorFusion as an engine job: a generator of events ending in a Result whose info has
     'svg', 'clip_scores' (baseline), 'losses', 'preset'; `files` = [svg path, png path].
 
@@ -677,7 +680,11 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
     offline tiny family defaults to "fast". Every budget left None (`options.steps`, `k`,
     `sample_steps`, `sample_guidance`, `live_size`) comes from it. `live_steps` given: LIVE
     runs that many steps in all, split across its stages (the preset's schedule and weights
-    otherwise); None: the preset's budget (paper: 500 per stage)."""
+    otherwise); None: the preset's budget (paper: 500 per stage).
+
+    `library_style` (core.styles, as `owner` sees it): a StyleDrop adapter or a B-LoRA's style half
+    on the resident UNet with `style_weight` for the whole job (the K samples and score
+    distillation), its phrase joining the prompt before the style's suffix: styled vector art."""
     if preset is None:
         preset = "fast" if engine.offline else "paper"
     st = preset if isinstance(preset, VectorFusionSettings) else VectorFusionSettings.preset(preset)
@@ -690,6 +697,8 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
     live_settings = st.live if live_steps is None else replace(st.live, steps_per_stage=None,
                                                                steps=max(1, int(live_steps)))
     check_options(prompt, o, k, init)
+    style_weight = styles.check_weight(style_weight)
+    prompt = styles.styled_prompts([prompt], library_style)[0]
     if init == "baseline" and metrics is None:
         raise UserError("CLIP ranking needs the metrics models.")
     folder = run_folder(data_dir or engine.data_dir, owner)
@@ -701,8 +710,14 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
     n_live = live_settings.total_steps(int(o.num_paths))
 
     def work(ctx: JobContext) -> Result:
+        with styles.style_active(engine, library_style, style_weight, owner=owner):
+            return styled_work(ctx)
+
+    def styled_work(ctx: JobContext) -> Result:
         info: dict = {"prompt": prompt, "style": o.style, "init": init, "render_size": R,
-                      "input_size": S, "folder": str(folder), "preset": st.name}
+                      "input_size": S, "folder": str(folder), "preset": st.name,
+                      "library_style": None if library_style is None else
+                      {"adapter_id": library_style.adapter_id, "name": library_style.name, "weight": style_weight}}
         rng = np.random.default_rng(o.seed)
         baseline = None
         total = o.steps + (n_live if init == "baseline" and o.style == "iconographic" else 0)

@@ -27,7 +27,7 @@ from core import validate as v
 from core.adain_runs import BUILT_IN, DecoderSamples, DecoderTraining, DecoderSettings
 from core.errors import UserError
 from core.events import Progress, Result
-from tabs.common import (GPU, AppContext, JobClock, LossPlotAxes, Tab, about, example, gpu, job_updates,
+from tabs.common import (GPU, WEBCAM, AppContext, JobClock, LossPlotAxes, Tab, about, example, gpu, job_updates,
                          session_key, status_text, user_errors)
 from tabs.widgets import Dropdown, Image, ImageEditor, Number, Slider
 
@@ -494,7 +494,7 @@ class AdaINTab(LossPlotAxes, Tab):
         cam["cam"].stream(self.webcam, [cam["cam"], t["styles"], t["weights"], t["alpha"], cam["size"], decoder,
                                         cam["state"], visitor],
                           [cam["out"], cam["fps"], cam["state"]], stream_every=0.1, time_limit=300,
-                          show_progress="hidden", api_name="adain_webcam", **GPU)
+                          show_progress="hidden", api_name="adain_webcam", **WEBCAM)
         tr["train"].click(self.train, [tr["contents"], tr["styles"], tr["content_dir"], tr["style_dir"],
                                        tr["run_name"], tr["steps"], tr["batch"], tr["resize"], tr["crop"],
                                        tr["sample_every"], tr["save_every"], tr["resume"], visitor],

@@ -2,8 +2,9 @@
 (Frenkel et al., ECCV 2024).
 
 Widgets and wiring only: the method is core/blora.py (a recipe of the shared trainer core/train.py,
-halves loaded by block into the resident UNet; the library's B-LoRAs with their thumbnails); the
-library is core/library.py.
+halves loaded by block into the resident UNet; the library's B-LoRAs with their thumbnails); B-LoRA
+files in the authors' layout come in and go out through core/blora_exchange.py; the library is
+core/library.py.
 """
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
-from core import blora, ranking
+from core import blora, blora_exchange, ranking
 from core import validate as v
+from core.errors import UserError
 from core.events import Result
 from core.train import MAX_STEPS
 
-from .common import (GPU, AppContext, LossPlotAxes, Tab, about, captioned, example, gpu, image_updates, md_text,
-                     stream_training, user_errors)
+from .common import (GPU, AppContext, LossPlotAxes, Tab, about, captioned, deliver, example, gpu, image_updates,
+                     md_text, stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "B-LoRA Mix"
@@ -56,6 +58,22 @@ def preset_note(name: str) -> str:
     """How long a preset's run takes, as the page shows it under the preset."""
     return f"<small>Takes {PRESET_TIMES[name]}.</small>" if name in PRESET_TIMES else ""
 
+
+# the export formats as the page names them -> core.blora_exchange's names
+EXPORT_FORMATS = {
+    "B-LoRA reference (diffusers)": blora_exchange.REFERENCE,
+    "diffusers (this app's library format)": "diffusers",
+    "kohya (A1111/ComfyUI)": "kohya",
+}
+EXPORT_NOTES = {
+    blora_exchange.REFERENCE: "the B-LoRA authors' layout: their inference.py loads it as a content or a style B-LoRA",
+    "diffusers": "this app's own format (peft keys with their alphas), for diffusers' load_lora_weights",
+    "kohya": "the kohya format, for AUTOMATIC1111 and ComfyUI",
+}
+IMPORT_HELP = ("Import a B-LoRA trained by the authors' trainer (a diffusers .safetensors with LoRA weights on "
+               f"{blora.CONTENT_BLOCK} and {blora.STYLE_BLOCK}, like the B-LoRAs published on the Hub): it becomes "
+               "one library entry with both halves. Give the trigger it was trained with (its instance prompt "
+               "\"A [v18]\" has the trigger [v18]).")
 
 PRESET_FIELDS = ("steps", "learning_rate", "rank", "sample_every", "checkpoint_every", "gradient_checkpointing")
 
@@ -182,6 +200,40 @@ class BLoRATab(LossPlotAxes, Tab):
             s = gr.update(choices=s["choices"], value=style if style in ids else new)
         return thumbs, ids, c, s
 
+    @user_errors
+    def export_picker(self, entry, visitor=None, request: gr.Request = None):
+        """The export picker's choices: the visitor's B-LoRAs (a pick no longer there is cleared)."""
+        chosen = v.record_id(entry, "B-LoRA to export")
+        owner = self.caller(request, visitor).owner
+        choices = [(blora.label(a), str(a.id)) for a in blora.entries(self.engine, owner)]
+        keep = str(chosen) if chosen is not None and str(chosen) in {c for _, c in choices} else None
+        return gr.update(choices=choices, value=keep)
+
+    @user_errors
+    def import_blora(self, file, name, trigger, visitor=None, request: gr.Request = None) -> str:
+        """A B-LoRA file of the reference trainer into the visitor's library, with both halves."""
+        paths = v.files(file, "B-LoRA file", 1)
+        name = v.text(name, "Name", 100)
+        trigger = v.text(trigger, "Trigger word", 50)
+        owner = self.caller(request, visitor).owner
+        if not paths:
+            raise UserError("B-LoRA file: choose a .safetensors B-LoRA file to import.")
+        a = blora_exchange.import_reference(self.engine, paths[0], owner=owner, name=name, trigger=trigger)
+        halves = ", ".join(f"{part} {len(keys) // 2} layers" for part, keys in a.parts.items())
+        return (f"Imported **{md_text(a.name)}** (#{a.id}, rank {a.rank}; {halves}); pick it as a content or "
+                "a style half below.")
+
+    @user_errors
+    def export(self, entry, fmt, visitor=None, request: gr.Request = None):
+        """A library B-LoRA as a .safetensors download: (file, status)."""
+        aid = v.record_id(entry, "B-LoRA to export")
+        fmt = EXPORT_FORMATS[v.choice(fmt, "Export format", list(EXPORT_FORMATS))]
+        owner = self.caller(request, visitor).owner
+        if aid is None:
+            raise UserError("B-LoRA to export: pick one from the list.")
+        path = blora_exchange.export(self.engine, aid, owner=owner, fmt=fmt)
+        return deliver(path), f"Exported **{md_text(path.name)}**: {EXPORT_NOTES[fmt]}."
+
     @staticmethod
     def pick(ids, part, evt: gr.SelectData = None):
         """A click on a thumbnail picks its B-LoRA as the content or the style half."""
@@ -260,6 +312,7 @@ class BLoRATab(LossPlotAxes, Tab):
         with gr.Row():
             with gr.Column(scale=1):
                 mix = self._library_inputs()
+                self._exchange_inputs(mix)
                 self._generate_inputs(mix)
             with gr.Column(scale=1):
                 mix.status = gr.Markdown("", elem_id="bl-gen-status")
@@ -324,6 +377,26 @@ class BLoRATab(LossPlotAxes, Tab):
                                elem_id="bl-style-w", scale=2)
         return w
 
+    @staticmethod
+    def _exchange_inputs(w: SimpleNamespace) -> None:
+        """Import a reference B-LoRA file; export a library B-LoRA (added to `w`)."""
+        with gr.Accordion("Import / export B-LoRA files", open=False, elem_id="bl-exchange"):
+            gr.Markdown(f"<small>{IMPORT_HELP}</small>")
+            w.import_file = gr.File(label="B-LoRA .safetensors", file_types=[".safetensors"], type="filepath",
+                                    height=100, elem_id="bl-import-file")
+            with gr.Row():
+                w.import_name = gr.Textbox(label="Name (default: the file name)", elem_id="bl-import-name")
+                w.import_trigger = gr.Textbox(label="Trigger word (e.g. [v18])", elem_id="bl-import-trigger")
+                w.import_btn = gr.Button("Import", elem_id="bl-import-btn")
+            with gr.Row():
+                w.export_entry = Dropdown([], value=None, label="B-LoRA to export", elem_id="bl-export-entry",
+                                          scale=2)
+                w.export_fmt = Dropdown(list(EXPORT_FORMATS), value=next(iter(EXPORT_FORMATS)), label="Format",
+                                        elem_id="bl-export-fmt", scale=2)
+                w.export_btn = gr.Button("Export", elem_id="bl-export-btn", scale=1)
+            w.export_file = gr.File(label="Download", interactive=False, elem_id="bl-export-file")
+            w.exchange_status = gr.Markdown("", elem_id="bl-exchange-status")
+
     def _generate_inputs(self, w: SimpleNamespace) -> None:
         """The four uses' buttons, the prompts and the sampling settings (added to `w`)."""
         gr.Markdown("**The paper's four uses**, one click each (see About this method):")
@@ -365,8 +438,15 @@ class BLoRATab(LossPlotAxes, Tab):
             self.train, [train.files, train.trigger, train.name, train.joint, train.steps, train.lr, train.rank,
                          train.sample_every, train.ckpt_every, train.gc, train.seed, train.resume, self.visitor],
             [train.status, train.loss_plot, train.samples, train.info], api_name="blora_train", **GPU)
-        trained.then(self.after_train, [train.info, *picks], library_out, api_name=False)
-        mix.refresh.click(self.library, picks, library_out, api_name="blora_library", queue=False)
+        export_pick = dict(fn=self.export_picker, inputs=[mix.export_entry, self.visitor], outputs=mix.export_entry,
+                           **ui)
+        trained.then(self.after_train, [train.info, *picks], library_out, api_name=False).then(**export_pick)
+        mix.refresh.click(self.library, picks, library_out, api_name="blora_library", queue=False).then(**export_pick)
+        mix.import_btn.click(self.import_blora, [mix.import_file, mix.import_name, mix.import_trigger, self.visitor],
+                             mix.exchange_status, api_name="blora_import").success(
+            self.library, picks, library_out, **ui).then(**export_pick)
+        mix.export_btn.click(self.export, [mix.export_entry, mix.export_fmt, self.visitor],
+                             [mix.export_file, mix.exchange_status], api_name="blora_export")
         mix.library.select(self.pick, [mix.ids, mix.pick_as], [mix.content, mix.style], queue=False, **ui)
         inputs = [mix.content, mix.content_w, mix.style, mix.style_w, mix.prompts, mix.seed, mix.steps,
                   mix.guidance, self.visitor, mix.candidates, mix.preference]  # best of N after the token
@@ -376,6 +456,7 @@ class BLoRATab(LossPlotAxes, Tab):
             button.click(self.use_handler(use), inputs, outputs, api_name=False, **GPU)
         mix.gallery.select(self.use_seed, mix.info, [mix.seed, mix.candidates], queue=False, **ui)
         self.on_page_load(self.library, picks, library_out)  # fill the gallery when a page opens
+        self.on_page_load(self.export_picker, [mix.export_entry, self.visitor], mix.export_entry)
         self.wire_stop(train.stop, api_name="blora_train_stop")
         self.wire_stop(mix.stop)
 

@@ -31,6 +31,11 @@ log = logging.getLogger("studio")
 # them one at a time, in arrival order, within each owner's share (core.jobs); the group only
 # bounds how many such handlers are open at once (the others wait in Gradio's queue).
 GPU = dict(concurrency_id="gpu", concurrency_limit=8)
+# Webcam frames (AdaIN) have a group of their own: a backlog of frames (a slow machine, a page
+# closed while its frames were queued) never fills the group above, where it would keep every
+# other visitor's job waiting in Gradio's queue. A frame takes the accelerator only when it is
+# free and nobody waits (core.jobs.GpuSlot.try_acquire), so two at a time is plenty.
+WEBCAM = dict(concurrency_id="webcam", concurrency_limit=2)
 
 VISITOR_TOKENS_PER_HOUR = 30   # new visitor tokens one client address may get
 
@@ -162,6 +167,42 @@ class Tab:
         root = getattr(gr.context.Context, "root_block", None)
         if root is not None and hasattr(root, "load"):
             root.load(fn, inputs, outputs, queue=False, api_visibility="private")
+
+    # -------------------------------------------------------------- a style from the library
+    def library_style_choices(self, visitor=None, request: gr.Request = None):
+        """The library styles (core.styles) the visitor may use, for a tab's style picker."""
+        from core import styles
+
+        found = styles.library_styles(self.engine, owner=self.caller(request, visitor).owner)
+        return gr.update(choices=[("None", "")] + [(s.label, str(s.adapter_id)) for s in found])
+
+    def library_style(self, style_id, weight, owner: str):
+        """(the picked core.styles.LibraryStyle or None, its weight), validated for `owner`."""
+        from core import styles
+        from core import validate as v
+
+        picked = v.record_id(style_id, "Style from the library")
+        weight = v.real(weight, "Style weight", 0, styles.MAX_WEIGHT)
+        return (None if picked is None else styles.get_style(self.engine, picked, owner=owner)), weight
+
+    def library_style_inputs(self, prefix: str, note: str) -> list:
+        """An accordion with a library-style picker, its weight and a refresh button, listing the
+        visitor's styles when a page opens; returns the [picker, weight] inputs."""
+        from core import styles
+
+        from .widgets import Dropdown, Slider
+
+        with gr.Accordion("Style from the library (optional)", open=False):
+            gr.Markdown(note)
+            with gr.Row():
+                pick = Dropdown(choices=[("None", "")], value="", label="Library style",
+                                elem_id=f"{prefix}-library-style", scale=3)
+                refresh = gr.Button("Refresh list", size="sm", scale=1, elem_id=f"{prefix}-library-refresh")
+            weight = Slider(0, styles.MAX_WEIGHT, value=1.0, step=0.05, label="Style weight",
+                               elem_id=f"{prefix}-library-weight")
+        refresh.click(self.library_style_choices, [self.visitor], pick, api_visibility="private")
+        self.on_page_load(self.library_style_choices, [self.visitor], [pick])
+        return [pick, weight]
 
     def build(self) -> None:  # pragma: no cover - every tab defines it
         raise NotImplementedError

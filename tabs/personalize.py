@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
-from core import dreambooth, library
+from core import dreambooth, library, styles
 from core import validate as v
 from core.errors import UserError
 from core.train import MAX_STEPS, TrainSettings
@@ -252,20 +252,28 @@ class PersonalizeTab(LossPlotAxes, Tab):
     @user_errors
     @gpu(duration=120)
     def generate(self, prompts, seed, steps, guidance, adapter_1=None, weight_1=1.0, adapter_2=None, weight_2=1.0,
-                 adapter_3=None, weight_3=1.0, visitor=None, request: gr.Request = None):
+                 adapter_3=None, weight_3=1.0, visitor=None, library_style=None, style_weight=1.0,
+                 request: gr.Request = None):
         """One image per prompt line with the slots' adapters, streamed: (gallery, status). "{v}"
-        and "{c}" in a line are the first adapter's identifier and class (dreambooth.fill_triggers)."""
+        and "{c}" in a line are the first adapter's identifier and class (dreambooth.fill_triggers).
+        `library_style`: a StyleDrop adapter or B-LoRA (its style half) on as well, with
+        `style_weight`, its style words in every prompt: subject + style in one generation (these
+        two come after the visitor token, so that clients of the earlier endpoint keep working)."""
         seed_n = v.seed(seed)
         steps_n = v.whole(steps, "Steps", 1, 100)
         guidance_f = v.real(guidance, "Guidance", 0, 20)
         weights = self.slot_weights(adapter_1, weight_1, adapter_2, weight_2, adapter_3, weight_3)
         prompts = v.text(prompts, "Prompts", 10_000)
         caller = self.caller(request, visitor)
+        style, style_weight_f = self.library_style(library_style, style_weight, caller.owner)
         lines = [ln.strip() for ln in prompts.splitlines() if ln.strip()]
         filled = dreambooth.fill_triggers(self.engine, lines, weights, owner=caller.owner)
-        events = library.generate(self.engine, filled, weights, owner=caller.owner, stop_key=caller.stop_key,
-                                  seed=seed_n, steps=steps_n, guidance=guidance_f)
+        events = styles.generate(self.engine, filled, weights, style=style, style_weight=style_weight_f,
+                                 owner=caller.owner, stop_key=caller.stop_key, seed=seed_n, steps=steps_n,
+                                 guidance=guidance_f)
         active = ", ".join(f"#{i} × {w:g}" for i, w in weights.items()) or "none (base model)"
+        if style is not None:
+            active += f"; library style {md_text(style.name)} (#{style.adapter_id}) × {style_weight_f:g}"
         yield from image_updates(events, stopped="**Stopped.** The images were not finished.",
                                  done=f"**Done.** Adapters: {active}.",
                                  finish=lambda result, status: (captioned(result), status))
@@ -407,6 +415,9 @@ class PersonalizeTab(LossPlotAxes, Tab):
                 w.slots += self._slot(i)
         w.dropdowns = w.slots[0::2]
         family = "Recontextualization"
+        w.library_style = self.library_style_inputs(
+            "pz", "A style for your subject: a StyleDrop adapter or the style half of a B-LoRA you trained (or one "
+                  "shared with you), on together with the adapters above; its style words join every prompt.")
         w.prompts = gr.Textbox(label="Prompts, one per line ({v} = identifier, {c} = class)", lines=3,
                                value="\n".join(dreambooth.PROMPT_FAMILIES[family][:2]), elem_id="pz-prompts")
         with gr.Row():
@@ -458,7 +469,8 @@ class PersonalizeTab(LossPlotAxes, Tab):
         trained = w.train_btn.click(self.train, train_inputs, [w.status, w.loss_plot, w.samples, w.train_info],
                                     api_name="personalize_train", **GPU)
         trained.success(self.after_train, [w.train_info, *lists], w.dropdowns, api_name=False)
-        w.gen_btn.click(self.generate, [w.prompts, w.g_seed, w.g_steps, w.g_guid, *w.slots, self.visitor],
+        w.gen_btn.click(self.generate, [w.prompts, w.g_seed, w.g_steps, w.g_guid, *w.slots, self.visitor,
+                                        *w.library_style],
                         [w.gallery, w.g_status], api_name="personalize_generate", **GPU)
         w.drift_btn.click(self.drift, [w.slots[0], w.slots[1], w.g_seed, w.g_steps, w.g_guid, self.visitor],
                           [w.gallery, w.g_status, w.drift_md], api_name="personalize_drift", **GPU)

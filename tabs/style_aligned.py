@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core import styles
 from core import validate as v
 from core.images import load_image
 from core.style_aligned import MAX_SET, SharingOptions, style_aligned_set
@@ -87,8 +86,6 @@ class StyleAlignedTab(Tab):
         a StyleDrop adapter or B-LoRA of the visitor's library (or a published one), active with
         `style_weight` while the set is made."""
         seed_n = v.seed(seed)
-        style_id = v.record_id(library_style, "Style from the library")
-        style_weight_f = v.real(style_weight, "Style weight", 0, styles.MAX_WEIGHT)
         steps_n = v.whole(steps, "Steps", 1, 100)
         guidance_f = v.real(guidance, "Guidance", 0, 20)
         width_n, height_n = v.whole(width, "Width", 8, 4096), v.whole(height, "Height", 8, 4096)
@@ -102,7 +99,7 @@ class StyleAlignedTab(Tab):
         ref_paths = v.files(reference_file, "Reference image", 1)
         reference = load_image(ref_paths[0], what="reference image", max_side=2048) if ref_paths else None
         caller = self.caller(request, visitor)
-        picked = None if style_id is None else styles.get_style(self.engine, style_id, owner=caller.owner)
+        picked, style_weight_f = self.library_style(library_style, style_weight, caller.owner)
         events = style_aligned_set(
             self.engine, prompts.splitlines(), style, options=options, seed=seed_n, steps=steps_n,
             guidance=guidance_f, width=width_n, height=height_n, negative_prompt=negative,
@@ -114,11 +111,6 @@ class StyleAlignedTab(Tab):
                                  finish=lambda result, status: (result.images, status,
                                                                 _metrics_markdown(result.info, note),
                                                                 dict(result.info)))
-
-    def style_choices(self, visitor=None, request: gr.Request = None):
-        """The library styles the visitor may use, for the picker (kept if still there)."""
-        found = styles.library_styles(self.engine, owner=self.caller(request, visitor).owner)
-        return gr.update(choices=[("None", "")] + [(s.label, str(s.adapter_id)) for s in found])
 
     # ------------------------------------------------------------------ layout and wiring
     def build(self) -> None:
@@ -149,15 +141,9 @@ class StyleAlignedTab(Tab):
                     ref_view = gr.Image(label="Reference as used", interactive=False, height=200)
                     ref_prompt = gr.Textbox(label="Describe the reference (content and style)",
                                             placeholder="a painting of a house, in impressionist style")
-                with gr.Accordion("Style from the library (optional)", open=False):
-                    gr.Markdown("A StyleDrop adapter or the style half of a B-LoRA you trained (or one "
-                                "shared with you), on while the set is made; its style words join every prompt.")
-                    with gr.Row():
-                        style_pick = gr.Dropdown(choices=[("None", "")], value="", label="Library style",
-                                                 elem_id="sa-library-style", scale=3)
-                        refresh = gr.Button("Refresh list", size="sm", scale=1, elem_id="sa-library-refresh")
-                    style_weight = Slider(0, styles.MAX_WEIGHT, value=1.0, step=0.05, label="Style weight",
-                                          elem_id="sa-library-weight")
+                library_style = self.library_style_inputs(
+                    "sa", "A StyleDrop adapter or the style half of a B-LoRA you trained (or one shared with "
+                          "you), on while the set is made; its style words join every prompt.")
                 with gr.Accordion("Advanced", open=False):
                     sharing = self._sharing_widgets()
             with gr.Column(scale=1):
@@ -172,11 +158,10 @@ class StyleAlignedTab(Tab):
                         examples_per_page=len(EXAMPLES))
         ref_file.change(self.show_reference, ref_file, ref_view, api_visibility="private")
         inputs = [prompts, style, seed, steps, guidance, width, height, negative, ref_file, ref_prompt, *sharing,
-                  style_pick, style_weight, self.visitor]
+                  *library_style, self.visitor]
         run.click(self.generate, inputs, [gallery, status, metrics_md, metrics_json], api_name="style_aligned", **GPU)
         self.wire_stop(stop)
-        refresh.click(self.style_choices, [self.visitor], style_pick, api_visibility="private")
-        self.on_page_load(self.style_choices, [self.visitor], [style_pick])
+
 
     @staticmethod
     def _sharing_widgets() -> list:

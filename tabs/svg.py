@@ -20,7 +20,7 @@ from core.events import Progress, Result
 from core.images import load_image
 from core.vector import results
 
-from .common import GPU, Tab, about, deliver, example, gpu, job_updates, status_text, user_errors
+from .common import GPU, Tab, about, deliver, example, gpu, job_updates, md_text, status_text, user_errors
 from .widgets import Number, Radio, Slider
 
 TITLE = "Text-to-SVG"
@@ -78,7 +78,8 @@ def _run_line(result: Result) -> str:
         return "**Candidates ranked by CLIP.**"
     run = results.SvgRun.from_result(result)
     sds = f"SDS {run.sds_steps}/{run.sds_steps} · final loss {run.final_loss:.4g} · " if run.sds_steps else ""
-    return f"**Done.** {sds}{run.paths} paths."
+    styled = f" Library style: {md_text(run.library_style)}." if run.library_style else ""
+    return f"**Done.** {sds}{run.paths} paths.{styled}"
 
 
 def _vectorized_line(result: Result) -> str:
@@ -145,10 +146,10 @@ class SvgTab(Tab):
     @user_errors
     @gpu(duration=600)
     def generate(self, prompt, style, start, paths, k, steps, guidance, seed, sample_steps, live_steps, negative,
-                 preset=None, visitor=None, request: gr.Request = None):
+                 preset=None, library_style=None, style_weight=1.0, visitor=None, request: gr.Request = None):
         """VectorFusion from text, streamed: (candidates, preview, status, SVG file, PNG file, details).
-        `visitor` owns the run's folder (the endpoint has no visitor input: on a shared instance the
-        page session does)."""
+        `library_style`: the id of a StyleDrop adapter or B-LoRA the visitor may use, on with
+        `style_weight` for the whole run; `visitor` owns the run's folder."""
         n_paths = v.whole(paths, "Paths", 1, vectorfusion.MAX_PATHS)
         k_n = v.whole(k, "K samples to rank", 1, vectorfusion.MAX_K)
         steps_n = v.whole(steps, "SDS steps", 0, vectorfusion.MAX_SDS_STEPS)
@@ -161,12 +162,14 @@ class SvgTab(Tab):
         start = v.choice(start, "Start from", [c for _, c in START_CHOICES])
         prompt, negative = v.text(prompt, "Prompt", 2_000), v.text(negative, "Negative prompt", 2_000)
         caller = self.caller(request, visitor)
+        picked, style_weight_f = self.library_style(library_style, style_weight, caller.owner)
         options = vectorfusion.VFOptions(style=style, num_paths=n_paths, steps=steps_n, guidance=guidance_f,
                                          seed=seed_n, negative_prompt=negative, preview_every=_preview_every(steps_n),
                                          preview_share=PREVIEW_SHARE)
         events = vectorfusion.text_to_svg(
             self.engine, prompt, options, init=start, preset=preset, k=k_n, sample_steps=sample_n, live_steps=live_n,
-            metrics=self.ctx.metrics, data_dir=self.ctx.data_dir, owner=caller.owner, stop_key=caller.stop_key)
+            metrics=self.ctx.metrics, data_dir=self.ctx.data_dir, owner=caller.owner, stop_key=caller.stop_key,
+            library_style=picked, style_weight=style_weight_f)
         shown: list = []      # the candidates, repeated in the last update (API callers see only it)
         on_disk: list = []    # the current SVG and PNG, once there is one
         for u in job_updates(events, stopped=lambda: STOPPED_KEPT if on_disk else STOPPED_EMPTY, done=_run_line,
@@ -307,13 +310,18 @@ class SvgTab(Tab):
                     live_steps = Slider(1, 5000, value=6 if tiny else min(5000, budget.live.total_steps(64)), step=1,
                                         label="LIVE steps in all (baseline vectorization)")
                     negative = gr.Textbox(label="Negative prompt", value="")
+                library_style = self.library_style_inputs(
+                    "svg", "A StyleDrop adapter or the style half of a B-LoRA you trained (or one shared with you), "
+                           "on while the candidates are sampled and during score distillation: vector art in that "
+                           "style. Its style words join the prompt.")
             with gr.Column(scale=1):
                 status = gr.Markdown("", elem_id="svg-status")
                 preview, svg_file, png_file, info = result_panel("svg")
                 candidates = gr.Gallery(label="Candidates (CLIP score)", columns=4, height=150, object_fit="contain",
                                         elem_id="svg-candidates")
         run.click(self.generate, [prompt, style, start, paths, k, steps, guidance, seed, sample_steps, live_steps,
-                                  negative, preset], [candidates, preview, status, svg_file, png_file, info],
+                                  negative, preset, *library_style, self.visitor],
+                  [candidates, preview, status, svg_file, png_file, info],
                   api_name="svg_generate", **GPU)
         preset.change(self.preset_values, [preset, paths], [k, steps, sample_steps, live_steps],
                       api_visibility="private", show_progress="hidden")

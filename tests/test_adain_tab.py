@@ -168,7 +168,10 @@ def test_build_registers_the_adain_endpoint(ctx):
     names = {fn.api_name for fn in demo.fns.values()}
     assert {"adain", "adain_webcam", "adain_train", "adain_stop"} <= names
     stream = next(fn for fn in demo.fns.values() if fn.api_name == "adain_webcam")
-    assert stream.concurrency_id == "gpu"
+    transfer = next(fn for fn in demo.fns.values() if fn.api_name == "adain")
+    # frames in a queue group of their own: a backlog of frames never keeps a transfer waiting
+    assert transfer.concurrency_id == "gpu" and stream.concurrency_id == "webcam"
+    assert stream.concurrency_limit == 2
     # tiny mode starts from the tiny preset (a run in well under a minute), not the paper's recipe
     values = {b.label: b.value for b in demo.blocks.values() if isinstance(b, gr.Number)}
     preset = adain_runs.TINY_PRESET

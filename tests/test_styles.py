@@ -130,9 +130,10 @@ def test_the_tab_lists_and_uses_the_visitors_styles(engine, made, tmp_path):
                                  style_descriptor="neon")
     own = final(styledrop.train_round(engine, loop.id, TrainSettings(steps=2, learning_rate=1e-2), owner=alice,
                                       contents=["a cat"], sample_steps=2)).info["adapter_id"]
-    choices = tab.style_choices(visitor=alice_token, request=fake_request("a", "10.0.0.1"))["choices"]
+    choices = tab.library_style_choices(visitor=alice_token, request=fake_request("a", "10.0.0.1"))["choices"]
     assert choices == [("None", ""), (f"{styles.get_style(engine, own, owner=alice).label}", str(own))]
-    assert tab.style_choices(visitor=bob_token, request=fake_request("b", "10.0.0.2"))["choices"] == [("None", "")]
+    bobs = tab.library_style_choices(visitor=bob_token, request=fake_request("b", "10.0.0.2"))["choices"]
+    assert bobs == [("None", "")]
     kw = dict(prompts="a cat\na tree", style="", seed=3, steps=2, guidance=5.0, width=64, height=64, negative="",
               reference_file=None, reference_prompt="", adain_queries=True, adain_keys=True, adain_values=False,
               share_group_norm=False, full_attention_share=False, shared_score_shift=0.0, shared_score_scale=1.0,
@@ -175,3 +176,127 @@ def test_browser_a_set_in_a_library_style(live_app, page, tmp_path):
     assert f"(#{adapter_id}) × 1" in shown and "lagoon" in shown
     assert "Done" in page.locator("#sa-status").inner_text()
     assert page.locator("#sa-gallery img").count() >= 2
+
+
+# ----------------------------------------------------------------------------- Text-to-SVG
+
+def svg_run(engine, tmp_path, style=None, weight=1.0, prompt="a cup", owner="alice"):
+    from core import vectorfusion as vf
+
+    o = vf.VFOptions(num_paths=4, steps=3, preview_every=3, seed=2)
+    return final(vf.text_to_svg(engine, prompt, o, init="scratch", data_dir=tmp_path, owner=owner,
+                                library_style=style, style_weight=weight))
+
+
+@pytest.mark.parametrize("kind", ["styledrop", "blora"])
+def test_score_distillation_in_a_library_style(engine, made, kind, tmp_path):
+    """The style's adapter is on during SDS: the losses (the UNet's noise predictions) differ from
+    the same styled prompt without it, and at weight 0 they are those of the plain prompt."""
+    st = styles.get_style(engine, made[kind], owner="alice")
+    before_unet, before_image = library.snapshot(engine.pipe.unet), plain(engine)
+    styled = svg_run(engine, tmp_path, st)
+    assert styled.info["prompt"] == f"a cup, {st.phrase}"
+    assert styled.info["library_style"]["adapter_id"] == made[kind]
+    explicit = svg_run(engine, tmp_path, prompt=f"a cup, {st.phrase}")
+    zero = svg_run(engine, tmp_path, st, weight=0.0)
+    assert zero.info["losses"] == pytest.approx(explicit.info["losses"], rel=1e-3, abs=1e-6)
+    assert styled.info["losses"] != pytest.approx(explicit.info["losses"], rel=1e-2)
+    after = library.snapshot(engine.pipe.unet)
+    assert after.keys() == before_unet.keys() and all(np.array_equal(before_unet[k], after[k]) for k in after)
+    assert np.array_equal(before_image, plain(engine))
+    forged = styles.LibraryStyle(made[kind], "x", st.method, "")
+    with pytest.raises(UserError, match="not found"):
+        svg_run(engine, tmp_path, forged, owner="bob")
+
+
+def test_the_svg_tab_runs_in_a_library_style(engine, made, tmp_path):
+    from tabs.svg import SvgTab
+
+    tab = SvgTab(make_ctx(engine, tmp_path))      # a private instance: everything is "local"'s
+    loop = styledrop.create_loop(engine, [style_image(5)], owner="local", content_description="a square",
+                                 style_descriptor="ember")
+    own = final(styledrop.train_round(engine, loop.id, TrainSettings(steps=2, learning_rate=1e-2), owner="local",
+                                      contents=["a cat"], sample_steps=2)).info["adapter_id"]
+    kw = dict(prompt="a cup", style="iconographic", start="scratch", paths=4, k=1, steps=2, guidance=100,
+              seed=0, sample_steps=2, live_steps=4, negative="", preset="fast")
+    (_, _, status, _, _, details), _ = last(tab.generate(**kw, library_style=str(own), style_weight=0.5,
+                                                         request=fake_request()))
+    shown = status.replace("\\", "")          # as Markdown renders it (the name's markup escaped)
+    assert "Library style: ember" in shown and f"(#{own}) × 0.5" in shown
+    assert details["prompt"] == "a cup, in ember style"
+    with pytest.raises(gr.Error, match="Style weight"):
+        list(tab.generate(**kw, library_style=str(own), style_weight=3, request=fake_request()))
+    with pytest.raises(gr.Error, match="not a style|not found"):
+        list(tab.generate(**kw, library_style="999999", request=fake_request()))
+
+
+# ----------------------------------------------------------------------------- subject + style
+
+@pytest.fixture(scope="module")
+def subject(engine, made):
+    """Alice's DreamBooth subject ("sks dog"): enough to change an image, not so much that it
+    saturates it (a saturated image hides any style)."""
+    from core import dreambooth
+    from core.train import train
+
+    recipe = dreambooth.make_recipe(engine, [picture(0)], identifier="sks", class_noun="dog", prior=False, rank=4,
+                                    sample_prompts=[])
+    return final(train(engine, recipe, TrainSettings(steps=4, learning_rate=1e-2), owner="alice")).info["adapter_id"]
+
+
+def pictures(engine, weights, style=None, style_weight=1.0, prompt="a sks dog"):
+    return final(styles.generate(engine, [prompt], weights, style=style, style_weight=style_weight, owner="alice",
+                                 seed=4, steps=2, guidance=5.0))
+
+
+@pytest.mark.parametrize("kind", ["styledrop", "blora"])
+def test_subject_and_library_style_in_one_generation(engine, made, subject, kind):
+    st = styles.get_style(engine, made[kind], owner="alice")
+    with pytest.raises(UserError, match="not a style"):     # a DreamBooth subject is no style
+        styles.get_style(engine, subject, owner="alice")
+    before_unet, before_image = library.snapshot(engine.pipe.unet), plain(engine)
+    both = pictures(engine, {subject: 1.0}, st)
+    styled_prompt = f"a sks dog, {st.phrase}"
+    assert both.info["prompts"] == [styled_prompt] and both.info["library_style"]["adapter_id"] == made[kind]
+    subject_only = pictures(engine, {subject: 1.0}, prompt=styled_prompt)
+    style_only = pictures(engine, {}, st)
+    zero = pictures(engine, {subject: 1.0}, st, style_weight=0.0)
+    a = {k: as_array(r) for k, r in dict(both=both, subject=subject_only, style=style_only, zero=zero).items()}
+    assert np.abs(a["both"] - a["subject"]).max() > 2.0     # the style is on
+    assert np.abs(a["both"] - a["style"]).max() > 2.0       # and so is the subject
+    assert np.abs(a["zero"] - a["subject"]).max() <= 1.0    # weight 0: the subject alone
+    after = library.snapshot(engine.pipe.unet)
+    assert after.keys() == before_unet.keys() and all(np.array_equal(before_unet[k], after[k]) for k in after)
+    assert np.array_equal(before_image, plain(engine))
+
+
+def test_a_blora_style_half_beside_a_subject_keeps_both_active(engine, made, subject):
+    st = styles.get_style(engine, made["blora"], owner="alice")
+    half = blora.Half(made["blora"], "style").peft_name
+
+    def work(ctx):
+        with styles.style_active(engine, st, 0.5, owner="alice", adapters={subject: 1.0}):
+            active = list(engine.pipe.unet.active_adapters())
+            mods = blora.adapter_modules(engine.pipe.unet, half)
+        return Result(images=[], info={"active": active, "modules": mods})
+
+    info = final(engine.run(work, kind="test")).info
+    assert half in info["active"] and len(info["active"]) == 2      # the subject's adapter and the half
+    assert info["modules"] and all(m.startswith(STYLE_BLOCK + ".") for m in info["modules"])
+
+
+def test_the_personalize_tab_adds_a_library_style(engine, made, subject, tmp_path):
+    from tabs.personalize import PersonalizeTab
+
+    tab = PersonalizeTab(make_ctx(engine, tmp_path))          # private: "local" owns what this test makes
+    loop = styledrop.create_loop(engine, [style_image(6)], owner="local", content_description="a square",
+                                 style_descriptor="ink wash")
+    own = final(styledrop.train_round(engine, loop.id, TrainSettings(steps=2, learning_rate=1e-2), owner="local",
+                                      contents=["a cat"], sample_steps=2)).info["adapter_id"]
+    (gallery, status), _ = last(tab.generate(prompts="a cat", seed=1, steps=2, guidance=5.0, library_style=str(own),
+                                             style_weight=0.8, request=fake_request()))
+    assert len(gallery) == 1 and gallery[0][1] == "a cat, in ink wash style"
+    assert "library style ink wash" in status.replace("\\", "") and f"(#{own}) × 0.8" in status.replace("\\", "")
+    with pytest.raises(gr.Error, match="not found"):
+        list(tab.generate(prompts="a cat", seed=1, steps=2, guidance=5.0, library_style="999999",
+                          request=fake_request()))

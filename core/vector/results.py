@@ -74,6 +74,7 @@ class SvgRun:
     clip_scores: tuple[float, ...] = ()
     best: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    library_style: str | None = None     # "name (#id) × weight" of a library style used, if any
 
     @classmethod
     def from_result(cls, result: Result) -> SvgRun:
@@ -84,7 +85,8 @@ class SvgRun:
                    paths=int(info["paths"]), style=str(info["style"]), init=str(info["init"]),
                    losses=tuple(float(x) for x in info.get("losses") or ()),
                    clip_scores=tuple(float(s) for s in info.get("clip_scores") or ()),
-                   best=None if best is None else int(best), details=public_info(info))
+                   best=None if best is None else int(best), details=public_info(info),
+                   library_style=_style_line(info.get("library_style")))
 
     @property
     def sds_steps(self) -> int:
@@ -94,6 +96,12 @@ class SvgRun:
     @property
     def final_loss(self) -> float | None:
         return self.losses[-1] if self.losses else None
+
+
+def _style_line(used: Any) -> str | None:
+    if not used:
+        return None
+    return f"{used['name']} (#{int(used['adapter_id'])}) × {float(used['weight']):g}"
 
 
 @dataclass(frozen=True, eq=False)

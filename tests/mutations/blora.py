@@ -5,6 +5,8 @@ from . import Mutation
 B = "core/blora.py"
 T = "tests/test_blora.py"
 ORACLE = f"{T}::test_halves_compute_what_their_blocks_merged_by_hand_compute"
+X = "core/blora_exchange.py"
+XT = "tests/test_blora_exchange.py"
 
 MUTATIONS = [
     Mutation("blora-blocks-swapped", B,
@@ -16,8 +18,8 @@ MUTATIONS = [
              (f"{T}::test_only_the_two_blocks_train_and_everything_else_is_bit_identical",),
              "LoRA on the blocks' self-attention only, cross-attention left out"),
     Mutation("blora-weights-squared", B,
-             "unet.set_adapters(names, weights=[float(h.weight) for h in halves])",
-             "unet.set_adapters(names, weights=[float(h.weight) ** 2 for h in halves])",
+             "weights=[float(h.weight) for h in halves] + list(also.values())",
+             "weights=[float(h.weight) ** 2 for h in halves] + list(also.values())",
              (ORACLE,), "the reference implementation's alpha-squared scaling"),
     Mutation("blora-half-takes-both-blocks", B,
              'block_of(k) == part)', "block_of(k) is not None)",
@@ -31,6 +33,19 @@ MUTATIONS = [
              "return str(a.samples[-1].file.path) if a.samples else None",
              (f"{T}::test_library_entries_carry_labels_and_thumbnails",),
              "the gallery shows a B-LoRA by its last sample, not by the image it learned"),
+    Mutation("blora-import-halves-swapped", X,
+             "method=blora.METHOD, parts=blora.PARTS,",
+             'method=blora.METHOD, parts={"content": blora.PARTS["style"], "style": blora.PARTS["content"]},',
+             (f"{XT}::test_a_reference_file_imports_as_a_blora_with_each_half_in_its_block",),
+             "a reference file's up_blocks.0.attentions.1 imported as the content half and .0 as the style half"),
+    Mutation("blora-export-scale-not-folded", X,
+             "(up.double() * (alpha / rank)).to(up.dtype)", "up",
+             (f"{XT}::test_our_export_loaded_the_reference_way_gives_our_unet_output",),
+             "an export that drops alpha/r: the reference loader (no network alphas) loads another update"),
+    Mutation("blora-import-any-blocks", X,
+             "accept=check_reference_blocks,", "accept=None,",
+             (f"{XT}::test_hostile_files_are_refused_naming_the_problem",),
+             "any LoRA file imported as a B-LoRA, whatever blocks it adapts"),
 ]
 
 # Best of N (issue 18): the ranking (core/ranking.py) and B-LoRA's candidates.

@@ -96,6 +96,9 @@ def test_every_endpoint_from_a_fresh_session(shared_app, made):
     gallery, status, info = run("/blora_generate", "Custom prompts", str(made["blora"]), 1.0, str(made["blora"]), 1.0,
                                 "A [c] in [s] style", 0, 2, 7.5, tok)
     assert len(gallery) == 1 and "Done" in status
+    exported, msg = run("/blora_export", str(made["blora"]), "B-LoRA reference (diffusers)", tok)
+    assert Path(exported).suffix == ".safetensors" and "reference" in msg
+    assert "Imported" in run("/blora_import", handle_file(exported), "", "[v1]", tok)
     cands, png, status, svg, png2, info = run("/svg_generate", "a cat", "iconographic", "scratch", 4, 1, 2, 100, 0, 1,
                                               2, "")
     assert "Done" in status and Path(svg).read_text().lstrip().startswith(("<svg", "<?xml"))
@@ -121,6 +124,7 @@ def test_another_visitor_neither_lists_nor_uses_them(shared_app, made):
                       ("/personalize_export", [str(made["db"])]),
                       ("/personalize_drift", [str(made["db"]), 1.0, 0, 2, 5.0]),
                       ("/blora_generate", ["Custom prompts", str(made["blora"]), 1.0, None, 1.0, "a [c]", 0, 2, 7.5]),
+                      ("/blora_export", [str(made["blora"]), "B-LoRA reference (diffusers)"]),
                       ("/styledrop_combine", [str(made["sd"]), 1.0, None, 1.0, "a dog", 0, 2, 5.0]),
                       ("/adain", [None, None, "", 1.0, False, False, None, 64, "run1"])):
         after = AFTER_TOKEN.get(api, [])  # plain HTTP sends every input, defaults included
