@@ -42,7 +42,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from PIL import Image
 
-from . import library
+from . import library, ranking
 from . import lora_format as lf
 from .errors import UserError
 from .events import Progress, Result
@@ -59,6 +59,7 @@ TARGET_MODULES = (r"up_blocks\.0\.attentions\.[01]\.transformer_blocks\.\d+\.att
                   r"(to_q|to_k|to_v|to_out\.0)")
 PARTS = {part: [f"unet.{block}"] for part, block in BLOCKS.items()}
 MAX_IMAGES = 8
+MAX_BATCH = 16  # images in one generation call (candidates x prompts)
 
 # The reference recipe (README of the authors' repository) and a quick one for the tiny models.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -470,30 +471,96 @@ def plan(engine, use: str | None, content: tuple[int, float] | None, style: tupl
     return halves, filled
 
 
+def candidate_seeds(seed: int, n: int) -> list[int]:
+    """The seeds of N candidates: candidate i is what an ordinary run (N = 1) with seed
+    `seed + i` gives (its prompt k with seed + i + k, as every batch), so a pick is
+    reproducible by its seed alone."""
+    return [int(seed) + i for i in range(int(n))]
+
+
+def candidate_latents(engine, seed: int, n: int, n_prompts: int, width: int, height: int) -> torch.Tensor:
+    """Starting noise of N candidates of `n_prompts` prompts in one batch, candidate-major (image
+    i * n_prompts + k is candidate i of prompt k): each candidate's block is the noise of an
+    ordinary run with its seed (engine.initial_latents)."""
+    return torch.cat([engine.initial_latents(n_prompts, s, width, height) for s in candidate_seeds(seed, n)])
+
+
+def reference_images(engine, halves: Sequence[Half], owner: Any, *, max_side: int = 512
+                     ) -> dict[str, list[Image.Image]]:
+    """The image each half learned (its entry's first sample), by part: the ranking's content and
+    style references. A half without one (an imported file) gives none, and its measure is absent."""
+    store = library.get_store(engine)
+    out: dict[str, list[Image.Image]] = {}
+    for h in halves:
+        img = thumbnail_image(store.get_adapter(h.adapter_id, owner), max_side=max_side)
+        if img is not None:
+            out.setdefault(h.part, []).append(img)
+    return out
+
+
+def rank_candidates(metrics, images: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int], *,
+                    references: dict[str, list[Image.Image]], preference: float
+                    ) -> tuple[list[Image.Image], list[dict]]:
+    """Each prompt's candidates ranked (core/ranking.py) from the candidate-major batch `images`:
+    (the images, prompt by prompt, each prompt's best first; one record per image in that order)."""
+    out_images, records = [], []
+    for k, prompt in enumerate(prompts):
+        mine = [images[i * len(prompts) + k] for i in range(len(seeds))]
+        ranked = ranking.rank(metrics, mine, seeds, prompt, content_images=references.get("content", ()),
+                              style_images=references.get("style", ()), preference=preference)
+        for r in ranked:
+            out_images.append(mine[r.index])
+            records.append({**r.as_info(), "prompt": prompt, "prompt_index": k, "caption": r.caption()})
+    return out_images, records
+
+
 def generate(engine, *, use: str | None = None, content: tuple[int, float] | None = None,
              style: tuple[int, float] | None = None, prompts: Sequence[str] | None = None,
              owner: Any = "local", stop_key: str | None = None, seed: int = 0, steps: int = 30,
              guidance: float = 7.5, width: int | None = None, height: int | None = None,
+             candidates: int = 1, preference: float = 0.5, metrics=None,
              fail_after_load: bool = False) -> Iterator[Any]:
     """Generate with B-LoRA halves (streamed, cancellable). No negative prompt (see the module
     docstring). `content`/`style` are (library id, weight) or None, read from `owner`'s library
-    (and published entries); `stop_key` (default: `owner`) is what a Stop reaches the job by."""
+    (and published entries); `stop_key` (default: `owner`) is what a Stop reaches the job by.
+
+    Best of N (`candidates` > 1): N candidates of every prompt in one batched pipeline call, one
+    noise seed per image (candidate i = the ordinary run with seed + i, `candidate_seeds`), then
+    each prompt's candidates ranked by `metrics` (a core.metrics.Metrics) with `preference`
+    (0 = content, 1 = style; core/ranking.py) and returned best first, prompt by prompt, with
+    info["ranking"] (one record per image: seed, measures, score, rank, caption)."""
+    n = ranking.check_candidates(candidates)
+    preference = ranking.check_preference(preference)
+    if n > 1 and metrics is None:
+        raise UserError("Best of N needs the scoring models (CLIP, DINO); this instance has none.")
     halves, filled = plan(engine, use, content, style, prompts, owner)
+    if len(filled) * n > MAX_BATCH:
+        raise UserError(f"Candidates (best of N): {n} candidates of {len(filled)} prompts make {len(filled) * n} "
+                        f"images; at most {MAX_BATCH} at a time (fewer candidates or prompts).")
     engine.load()
     check_model(engine.pipe.unet)
+    references = reference_images(engine, halves, owner) if n > 1 else {}
 
     def work(ctx) -> Result:
         started = time.monotonic()
+        w, h = engine.check_size(width or engine.resolution, height or engine.resolution)
+        latents = candidate_latents(engine, seed, n, len(filled), w, h) if n > 1 else None
         with halves_active(engine, halves, owner) as names:
             if fail_after_load:  # tests: an error with the halves loaded
                 raise RuntimeError("failure injected after loading the halves")
-            images = engine.text_to_image(ctx, filled, seed=int(seed), steps=int(steps), guidance=float(guidance),
-                                          width=width, height=height, negative_prompt="",
-                                          **zero_negative_kwargs(engine.pipe, len(filled)))
+            images = engine.text_to_image(ctx, list(filled) * n, seed=int(seed), steps=int(steps),
+                                          guidance=float(guidance), width=w, height=h, latents=latents,
+                                          negative_prompt="", **zero_negative_kwargs(engine.pipe, len(filled) * n))
+        records: list[dict] = []
+        if n > 1:
+            ctx.progress(int(steps), int(steps), f"Scoring {n} candidates of each prompt")
+            images, records = rank_candidates(metrics, images, filled, candidate_seeds(seed, n),
+                                              references=references, preference=preference)
         return Result(images=images, info={
             "use": use or "custom", "prompts": filled, "seconds": round(time.monotonic() - started, 2),
             "halves": [{"adapter_id": h.adapter_id, "part": h.part, "weight": h.weight, "block": BLOCKS[h.part]}
-                       for h in halves], "adapters_loaded": names})
+                       for h in halves], "adapters_loaded": names, "candidates": n, "preference": preference,
+            "ranking": records})
     return engine.run(work, stop_key=stop_key or owner, kind="b-lora")
 
 
@@ -565,4 +632,4 @@ def preset_settings(name: Any, engine) -> dict[str, Any]:
 __all__ = ["BLOCKS", "CONTENT_BLOCK", "STYLE_BLOCK", "TARGET_MODULES", "PRESETS", "USES", "Half", "make_recipe",
            "train_blora", "generate", "halves_active", "load_half", "half_state_dict", "entries", "plan",
            "TrainedBLoRA", "BLoRATraining", "LibraryEntry", "library_entries", "thumbnail_image",
-           "train_config", "preset_settings"]
+           "train_config", "preset_settings", "candidate_seeds", "rank_candidates"]

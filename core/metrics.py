@@ -5,6 +5,9 @@
 * Style consistency of a set: mean pairwise cosine similarity of DINO ViT-B/8 embeddings
   (timm), the Style-Aligned paper's measure.
 * Style similarity to a style image: cosine similarity of CLIP image embeddings (StyleDrop).
+* DINO similarity to reference images: cosine similarity of an image's DINO ViT-B/8 embedding
+  with the mean of the references' (normalised) embeddings; the issue-18 ranking measures
+  content (references: the content image) and style (references: the style images) with it.
 
 Offline (the tiny family) the same classes are built with tiny random weights, so the code
 path is the real one; the numbers then mean nothing and the UI says so.
@@ -124,11 +127,26 @@ class Metrics:
         return [round(float(s), 4) for s in (self.clip_image_embeddings(images) @ style.T)[:, 0]]
 
     @torch.no_grad()
+    def dino_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Unit-length DINO embeddings (the CLS token of ViT-B/8), one row per image."""
+        model, size = self.dino()
+        return F.normalize(model(_tensor(images, size, IMAGENET_MEAN, IMAGENET_STD, self.device)).float(), dim=-1)
+
+    def dino_similarity(self, images: Sequence[Image.Image], references: Sequence[Image.Image]) -> list[float]:
+        """Cosine similarity of each image's DINO embedding with the mean reference embedding
+        (the references' unit embeddings averaged, then normalised again; one reference: its own).
+        The ranking's content measure (reference: the content image) and style measure
+        (references: the style images)."""
+        if not references:
+            raise ValueError("at least one reference image")
+        ref = F.normalize(self.dino_embeddings(references).mean(0, keepdim=True), dim=-1)
+        return [round(float(s), 4) for s in (self.dino_embeddings(images) @ ref.T)[:, 0]]
+
+    @torch.no_grad()
     def dino_consistency(self, images: Sequence[Image.Image]) -> float | None:
         """Mean pairwise cosine similarity of DINO embeddings (None for fewer than 2 images)."""
         if len(images) < 2:
             return None
-        model, size = self.dino()
-        emb = F.normalize(model(_tensor(images, size, IMAGENET_MEAN, IMAGENET_STD, self.device)).float(), dim=-1)
+        emb = self.dino_embeddings(images)
         pairs = [float(emb[i] @ emb[j]) for i, j in itertools.combinations(range(len(images)), 2)]
         return round(sum(pairs) / len(pairs), 4)

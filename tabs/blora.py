@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
-from core import blora, blora_exchange
+from core import blora, blora_exchange, ranking
 from core import validate as v
 from core.errors import UserError
 from core.events import Result
@@ -35,6 +35,8 @@ NEGATIVE_NOTE = ("No negative prompt on this tab: with any negative prompt, even
 TRAIN_STOPPED = ("**Stopped.** B-LoRAs finished before the Stop are in the library; the last checkpoint of "
                  "the unfinished one (if any) is kept: train again with Resume on to continue.")
 GENERATE_STOPPED = "**Stopped.** The images were not finished."
+CANDIDATES = "Candidates (best of N)"
+PREFERENCE = "Preference: content ↔ style"
 EXAMPLES = [(["content-cat.png", "style-mosaic.png"],)]  # one B-LoRA each: the cat's content, the mosaic's style
 SUMMARY = ("**Take the content of one image and the style of another.** Train a B-LoRA on each image (one click "
            "on the example, then Train), then mix one's content with another's style below.")
@@ -104,7 +106,19 @@ def _trained_line(result: Result) -> tuple[str, dict]:
 def _generated_line(result: Result) -> str:
     halves = ", ".join(f"{h['part']} #{h['adapter_id']} × {h['weight']:g}"
                        for h in result.info["halves"]) or "none (base model)"
-    return f"**Done.** {result.info['use']}: {halves}."
+    n = result.info.get("candidates", 1)
+    best = (f" Best of {n} (preference {result.info['preference']:g}: 0 content, 1 style), best first; "
+            "click one to use its seed." if n > 1 else "")
+    return f"**Done.** {result.info['use']}: {halves}.{best}"
+
+
+def _gallery(result: Result) -> list[tuple]:
+    """The images with their prompts as captions; best of N: each prompt's candidates best first,
+    captioned with their place, seed and scores."""
+    if not result.info.get("ranking"):
+        return captioned(result)
+    return [(im, f"{r['prompt']} — {r['caption']}") for im, r in zip(result.images, result.info["ranking"],
+                                                                    strict=True)]
 
 
 class BLoRATab(LossPlotAxes, Tab):
@@ -232,10 +246,14 @@ class BLoRATab(LossPlotAxes, Tab):
     @user_errors
     @gpu(duration=120)
     def generate(self, use, content, content_weight, style, style_weight, prompts, seed, steps, guidance,
-                 visitor=None, request: gr.Request = None):
+                 visitor=None, candidates=1, preference=0.5, request: gr.Request = None):
         """Images from the halves picked, streamed: (gallery, status, halves used). A use (one of
-        the paper's four) takes its own prompts; Custom takes `prompts`, one per line."""
+        the paper's four) takes its own prompts; Custom takes `prompts`, one per line. Best of N:
+        `candidates` per prompt ranked with `preference` (0 content .. 1 style); the two come
+        after the visitor token, so that clients of the earlier endpoint keep working."""
         seed_n = v.seed(seed)
+        n = v.whole(candidates, CANDIDATES, 1, ranking.MAX_CANDIDATES, default=1)
+        preference_f = v.real(preference, PREFERENCE, 0, 1, default=0.5)
         steps_n = v.whole(steps, "Steps", 1, 100)
         guidance_f = v.real(guidance, "Guidance", 0, 20)
         content_w = v.real(content_weight, "Content weight", 0, 2, default=1.0)
@@ -248,18 +266,29 @@ class BLoRATab(LossPlotAxes, Tab):
         events = blora.generate(
             self.engine, use=use, content=(content_id, content_w) if content_id is not None else None,
             style=(style_id, style_w) if style_id is not None else None, prompts=lines, owner=caller.owner,
-            stop_key=caller.stop_key, seed=seed_n, steps=steps_n, guidance=guidance_f)
+            stop_key=caller.stop_key, seed=seed_n, steps=steps_n, guidance=guidance_f, candidates=n,
+            preference=preference_f, metrics=self.ctx.metrics)
         yield from image_updates(events, stopped=GENERATE_STOPPED, done=_generated_line, rest=(gr.skip(),),
-                                 finish=lambda result, status: (captioned(result), status, result.info))
+                                 finish=lambda result, status: (_gallery(result), status, result.info))
+
+    @staticmethod
+    def use_seed(info, evt: gr.SelectData = None):
+        """A click on a best-of-N candidate puts its seed in the Seed box and N back to 1: Generate
+        then regenerates it (the ordinary run with that seed). Other clicks change nothing."""
+        records = (info or {}).get("ranking") if isinstance(info, dict) else None
+        if evt is None or not records or not isinstance(evt.index, int) or not 0 <= evt.index < len(records):
+            return gr.skip(), gr.skip()
+        return records[evt.index]["seed"], 1
 
     def use_handler(self, use: str):
         """The handler of one use's button: `generate` with that use (the same inputs but `use`)."""
         @user_errors
         @gpu(duration=120)
         def handler(content, content_weight, style, style_weight, prompts, seed, steps, guidance,
-                    visitor=None, request: gr.Request = None):
+                    visitor=None, candidates=1, preference=0.5, request: gr.Request = None):
             yield from self.generate(use, content, content_weight, style, style_weight, prompts, seed, steps,
-                                     guidance, visitor=visitor, request=request)
+                                     guidance, visitor=visitor, candidates=candidates, preference=preference,
+                                     request=request)
         return handler
 
     # ------------------------------------------------------------------ layout
@@ -378,6 +407,13 @@ class BLoRATab(LossPlotAxes, Tab):
         with gr.Row():
             w.run = gr.Button("Generate with these prompts", variant="primary", elem_id="bl-generate")
             w.stop = gr.Button("Stop", variant="stop", elem_id="bl-stop")
+        with gr.Row():
+            w.candidates = Slider(1, ranking.MAX_CANDIDATES, value=1, step=1, label=CANDIDATES,
+                                  info="N images per prompt in one batch, ranked by CLIP text and DINO scores",
+                                  elem_id="bl-candidates")
+            w.preference = Slider(0, 1, value=0.5, step=0.05, label=PREFERENCE,
+                                  info="0: closest to the content image, 1: to the style image",
+                                  elem_id="bl-preference")
         with gr.Accordion("Sampling: seed, steps, guidance", open=False):
             with gr.Row():
                 w.seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="bl-seed")
@@ -413,11 +449,12 @@ class BLoRATab(LossPlotAxes, Tab):
                              [mix.export_file, mix.exchange_status], api_name="blora_export")
         mix.library.select(self.pick, [mix.ids, mix.pick_as], [mix.content, mix.style], queue=False, **ui)
         inputs = [mix.content, mix.content_w, mix.style, mix.style_w, mix.prompts, mix.seed, mix.steps,
-                  mix.guidance, self.visitor]
+                  mix.guidance, self.visitor, mix.candidates, mix.preference]  # best of N after the token
         outputs = [mix.gallery, mix.status, mix.info]
         mix.run.click(self.generate, [mix.use, *inputs], outputs, api_name="blora_generate", **GPU)
         for button, use in zip(mix.use_buttons, blora.USES):
             button.click(self.use_handler(use), inputs, outputs, api_name=False, **GPU)
+        mix.gallery.select(self.use_seed, mix.info, [mix.seed, mix.candidates], queue=False, **ui)
         self.on_page_load(self.library, picks, library_out)  # fill the gallery when a page opens
         self.on_page_load(self.export_picker, [mix.export_entry, self.visitor], mix.export_entry)
         self.wire_stop(train.stop, api_name="blora_train_stop")

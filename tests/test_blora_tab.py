@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
 from types import SimpleNamespace
 
@@ -140,12 +141,46 @@ def test_generate_mixes_the_two_halves_and_a_use_button_takes_its_own_prompts(ta
     ("generate", dict(style_weight=5), "Style weight"), ("generate", dict(use="Teleport"), "Use"),
     ("generate", dict(steps=0), "Steps"), ("generate", dict(guidance="lots"), "Guidance"),
     ("generate", dict(use=STYLE_TRANSFER, content=None, style=None), "needs a content B-LoRA"),
+    ("generate", dict(candidates=0), r"Candidates \(best of N\)"),
+    ("generate", dict(candidates=9), r"Candidates \(best of N\)"),
+    ("generate", dict(candidates=2.5), r"Candidates \(best of N\)"),
+    ("generate", dict(preference=1.5), "Preference"), ("generate", dict(preference="style"), "Preference"),
+    ("generate", dict(preference=math.inf), "Preference"),
 ])
 def test_bad_values_are_refused_naming_the_field(tab, trained, handler, over, field):
     kwargs = train_kwargs(**{"files": trained["files"], **over}) if handler == "train" else generate_kwargs(**over)
     with pytest.raises(gr.Error, match=field):
         list(getattr(tab, handler)(**kwargs, request=fake_request()))
     assert tab.engine.jobs.running() == []
+
+
+def test_best_of_n_shows_candidates_best_first_and_a_picked_seed_regenerates_it(tab, trained):
+    """Issue 18: N candidates ranked (CLIP text, DINO to the content and style images), best first
+    with their seed and scores; a click on one puts its seed in the Seed box with N = 1, and
+    Generate then gives that image again (8-bit images, a batch of 3 against one alone)."""
+    a, b = trained["ids"]
+    kw = generate_kwargs(content=a, style=b, seed=30)
+    (gallery, status, used), _ = last(tab.generate(**kw, candidates=3, preference=0.75, request=fake_request()))
+    assert "Best of 3 (preference 0.75" in status and len(gallery) == 3
+    ranking = used["ranking"]
+    assert [r["rank"] for r in ranking] == [1, 2, 3] and sorted(r["seed"] for r in ranking) == [30, 31, 32]
+    assert [r["score"] for r in ranking] == sorted((r["score"] for r in ranking), reverse=True)
+    for (_, caption), r in zip(gallery, ranking):
+        assert caption.startswith(f"{used['prompts'][0]} — #{r['rank']} · seed {r['seed']} · text ")
+        assert " · content " in caption and " · style " in caption and " · score " in caption
+    assert tab.use_seed(used, SimpleNamespace(index=1)) == (ranking[1]["seed"], 1)
+    for info, evt in ((used, None), (used, SimpleNamespace(index=3)), (None, SimpleNamespace(index=0)),
+                      ({"ranking": []}, SimpleNamespace(index=0))):
+        assert tab.use_seed(info, evt) == (gr.skip(), gr.skip())
+    seed, n = tab.use_seed(used, SimpleNamespace(index=1))
+    (again, _, used_again), _ = last(tab.generate(**{**kw, "seed": seed}, candidates=n, request=fake_request()))
+    assert used_again["ranking"] == [] and len(again) == 1
+    assert np.allclose(np.asarray(again[0][0], dtype=np.float64), np.asarray(gallery[1][0], dtype=np.float64),
+                       atol=2.0)
+    (same, _, _), _ = last(tab.generate(**kw, candidates=3, preference=0.75, request=fake_request()))
+    assert same[0][1] == gallery[0][1]                                  # the same seed: the same top candidate
+    assert np.allclose(np.asarray(same[0][0], dtype=np.float64), np.asarray(gallery[0][0], dtype=np.float64),
+                       atol=1.0)
 
 
 def test_library_pickers_refuse_what_is_not_an_id(tab):
@@ -184,6 +219,21 @@ def test_stop_ends_generating(tab, trained):
     gallery, status, used = updates[-1]
     assert "Stopped" in status and "not finished" in status and used == gr.skip()   # no halves-used record
     assert tab.engine.jobs.running() == []
+
+
+def test_stop_ends_a_best_of_n_run(tab, trained):
+    a, b = trained["ids"]
+    updates, asked = [], False
+    kw = generate_kwargs(content=a, style=b, steps=60, candidates=4)
+    for u in tab.generate(**kw, request=fake_request("page-n")):
+        updates.append(u)
+        if isinstance(u[0], list) and not asked:    # a preview: denoising the four candidates
+            assert len(u[0]) == 4
+            tab.stop(fake_request("page-n"))
+            asked = True
+    gallery, status, used = updates[-1]
+    assert asked and "Stopped" in status and used == gr.skip()
+    assert tab.engine.jobs.running() == [] and not tab.engine.gpu_lock.locked()
 
 
 def test_each_visitor_sees_and_uses_only_their_own_b_loras(engine, trained, tmp_path):
@@ -338,6 +388,24 @@ def test_browser_train_pick_and_transfer(live_app, page, tmp_path):
     assert page.locator("#bl-gallery img").count() >= 1
     assert "content #" in page.locator("#bl-gen-status").inner_text()
     screenshot(page, "blora-mix")
+    # best of 3 (issue 18): candidates best first, captioned with seed and scores; a click uses one's seed
+    box = page.locator("#bl-candidates input[type=number]")
+    box.fill("3")
+    box.press("Enter")
+    page.locator("#bl-use-0").click()
+    page.wait_for_function("() => document.querySelector('#bl-gen-status').innerText.includes('Best of 3')",
+                           timeout=60_000)
+    assert page.locator("#bl-gallery .thumbnail-item").count() == 3
+    caption = page.locator("#bl-gallery").inner_text()
+    assert "#1 · seed " in caption and "score " in caption, caption
+    seeds = re.findall(r"#\d · seed (\d+)", caption)                     # in the gallery's order
+    page.locator("#bl-gallery .thumbnail-item").nth(1).click()
+    page.wait_for_function("() => document.querySelector('#bl-candidates input[type=number]').value === '1'",
+                           timeout=15_000)
+    page.get_by_text("Sampling: seed, steps, guidance").click()
+    seed = page.locator("#bl-seed input").input_value()
+    assert sorted(seeds) == ["0", "1", "2"] and seed == seeds[1], (seed, seeds)   # the one clicked
+    screenshot(page, "blora-best-of-n")
 
 
 @pytest.mark.browser

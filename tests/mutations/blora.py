@@ -47,3 +47,37 @@ MUTATIONS = [
              (f"{XT}::test_hostile_files_are_refused_naming_the_problem",),
              "any LoRA file imported as a B-LoRA, whatever blocks it adapts"),
 ]
+
+# Best of N (issue 18): the ranking (core/ranking.py) and B-LoRA's candidates.
+R = "core/ranking.py"
+RT = "tests/test_ranking.py"
+MUTATIONS += [
+    Mutation("blora-rank-preference-swapped", R,
+             'weights = {"text": text_weight, "content": 1.0 - preference, "style": preference}',
+             'weights = {"text": text_weight, "content": preference, "style": 1.0 - preference}',
+             (f"{RT}::test_the_preference_moves_the_order_from_content_to_style",
+              f"{RT}::test_rank_orders_by_the_documented_formula"),
+             "the content-vs-style preference applied the wrong way round"),
+    Mutation("blora-rank-best-last", R,
+             "order = sorted(range(len(images)), key=lambda i: -scores[i])",
+             "order = sorted(range(len(images)), key=lambda i: scores[i])",
+             (f"{RT}::test_rank_orders_by_the_documented_formula",
+              f"{RT}::test_best_of_n_order_equals_a_recomputation_from_the_returned_images"),
+             "candidates listed worst first"),
+    Mutation("blora-rank-not-normalised", R,
+             "scores = [s + weights[name] * x for s, x in zip(scores, normalised(values))]",
+             "scores = [s + weights[name] * x for s, x in zip(scores, values)]",
+             (f"{RT}::test_rank_orders_by_the_documented_formula",),
+             "raw cosine similarities summed: a measure with a wide range across the N outweighs the rest"),
+    Mutation("blora-rank-content-against-style", R,
+             "content = metrics.dino_similarity(list(images), list(content_images)) if content_images else None",
+             "content = metrics.dino_similarity(list(images), list(style_images)) if content_images else None",
+             (f"{RT}::test_rank_orders_by_the_documented_formula",
+              f"{RT}::test_the_preference_moves_the_order_from_content_to_style"),
+             "the content measure taken against the style images"),
+    Mutation("blora-candidate-seed-off-by-one", B,
+             "engine.initial_latents(n_prompts, s, width, height) for s in candidate_seeds(seed, n)",
+             "engine.initial_latents(n_prompts, s + 1, width, height) for s in candidate_seeds(seed, n)",
+             (f"{RT}::test_candidate_i_of_a_batch_is_the_single_run_with_seed_base_plus_i",),
+             "a candidate's recorded seed does not regenerate it"),
+]

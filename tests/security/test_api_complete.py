@@ -1,6 +1,7 @@
 """Every endpoint works from a fresh API session with only its documented parameters (the
-visitor token last where it takes one), on a shared instance; what one visitor makes, another
-neither lists nor uses; ratings of a published loop cannot be stuffed.
+visitor token last where it takes one; inputs added later come after it, with defaults, so
+that earlier clients keep working: AFTER_TOKEN), on a shared instance; what one visitor makes,
+another neither lists nor uses; ratings of a published loop cannot be stuffed.
 
 One module-wide flow makes a thing with each tab (tiny models, a few steps each); every call
 opens a new client, as a script would, so no value filled in by a page load is relied on."""
@@ -12,6 +13,9 @@ import pytest
 
 from .conftest import client, new_token, picture, raw_call, raw_error, upload
 
+# plain HTTP sends every input: those after the token at their defaults
+AFTER_TOKEN = {"/blora_generate": [1, 0.5],         # candidates (best of N), preference content <-> style
+               "/personalize_generate": [None, 1.0]}  # library style, its weight
 SA = ["a cat", "", 0, 2, 5.0, 64, 64, "", None, "", True, True, False, False, False, 0.0, 1.0, 1.0]
 
 
@@ -124,7 +128,8 @@ def test_another_visitor_neither_lists_nor_uses_them(shared_app, made):
                       ("/blora_export", [str(made["blora"]), "B-LoRA reference (diffusers)"]),
                       ("/styledrop_combine", [str(made["sd"]), 1.0, None, 1.0, "a dog", 0, 2, 5.0]),
                       ("/adain", [None, None, "", 1.0, False, False, None, 64, "run1"])):
-        msg = raw_error(shared_app, api, [*args, other])
+        after = AFTER_TOKEN.get(api, [])
+        msg = raw_error(shared_app, api, [*args, other, *after])
         assert "not found" in msg or "Upload" in msg, (api, msg)
     c = upload(shared_app, made["img"][0]["path"])
     msg = raw_error(shared_app, "/adain", [[c], [c], "", 1.0, False, False, None, 64, "run1", other])

@@ -1,0 +1,112 @@
+"""Best-of-N ranking (issue 18): score N candidates of one prompt with the papers' own measures
+and order them by a user preference between content and style.
+
+The measures (core/metrics.py, the evaluation measures of the Style-Aligned and B-LoRA papers):
+
+* ``text``: CLIP text-image cosine similarity of a candidate with its prompt;
+* ``content``: DINO ViT-B/8 cosine similarity with the content image(s) (absent without one);
+* ``style``: DINO ViT-B/8 cosine similarity with the style image(s) (absent without one).
+
+The combined score, with the preference ``p`` in [0, 1] (0 = content only, 1 = style only):
+
+    score_i = text_weight * n(text)_i + (1 - p) * n(content)_i + p * n(style)_i
+
+where ``n(x)_i = (x_i - min_j x_j) / (max_j x_j - min_j x_j)`` normalises a measure over the N
+candidates to [0, 1] (0 for every candidate when the N values are all equal, e.g. N = 1), and an
+absent measure contributes 0. ``text_weight`` is 1 by default: prompt adherence always counts as
+much as the content and style terms together. The candidates come back best first (highest
+score; equal scores in their original order).
+
+Seeds: the caller gives each candidate the seed that regenerates it. In B-LoRA (core/blora.py)
+candidate i of a run with seed ``base`` is exactly the image an ordinary run with seed
+``base + i`` gives, so a pick is reproducible by its seed alone.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+from PIL import Image
+
+from .errors import UserError
+
+MAX_CANDIDATES = 8
+MEASURES = ("text", "content", "style")
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One candidate as the ranking scored it: its seed, its index among the N images given,
+    each measure (None when absent), its normalised measures' combination, and its place."""
+
+    seed: int
+    index: int
+    text: float
+    content: float | None
+    style: float | None
+    score: float
+    rank: int  # 1 = best
+
+    def as_info(self) -> dict:
+        return asdict(self)
+
+    def caption(self) -> str:
+        """"#1 · seed 12 · text 0.312 · content 0.801 · style 0.455 · score 1.62" (absent measures left out)."""
+        parts = [f"#{self.rank}", f"seed {self.seed}", f"text {self.text:.3f}"]
+        parts += [f"{m} {getattr(self, m):.3f}" for m in ("content", "style") if getattr(self, m) is not None]
+        return " · ".join([*parts, f"score {self.score:.2f}"])
+
+
+def check_candidates(n, field: str = "Candidates (best of N)") -> int:
+    """N, a whole number from 1 to MAX_CANDIDATES (core callers; handlers use core.validate)."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CANDIDATES:
+        raise UserError(f"{field} must be from 1 to {MAX_CANDIDATES} (got {n!r}).")
+    return n
+
+
+def check_preference(p, field: str = "Preference: content ↔ style") -> float:
+    """The preference, a number from 0 (content) to 1 (style)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+        raise UserError(f"{field} must be from 0 (content) to 1 (style) (got {p!r}).")
+    return float(p)
+
+
+def normalised(values: Sequence[float]) -> list[float]:
+    """Min-max normalisation over the candidates: the lowest 0, the highest 1; all 0 when equal."""
+    lo, hi = min(values), max(values)
+    return [0.0] * len(values) if hi <= lo else [(x - lo) / (hi - lo) for x in values]
+
+
+def combine(text: Sequence[float], content: Sequence[float] | None, style: Sequence[float] | None,
+            preference: float, text_weight: float = 1.0) -> list[float]:
+    """The combined score of each candidate (the module docstring's formula)."""
+    weights = {"text": text_weight, "content": 1.0 - preference, "style": preference}
+    scores = [0.0] * len(text)
+    for name, values in (("text", text), ("content", content), ("style", style)):
+        if values is None:
+            continue
+        scores = [s + weights[name] * x for s, x in zip(scores, normalised(values))]
+    return scores
+
+
+def rank(metrics, images: Sequence[Image.Image], seeds: Sequence[int], prompt: str, *,
+         content_images: Sequence[Image.Image] = (), style_images: Sequence[Image.Image] = (),
+         preference: float = 0.5, text_weight: float = 1.0) -> list[Ranked]:
+    """Score each candidate image (its seed alongside) against `prompt` and the content and style
+    images with `metrics` (a core.metrics.Metrics), combine with `preference` (0 = content,
+    1 = style) and return them best first."""
+    if len(images) != len(seeds) or not images:
+        raise ValueError("one seed per candidate image, at least one image")
+    check_preference(preference)
+    text = metrics.clip_text_scores(list(images), [prompt] * len(images))
+    content = metrics.dino_similarity(list(images), list(content_images)) if content_images else None
+    style = metrics.dino_similarity(list(images), list(style_images)) if style_images else None
+    scores = combine(text, content, style, preference, text_weight)
+    order = sorted(range(len(images)), key=lambda i: -scores[i])  # stable: ties keep their order
+    return [Ranked(seed=int(seeds[i]), index=i, text=text[i], content=None if content is None else content[i],
+                   style=None if style is None else style[i], score=round(scores[i], 6), rank=place + 1)
+            for place, i in enumerate(order)]
+
+
+__all__ = ["MAX_CANDIDATES", "MEASURES", "Ranked", "rank", "combine", "normalised", "check_candidates",
+           "check_preference"]
