@@ -25,13 +25,14 @@ class ExchangeMixin:
                     unet_config: Any = None, max_bytes: int = lf.DEFAULT_MAX_BYTES,
                     trigger_words: str = "", published: bool = False, method: str = "imported",
                     parts: Mapping[str, Sequence[str]] | None = None,
-                    accept: Callable[[lf.StateDict], None] | None = None) -> Adapter:
+                    accept: Callable[[lf.StateDict], None] | None = None, role: str | None = None) -> Adapter:
         """Import a user's LoRA `.safetensors` (diffusers/peft or kohya), checked by content
         (never unpickled) and against `base_modules` (see `lora_format.module_shapes`).
 
         A method's own import (B-LoRA's reference files) names its `method` and `parts` (as
         `save_adapter` takes them) and may refuse what it cannot use: `accept` gets the canonical
-        state dict before it is checked against `base_modules` and raises a `UserError`."""
+        state dict before it is checked against `base_modules` and raises a `UserError`. `role`
+        ("style"): what the file is for, kept in its extra (core.styles lists imported styles)."""
         sd, configs, fmt = lf.read_lora(path, max_bytes=max_bytes, unet_config=unet_config)
         if accept is not None:  # the method's own refusal first: it says best what the file is not
             accept(sd)
@@ -41,7 +42,8 @@ class ExchangeMixin:
         stem = stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem
         return self.save_adapter(owner=owner, name=name or stem, method=method, base_model=base_model,
                                  state_dict=sd, configs=configs, arch=arch, trigger_words=trigger_words,
-                                 extra={"source_format": fmt, "original_filename": Path(path).name},
+                                 extra={"source_format": fmt, "original_filename": Path(path).name,
+                                        **({"role": role} if role else {})},
                                  parts=parts, published=published)
 
     def export(self, adapter_id: int, viewer: Any, *, fmt: str = "kohya", part: str | None = None,

@@ -1,9 +1,11 @@
 """A style from the library, used by another method (issue 18, the first cross-method uses).
 
 A *library style* is a library adapter that carries a style: a StyleDrop adapter (either form,
-the paper's GELU module or the linear LoRA: the whole adapter is the style) or a B-LoRA, of which
+the paper's GELU module or the linear LoRA: the whole adapter is the style), a B-LoRA, of which
 only the **style half** (its LoRA weights in the style block, `core.blora.BLOCKS["style"]`) is
-used: the content half would pull the subject of the B-LoRA's training image into every image.
+used: the content half would pull the subject of the B-LoRA's training image into every image,
+or a LoRA file imported as a style (kohya/A1111 or diffusers; `IMPORTED_ROLE` in its extra), whose
+trigger words are its phrase.
 
     found = library_styles(engine, owner=owner)        # what the owner may use, newest first
     st = get_style(engine, adapter_id, owner=owner)    # one, checked (owner, base model, kind)
@@ -26,6 +28,8 @@ from . import blora, library, styledrop
 from .errors import UserError
 
 STYLE_METHODS = (styledrop.METHOD, blora.METHOD)
+IMPORTED = "imported"      # Store.import_lora's method
+IMPORTED_ROLE = "style"    # extra["role"] of a LoRA imported as a style
 MAX_WEIGHT = 2.0
 
 
@@ -33,20 +37,25 @@ MAX_WEIGHT = 2.0
 class LibraryStyle:
     adapter_id: int
     name: str
-    method: str           # styledrop.METHOD or blora.METHOD
+    method: str           # styledrop.METHOD, blora.METHOD or IMPORTED
     phrase: str           # what a prompt gets: "in watercolor style" (StyleDrop), "in [v] style" (B-LoRA)
 
     @property
     def label(self) -> str:
-        kind = "StyleDrop" if self.method == styledrop.METHOD else "B-LoRA style half"
+        kind = {styledrop.METHOD: "StyleDrop", blora.METHOD: "B-LoRA style half"}.get(self.method, "imported LoRA")
         return f"{self.name} · {kind} · #{self.adapter_id}"
+
+
+def is_style(a) -> bool:
+    """A library entry usable as a style (see the module docstring)."""
+    return a.method in STYLE_METHODS or (a.method == IMPORTED and (a.extra or {}).get("role") == IMPORTED_ROLE)
 
 
 def _phrase(a) -> str:
     words = (a.trigger_words or "").strip()
-    if a.method == styledrop.METHOD:
-        return words                                  # stored as the paper's "in [descriptor] style"
-    return f"in {words} style" if words else ""       # B-LoRA: the trigger of its training prompt
+    if a.method == blora.METHOD:
+        return f"in {words} style" if words else ""   # B-LoRA: the trigger of its training prompt
+    return words              # StyleDrop: stored as the paper's "in [descriptor] style"; imported: as given
 
 
 def _as_style(a) -> LibraryStyle:
@@ -54,19 +63,19 @@ def _as_style(a) -> LibraryStyle:
 
 
 def library_styles(engine, *, owner: Any) -> list[LibraryStyle]:
-    """The StyleDrop adapters and B-LoRAs of this base model that `owner` may use (their own and
-    published ones), newest first."""
+    """The styles of this base model that `owner` may use (their own and published ones): StyleDrop
+    adapters, B-LoRAs and LoRAs imported as styles, newest first."""
     store = library.get_store(engine)
     base = library.base_model_id(engine)
-    return [_as_style(a) for a in store.list_adapters(owner, base_model=base) if a.method in STYLE_METHODS]
+    return [_as_style(a) for a in store.list_adapters(owner, base_model=base) if is_style(a)]
 
 
 def get_style(engine, adapter_id: int, *, owner: Any) -> LibraryStyle:
     """One library style as `owner` sees it; a UserError when it is not theirs to use, not for this
     base model, or not a style (a DreamBooth subject, an imported LoRA)."""
     a = library.get_store(engine).get_adapter(int(adapter_id), owner)
-    if a.method not in STYLE_METHODS:
-        raise UserError(f"{a.name!r} is not a style (StyleDrop adapters and B-LoRAs are).")
+    if not is_style(a):
+        raise UserError(f"{a.name!r} is not a style (StyleDrop adapters, B-LoRAs and LoRAs imported as styles are).")
     if a.base_model != library.base_model_id(engine):
         raise UserError(f"{a.name!r} was trained for another base model ({a.base_model}).")
     return _as_style(a)

@@ -318,15 +318,23 @@ class PersonalizeTab(LossPlotAxes, Tab):
                                "the kohya format (loads in AUTOMATIC1111 and ComfyUI).")
 
     @user_errors
-    def import_lora(self, file, visitor=None, request: gr.Request = None) -> str:
+    def import_lora(self, file, visitor=None, use_as="subject", trigger_words="", request: gr.Request = None) -> str:
         """A LoRA .safetensors (diffusers/peft or kohya) into the owner's library, checked against
-        this model's modules."""
+        this model's modules. `use_as` "style": listed under "Style from the library" in every tab
+        that takes one, its `trigger_words` joining the prompts (these two come after the visitor
+        token, so that clients of the earlier endpoint keep working)."""
         paths = v.files(file, "Import a LoRA", 1)
+        use_as = v.choice(use_as or "subject", "Use it as", ["subject", "style"])
+        trigger_words = v.text(trigger_words, "Trigger words", 200).strip()
         owner = self.caller(request, visitor).owner
         if not paths:
             raise UserError("Choose a .safetensors LoRA file to import.")
-        a = library.get_store(self.engine).import_lora(paths[0], owner=owner, **library.import_arguments(self.engine))
-        return f"Imported **{md_text(a.name)}** (#{a.id}, {a.extra.get('source_format', '?')} format, rank {a.rank})."
+        a = library.get_store(self.engine).import_lora(
+            paths[0], owner=owner, trigger_words=trigger_words,
+            role=styles.IMPORTED_ROLE if use_as == "style" else None, **library.import_arguments(self.engine))
+        kind = " as a style (listed under Style from the library)" if use_as == "style" else ""
+        return (f"Imported **{md_text(a.name)}**{kind} (#{a.id}, {a.extra.get('source_format', '?')} format, "
+                f"rank {a.rank}).")
 
     # ------------------------------------------------------------------ layout and wiring
     def build(self) -> None:
@@ -450,6 +458,12 @@ class PersonalizeTab(LossPlotAxes, Tab):
                 w.import_file = gr.File(label="Import a LoRA (.safetensors, diffusers or kohya)",
                                         file_types=[".safetensors"], type="filepath", elem_id="pz-import")
                 w.import_btn = gr.Button("Import", elem_id="pz-import-btn")
+            with gr.Row():
+                w.import_as = Radio([("A subject (an adapter slot)", "subject"),
+                                     ("A style (Style from the library, in every tab)", "style")],
+                                    value="subject", label="Use it as", elem_id="pz-import-as")
+                w.import_trigger = gr.Textbox(label="Trigger words (joined to the prompts of a style)", value="",
+                                              elem_id="pz-import-trigger")
             w.lib_status = gr.Markdown("", elem_id="pz-lib-status")
 
     def _wire(self, w) -> None:
@@ -478,7 +492,7 @@ class PersonalizeTab(LossPlotAxes, Tab):
         w.family.change(self.prompt_family, w.family, w.prompts, queue=False, **ui)
         w.export_btn.click(self.export, [w.slots[0], self.visitor], [w.export_file, w.lib_status],
                            api_name="personalize_export")
-        w.import_btn.click(self.import_lora, [w.import_file, self.visitor], w.lib_status,
+        w.import_btn.click(self.import_lora, [w.import_file, self.visitor, w.import_as, w.import_trigger], w.lib_status,
                            api_name="personalize_import").success(self.refresh_lists, lists, w.dropdowns, **ui)
         self.on_page_load(self.refresh_lists, lists, w.dropdowns)
         self.wire_stop(w.stop_btn)

@@ -52,6 +52,11 @@ def a_set(engine, style=None, weight=1.0, owner="alice", seed=3):
                                    stop_key=owner))
 
 
+def base_weights(snapshot: dict) -> dict:
+    """A UNet snapshot's own weights (no LoRA matrices; a peft wrapper's base layer by its plain name)."""
+    return {k.replace(".base_layer", ""): v for k, v in snapshot.items() if ".lora_" not in k}
+
+
 def plain(engine):
     """One ordinary generation (no sharing, no style): what the UNet computes."""
     return as_array(final(engine.generate(["a lighthouse"], seed=5, steps=2)))
@@ -383,3 +388,37 @@ def test_browser_subject_and_vector_art_in_a_library_style(live_app, page, tmp_p
     page.wait_for_function(f"() => document.querySelector('{status}').innerText.includes('Done')", timeout=180_000)
     text = page.locator(status).inner_text()
     assert "pine" in text and f"(#{adapter_id}) × 1" in text
+
+
+# ----------------------------------------------------------------------------- a kohya LoRA as a style
+
+def test_a_kohya_lora_imported_as_a_style_is_listed_and_used(engine, made, subject, tmp_path):
+    """A kohya/A1111 file (here: the subject's export, a real kohya layout) imported through the
+    Personalize tab "as a style" with its trigger words is a library style; imported as a subject
+    it is not."""
+    from tabs.personalize import PersonalizeTab
+
+    path = library.get_store(engine).export(subject, "alice", fmt="kohya")
+    tab = PersonalizeTab(make_ctx(engine, tmp_path))     # private: "local" owns the imports
+    note = tab.import_lora(file=str(path), use_as="style", trigger_words="inkwash style", request=fake_request())
+    assert "as a style" in note
+    tab.import_lora(file=str(path), use_as="subject", request=fake_request())
+    found = [s for s in styles.library_styles(engine, owner="local") if s.method == "imported"]
+    assert len(found) == 1 and found[0].phrase == "inkwash style" and "imported LoRA" in found[0].label
+    st = found[0]
+    before_unet, before_image = library.snapshot(engine.pipe.unet), plain(engine)
+    styled = a_set(engine, st, owner="local")
+    assert styled.info["prompts"] == [f"{p}, inkwash style" for p in PROMPTS]
+    explicit = final(style_aligned_set(engine, styled.info["prompts"], "", options=SharingOptions(), seed=3,
+                                       steps=2, guidance=5.0))
+    zero = a_set(engine, st, weight=0.0, owner="local")
+    assert np.abs(as_array(styled) - as_array(explicit)).max() > 2.0
+    assert np.abs(as_array(zero) - as_array(explicit)).max() <= 1.0
+    # the imported LoRA stays resident (switched off), as library adapters do: the base weights
+    # are those of before, and the UNet computes exactly what it computed before
+    base_before, base_after = base_weights(before_unet), base_weights(library.snapshot(engine.pipe.unet))
+    assert base_after.keys() == base_before.keys()
+    assert all(np.array_equal(base_before[k], base_after[k]) for k in base_after)
+    assert np.array_equal(before_image, plain(engine))
+    with pytest.raises(gr.Error, match="Use it as"):
+        tab.import_lora(file=str(path), use_as="both", request=fake_request())

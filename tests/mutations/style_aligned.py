@@ -87,4 +87,8 @@ MUTATIONS = [
              "with blora.halves_active(engine, [half], owner):",
              ("tests/test_styles.py::test_a_blora_style_half_beside_a_subject_keeps_both_active",),
              "subject + B-LoRA style: loading the half switches the subject's adapter off"),
+    Mutation("styles-every-import-is-a-style", "core/styles.py",
+             '(a.method == IMPORTED and (a.extra or {}).get("role") == IMPORTED_ROLE)', "a.method == IMPORTED",
+             ("tests/test_styles.py::test_a_kohya_lora_imported_as_a_style_is_listed_and_used",),
+             "every imported LoRA (a subject too) offered as a style"),
 ]

@@ -99,7 +99,7 @@ def test_forged_and_huge_visitor_tokens_are_refused_before_the_store(shared_app)
         for api, args in (("/personalize_library", [None, None, None, token]),
                           ("/blora_library", [None, None, token]),
                           ("/styledrop_rate", [1, 1, token]),
-                          ("/personalize_import", [None, token])):
+                          ("/personalize_import", [None, token, "subject", ""])):
             msg = raw_error(shared_app, api, args)
             assert "visitor token is not valid" in msg, (api, msg)
     wal = store.with_name(store.name + "-wal")
