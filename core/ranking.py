@@ -108,5 +108,50 @@ def rank(metrics, images: Sequence[Image.Image], seeds: Sequence[int], prompt: s
             for place, i in enumerate(order)]
 
 
-__all__ = ["MAX_CANDIDATES", "MEASURES", "Ranked", "rank", "combine", "normalised", "check_candidates",
-           "check_preference"]
+@dataclass(frozen=True)
+class RankedSet:
+    """One candidate set (Style-Aligned) as the ranking scored it: its seed (the ordinary run with
+    it gives this set), its index among the N, the mean CLIP text score of its images, its DINO
+    consistency (mean pairwise similarity), the combined score, and its place."""
+
+    seed: int
+    index: int
+    text: float
+    consistency: float | None
+    score: float
+    rank: int  # 1 = best
+
+    def as_info(self) -> dict:
+        return asdict(self)
+
+    def caption(self) -> str:
+        parts = [f"set #{self.rank}", f"seed {self.seed}", f"text {self.text:.3f}"]
+        if self.consistency is not None:
+            parts.append(f"consistency {self.consistency:.3f}")
+        return " · ".join([*parts, f"score {self.score:.2f}"])
+
+
+def rank_sets(text: Sequence[float], consistency: Sequence[float | None], seeds: Sequence[int],
+              preference: float = 0.5) -> list[RankedSet]:
+    """N candidate sets, best first, by the Style-Aligned paper's two measures: the mean CLIP text
+    score of a set's images (each image shows its prompt: the content side) and its DINO
+    consistency (the style side), each min-max normalised over the N (as `normalised`), then
+
+        score_i = (1 - p) * n(text)_i + p * n(consistency)_i
+
+    with the preference p in [0, 1] (0 = prompts only, 1 = consistency only); a set of one image
+    has no consistency (None), which counts 0. Equal scores keep their order."""
+    if not (len(text) == len(consistency) == len(seeds)) or not seeds:
+        raise ValueError("one text score, consistency and seed per set, at least one set")
+    p = check_preference(preference, "Preference: prompts ↔ consistency")
+    have = [c for c in consistency if c is not None]
+    cons = normalised([0.0 if c is None else c for c in consistency]) if len(have) == len(consistency) else \
+        [0.0] * len(consistency)
+    scores = [(1 - p) * t + p * c for t, c in zip(normalised(list(text)), cons)]
+    order = sorted(range(len(seeds)), key=lambda i: -scores[i])
+    return [RankedSet(seed=int(seeds[i]), index=i, text=float(text[i]), consistency=consistency[i],
+                      score=round(scores[i], 6), rank=place + 1) for place, i in enumerate(order)]
+
+
+__all__ = ["MAX_CANDIDATES", "MEASURES", "Ranked", "RankedSet", "rank", "rank_sets", "combine", "normalised",
+           "check_candidates", "check_preference"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import styles
+from . import ranking, styles
 from .attention import attention, project_qkv, self_attention_names, swapped_processors
 from .errors import UserError
 from .events import Result
@@ -31,6 +31,7 @@ from .jobs import JobContext
 from .styles import LibraryStyle
 
 MAX_SET = 8
+MAX_BATCH = 16  # images in one batch: candidate sets x their images (best of N)
 EPS = 1e-5
 
 
@@ -215,6 +216,13 @@ def style_aligned(unet, options: SharingOptions, groups: int) -> Iterator[Sharin
 
 
 # ---------------------------------------------------------------------- the job
+def candidate_seeds(seed: int, n: int, set_size: int) -> list[int]:
+    """The seeds of N candidate sets of `set_size` images: set i starts at seed + i * set_size, so
+    no two sets share an image's noise (an ordinary run draws seed, seed + 1, ... for its images)
+    and each is what the ordinary run with its seed gives."""
+    return [int(seed) + i * int(set_size) for i in range(int(n))]
+
+
 def uses_guidance(pipe, guidance: float) -> bool:
     """Whether the pipeline will run classifier-free guidance (a doubled batch)."""
     return guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
@@ -264,7 +272,8 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
              guidance: float = 5.0, width: int | None = None, height: int | None = None,
              negative_prompt: str = "", reference_image=None, reference_prompt: str = "",
              inversion_guidance: float = 2.0, metrics=None, library_style: LibraryStyle | None = None,
-             style_weight: float = 1.0, owner: Any = None) -> Callable[[JobContext], Result]:
+             style_weight: float = 1.0, owner: Any = None, candidates: int = 1,
+             preference: float = 0.5) -> Callable[[JobContext], Result]:
     """A style-aligned set as the work of a job (the inputs are checked now): `work(ctx)`
     returns the set's Result; run it alone (style_aligned_set) or as part of a larger job.
 
@@ -273,8 +282,16 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
     `metrics` (core.metrics.Metrics) adds CLIP text scores and the set's DINO consistency.
     `library_style` (core.styles, as `owner` sees it): a StyleDrop adapter or a B-LoRA's style
     half active with `style_weight` during the whole job (inversion included), its phrase
-    appended to every prompt; shared attention then aligns the set within that style."""
+    appended to every prompt; shared attention then aligns the set within that style.
+
+    Best of N (`candidates` > 1, needs `metrics`): N sets in one batch, set i with the seed
+    `candidate_seeds` gives it (the ordinary run with that seed makes the same set; each set has
+    its own reference, the sharing groups are per set), ranked by `ranking.rank_sets` (mean CLIP
+    text score vs DINO consistency, `preference` 0 = prompts .. 1 = consistency) and returned best
+    first: images set by set, info["sets"] one record per set; the other keys describe the best set."""
     options = options or SharingOptions()
+    n_sets = ranking.check_candidates(candidates)
+    preference = ranking.check_preference(preference, "Preference: prompts ↔ consistency")
     full = styles.styled_prompts(build_prompts(prompts, style), library_style)
     style_weight = styles.check_weight(style_weight)
     if reference_image is not None:
@@ -284,6 +301,12 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
         full = [ref_text] + full
         if len(full) > MAX_SET:
             raise UserError(f"With a reference image, at most {MAX_SET - 1} prompts.")
+    if n_sets > 1 and metrics is None:
+        raise UserError("Best of N needs the scoring models (CLIP, DINO); this instance has none.")
+    if n_sets * len(full) > MAX_BATCH:
+        raise UserError(f"Candidates (best of N sets): {n_sets} sets of {len(full)} images make "
+                        f"{n_sets * len(full)}; at most {MAX_BATCH} at a time (fewer sets or prompts).")
+    seeds = candidate_seeds(seed, n_sets, len(full))
 
     def work(ctx: JobContext) -> Result:
         with styles.style_active(engine, library_style, style_weight, owner=owner):
@@ -291,32 +314,50 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
 
     def styled_work(ctx: JobContext) -> Result:
         w, h = engine.check_size(width or engine.resolution, height or engine.resolution)
-        latents = engine.initial_latents(len(full), seed, w, h)
+        k = len(full)
+        latents = torch.cat([engine.initial_latents(k, s, w, h) for s in seeds])   # set by set
+        refs = [i * k for i in range(n_sets)]                                       # each set's reference
         on_step = None
         if reference_image is not None:
             z0 = engine.encode_image(reference_image, w, h)
             trajectory = ddim_invert(engine, ctx, z0, full[0], steps, inversion_guidance)
-            latents[0] = trajectory[-1][0]
+            latents[refs] = trajectory[-1][0]
             last = len(trajectory) - 1
 
             def on_step(i, t, lat):
                 lat = lat.clone()
-                lat[0] = trajectory[max(0, last - 1 - i)][0]
+                lat[refs] = trajectory[max(0, last - 1 - i)][0]
                 return lat
 
         pipe = engine.pipe
-        with style_aligned(pipe.unet, options, groups=2 if uses_guidance(pipe, guidance) else 1):
-            images = engine.text_to_image(ctx, full, negative_prompt=negative_prompt, steps=steps,
+        groups = (2 if uses_guidance(pipe, guidance) else 1) * n_sets   # a sharing group per set (and branch)
+        with style_aligned(pipe.unet, options, groups=groups):
+            images = engine.text_to_image(ctx, full * n_sets, negative_prompt=negative_prompt, steps=steps,
                                           guidance=guidance, width=w, height=h, latents=latents,
-                                          on_step=on_step, message="Style-aligned set")
-        info = {"prompts": full, "options": asdict(options), "seed": seed,
+                                          on_step=on_step, message="Style-aligned set" if n_sets == 1 else
+                                          f"Style-aligned sets ({n_sets} candidates)")
+        sets = [images[i * k:(i + 1) * k] for i in range(n_sets)]
+        records: list[dict] = []
+        if n_sets > 1:
+            ctx.progress(steps, steps, f"Scoring {n_sets} candidate sets")
+            text = [metrics.clip_text_scores(s_, full) for s_ in sets]
+            ranked = ranking.rank_sets([sum(t) / len(t) for t in text], [metrics.dino_consistency(s_) for s_ in sets],
+                                       seeds, preference)
+            records = [{**r.as_info(), "caption": r.caption(), "clip_text_scores": text[r.index]} for r in ranked]
+            sets = [sets[r.index] for r in ranked]
+            images = [im for s_ in sets for im in s_]
+        best = sets[0]
+        info = {"prompts": full, "options": asdict(options), "seed": records[0]["seed"] if records else seed,
                 "reference": "image" if reference_image is not None else "first prompt",
                 "library_style": None if library_style is None else
                 {"adapter_id": library_style.adapter_id, "name": library_style.name, "weight": style_weight}}
-        if metrics is not None:
+        if records:
+            info.update(sets=records, candidates=n_sets, preference=preference,
+                        clip_text_scores=records[0]["clip_text_scores"], style_consistency=records[0]["consistency"])
+        elif metrics is not None:
             ctx.progress(steps, steps, "Scoring the set")
-            info["clip_text_scores"] = metrics.clip_text_scores(images, full)
-            info["style_consistency"] = metrics.dino_consistency(images)
+            info["clip_text_scores"] = metrics.clip_text_scores(best, full)
+            info["style_consistency"] = metrics.dino_consistency(best)
         return Result(images=images, info=info)
 
     return work

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from core import styledrop
+from core import ranking, styledrop
 from core import validate as v
 from core.errors import UserError
 from core.images import load_image
@@ -39,8 +39,26 @@ ABOUT = ("Style-Aligned (Hertz et al., CVPR 2024): during denoising, every image
          "too, shared group norm, full sharing (the leakage baseline), the shared-score shift.")
 
 
+def _gallery(result) -> list:
+    """The set's images; with best of N, every set's images captioned by its place, seed and scores."""
+    sets = result.info.get("sets")
+    if not sets:
+        return result.images
+    k = len(result.images) // len(sets)
+    return [(img, sets[i // k]["caption"] if i % k == 0 else f"set #{sets[i // k]['rank']}")
+            for i, img in enumerate(result.images)]
+
+
 def _metrics_markdown(info: dict, note: str) -> str:
     lines = []
+    if info.get("sets"):
+        lines.append("**Candidate sets, best first** (shown in this order; a seed regenerates its set "
+                     "with Candidate sets = 1)\n\n| place | seed | mean CLIP text | DINO consistency | score |"
+                     "\n|---|---|---|---|---|")
+        lines += [f"| {r['rank']} | {r['seed']} | {r['text']:.3f} | "
+                  f"{'—' if r['consistency'] is None else format(r['consistency'], '.3f')} | {r['score']:.2f} |"
+                  for r in info["sets"]]
+        lines.append("\nThe best set, image by image:\n")
     scores = info.get("clip_text_scores")
     if scores:
         lines.append("| image | prompt | CLIP text score |\n|---|---|---|")
@@ -86,11 +104,15 @@ class StyleAlignedTab(Tab):
     def generate(self, prompts, style, seed, steps, guidance, width, height, negative, reference_file,
                  reference_prompt, adain_queries, adain_keys, adain_values, share_group_norm,
                  full_attention_share, shared_score_shift, shared_score_scale, share_fraction,
-                 library_style=None, style_weight=1.0, visitor=None, request: gr.Request = None):
+                 library_style=None, style_weight=1.0, candidates=1, preference=0.5, visitor=None,
+                 request: gr.Request = None):
         """The set, streamed: (gallery, status, metrics table, metrics). `library_style`: the id of
-        a StyleDrop adapter or B-LoRA of the visitor's library (or a published one), active with
-        `style_weight` while the set is made."""
+        a library style the visitor may use, active with `style_weight` while the set is made.
+        `candidates` > 1: best of N sets, ranked by mean CLIP text score vs DINO consistency
+        (`preference` 0 = prompts .. 1 = consistency), best set first."""
         seed_n = v.seed(seed)
+        n_sets = v.whole(candidates, "Candidate sets (best of N)", 1, ranking.MAX_CANDIDATES)
+        preference_f = v.real(preference, "Preference: prompts ↔ consistency", 0, 1)
         steps_n = v.whole(steps, "Steps", 1, 100)
         guidance_f = v.real(guidance, "Guidance", 0, 20)
         width_n, height_n = v.whole(width, "Width", 8, 4096), v.whole(height, "Height", 8, 4096)
@@ -109,11 +131,12 @@ class StyleAlignedTab(Tab):
             self.engine, prompts.splitlines(), style, options=options, seed=seed_n, steps=steps_n,
             guidance=guidance_f, width=width_n, height=height_n, negative_prompt=negative,
             reference_image=reference, reference_prompt=reference_prompt, metrics=self.ctx.metrics,
-            library_style=picked, style_weight=style_weight_f, owner=caller.owner, stop_key=caller.stop_key)
+            library_style=picked, style_weight=style_weight_f, owner=caller.owner, stop_key=caller.stop_key,
+            candidates=n_sets, preference=preference_f)
         note = self.ctx.metrics.note if self.ctx.metrics else ""
         # no scores of an earlier set under this one while it runs, nor after a Stop
         yield from image_updates(events, stopped="**Stopped.** The set was not finished.", rest=("", None),
-                                 finish=lambda result, status: (result.images, status,
+                                 finish=lambda result, status: (_gallery(result), status,
                                                                 _metrics_markdown(result.info, note),
                                                                 dict(result.info)))
 
@@ -122,7 +145,13 @@ class StyleAlignedTab(Tab):
         """The finished set handed to StyleDrop as the style images of a new loop (up to its 8),
         with the reference's prompt as their content and the style text as the descriptor:
         (style files, content, style descriptor, the tab to show)."""
-        items = [it[0] if isinstance(it, (list, tuple)) else it for it in (gallery or [])]
+        items = []
+        for it in gallery or []:       # with best of N, the best set only (the first, up to "set #2")
+            path, caption = (it[0], it[1] if len(it) > 1 else None) if isinstance(it, (list, tuple)) else (it, None)
+            place = re.match(r"set #(\d+)", caption) if isinstance(caption, str) else None
+            if place and place.group(1) != "1":
+                break
+            items.append(path)
         paths = v.files(items[:styledrop.MAX_STYLE_IMAGES], "Set", styledrop.MAX_STYLE_IMAGES)
         if not paths:
             raise UserError("Generate a set first: its images become the style images of a StyleDrop loop.")
@@ -159,6 +188,14 @@ class StyleAlignedTab(Tab):
                     ref_view = gr.Image(label="Reference as used", interactive=False, height=200)
                     ref_prompt = gr.Textbox(label="Describe the reference (content and style)",
                                             placeholder="a painting of a house, in impressionist style")
+                with gr.Accordion("Best of N sets (optional)", open=False, elem_id="sa-best-of"):
+                    gr.Markdown("Make several candidate sets at once and rank them by the paper's two scores: "
+                                "each image shows its prompt (CLIP) and the set looks alike (DINO).")
+                    with gr.Row():
+                        n_sets = Slider(1, ranking.MAX_CANDIDATES, value=1, step=1, label="Candidate sets (best of N)",
+                                        elem_id="sa-candidates")
+                        preference = Slider(0, 1, value=0.5, step=0.05, label="Preference: prompts ↔ consistency",
+                                            elem_id="sa-preference")
                 library_style = self.library_style_inputs(
                     "sa", "A StyleDrop adapter or the style half of a B-LoRA you trained (or one shared with "
                           "you), on while the set is made; its style words join every prompt.")
@@ -180,7 +217,7 @@ class StyleAlignedTab(Tab):
         # app.link_tabs wires the hand-over to StyleDrop (it needs that tab's inputs)
         self.ui = SimpleNamespace(gallery=gallery, prompts=prompts, style=style, to_styledrop=to_styledrop)
         inputs = [prompts, style, seed, steps, guidance, width, height, negative, ref_file, ref_prompt, *sharing,
-                  *library_style, self.visitor]
+                  *library_style, n_sets, preference, self.visitor]
         run.click(self.generate, inputs, [gallery, status, metrics_md, metrics_json], api_name="style_aligned", **GPU)
         self.wire_stop(stop)
 

@@ -21,7 +21,7 @@ def test_user_errors_are_one_log_line_and_prompts_are_cut(shared_app):
     before = shared_app.log.stat().st_size
     huge = "a red panda " * 10_000  # 120,000 characters
     msg = raw_error(shared_app, "/style_aligned", [huge, "", 0, 2, 5.0, 64, 64, "", None, "", True, True, False, False,
-                                                   False, 0.0, 1.0, 1.0, "", 1.0, None])
+                                                   False, 0.0, 1.0, 1.0, "", 1.0, 1, 0.5, None])
     assert "Prompts is 120,000 characters long" in msg
     added = shared_app.log.read_bytes()[before:].decode()
     assert "Traceback" not in added and len(added) < 2_000
