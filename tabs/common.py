@@ -199,7 +199,7 @@ class Tab:
                                 elem_id=f"{prefix}-library-style", scale=3)
                 refresh = gr.Button("Refresh list", size="sm", scale=1, elem_id=f"{prefix}-library-refresh")
             weight = Slider(0, styles.MAX_WEIGHT, value=1.0, step=0.05, label="Style weight",
-                               elem_id=f"{prefix}-library-weight")
+                            elem_id=f"{prefix}-library-weight")
         refresh.click(self.library_style_choices, [self.visitor], pick, api_visibility="private")
         self.on_page_load(self.library_style_choices, [self.visitor], [pick])
         return [pick, weight]
