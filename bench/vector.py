@@ -185,10 +185,8 @@ def bench_parity(size: int, icons: list[str], iconify_json: str | None):
         print(f"   lowest: {name:28s} {s:6.2f} dB")
 
 
-def bench_sds(model: str, paths: list[int], steps: int, input_size: int | None, threads: int):
-    """VectorFusion's SDS loop (core/vectorfusion.sds_loop, the real one): seconds per iteration
-    (render at 600/512 of the input size, CLIPDraw augmentation, fp32 VAE encode with grad, UNet
-    in the engine's dtype under CFG, backward to the paths, Adam) and the whole loop."""
+def sds_setup(model: str, input_size: int | None, threads: int):
+    """(loaded engine, a job context outside the engine's queue, render size, input size)."""
     import queue
     import tempfile
 
@@ -200,6 +198,18 @@ def bench_sds(model: str, paths: list[int], steps: int, input_size: int | None, 
     engine = Engine(model, data_dir=tempfile.mkdtemp())
     engine.load()
     R, S = vf.sizes(engine, input_size)
+    return engine, JobContext(Job("bench", "bench"), queue.Queue()), R, S
+
+
+def bench_sds(model: str, paths: list[int], steps: int, input_size: int | None, threads: int):
+    """VectorFusion's SDS loop (core/vectorfusion.sds_loop, the real one): seconds per iteration
+    (render at 600/512 of the input size, CLIPDraw augmentation, fp32 VAE encode with grad, UNet
+    in the engine's dtype under CFG, backward to the paths, Adam) and the whole loop."""
+    import tempfile
+
+    from core import vectorfusion as vf
+
+    engine, ctx, R, S = sds_setup(model, input_size, threads)
     print(f"\n== SDS iterations: {model} on {engine.device} ({str(engine.dtype).replace('torch.', '')} UNet, "
           f"fp32 encoder), render {R} px, encode {S} px, {steps} iterations per row; {thread_settings()}")
     print(f"{'paths':>5s} {'s/iter':>8s} {'loop':>8s} {'1000 iters (est.)':>18s}  peak")
@@ -207,7 +217,6 @@ def bench_sds(model: str, paths: list[int], steps: int, input_size: int | None, 
         o = vf.VFOptions(num_paths=n, steps=steps, preview_every=10**9, reinit_every=50, input_size=S, seed=0)
         scene = vf.initial_scene("iconographic", n, R, np.random.default_rng(0))
         files = vf.SvgFiles(tempfile.mkdtemp(), "bench", png_size=R)
-        ctx = JobContext(Job("bench", "bench"), queue.Queue())
         # warm-up (first-call costs), then the timed loop
         vf.sds_loop(engine, ctx, "a lighthouse", scene, vf.VFOptions(**{**o.__dict__, "steps": 2}), files)
         if engine.device.type == "cuda":
@@ -225,21 +234,14 @@ def bench_sds(model: str, paths: list[int], steps: int, input_size: int | None, 
 
 def bench_split(model: str, n_paths: int, steps: int, input_size: int | None, threads: int):
     """The SDS iteration's split by phase, with frames at every step and paced (share 0.1)."""
-    import queue
     import tempfile
 
     from core import vectorfusion as vf
-    from core.engine import Engine
-    from core.jobs import Job, JobContext
     from core.pacing import PhaseTimer
 
-    torch.set_num_threads(threads)
-    engine = Engine(model, data_dir=tempfile.mkdtemp())
-    engine.load()
-    R, S = vf.sizes(engine, input_size)
+    engine, ctx, R, S = sds_setup(model, input_size, threads)
     print(f"\n== SDS split: {model} on {engine.device}, {n_paths} paths, render {R} px, encode {S} px, "
           f"{steps} iterations a frame at every step vs paced to 10%; {thread_settings()}")
-    ctx = JobContext(Job("bench", "bench"), queue.Queue())
     rows = {}
     for label, share in (("every step", None), ("paced 10%", 0.1)):
         o = vf.VFOptions(num_paths=n_paths, steps=steps, preview_every=1, preview_share=share, reinit_every=50,
