@@ -53,9 +53,11 @@ from .errors import UserError
 from .files import TMP_INFIX
 # the records are re-exported: callers import them from core.store
 from .store_base import (ALL, Adapter, Candidate, CandidateScore, Loop, RecoveryReport, Round, Sample,  # noqa: F401
+                         StyleEntry,
                          StoredFile, combine_ratings, from_json, now, to_json)
 from .store_exchange import ExchangeMixin
 from .store_loops import LoopsMixin
+from .store_styles import StylesMixin
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,27 @@ CREATE TABLE IF NOT EXISTS ratings(
     time REAL NOT NULL,
     PRIMARY KEY(candidate_id, rater)
 );
+CREATE TABLE IF NOT EXISTS styles(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,
+    base_model TEXT NOT NULL DEFAULT '',
+    descriptor TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    adapter_id INTEGER REFERENCES adapters(id) ON DELETE SET NULL,
+    reference_prompt TEXT NOT NULL DEFAULT '',
+    extra TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    UNIQUE(owner, name)
+);
+CREATE TABLE IF NOT EXISTS style_files(
+    style_id INTEGER NOT NULL REFERENCES styles(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    file_id INTEGER NOT NULL UNIQUE REFERENCES files(id) ON DELETE CASCADE,
+    PRIMARY KEY(style_id, role, position)
+);
 CREATE TABLE IF NOT EXISTS image_sets(
     key TEXT NOT NULL,
     position INTEGER NOT NULL,
@@ -161,6 +184,7 @@ SELECT id, path FROM files f WHERE
  OR (kind = 'style' AND NOT EXISTS (SELECT 1 FROM loops l WHERE l.style_file_id = f.id))
  OR (kind = 'cache' AND NOT EXISTS (SELECT 1 FROM image_sets i WHERE i.file_id = f.id))
  OR (kind = 'adapter' AND NOT EXISTS (SELECT 1 FROM adapters a WHERE a.file_id = f.id))
+ OR (kind IN ('style-image', 'style-data') AND NOT EXISTS (SELECT 1 FROM style_files s WHERE s.file_id = f.id))
 """
 
 
@@ -218,7 +242,7 @@ class _Staged:
 
 # --------------------------------------------------------------------------- the store
 
-class Store(LoopsMixin, ExchangeMixin):
+class Store(LoopsMixin, ExchangeMixin, StylesMixin):
     """The adapter library, files and feedback loops under one data folder. Thread-safe."""
 
     def __init__(self, root: str | os.PathLike, *, recover: bool = True,
@@ -794,4 +818,4 @@ class Store(LoopsMixin, ExchangeMixin):
         """Row counts per table (for the UI footer and tests)."""
         return {t: self._query(f"SELECT COUNT(*) FROM {t}")[0][0]
                 for t in ("files", "adapters", "adapter_samples", "loops", "rounds", "candidates", "ratings",
-                          "image_sets")}
+                          "image_sets", "styles", "style_files")}

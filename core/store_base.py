@@ -67,6 +67,26 @@ class Adapter:
 
 
 @dataclass(frozen=True)
+class StyleEntry:
+    """A style of its own in the library (issue 18): its source images, a text descriptor, and
+    whichever forms of it exist: a library adapter that carries it (StyleDrop, a B-LoRA's style
+    half, an imported LoRA), a Style-Aligned reference image with the prompt that describes it."""
+    id: int
+    name: str
+    owner: str
+    published: bool
+    base_model: str
+    descriptor: str
+    source: str                      # the tab it was saved from ("styledrop", "blora", ...)
+    adapter_id: int | None
+    reference_prompt: str
+    images: tuple[Path, ...]         # the source images, in order
+    reference: Path | None           # the Style-Aligned reference image, when there is one
+    extra: dict
+    created: float
+
+
+@dataclass(frozen=True)
 class Loop:
     id: int
     name: str

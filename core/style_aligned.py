@@ -27,6 +27,7 @@ from . import ranking, styles
 from .attention import attention, project_qkv, self_attention_names, swapped_processors
 from .errors import UserError
 from .events import Result
+from .images import load_image
 from .jobs import JobContext
 from .styles import LibraryStyle
 
@@ -251,6 +252,24 @@ def ddim_invert(engine, ctx: JobContext, latent: torch.Tensor, prompt: str, step
     return trajectory
 
 
+def cached_inversion(engine, ctx: JobContext, cache, latent: torch.Tensor, prompt: str, steps: int,
+                     guidance: float, *, style: dict | None) -> list[torch.Tensor]:
+    """`ddim_invert`, through a style entry's cache (`styles.InversionCache`, or None: no cache):
+    the key holds everything the trajectory depends on (model, device, dtype, size, steps,
+    guidance, prompt, the adapter on the UNet and its weight)."""
+    if cache is None:
+        return ddim_invert(engine, ctx, latent, prompt, steps, guidance)
+    key = cache.key(device=latent.device.type, dtype=str(engine.pipe.unet.dtype), shape=list(latent.shape),
+                    steps=int(steps), guidance=float(guidance), prompt=prompt, style=style)
+    found = cache.get(key)
+    if found is not None and len(found) == int(steps) + 1:
+        ctx.progress(0, steps, "The reference's inversion, from the style's cache")
+        return [z.to(latent.device, latent.dtype) for z in found]
+    trajectory = ddim_invert(engine, ctx, latent, prompt, steps, guidance)
+    cache.put(key, trajectory)
+    return trajectory
+
+
 def build_prompts(prompts: Sequence[str], style: str) -> list[str]:
     prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
@@ -273,7 +292,8 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
              negative_prompt: str = "", reference_image=None, reference_prompt: str = "",
              inversion_guidance: float = 2.0, metrics=None, library_style: LibraryStyle | None = None,
              style_weight: float = 1.0, owner: Any = None, candidates: int = 1,
-             preference: float = 0.5) -> Callable[[JobContext], Result]:
+             preference: float = 0.5, adapters: dict[int, float] | None = None,
+             style_on: bool = True) -> Callable[[JobContext], Result]:
     """A style-aligned set as the work of a job (the inputs are checked now): `work(ctx)`
     returns the set's Result; run it alone (style_aligned_set) or as part of a larger job.
 
@@ -282,14 +302,27 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
     `metrics` (core.metrics.Metrics) adds CLIP text scores and the set's DINO consistency.
     `library_style` (core.styles, as `owner` sees it): a StyleDrop adapter or a B-LoRA's style
     half active with `style_weight` during the whole job (inversion included), its phrase
-    appended to every prompt; shared attention then aligns the set within that style.
+    appended to every prompt; shared attention then aligns the set within that style. `adapters`
+    ({library adapter id: weight}, a DreamBooth subject) are active beside it. `style_on=False`: the
+    caller has already put the style (and any adapters) on the UNet, for a larger job.
 
     Best of N (`candidates` > 1, needs `metrics`): N sets in one batch, set i with the seed
     `candidate_seeds` gives it (the ordinary run with that seed makes the same set; each set has
     its own reference, the sharing groups are per set), ranked by `ranking.rank_sets` (mean CLIP
     text score vs DINO consistency, `preference` 0 = prompts .. 1 = consistency) and returned best
-    first: images set by set, info["sets"] one record per set; the other keys describe the best set."""
+    first: images set by set, info["sets"] one record per set; the other keys describe the best set.
+
+    A library style that is a style entry with an image (`styles.reference_of`) is also the set's
+    reference when no `reference_image` is given, described by the entry's prompt unless
+    `reference_prompt` says otherwise; its DDIM inversion is cached with the entry, so the next
+    set from it (same size, steps, model and adapter) skips the inversion."""
     options = options or SharingOptions()
+    cache = None
+    from_style = styles.reference_of(library_style) if reference_image is None else None
+    if from_style is not None:
+        reference_image = load_image(from_style[0], what="the style's reference image", max_side=2048)
+        reference_prompt = (reference_prompt or "").strip() or from_style[1]
+        cache = styles.InversionCache(engine, library_style, owner)
     n_sets = ranking.check_candidates(candidates)
     preference = ranking.check_preference(preference, "Preference: prompts ↔ consistency")
     full = styles.styled_prompts(build_prompts(prompts, style), library_style)
@@ -309,7 +342,9 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
     seeds = candidate_seeds(seed, n_sets, len(full))
 
     def work(ctx: JobContext) -> Result:
-        with styles.style_active(engine, library_style, style_weight, owner=owner):
+        if not style_on:
+            return styled_work(ctx)
+        with styles.style_active(engine, library_style, style_weight, owner=owner, adapters=adapters):
             return styled_work(ctx)
 
     def styled_work(ctx: JobContext) -> Result:
@@ -320,7 +355,8 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
         on_step = None
         if reference_image is not None:
             z0 = engine.encode_image(reference_image, w, h)
-            trajectory = ddim_invert(engine, ctx, z0, full[0], steps, inversion_guidance)
+            trajectory = cached_inversion(engine, ctx, cache, z0, full[0], steps, inversion_guidance,
+                                          style=None if library_style is None else library_style.as_info(style_weight))
             latents[refs] = trajectory[-1][0]
             last = len(trajectory) - 1
 
@@ -348,9 +384,10 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
             images = [im for s_ in sets for im in s_]
         best = sets[0]
         info = {"prompts": full, "options": asdict(options), "seed": records[0]["seed"] if records else seed,
-                "reference": "image" if reference_image is not None else "first prompt",
+                "reference": ("the library style's image" if from_style is not None else "image")
+                if reference_image is not None else "first prompt",
                 "library_style": None if library_style is None else
-                {"adapter_id": library_style.adapter_id, "name": library_style.name, "weight": style_weight}}
+                library_style.as_info(style_weight)}
         if records:
             info.update(sets=records, candidates=n_sets, preference=preference,
                         clip_text_scores=records[0]["clip_text_scores"], style_consistency=records[0]["consistency"])

@@ -699,6 +699,9 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
     check_options(prompt, o, k, init)
     style_weight = styles.check_weight(style_weight)
     prompt = styles.styled_prompts([prompt], library_style)[0]
+    if init == "baseline" and styles.reference_of(library_style) is not None and int(k) > MAX_K - 1:
+        raise UserError(f"K (samples to rank): at most {MAX_K - 1} with a saved style's image (the image joins "
+                        "the samples' Style-Aligned set).")
     if init == "baseline" and metrics is None:
         raise UserError("CLIP ranking needs the metrics models.")
     folder = run_folder(data_dir or engine.data_dir, owner)
@@ -717,15 +720,24 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
         info: dict = {"prompt": prompt, "style": o.style, "init": init, "render_size": R,
                       "input_size": S, "folder": str(folder), "preset": st.name,
                       "library_style": None if library_style is None else
-                      {"adapter_id": library_style.adapter_id, "name": library_style.name, "weight": style_weight}}
+                      library_style.as_info(style_weight)}
         rng = np.random.default_rng(o.seed)
         baseline = None
         total = o.steps + (n_live if init == "baseline" and o.style == "iconographic" else 0)
         if init == "baseline":
             caption = engine.clean_prompt(prompt, ctx)
-            images = engine.text_to_image(ctx, [full_prompt(caption, o.style)] * int(k), seed=o.seed,
-                                          steps=sample_steps, guidance=sample_guidance,
-                                          negative_prompt=o.negative_prompt, message="Sampling candidates")
+            if styles.reference_of(library_style) is not None:   # samples aligned to the style's image
+                from .style_aligned import set_work
+
+                images = set_work(engine, [full_prompt(caption, o.style)] * int(k), seed=o.seed,
+                                  steps=sample_steps, guidance=sample_guidance, negative_prompt=o.negative_prompt,
+                                  library_style=library_style, style_weight=style_weight, owner=owner,
+                                  style_on=False)(ctx).images[1:]
+                info["samples"] = "Style-Aligned to the library style's image"
+            else:
+                images = engine.text_to_image(ctx, [full_prompt(caption, o.style)] * int(k), seed=o.seed,
+                                              steps=sample_steps, guidance=sample_guidance,
+                                              negative_prompt=o.negative_prompt, message="Sampling candidates")
             ctx.progress(0, total, "Ranking the candidates with CLIP")
             best, scores = rank_by_clip(metrics, images, caption)
             info.update(clip_scores=scores, best=best)
@@ -789,11 +801,14 @@ def image_to_svg(engine, image, *, num_paths: int = 16, init: str = DEFAULT_INIT
 
 def icon_set(engine, prompts: Sequence[str], *, num_paths: int = 16, live_steps: int = 300,
              live_size: int = 128, seed: int = 0, steps: int = 30, guidance: float = 5.0,
-             metrics=None, data_dir=None, owner: str = "local", stop_key: str | None = None):
+             metrics=None, data_dir=None, owner: str = "local", stop_key: str | None = None,
+             library_style=None, style_weight: float = 1.0):
     """A consistent icon family: a Style-Aligned set of the prompts (with the VectorFusion
     suffix as the shared style), each image then vectorized with LIVE, in one job (so a Stop
     reaches it at any point). Streams the set's progress and its Result (info stage "set"),
-    then each icon's frames; the final Result has one SVG and one PNG per prompt."""
+    then each icon's frames; the final Result has one SVG and one PNG per prompt.
+    `library_style` (core.styles, as `owner` sees it): a saved style's image is the set's reference
+    and its adapter is on (`style_aligned.set_work`); the reference is not one of the icons."""
     from .style_aligned import build_prompts, set_work
 
     prompts = [p.strip() for p in prompts if p and p.strip()]
@@ -801,11 +816,17 @@ def icon_set(engine, prompts: Sequence[str], *, num_paths: int = 16, live_steps:
     if not 1 <= int(num_paths) <= MAX_PATHS:
         raise UserError(f"The number of paths must be between 1 and {MAX_PATHS}.")
     folder = run_folder(data_dir or engine.data_dir, owner)
-    make_set = set_work(engine, prompts, SUFFIX, seed=seed, steps=steps, guidance=guidance, metrics=metrics)
+    make_set = set_work(engine, prompts, SUFFIX, seed=seed, steps=steps, guidance=guidance, metrics=metrics,
+                        library_style=library_style, style_weight=style_weight, owner=owner)
 
     def work(ctx: JobContext) -> Result:
         the_set = make_set(ctx)
         images, set_info = the_set.images, the_set.info
+        if set_info.get("reference") != "first prompt":      # a style's reference leads the set: not an icon
+            images = images[1:]
+            set_info = dict(set_info, prompts=set_info["prompts"][1:])
+            if "clip_text_scores" in set_info:
+                set_info["clip_text_scores"] = set_info["clip_text_scores"][1:]
         ctx.emit(Result(images=images, info={"stage": "set", **set_info}))
         svgs, pngs, paths = [], [], []
         n = len(images)

@@ -23,12 +23,13 @@ import numpy as np
 import pandas as pd
 
 from core import adain, adain_runs
+from core import styles as library_styles
 from core import validate as v
 from core.adain_runs import BUILT_IN, DecoderSamples, DecoderTraining, DecoderSettings
 from core.errors import UserError
 from core.events import Progress, Result
 from tabs.common import (GPU, WEBCAM, AppContext, JobClock, LossPlotAxes, Tab, about, example, gpu, job_updates,
-                         session_key, status_text, user_errors)
+                         md_text, saved_style_text, session_key, status_text, user_errors)
 from tabs.widgets import Dropdown, Image, ImageEditor, Number, Slider
 
 TITLE = "AdaIN Transfer"
@@ -185,8 +186,9 @@ class AdaINTab(LossPlotAxes, Tab):
     @user_errors
     @gpu(duration=60)
     def transfer(self, content_files, style_files, weights_text, alpha, preserve_color, use_regions, regions,
-                 size, decoder, visitor=None, request: gr.Request = None):
-        """The styled images, streamed: (gallery, status)."""
+                 size, decoder, visitor=None, library_style=None, request: gr.Request = None):
+        """The styled images, streamed: (gallery, status). `library_style`: a library style whose
+        images (core.styles.images_of) join the uploaded style images."""
         alpha_f = v.real(alpha, "alpha", 0, 1)
         size_n = v.whole(size, "Output size", 16, self.max_side, default=0) or None  # empty: as large as the content
         preserve_b = v.flag(preserve_color, "Preserve the content's colours")
@@ -196,10 +198,18 @@ class AdaINTab(LossPlotAxes, Tab):
         styles = v.files(style_files, "Style image(s)", MAX_STYLES)
         weights_text = v.text(weights_text, "Style weights", 500)
         caller = self.caller(request, visitor)
+        picked, _ = self.library_style(library_style, 1.0, caller.owner)
+        if picked is not None:
+            found = library_styles.images_of(self.engine, picked, owner=caller.owner)
+            if not found:
+                raise UserError(f"The library style {md_text(picked.name)} keeps no images to take a style from.")
+            styles = [*styles, *found]
+            if len(styles) > MAX_STYLES:
+                raise UserError(f"Style image(s): {len(styles)} with the library style's; at most {MAX_STYLES}.")
         if not contents:
             raise UserError("Upload at least one content image.")
         if not styles:
-            raise UserError("Upload at least one style image.")
+            raise UserError("Upload at least one style image (or pick a library style).")
         weights = parse_weights(weights_text, len(styles))
         masks = masks_from_editor(regions, len(styles)) if regions_b else None
         req = adain.TransferRequest(contents, styles, weights, alpha_f, preserve_b, masks, size_n, self.max_side)
@@ -233,6 +243,20 @@ class AdaINTab(LossPlotAxes, Tab):
             text += " Regions: " + ", ".join(f"style {i + 1} {100 * float(m.mean()):.0f}%"
                                              for i, m in enumerate(masks))
         return text
+
+    @user_errors
+    def save_style(self, style_files, descriptor, name, visitor=None, request: gr.Request = None) -> str:
+        """The uploaded style image(s) as a library style (described by `descriptor`)."""
+        paths = v.files(style_files, "Style image(s)", MAX_STYLES)
+        descriptor = v.text(descriptor, "Style words (e.g. watercolor painting)", 300)
+        name = v.text(name, "Style name", library_styles.MAX_NAME)
+        caller = self.caller(request, visitor)
+        if not paths:
+            raise UserError("Upload the style image(s) to save first.")
+        images = [adain.load_image(p, what=f"style image {i + 1}", max_side=1024) for i, p in enumerate(paths)]
+        saved = library_styles.save_style(self.engine, owner=caller.owner, name=name, images=images, source="adain",
+                                          descriptor=descriptor)
+        return saved_style_text(saved)
 
     @user_errors
     def preview(self, files):
@@ -398,6 +422,12 @@ class AdaINTab(LossPlotAxes, Tab):
                     w["preserve"] = gr.Checkbox(label="Preserve the content's colours")
                     w["size"] = Slider(64, self.max_side, value=512, step=32,
                                        label=f"Output size, longer side (max {self.max_side})")
+                w["library_style"], = self.library_style_inputs(
+                    "adain", "A style saved from any tab (or a StyleDrop adapter's or a B-LoRA's own image): its "
+                             "images are style images here, after any you upload.", weight=False)
+                w["save"] = self.save_style_inputs("adain", "The uploaded style image(s) as a style of your own, "
+                                                           "usable in the other tabs (as a Style-Aligned reference).",
+                                                   words=True)
                 with gr.Accordion("Regions: a style per painted area", open=False):
                     w["use_regions"] = gr.Checkbox(label="Use painted regions")
                     gr.Markdown("Paint layer 1 where style 1 goes, layer 2 for style 2, ...; "
@@ -489,8 +519,11 @@ class AdaINTab(LossPlotAxes, Tab):
         decoder.focus(self.refresh_decoders, [decoder, visitor], decoder, api_name="adain_decoders", **private)
         self.on_page_load(self.refresh_decoders, [decoder, visitor], decoder)  # this owner's decoders
         t["run"].click(self.transfer, [t["contents"], t["styles"], t["weights"], t["alpha"], t["preserve"],
-                                       t["use_regions"], t["regions"], t["size"], decoder, visitor],
+                                       t["use_regions"], t["regions"], t["size"], decoder, visitor,
+                                       t["library_style"]],
                        [t["gallery"], t["info"]], api_name="adain", **GPU)
+        t["save"].button.click(self.save_style, [t["styles"], t["save"].words, t["save"].name, visitor],
+                               t["save"].status, api_name="adain_save_style")
         cam["cam"].stream(self.webcam, [cam["cam"], t["styles"], t["weights"], t["alpha"], cam["size"], decoder,
                                         cam["state"], visitor],
                           [cam["out"], cam["fps"], cam["state"]], stream_every=0.1, time_limit=300,

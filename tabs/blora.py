@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
-from core import blora, blora_exchange, ranking
+from core import blora, blora_exchange, ranking, styles
 from core import validate as v
 from core.errors import UserError
 from core.events import Result
 from core.train import MAX_STEPS
 
 from .common import (GPU, AppContext, LossPlotAxes, Tab, about, captioned, deliver, example, gpu, image_updates,
-                     md_text, stream_training, user_errors)
+                     md_text, saved_style_text, stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "B-LoRA Mix"
@@ -234,6 +234,16 @@ class BLoRATab(LossPlotAxes, Tab):
         path = blora_exchange.export(self.engine, aid, owner=owner, fmt=fmt)
         return deliver(path), f"Exported **{md_text(path.name)}**: {EXPORT_NOTES[fmt]}."
 
+    @user_errors
+    def save_style(self, style, name, visitor=None, request: gr.Request = None) -> str:
+        """The B-LoRA picked as the style half, as a library style (its style half, its image)."""
+        aid = v.record_id(style, "Style half")
+        name = v.text(name, "Style name", styles.MAX_NAME)
+        owner = self.caller(request, visitor).owner
+        if aid is None:
+            raise UserError("Style half: pick the B-LoRA whose style to save.")
+        return saved_style_text(styles.save_blora(self.engine, aid, owner=owner, name=name))
+
     @staticmethod
     def pick(ids, part, evt: gr.SelectData = None):
         """A click on a thumbnail picks its B-LoRA as the content or the style half."""
@@ -313,6 +323,9 @@ class BLoRATab(LossPlotAxes, Tab):
             with gr.Column(scale=1):
                 mix = self._library_inputs()
                 self._exchange_inputs(mix)
+                mix.save = self.save_style_inputs("bl", "The B-LoRA picked as the style half, as a style of your "
+                                                        "own: its style half and the image it learned, usable in "
+                                                        "the other tabs.")
                 self._generate_inputs(mix)
             with gr.Column(scale=1):
                 mix.status = gr.Markdown("", elem_id="bl-gen-status")
@@ -447,6 +460,8 @@ class BLoRATab(LossPlotAxes, Tab):
             self.library, picks, library_out, **ui).then(**export_pick)
         mix.export_btn.click(self.export, [mix.export_entry, mix.export_fmt, self.visitor],
                              [mix.export_file, mix.exchange_status], api_name="blora_export")
+        mix.save.button.click(self.save_style, [mix.style, mix.save.name, self.visitor], mix.save.status,
+                              api_name="blora_save_style")
         mix.library.select(self.pick, [mix.ids, mix.pick_as], [mix.content, mix.style], queue=False, **ui)
         inputs = [mix.content, mix.content_w, mix.style, mix.style_w, mix.prompts, mix.seed, mix.steps,
                   mix.guidance, self.visitor, mix.candidates, mix.preference]  # best of N after the token

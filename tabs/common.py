@@ -174,20 +174,27 @@ class Tab:
         from core import styles
 
         found = styles.library_styles(self.engine, owner=self.caller(request, visitor).owner)
-        return gr.update(choices=[("None", "")] + [(s.label, str(s.adapter_id)) for s in found])
+        return gr.update(choices=[("None", "")] + [(s.label, s.key) for s in found])
 
     def library_style(self, style_id, weight, owner: str):
         """(the picked core.styles.LibraryStyle or None, its weight), validated for `owner`."""
         from core import styles
         from core import validate as v
 
-        picked = v.record_id(style_id, "Library style")
+        key = style_id.strip() if isinstance(style_id, str) else style_id
+        entry = isinstance(key, str) and key.startswith(styles.ENTRY_PREFIX)
+        picked = v.record_id(key[len(styles.ENTRY_PREFIX):] if entry else key, "Library style")
         weight = v.real(weight, "Style weight", 0, styles.MAX_WEIGHT)
-        return (None if picked is None else styles.get_style(self.engine, picked, owner=owner)), weight
+        if picked is None:
+            if entry:
+                raise UserError("Library style: pick one from the list.")
+            return None, weight
+        return styles.get_style(self.engine, f"{styles.ENTRY_PREFIX}{picked}" if entry else picked, owner=owner), weight
 
-    def library_style_inputs(self, prefix: str, note: str) -> list:
-        """An accordion with a library-style picker, its weight and a refresh button, listing the
-        visitor's styles when a page opens; returns the [picker, weight] inputs."""
+    def library_style_inputs(self, prefix: str, note: str, *, weight: bool = True) -> list:
+        """An accordion with a library-style picker, its weight (unless `weight` is False) and a
+        refresh button, listing the visitor's styles when a page opens; returns the [picker,
+        weight] inputs ([picker] without the weight)."""
         from core import styles
 
         from .widgets import Dropdown, Slider
@@ -198,11 +205,27 @@ class Tab:
                 pick = Dropdown(choices=[("None", "")], value="", label="Library style",
                                 elem_id=f"{prefix}-library-style", scale=3)
                 refresh = gr.Button("Refresh list", size="sm", scale=1, elem_id=f"{prefix}-library-refresh")
-            weight = Slider(0, styles.MAX_WEIGHT, value=1.0, step=0.05, label="Style weight",
-                            elem_id=f"{prefix}-library-weight")
+            if weight:
+                weight = Slider(0, styles.MAX_WEIGHT, value=1.0, step=0.05, label="Style weight",
+                                elem_id=f"{prefix}-library-weight")
         refresh.click(self.library_style_choices, [self.visitor], pick, api_visibility="private")
         self.on_page_load(self.library_style_choices, [self.visitor], [pick])
-        return [pick, weight]
+        return [pick, weight] if weight else [pick]
+
+    @staticmethod
+    def save_style_inputs(prefix: str, note: str, *, words: bool = False) -> SaveStyleWidgets:
+        """An accordion "Save as a library style": a name (and, with `words`, the style's words), a
+        button and a status line (the tab wires the button to its own handler, which ends with
+        `saved_style_text`)."""
+        with gr.Accordion("Save as a library style", open=False, elem_id=f"{prefix}-save-style"):
+            gr.Markdown(note)
+            with gr.Row():
+                name = gr.Textbox(label="Style name", max_lines=1, scale=3, elem_id=f"{prefix}-style-name")
+                button = gr.Button("Save as style", scale=1, elem_id=f"{prefix}-save-style-button")
+            words_box = gr.Textbox(label="Style words (e.g. watercolor painting)", max_lines=1,
+                                   elem_id=f"{prefix}-style-words") if words else None
+            status = gr.Markdown(elem_id=f"{prefix}-save-style-status")
+        return SaveStyleWidgets(name, button, status, words_box)
 
     def build(self) -> None:  # pragma: no cover - every tab defines it
         raise NotImplementedError
@@ -214,6 +237,23 @@ class Tab:
         tab = cls(ctx)
         tab.build()
         return tab
+
+
+@dataclass
+class SaveStyleWidgets:
+    name: Any
+    button: Any
+    status: Any
+    words: Any = None
+
+
+def saved_style_text(style) -> str:
+    """What a tab says after "Save as style" (a core.styles.LibraryStyle)."""
+    forms = [f"{len(style.images)} image(s)"] + (["a reference image"] if style.reference else []) + \
+            ([f"the adapter #{style.adapter_id}"] if style.adapter_id is not None else [])
+    return (f"**Saved** the style **{md_text(style.name)}** ({style.key}: {', '.join(forms)}). Pick it under "
+            "*Style from the library* in Style-Aligned Set, AdaIN Transfer, Personalize and Text-to-SVG "
+            "(*Refresh list* there).")
 
 
 @dataclass

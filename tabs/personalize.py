@@ -273,7 +273,7 @@ class PersonalizeTab(LossPlotAxes, Tab):
                                  guidance=guidance_f)
         active = ", ".join(f"#{i} × {w:g}" for i, w in weights.items()) or "none (base model)"
         if style is not None:
-            active += f"; library style {md_text(style.name)} (#{style.adapter_id}) × {style_weight_f:g}"
+            active += f"; library style {md_text(style.name)} ({style.shown}) × {style_weight_f:g}"
         yield from image_updates(events, stopped="**Stopped.** The images were not finished.",
                                  done=f"**Done.** Adapters: {active}.",
                                  finish=lambda result, status: (captioned(result), status))

@@ -6,13 +6,13 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from core import ranking, styledrop
+from core import ranking, styledrop, styles
 from core import validate as v
 from core.errors import UserError
 from core.images import load_image
-from core.style_aligned import MAX_SET, SharingOptions, style_aligned_set
+from core.style_aligned import MAX_SET, SharingOptions, build_prompts, style_aligned_set
 
-from .common import GPU, Tab, about, example, gpu, image_updates, md_text, user_errors
+from .common import GPU, Tab, about, example, gpu, image_updates, md_text, saved_style_text, user_errors
 from .widgets import Number, Slider
 
 TITLE = "Style-Aligned Set"
@@ -71,7 +71,9 @@ def _metrics_markdown(info: dict, note: str) -> str:
         lines.append(f"\n<small>Scored with {note}.</small>")
     used = info.get("library_style")
     if used:
-        lines.insert(0, f"**Library style:** {md_text(used['name'])} (#{used['adapter_id']}) × {used['weight']:g}\n")
+        ref = f"#{used['adapter_id']}" if used.get("entry_id") is None else used["key"]
+        how = "; its image is the reference" if info.get("reference") == "the library style's image" else ""
+        lines.insert(0, f"**Library style:** {md_text(used['name'])} ({ref}) × {used['weight']:g}{how}\n")
     return "\n".join(lines)
 
 
@@ -140,21 +142,51 @@ class StyleAlignedTab(Tab):
                                                                 _metrics_markdown(result.info, note),
                                                                 dict(result.info)))
 
-    @user_errors
-    def set_for_styledrop(self, gallery, prompts, style):
-        """The finished set handed to StyleDrop as the style images of a new loop (up to its 8),
-        with the reference's prompt as their content and the style text as the descriptor:
-        (style files, content, style descriptor, the tab to show)."""
+    @staticmethod
+    def best_set(gallery, limit: int, purpose: str) -> list[str]:
+        """The shown set's image files (with best of N, the best set only: the first, up to "set #2"),
+        at most `limit`; a UserError saying `purpose` when there is none."""
         items = []
-        for it in gallery or []:       # with best of N, the best set only (the first, up to "set #2")
+        for it in gallery or []:
             path, caption = (it[0], it[1] if len(it) > 1 else None) if isinstance(it, (list, tuple)) else (it, None)
             place = re.match(r"set #(\d+)", caption) if isinstance(caption, str) else None
             if place and place.group(1) != "1":
                 break
             items.append(path)
-        paths = v.files(items[:styledrop.MAX_STYLE_IMAGES], "Set", styledrop.MAX_STYLE_IMAGES)
+        paths = v.files(items[:limit], "Set", limit)
         if not paths:
-            raise UserError("Generate a set first: its images become the style images of a StyleDrop loop.")
+            raise UserError(f"Generate a set first: {purpose}.")
+        return paths
+
+    @user_errors
+    def save_style(self, gallery, prompts, style, reference_file, reference_prompt, library_style, name,
+                   visitor=None, request: gr.Request = None) -> str:
+        """The shown set as a library style: its images, the first as the reference (described by
+        the reference's description, or the first prompt with the style text), the style text as
+        the descriptor, and the library style's adapter when one was on."""
+        name = v.text(name, "Style name", styles.MAX_NAME)
+        lines = [ln.strip() for ln in v.text(prompts, "Prompts", 10_000).splitlines() if ln.strip()]
+        style = v.text(style, "Style text appended to every prompt", 1_000)
+        reference_prompt = v.text(reference_prompt, "Describe the reference", 1_000).strip()
+        uploaded = bool(v.files(reference_file, "Reference image", 1))
+        caller = self.caller(request, visitor)
+        picked, _ = self.library_style(library_style, 1.0, caller.owner)
+        paths = self.best_set(gallery, styles.MAX_IMAGES, "its images become the style's images")
+        images = [load_image(p, what="set image", max_side=1024) for p in paths]
+        ref_text = reference_prompt if uploaded and reference_prompt else \
+            styles.styled_prompts(build_prompts(lines or ["an image"], style), picked)[0]
+        saved = styles.save_style(self.engine, owner=caller.owner, name=name, images=images, source="style_aligned",
+                                  descriptor=style_descriptor(style), reference=images[0], reference_prompt=ref_text,
+                                  adapter_id=None if picked is None else picked.adapter_id)
+        return saved_style_text(saved)
+
+    @user_errors
+    def set_for_styledrop(self, gallery, prompts, style):
+        """The finished set handed to StyleDrop as the style images of a new loop (up to its 8),
+        with the reference's prompt as their content and the style text as the descriptor:
+        (style files, content, style descriptor, the tab to show)."""
+        paths = self.best_set(gallery, styledrop.MAX_STYLE_IMAGES, "its images become the style images of a "
+                                                                   "StyleDrop loop")
         lines = [ln.strip() for ln in v.text(prompts, "Prompts", 10_000).splitlines() if ln.strip()]
         descriptor = style_descriptor(v.text(style, "Style text appended to every prompt", 1_000))
         return paths, (lines[0] if lines else ""), descriptor, gr.Tabs(selected="tabs.styledrop")
@@ -197,8 +229,10 @@ class StyleAlignedTab(Tab):
                         preference = Slider(0, 1, value=0.5, step=0.05, label="Preference: prompts ↔ consistency",
                                             elem_id="sa-preference")
                 library_style = self.library_style_inputs(
-                    "sa", "A StyleDrop adapter or the style half of a B-LoRA you trained (or one shared with "
-                          "you), on while the set is made; its style words join every prompt.")
+                    "sa", "A style saved from any tab, a StyleDrop adapter or the style half of a B-LoRA you "
+                          "trained (or one shared with you): its adapter is on while the set is made, its style "
+                          "words join every prompt, and a saved style's image is the set's reference (unless "
+                          "you upload one).")
                 with gr.Accordion("Advanced", open=False):
                     sharing = self._sharing_widgets()
             with gr.Column(scale=1):
@@ -208,6 +242,9 @@ class StyleAlignedTab(Tab):
                                          elem_id="sa-to-styledrop")
                 metrics_md = gr.Markdown("", elem_id="sa-metrics")
                 metrics_json = gr.JSON(label="Metrics", visible=False)
+                save = self.save_style_inputs("sa", "The set shown (the best one with best of N) as a style of "
+                                                    "your own: its images, the first as the reference, the style "
+                                                    "text as its words, the library style's adapter if one was on.")
 
         with gr.Row():
             gr.Examples([[p, st, example(ref) if ref else None, rp] for p, st, ref, rp in EXAMPLES],
@@ -220,6 +257,8 @@ class StyleAlignedTab(Tab):
                   *library_style, n_sets, preference, self.visitor]
         run.click(self.generate, inputs, [gallery, status, metrics_md, metrics_json], api_name="style_aligned", **GPU)
         self.wire_stop(stop)
+        save.button.click(self.save_style, [gallery, prompts, style, ref_file, ref_prompt, library_style[0], save.name,
+                                            self.visitor], save.status, api_name="style_aligned_save_style")
 
 
     @staticmethod

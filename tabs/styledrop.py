@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
-from core import library, styledrop
+from core import library, styledrop, styles
 from core import validate as v
 from core.errors import UserError
 from core.events import Notice, Result
@@ -22,7 +22,7 @@ from core.throttle import DistinctLimit, Throttle
 from core.train import MAX_STEPS, TrainSettings
 
 from .common import (GPU, AppContext, LossPlotAxes, Tab, about, captioned, deliver, example, gpu, html_text,
-                     image_updates, job_updates, md_text, stream_training, user_errors)
+                     image_updates, job_updates, md_text, saved_style_text, stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 # Ratings of someone else's published loop, per client address: at most RATES_PER_MINUTE, and
@@ -312,6 +312,16 @@ class StyleDropTab(LossPlotAxes, Tab):
         return deliver(path), ("Exact: this round's adapter is a LoRA (linear form)." if exact else
                       "**Linearised** (not exact): GELU(z) replaced by z/2 and the bias term dropped; images in "
                       "A1111/ComfyUI will differ from the ones here.")
+
+    @user_errors
+    def save_style(self, round, name, visitor=None, request: gr.Request = None) -> str:
+        """The round (its adapter, the loop's style images and words) as a library style."""
+        round_id = v.record_id(round, "Round")
+        name = v.text(name, "Style name", styles.MAX_NAME)
+        owner = self.caller(request, visitor).owner
+        if round_id is None:
+            raise UserError("Pick a round (train one first).")
+        return saved_style_text(styles.save_styledrop_round(self.engine, round_id, owner=owner, name=name))
 
     # ------------------------------------------------------------------ rounds
     @staticmethod
@@ -616,6 +626,9 @@ class StyleDropTab(LossPlotAxes, Tab):
                 ui.export = gr.Button("Export this round's adapter as a LoRA", elem_id="sd-export")
                 ui.export_file = gr.File(label="LoRA file (kohya format)", elem_id="sd-export-file")
             ui.export_note = gr.Markdown("", elem_id="sd-export-note")
+        ui.save = self.save_style_inputs("sd", "This round as a style of your own (say, the round you liked): its "
+                                               "adapter, the loop's style image(s) and its style words, usable "
+                                               "in the other tabs.")
 
     def _combine_section(self, ui) -> None:
         gr.Markdown("Pick a StyleDrop adapter and a Personalize (DreamBooth) subject, on \"a [V] [class] in [style] "
@@ -665,6 +678,8 @@ class StyleDropTab(LossPlotAxes, Tab):
         for box in settings:
             box.change(self.options_of, settings, ui.options, queue=False, **private)
         ui.export.click(self.export, [ui.round, self.visitor], [ui.export_file, ui.export_note], **private)
+        ui.save.button.click(self.save_style, [ui.round, ui.save.name, self.visitor], ui.save.status,
+                             api_name="styledrop_save_style")
         train_tail = [ui.style_files, ui.content, ui.style, ui.name, ui.steps, ui.lr, ui.rank, ui.gc, ui.seed,
                       ui.prompts, ui.samples, ui.sample_steps, ui.guidance, ui.grid_seed, ui.options, self.visitor]
         train_out = [ui.status, ui.loss, *view, ui.info]

@@ -230,9 +230,11 @@ class SvgTab(Tab):
 
     @user_errors
     @gpu(duration=600)
-    def icon_set(self, prompts, paths, live_steps, size, seed, steps, guidance, visitor=None,
-                 request: gr.Request = None):
-        """A Style-Aligned set, each icon vectorized, streamed: (icons, status, files, details)."""
+    def icon_set(self, prompts, paths, live_steps, size, seed, steps, guidance, visitor=None, library_style=None,
+                 style_weight=1.0, request: gr.Request = None):
+        """A Style-Aligned set, each icon vectorized, streamed: (icons, status, files, details).
+        `library_style`: a library style whose adapter is on while the set is made and whose image
+        (a saved style's) is the set's reference."""
         n_paths = v.whole(paths, "Paths per icon", 1, 256)
         live_n = v.whole(live_steps, "LIVE steps per icon", 1, 5000)
         size_n = v.whole(size, "Working size", 32, 600)
@@ -241,10 +243,11 @@ class SvgTab(Tab):
         guidance_f = v.real(guidance, "Guidance", 0, 20)
         prompts = v.text(prompts, "One icon per line", 10_000)
         caller = self.caller(request, visitor)
+        picked, style_weight_f = self.library_style(library_style, style_weight, caller.owner)
         events = vectorfusion.icon_set(
             self.engine, prompts.splitlines(), num_paths=n_paths, live_steps=live_n, live_size=size_n, seed=seed_n,
             steps=steps_n, guidance=guidance_f, metrics=self.ctx.metrics, data_dir=self.ctx.data_dir,
-            owner=caller.owner, stop_key=caller.stop_key)
+            owner=caller.owner, stop_key=caller.stop_key, library_style=picked, style_weight=style_weight_f)
         on_disk: dict[str, None] = {}     # every icon's SVG and PNG so far, in order
         for u in job_updates(events, stopped=lambda: SET_STOPPED_KEPT if on_disk else SET_STOPPED_EMPTY,
                              done=_set_line, progress=_status):
@@ -377,6 +380,10 @@ class SvgTab(Tab):
                     seed = Number(label="Seed", value=0, precision=0, minimum=0)
                     steps = Slider(1, 100, value=2 if tiny else 30, step=1, label="Sampling steps")
                     guidance = Slider(0, 20, value=5.0, step=0.5, label="Guidance")
+                library_style = self.library_style_inputs(
+                    "set", "A style saved from any tab: its image is the set's reference, so every icon takes "
+                           "its style (and its adapter, if it has one, is on); or a StyleDrop adapter or B-LoRA "
+                           "style half alone.")
             with gr.Column(scale=1):
                 status = gr.Markdown("", elem_id="set-status")
                 gallery = gr.Gallery(label="Icons (rendered by cairosvg from the SVGs)", columns=4, height="auto",
@@ -385,7 +392,8 @@ class SvgTab(Tab):
                 files = gr.File(label="SVG and PNG files", file_count="multiple", interactive=False,
                                 elem_id="set-files")
                 info = gr.JSON(label="Details", visible=False)
-        run.click(self.icon_set, [prompts, paths, live_steps, size, seed, steps, guidance, self.visitor],
+        run.click(self.icon_set, [prompts, paths, live_steps, size, seed, steps, guidance, self.visitor,
+                                  *library_style],  # after the token: earlier API calls keep working
                   [gallery, status, files, info], api_name="svg_icon_set", **GPU)
         self.wire_stop(stop, api_name="svg_icon_set_stop")
 

@@ -273,11 +273,11 @@ def test_shared_instance_keeps_visitors_decoders_apart(tmp_path):
         choices=["built-in"], value="built-in")
     assert tab.decoder_choices() == ["built-in"]
     images, _ = list(tab.transfer(contents[:1], styles, "", 1.0, False, False, None, 32, "mine",
-                                  visitor_a, req_a))[-1]
+                                  visitor_a, request=req_a))[-1]
     assert images[0].size == (32, 32)
     with pytest.raises(gr.Error, match="'mine' was not found among your decoders"):
         list(tab.transfer(contents[:1], styles, "", 1.0, False, False, None, 32, "mine",
-                          visitor_b, req_b))
+                          visitor_b, request=req_b))
     with pytest.raises(tab_mod.UserError, match="not found"):
         tab.model("mine", ctx.owner(req_b, visitor_b))
     frame = np.zeros((32, 32, 3), dtype=np.uint8)

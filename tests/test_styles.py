@@ -84,7 +84,8 @@ def test_a_style_aligned_set_with_a_library_style(engine, made, kind):
     without = a_set(engine)
     styled = a_set(engine, st)
     assert styled.info["prompts"] == [f"{p}, {st.phrase}" for p in PROMPTS]
-    assert styled.info["library_style"] == {"adapter_id": made[kind], "name": st.name, "weight": 1.0}
+    assert styled.info["library_style"] == {"key": str(made[kind]), "entry_id": None, "adapter_id": made[kind],
+                                            "name": st.name, "weight": 1.0}
     assert np.abs(as_array(styled) - as_array(without)).max() > 2.0    # the style changes the set
     # the phrase alone does not explain it: the same prompts, weight 0, are the set without the adapter
     zero = a_set(engine, st, weight=0.0)

@@ -7,6 +7,7 @@ One module-wide flow makes a thing with each tab (tiny models, a few steps each)
 opens a new client, as a script would, so no value filled in by a page load is relied on."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from .conftest import client, new_token, picture, raw_call, raw_error, upload
 
 # plain HTTP sends every input: those after the token at their defaults
 AFTER_TOKEN = {"/blora_generate": [1, 0.5],         # candidates (best of N), preference content <-> style
-               "/personalize_generate": [None, 1.0]}  # library style, its weight
+               "/personalize_generate": [None, 1.0],  # library style, its weight
+               "/svg_icon_set": [None, 1.0],          # library style, its weight
+               "/adain": [None]}                      # library style
 SA = ["a cat", "", 0, 2, 5.0, 64, 64, "", None, "", True, True, False, False, False, 0.0, 1.0, 1.0]
 
 
@@ -97,6 +100,21 @@ def test_every_endpoint_from_a_fresh_session(shared_app, made):
     gallery, status, info = run("/blora_generate", "Custom prompts", str(made["blora"]), 1.0, str(made["blora"]), 1.0,
                                 "A [c] in [s] style", 0, 2, 7.5, tok)
     assert len(gallery) == 1 and "Done" in status
+    # "save as style" in four tabs; a saved style used by another tab
+    sa_set, *_ = run("/style_aligned", *SA)
+    shown = [{"image": handle_file(g["image"]), "caption": g.get("caption")} for g in sa_set]
+    keys = {}
+    for api, args in (("/styledrop_save_style", [str(made["round"]), "sd style"]),
+                      ("/blora_save_style", [str(made["blora"]), "bl style"]),
+                      ("/adain_save_style", [[img[1]], "ink wash", "ink"]),
+                      ("/style_aligned_save_style", [shown, "a cat", "", None, "", "", "sa style"])):
+        text = run(api, *args, tok)
+        assert text.startswith("**Saved**"), (api, text)
+        keys[api] = re.search(r"\((s\d+):", text).group(1)
+    made["style"] = keys["/adain_save_style"]
+    for key in keys.values():
+        images, text = run("/adain", [img[0]], None, "", 1.0, False, False, None, 64, "built-in", tok, key)
+        assert len(images) == 1 and text.startswith("Done"), text
     exported, msg = run("/blora_export", str(made["blora"]), "B-LoRA reference (diffusers)", tok)
     assert Path(exported).suffix == ".safetensors" and "reference" in msg
     assert "Imported" in run("/blora_import", handle_file(exported), "", "[v1]", tok)
@@ -127,12 +145,14 @@ def test_another_visitor_neither_lists_nor_uses_them(shared_app, made):
                       ("/blora_generate", ["Custom prompts", str(made["blora"]), 1.0, None, 1.0, "a [c]", 0, 2, 7.5]),
                       ("/blora_export", [str(made["blora"]), "B-LoRA reference (diffusers)"]),
                       ("/styledrop_combine", [str(made["sd"]), 1.0, None, 1.0, "a dog", 0, 2, 5.0]),
-                      ("/adain", [None, None, "", 1.0, False, False, None, 64, "run1"])):
+                      ("/adain", [None, None, "", 1.0, False, False, None, 64, "run1"]),
+                      ("/adain", [None, None, "", 1.0, False, False, None, 64, "built-in", other, made["style"]]),
+                      ("/style_aligned_save_style", [None, "a cat", "", None, "", made["style"], "mine"])):
         after = AFTER_TOKEN.get(api, [])
-        msg = raw_error(shared_app, api, [*args, other, *after])
+        msg = raw_error(shared_app, api, args if other in args else [*args, other, *after])
         assert "not found" in msg or "Upload" in msg, (api, msg)
     c = upload(shared_app, made["img"][0]["path"])
-    msg = raw_error(shared_app, "/adain", [[c], [c], "", 1.0, False, False, None, 64, "run1", other])
+    msg = raw_error(shared_app, "/adain", [[c], [c], "", 1.0, False, False, None, 64, "run1", other, None])
     assert "was not found among your decoders" in msg
     # the same visitor's token from a fresh session still owns everything
     assert str(made["db"]) in [v for _, v in call(shared_app, "/personalize_library", None, None, None,
