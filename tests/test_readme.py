@@ -12,10 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def headless_example() -> str:
+def headless_example(n: int = 0) -> str:
+    """The n-th Python block of the README's "Use it headless" section."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("## Use it headless", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    section = text.split("## Use it headless", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[n]
 
 
 @pytest.mark.slow
@@ -28,6 +29,17 @@ def test_the_headless_example_runs_verbatim_in_tiny_mode(live_app):
     scores, consistency = out.stdout.strip().rsplit("] ", 1)
     assert len(scores.strip("[").split(",")) == 3           # a CLIP score per prompt
     assert 0.0 <= float(consistency) <= 1.0 + 1e-6
+
+
+@pytest.mark.slow
+def test_the_library_style_example_runs_verbatim_in_tiny_mode(live_app):
+    """Save a style in AdaIN, use it in AdaIN and for an icon set, as the README shows."""
+    code = headless_example(1).replace("http://127.0.0.1:7860/", live_app.url)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    key, rest = out.stdout.strip().splitlines()[-1].split(" ", 1)      # the printed line
+    assert re.fullmatch(r"s\d+", key) and rest.startswith("Done: 1 image(s)"), out.stdout
+    assert "**Done.** 2 icons." in rest and rest.endswith("the library style's image"), out.stdout
 
 
 def test_every_picture_and_file_the_readme_links_exists():

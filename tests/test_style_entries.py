@@ -363,9 +363,97 @@ def test_an_icon_set_aligned_to_a_saved_style(engine, made, tmp_path):
         the_set = next(e for e in seen if isinstance(e, Result) and e.info.get("stage") == "set")
         return the_set, seen[-1]
 
+    before_unet, before_image = library.snapshot(engine.pipe.unet), plain(engine)
     plain_set, plain_icons = icons(None)
-    styled_set, styled_icons = icons(made["adain"])
+    styled_set, styled_icons = icons(made["styledrop"])          # its image and its adapter
     assert len(styled_icons.images) == 2 and styled_icons.info["prompts"] == ["a cup", "a key"]
     assert styled_icons.info["reference"] == "the library style's image"
     assert len(styled_icons.info["svgs"]) == 2
     assert np.abs(as_array(styled_set.images[1:]) - as_array(plain_set.images)).max() > 2.0
+    after = library.snapshot(engine.pipe.unet)
+    assert after.keys() == before_unet.keys() and all(np.array_equal(before_unet[k], after[k]) for k in after)
+    assert np.array_equal(before_image, plain(engine))
+    with pytest.raises(UserError, match="not found"):              # carol's style, named by dave
+        list(vectorfusion.icon_set(engine, ["a cup"], num_paths=2, live_steps=2, live_size=32, steps=2,
+                                   data_dir=tmp_path, owner="dave", library_style=made["adain"]))
+
+
+def test_text_to_svg_samples_are_aligned_to_a_saved_style(engine, made, tmp_path):
+    """With a saved style's image, VectorFusion's K samples are a Style-Aligned set to it (the
+    oracle: that set made by hand, with the same seed, prompt and reference), then ranked."""
+    from core import vectorfusion as vf
+    from core.metrics import Metrics
+
+    metrics = Metrics(tiny=True)
+    st = made["adain"]
+
+    def samples(style, k=2):
+        seen = list(vf.text_to_svg(engine, "a cup", vf.VFOptions(style="pixel art", num_paths=4, steps=0, seed=4),
+                                   k=k, sample_steps=2, sample_guidance=6.0, metrics=metrics, data_dir=tmp_path,
+                                   owner=OWNER,
+                                   library_style=style))
+        return next(e for e in seen if isinstance(e, Result) and e.info.get("stage") == "candidates"), seen[-1]
+
+    cands, done = samples(st)
+    assert done.info["samples"] == "Style-Aligned to the library style's image" and len(cands.images) == 2
+    prompt = vf.full_prompt(done.info["prompt"], "pixel art")
+    image, ref_prompt = styles.reference_of(st)
+    by_hand = final(style_aligned_set(engine, [prompt, prompt], "", seed=4, steps=2, guidance=6.0,
+                                      reference_image=Image.open(image).convert("RGB"), reference_prompt=ref_prompt,
+                                      owner=OWNER))
+    assert np.abs(as_array(cands.images) - as_array(by_hand.images[1:])).max() <= 2.0
+    plain_cands, plain_done = samples(None)
+    assert "samples" not in plain_done.info
+    assert np.abs(as_array(cands.images) - as_array(plain_cands.images)).max() > 2.0
+    with pytest.raises(UserError, match="at most 7"):
+        samples(st, k=8)
+    with pytest.raises(UserError, match="not found"):              # carol's style, named by dave
+        list(vf.text_to_svg(engine, "a cup", vf.VFOptions(style="pixel art", num_paths=4, steps=0), k=2,
+                            sample_steps=2, metrics=metrics, data_dir=tmp_path, owner="dave", library_style=st))
+
+
+@pytest.mark.browser
+def test_browser_a_style_saved_in_adain_is_used_in_style_aligned_and_adain(live_app, page, tmp_path):
+    """As a user: upload a style image in AdaIN Transfer and save it as a style; in Style-Aligned
+    Set pick it (its image becomes the reference) and generate; back in AdaIN, after a reload,
+    pick it as the only style and stylize."""
+    import re
+
+    ink(7).save(tmp_path / "ink.png")
+    picture(0).save(tmp_path / "content.png")
+    page.goto(live_app.url)
+    page.get_by_role("tab", name="AdaIN Transfer", exact=True).click()
+    tab = page.locator("#adain-tab")
+    tab.locator("input[type=file][multiple]").nth(1).set_input_files(str(tmp_path / "ink.png"))
+    page.locator("#adain-save-style").get_by_text("Save as a library style").click()
+    page.locator("#adain-style-name").get_by_role("textbox").fill("browser ink")
+    page.locator("#adain-style-words").get_by_role("textbox").fill("ink wash")
+    page.locator("#adain-save-style-button").click()
+    page.wait_for_function("() => document.querySelector('#adain-save-style-status').innerText.includes('Saved')",
+                           timeout=60_000)
+    key = re.search(r"\((s\d+):", page.locator("#adain-save-style-status").inner_text()).group(1)
+
+    page.get_by_role("tab", name="Style-Aligned Set", exact=True).click()
+    page.locator("#sa-library").get_by_text("Style from the library (optional)").click()
+    page.locator("#sa-library-refresh").click()
+    page.locator("#sa-library-style input").click()
+    page.get_by_role("option", name=f"browser ink · style: 1 image(s) · {key}").click()
+    page.locator("#sa-prompts textarea").fill("A guitar\nA sailboat")
+    page.locator("#sa-generate").click()
+    page.wait_for_function("() => document.querySelector('#sa-metrics').innerText.includes('Library style')",
+                           timeout=120_000)
+    shown = page.locator("#sa-metrics").inner_text()
+    assert f"browser ink ({key}) × 1; its image is the reference" in shown
+    assert page.locator("#sa-gallery img").count() >= 3          # the reference, then the two prompts
+
+    page.reload()
+    page.get_by_role("tab", name="AdaIN Transfer", exact=True).click()
+    tab = page.locator("#adain-tab")
+    tab.locator("input[type=file][multiple]").nth(0).set_input_files(str(tmp_path / "content.png"))
+    page.locator("#adain-library").get_by_text("Style from the library (optional)").click()
+    page.locator("#adain-library-refresh").click()
+    page.locator("#adain-library-style input").click()
+    page.get_by_role("option", name=f"browser ink · style: 1 image(s) · {key}").click()
+    tab.get_by_role("button", name="Stylize").click()
+    page.wait_for_function("() => document.querySelector('#adain-info').innerText.startsWith('Done: 1 image(s)')",
+                           timeout=120_000)

@@ -135,7 +135,8 @@ def test_bombs_and_non_images_in_image_fields(shared_app, tmp_path):
         msg = raw_error(shared_app, "/adain_webcam", [f, [style], "", 1.0, 64, "built-in", token])
         assert_clear(msg, "Webcam", "/adain_webcam")
         editor = {"background": f, "layers": [f], "composite": f, "id": None}
-        msg = raw_error(shared_app, "/adain", [[style], [style], "", 1.0, False, True, editor, 64, "built-in", token])
+        msg = raw_error(shared_app, "/adain", [[style], [style], "", 1.0, False, True, editor, 64, "built-in", token,
+                                                  None])
         assert_clear(msg, "Regions", "/adain")
     assert shared_app.alive()
 
@@ -147,9 +148,10 @@ def test_requests_have_bounded_work(shared_app, tmp_path):
 
     token = new_token(shared_app)
     f = upload(shared_app, picture(tmp_path / "c.png", 1))
-    msg = raw_error(shared_app, "/adain", [[f] * 17, [f], "", 1.0, False, False, None, 64, "built-in", token])
+    # (plain HTTP sends every input: the library style after the token, as AFTER_TOKEN lists)
+    msg = raw_error(shared_app, "/adain", [[f] * 17, [f], "", 1.0, False, False, None, 64, "built-in", token, None])
     assert "Content image(s): 17 files; at most 16" in msg
-    msg = raw_error(shared_app, "/adain", [[f], [f] * 9, "", 1.0, False, False, None, 64, "built-in", token])
+    msg = raw_error(shared_app, "/adain", [[f], [f] * 9, "", 1.0, False, False, None, 64, "built-in", token, None])
     assert "Style image(s): 9 files; at most 8" in msg
     msg = raw_error(shared_app, "/adain_train", [[f], [f], "", "", "r", 10**9, 1, 40, 32, 1, 1, False, token])
     assert "Steps must be from 1 to 200000" in msg
