@@ -726,16 +726,17 @@ def text_to_svg(engine, prompt: str, options: VFOptions | None = None, *, init: 
         total = o.steps + (n_live if init == "baseline" and o.style == "iconographic" else 0)
         if init == "baseline":
             caption = engine.clean_prompt(prompt, ctx)
+            sample_prompts = [full_prompt(caption, o.style)] * int(k)
             if styles.reference_of(library_style) is not None:   # samples aligned to the style's image
                 from .style_aligned import set_work
 
-                images = set_work(engine, [full_prompt(caption, o.style)] * int(k), seed=o.seed,
+                images = set_work(engine, sample_prompts, seed=o.seed,
                                   steps=sample_steps, guidance=sample_guidance, negative_prompt=o.negative_prompt,
                                   library_style=library_style, style_weight=style_weight, owner=owner,
                                   style_on=False)(ctx).images[1:]
                 info["samples"] = "Style-Aligned to the library style's image"
             else:
-                images = engine.text_to_image(ctx, [full_prompt(caption, o.style)] * int(k), seed=o.seed,
+                images = engine.text_to_image(ctx, sample_prompts, seed=o.seed,
                                               steps=sample_steps, guidance=sample_guidance,
                                               negative_prompt=o.negative_prompt, message="Sampling candidates")
             ctx.progress(0, total, "Ranking the candidates with CLIP")
