@@ -90,7 +90,10 @@ def _vectorized_line(result: Result) -> str:
 def _set_line(result: Result) -> str:
     if results.stage(result) == results.SET:
         return "**Style-aligned set done; vectorizing.**"
-    return f"**Done.** {len(results.IconSet.from_result(result).svgs)} icons."
+    icons = results.IconSet.from_result(result)
+    styled = "" if not icons.library_style else f" Library style: {md_text(icons.library_style)}" + \
+        ("; every icon aligned to its image." if icons.aligned_to_style else ".")
+    return f"**Done.** {len(icons.svgs)} icons.{styled}"
 
 
 def _delivered(paths) -> tuple:

@@ -396,6 +396,8 @@ def test_text_to_svg_samples_are_aligned_to_a_saved_style(engine, made, tmp_path
 
     cands, done = samples(st)
     assert done.info["samples"] == "Style-Aligned to the library style's image" and len(cands.images) == 2
+    from core.vector import results
+    assert results.SvgRun.from_result(done).library_style == f"ink ({st.key}) × 1"     # what the tab shows
     prompt = vf.full_prompt(done.info["prompt"], "pixel art")
     image, ref_prompt = styles.reference_of(st)
     by_hand = final(style_aligned_set(engine, [prompt, prompt], "", seed=4, steps=2, guidance=6.0,
@@ -457,3 +459,36 @@ def test_browser_a_style_saved_in_adain_is_used_in_style_aligned_and_adain(live_
     tab.get_by_role("button", name="Stylize").click()
     page.wait_for_function("() => document.querySelector('#adain-info').innerText.startsWith('Done: 1 image(s)')",
                            timeout=120_000)
+
+
+@pytest.mark.browser
+def test_browser_a_set_saved_as_a_style_aligns_an_icon_set(live_app, page):
+    """As a user: make a Style-Aligned set, save it as a style, then in Text-to-SVG's Icon set pick
+    it: the icons are made aligned to its image, and the status says so."""
+    import re
+
+    page.goto(live_app.url)
+    page.locator("#sa-prompts textarea").fill("A lamp\nA chair")
+    page.locator("#sa-generate").click()
+    page.wait_for_function("() => document.querySelector('#sa-status').innerText.includes('Done')", timeout=120_000)
+    page.locator("#sa-save-style").get_by_text("Save as a library style").click()
+    page.locator("#sa-style-name").get_by_role("textbox").fill("browser set")
+    page.locator("#sa-save-style-button").click()
+    page.wait_for_function("() => document.querySelector('#sa-save-style-status').innerText.includes('Saved')",
+                           timeout=60_000)
+    status = page.locator("#sa-save-style-status").inner_text()
+    assert "2 image(s), a reference image" in status
+    key = re.search(r"\((s\d+):", status).group(1)
+
+    page.get_by_role("tab", name="Text-to-SVG").click()
+    page.get_by_role("tab", name="Icon set").click()
+    page.locator("#set-library").get_by_text("Style from the library (optional)").click()
+    page.locator("#set-library-refresh").click()
+    page.locator("#set-library-style input").click()
+    page.get_by_role("option", name=f"browser set · style: 2 image(s), reference · {key}").click()
+    page.locator("#set-prompts textarea").fill("a cup\na key")
+    page.locator("#set-run").click()
+    page.wait_for_function("() => document.querySelector('#set-status').innerText.includes('icons.')",
+                           timeout=180_000)
+    done = page.locator("#set-status").inner_text()
+    assert done.startswith("Done. 2 icons.") and f"browser set ({key}) × 1; every icon aligned to its image" in done

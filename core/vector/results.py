@@ -101,7 +101,8 @@ class SvgRun:
 def _style_line(used: Any) -> str | None:
     if not used:
         return None
-    return f"{used['name']} (#{int(used['adapter_id'])}) × {float(used['weight']):g}"
+    ref = f"#{int(used['adapter_id'])}" if used.get("entry_id") is None else str(used["key"])
+    return f"{used['name']} ({ref}) × {float(used['weight']):g}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,12 +140,16 @@ class IconSet:
     svgs: tuple[str, ...]
     files: tuple[str, ...]
     details: dict[str, Any] = field(default_factory=dict)
+    library_style: str | None = None     # "name (key) × weight" of a library style used, if any
+    aligned_to_style: bool = False       # the set's reference was the library style's image
 
     @classmethod
     def from_result(cls, result: Result) -> IconSet:
         info = result.info
         return cls(prompts=tuple(info["prompts"]), images=tuple(result.images), svgs=tuple(info["svgs"]),
-                   files=tuple(result.files), details=public_info(info))
+                   files=tuple(result.files), details=public_info(info),
+                   library_style=_style_line(info.get("library_style")),
+                   aligned_to_style=info.get("reference") == "the library style's image")
 
 
 __all__ = ["CANDIDATES", "SET", "Candidates", "IconSet", "SvgRun", "VectorizedImage", "public_info", "stage"]
