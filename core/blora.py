@@ -471,18 +471,7 @@ def plan(engine, use: str | None, content: tuple[int, float] | None, style: tupl
     return halves, filled
 
 
-def candidate_seeds(seed: int, n: int) -> list[int]:
-    """The seeds of N candidates: candidate i is what an ordinary run (N = 1) with seed
-    `seed + i` gives (its prompt k with seed + i + k, as every batch), so a pick is
-    reproducible by its seed alone."""
-    return [int(seed) + i for i in range(int(n))]
-
-
-def candidate_latents(engine, seed: int, n: int, n_prompts: int, width: int, height: int) -> torch.Tensor:
-    """Starting noise of N candidates of `n_prompts` prompts in one batch, candidate-major (image
-    i * n_prompts + k is candidate i of prompt k): each candidate's block is the noise of an
-    ordinary run with its seed (engine.initial_latents)."""
-    return torch.cat([engine.initial_latents(n_prompts, s, width, height) for s in candidate_seeds(seed, n)])
+candidate_seeds, candidate_latents = ranking.candidate_seeds, ranking.candidate_latents  # shared (core/ranking.py)
 
 
 def reference_images(engine, halves: Sequence[Half], owner: Any, *, max_side: int = 512
@@ -498,20 +487,7 @@ def reference_images(engine, halves: Sequence[Half], owner: Any, *, max_side: in
     return out
 
 
-def rank_candidates(metrics, images: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int], *,
-                    references: dict[str, list[Image.Image]], preference: float
-                    ) -> tuple[list[Image.Image], list[dict]]:
-    """Each prompt's candidates ranked (core/ranking.py) from the candidate-major batch `images`:
-    (the images, prompt by prompt, each prompt's best first; one record per image in that order)."""
-    out_images, records = [], []
-    for k, prompt in enumerate(prompts):
-        mine = [images[i * len(prompts) + k] for i in range(len(seeds))]
-        ranked = ranking.rank(metrics, mine, seeds, prompt, content_images=references.get("content", ()),
-                              style_images=references.get("style", ()), preference=preference)
-        for r in ranked:
-            out_images.append(mine[r.index])
-            records.append({**r.as_info(), "prompt": prompt, "prompt_index": k, "caption": r.caption()})
-    return out_images, records
+rank_candidates = ranking.rank_candidates
 
 
 def generate(engine, *, use: str | None = None, content: tuple[int, float] | None = None,

@@ -303,15 +303,23 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def generate(engine, prompts, weights: Mapping[int, float], *, owner: Any, stop_key: str | None = None,
              activate: Callable[[Mapping[int, float]], Any] | None = None, info: Mapping[str, Any] | None = None,
+             candidates: int = 1, ranker: Callable[[list, list[str]], tuple[list, list[dict]]] | None = None,
              **kwargs):
     """A batch with adapters of `owner`'s library (or published ones) active, a weight each,
     streamed; adapters off afterwards. `stop_key` (default: `owner`) is what a Stop reaches it by.
     `activate(weights)`: the context that puts them on (default `adapters(engine).active`; core.styles
-    adds a library style this way); `info`: more for the Result's info."""
+    adds a library style this way); `info`: more for the Result's info.
+
+    Best of N (`candidates` > 1, issue 18): N candidates of every prompt in the same pipeline
+    call, candidate-major, candidate i's noise that of the ordinary run with seed + i
+    (core.ranking.candidate_latents); then `ranker(images, prompts)` (inside the job) returns
+    them in the order to show with one record each (info["ranking"])."""
     from .events import Result
+    from .ranking import candidate_latents, check_candidates
     from .validate import prompt_list
 
     prompts = prompt_list(prompts)
+    n = check_candidates(candidates)
     weights = {int(k): float(v) for k, v in weights.items()}
     store = get_store(engine)
     for i in weights:
@@ -319,9 +327,17 @@ def generate(engine, prompts, weights: Mapping[int, float], *, owner: Any, stop_
     activate = activate or (lambda w: adapters(engine).active(w, owner))
 
     def work(ctx):
+        kw = dict(kwargs)
+        if n > 1:
+            w, h = engine.check_size(kw.get("width") or engine.resolution, kw.get("height") or engine.resolution)
+            kw["latents"] = candidate_latents(engine, kw.get("seed", 0), n, len(prompts), w, h)
         with activate(weights):
-            images = engine.text_to_image(ctx, prompts, **kwargs)
-        return Result(images=images, info={"prompts": list(prompts), "adapters": weights, **(info or {})})
+            images = engine.text_to_image(ctx, list(prompts) * n, **kw)
+        records: list[dict] = []
+        if ranker is not None:
+            images, records = ranker(images, list(prompts))
+        more = {"candidates": n, "ranking": records} if n > 1 or ranker is not None else {}
+        return Result(images=images, info={"prompts": list(prompts), "adapters": weights, **(info or {}), **more})
     return engine.run(work, stop_key=stop_key or owner, kind="generate")
 
 

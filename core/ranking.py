@@ -18,8 +18,10 @@ much as the content and style terms together. The candidates come back best firs
 score; equal scores in their original order).
 
 Seeds: the caller gives each candidate the seed that regenerates it. In B-LoRA (core/blora.py)
-candidate i of a run with seed ``base`` is exactly the image an ordinary run with seed
-``base + i`` gives, so a pick is reproducible by its seed alone.
+and Personalize (core/best_of.py) candidate i of a run with seed ``base`` is exactly the image
+an ordinary run with seed ``base + i`` gives (`candidate_seeds`, `candidate_latents`), so a pick
+is reproducible by its seed alone; StyleDrop's grid (core/styledrop.py) keeps each candidate's
+seed in the store.
 """
 from __future__ import annotations
 
@@ -101,11 +103,57 @@ def rank(metrics, images: Sequence[Image.Image], seeds: Sequence[int], prompt: s
     text = metrics.clip_text_scores(list(images), [prompt] * len(images))
     content = metrics.dino_similarity(list(images), list(content_images)) if content_images else None
     style = metrics.dino_similarity(list(images), list(style_images)) if style_images else None
+    return rank_scores(text, content, style, seeds, preference=preference, text_weight=text_weight)
+
+
+def rank_scores(text: Sequence[float], content: Sequence[float] | None, style: Sequence[float] | None,
+                seeds: Sequence[int], *, preference: float = 0.5, text_weight: float = 1.0) -> list[Ranked]:
+    """`rank` on measures already taken (one value per candidate; None: the measure is absent),
+    e.g. scores kept in the store with each candidate (StyleDrop's grid): best first."""
+    if not (len(text) == len(seeds) and (content is None or len(content) == len(seeds))
+            and (style is None or len(style) == len(seeds))) or not seeds:
+        raise ValueError("one value of each measure and one seed per candidate, at least one candidate")
+    check_preference(preference)
     scores = combine(text, content, style, preference, text_weight)
-    order = sorted(range(len(images)), key=lambda i: -scores[i])  # stable: ties keep their order
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties keep their order
     return [Ranked(seed=int(seeds[i]), index=i, text=text[i], content=None if content is None else content[i],
                    style=None if style is None else style[i], score=round(scores[i], 6), rank=place + 1)
             for place, i in enumerate(order)]
+
+
+# --------------------------------------------------------------------------- N candidates in one batch
+
+def candidate_seeds(seed: int, n: int) -> list[int]:
+    """The seeds of N candidates: candidate i is what an ordinary run (N = 1) with seed
+    `seed + i` gives (its prompt k with seed + i + k, as every batch), so a pick is
+    reproducible by its seed alone."""
+    return [int(seed) + i for i in range(int(n))]
+
+
+def candidate_latents(engine, seed: int, n: int, n_prompts: int, width: int, height: int):
+    """Starting noise of N candidates of `n_prompts` prompts in one batch, candidate-major (image
+    i * n_prompts + k is candidate i of prompt k): each candidate's block is the noise of an
+    ordinary run with its seed (`engine.initial_latents`)."""
+    import torch
+
+    return torch.cat([engine.initial_latents(n_prompts, s, width, height) for s in candidate_seeds(seed, n)])
+
+
+def rank_candidates(metrics, images: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int], *,
+                    references: dict[str, Sequence[Image.Image]], preference: float
+                    ) -> tuple[list[Image.Image], list[dict]]:
+    """Each prompt's candidates ranked (`rank`) from the candidate-major batch `images`, against
+    `references` ("content" and "style" images; a missing key: that measure is absent): (the
+    images, prompt by prompt, each prompt's best first; one record per image in that order)."""
+    out_images, records = [], []
+    for k, prompt in enumerate(prompts):
+        mine = [images[i * len(prompts) + k] for i in range(len(seeds))]
+        ranked = rank(metrics, mine, seeds, prompt, content_images=references.get("content", ()),
+                      style_images=references.get("style", ()), preference=preference)
+        for r in ranked:
+            out_images.append(mine[r.index])
+            records.append({**r.as_info(), "prompt": prompt, "prompt_index": k, "caption": r.caption()})
+    return out_images, records
 
 
 @dataclass(frozen=True)
@@ -153,5 +201,6 @@ def rank_sets(text: Sequence[float], consistency: Sequence[float | None], seeds:
                       score=round(scores[i], 6), rank=place + 1) for place, i in enumerate(order)]
 
 
-__all__ = ["MAX_CANDIDATES", "MEASURES", "Ranked", "RankedSet", "rank", "rank_sets", "combine", "normalised",
-           "check_candidates", "check_preference"]
+__all__ = ["MAX_CANDIDATES", "MEASURES", "Ranked", "RankedSet", "rank", "rank_scores", "rank_sets", "combine",
+           "normalised", "check_candidates", "check_preference", "candidate_seeds", "candidate_latents",
+           "rank_candidates"]

@@ -253,14 +253,17 @@ def ddim_invert(engine, ctx: JobContext, latent: torch.Tensor, prompt: str, step
 
 
 def cached_inversion(engine, ctx: JobContext, cache, latent: torch.Tensor, prompt: str, steps: int,
-                     guidance: float, *, style: dict | None) -> list[torch.Tensor]:
+                     guidance: float, *, style: dict | None,
+                     adapters: dict[int, float] | None = None) -> list[torch.Tensor]:
     """`ddim_invert`, through a style entry's cache (`styles.InversionCache`, or None: no cache):
     the key holds everything the trajectory depends on (model, device, dtype, size, steps,
-    guidance, prompt, the adapter on the UNet and its weight)."""
+    guidance, prompt, the style's adapter and its weight, other library adapters on the UNet
+    with theirs: a DreamBooth subject changes the trajectory too)."""
     if cache is None:
         return ddim_invert(engine, ctx, latent, prompt, steps, guidance)
     key = cache.key(device=latent.device.type, dtype=str(engine.pipe.unet.dtype), shape=list(latent.shape),
-                    steps=int(steps), guidance=float(guidance), prompt=prompt, style=style)
+                    steps=int(steps), guidance=float(guidance), prompt=prompt, style=style,
+                    adapters=sorted((int(k), float(v)) for k, v in (adapters or {}).items()))
     found = cache.get(key)
     if found is not None and len(found) == int(steps) + 1:
         ctx.progress(0, steps, "The reference's inversion, from the style's cache")
@@ -356,7 +359,8 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
         if reference_image is not None:
             z0 = engine.encode_image(reference_image, w, h)
             trajectory = cached_inversion(engine, ctx, cache, z0, full[0], steps, inversion_guidance,
-                                          style=None if library_style is None else library_style.as_info(style_weight))
+                                          style=None if library_style is None else library_style.as_info(style_weight),
+                                          adapters=adapters)
             latents[refs] = trajectory[-1][0]
             last = len(trajectory) - 1
 

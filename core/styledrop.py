@@ -53,6 +53,12 @@ store, each under its own rater key ("clip" for CLIP). The next round trains a f
 the liked images (each with its own sampling prompt as training text) plus the original style
 image(s). Every round keeps its adapter, candidates, ratings and metrics (mean CLIP text score,
 mean CLIP style score) in the store.
+
+**Best of N in the grid** (issue 18): each content prompt's samples are its N candidates, made in
+one batch (sample j with seed + j, kept with the candidate, so `generate_candidates` with that
+seed and one sample makes it again); the grid shows each prompt's candidates best first by the
+CLIP text score against the DINO similarity to the style image(s), with the round's preference
+(`grid_order`, core/ranking.py). Ratings are by candidate id, never by place in the grid.
 """
 from __future__ import annotations
 
@@ -68,7 +74,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from PIL import Image
 
-from . import library, styledrop_adapter
+from . import library, ranking, styledrop_adapter
 from .errors import UserError
 from .events import Notice, Progress, Result
 from .images import center_crop_resize, load_image
@@ -81,6 +87,7 @@ MAX_STYLE_IMAGES = 8
 MAX_CANDIDATES = 64
 MAX_PROMPTS = 32
 FORMS = ("gelu", "linear")  # the paper's adapter (default); the LoRA-compatible linear layer (A1111/ComfyUI)
+DEFAULT_PREFERENCE = 0.5  # the grid's order (best of N, issue 18): 0 the CLIP text score, 1 DINO style similarity
 
 # a varied set of objects, scenes and animals (editable in the UI)
 DEFAULT_CONTENT_PROMPTS = [
@@ -310,14 +317,55 @@ def _generate_grid(engine, ctx, adapter_id: int | None, owner, loop, contents: S
 
 
 def score_items(items: list[dict], contents_of: Sequence[str], style: Sequence[Image.Image], metrics) -> None:
-    """CLIP text score (image vs its content prompt) and CLIP style score (image vs the style image)."""
+    """CLIP text score (image vs its content prompt), CLIP style score (image vs the style image;
+    the paper's CLIP feedback mixes the two) and DINO style similarity (image vs the style
+    image(s), core.metrics.Metrics.dino_similarity: the grid's order, `grid_order`)."""
     if metrics is None or not items:
         return
     imgs = [it["image"] for it in items]
     text = metrics.clip_text_scores(imgs, list(contents_of))
     sty = metrics.clip_style_scores(imgs, list(style))
-    for it, t, s in zip(items, text, sty):
-        it["scores"] = {"clip_text": float(t), "clip_style": float(s)}
+    dino = metrics.dino_similarity(imgs, list(style))
+    for it, t, s, d in zip(items, text, sty, dino):
+        it["scores"] = {"clip_text": float(t), "clip_style": float(s), "dino_style": float(d)}
+
+
+def grid_order(cands, preference: float = DEFAULT_PREFERENCE) -> list[tuple[Any, ranking.Ranked | None]]:
+    """A round's candidates as the grid shows them (best of N, issue 18): content prompts in the
+    grid's order (by first position), each prompt's candidates (its N samples) best first by
+
+        score = (1 - p) n(CLIP text score) + p n(DINO style similarity)
+
+    (core.ranking.rank_scores; n: min-max over the prompt's candidates), p = `preference`. Each
+    with its ranking record (place, seed, measures); None for a prompt whose candidates are not
+    all scored (no scoring models), which keeps its stored order. A candidate keeps its id, so
+    its ratings stay with it in any order."""
+    p = ranking.check_preference(preference, "Grid order: prompt ↔ style")
+    groups: dict[str, list] = {}
+    for c in sorted(cands, key=lambda c: c.position):
+        groups.setdefault(c.prompt, []).append(c)
+    out: list[tuple[Any, ranking.Ranked | None]] = []
+    for group in groups.values():
+        if not all("clip_text" in c.scores for c in group):
+            out += [(c, None) for c in group]
+            continue
+        style = [c.scores["dino_style"] for c in group] if all("dino_style" in c.scores for c in group) else None
+        ranked = ranking.rank_scores([c.scores["clip_text"] for c in group], None, style,
+                                     [c.seed if c.seed is not None else -1 for c in group], preference=p,
+                                     text_weight=1 - p)
+        out += [(group[r.index], r) for r in ranked]
+    return out
+
+
+def set_order(engine, round_id: int, *, owner: str, preference: float):
+    """The preference of a round's grid order (`grid_order`), kept with the round (owner only;
+    the next round starts with it). Returns the round."""
+    p = ranking.check_preference(preference, "Grid order: prompt ↔ style")
+    store = store_of(engine)
+    rnd = store.get_round(int(round_id), owner)
+    if store.get_loop(rnd.loop_id, owner).owner != owner:
+        raise UserError("Only the loop's owner can set its grid's order; you can rate its candidates.")
+    return store.update_round(rnd.id, owner, extra={"preference": p})
 
 
 def round_metrics(cands) -> dict:
@@ -553,6 +601,8 @@ def train_round(engine, loop_id: int, config: TrainSettings, *, owner: str, stop
         raise UserError("Only the loop's owner can train its rounds; you can rate its candidates.")
     contents, n = check_grid(contents, samples_per_prompt, sample_steps)
     style, liked, liked_ids, number = training_set(store, loop.id, owner)
+    earlier = store.rounds(loop.id, owner)
+    preference = earlier[-1].extra.get("preference", DEFAULT_PREFERENCE) if earlier else DEFAULT_PREFERENCE
     if lambdas is not None:
         lambdas = check_lambdas(*lambdas)
     recipe = make_recipe(engine, style, liked, rank=rank, name=f"{loop.name} · StyleDrop round {number}",
@@ -580,7 +630,7 @@ def train_round(engine, loop_id: int, config: TrainSettings, *, owner: str, stop
                 "loss_after": out.loss_after, "seconds": round(out.seconds, 2),
                 "content_prompts": list(contents), "samples_per_prompt": n, "seed": int(seed),
                 "sample_steps": int(sample_steps), "guidance": float(guidance),
-                "adapter_guidance": list(lambdas) if lambdas is not None else None})
+                "adapter_guidance": list(lambdas) if lambdas is not None else None, "preference": preference})
             items = _generate_grid(engine, ctx, a.id, owner, loop, contents, samples_per_prompt=n, seed=seed,
                                    steps=sample_steps, guidance=guidance, lambdas=lambdas)
             rnd = _add_candidates(store, engine, rnd.id, owner, loop, items, metrics)
@@ -752,11 +802,15 @@ class Tile:
     mine: int
     clip: bool
     liked: bool
+    dino_style: float | None = None
+    rank: int | None = None       # its place among its prompt's candidates (1 = best); None: not scored
+    score: float | None = None    # grid_order's combined score
 
 
 def round_view(engine, round_id: int, owner: str) -> dict:
-    """A round's grid as the tab draws it: each candidate with scores, combined counts, the
-    caller's own rating and whether CLIP picked it."""
+    """A round's grid as the tab draws it, in `grid_order` (the round's preference): each
+    candidate with scores, its place, combined counts, the caller's own rating and whether CLIP
+    picked it."""
     store = store_of(engine)
     rnd = store.get_round(round_id, owner)
     loop = store.get_loop(rnd.loop_id, owner)
@@ -764,12 +818,14 @@ def round_view(engine, round_id: int, owner: str) -> dict:
     sc = store.scores(rnd.id, owner)
     clip = store.scores(rnd.id, owner, raters=[CLIP_RATER])
     mine = store.my_ratings(rnd.id, owner)
+    preference = rnd.extra.get("preference", DEFAULT_PREFERENCE)
     tiles = [Tile(c.id, c.position, str(c.path), c.prompt, content_of(c.prompt, loop.style_descriptor), c.seed,
                   c.scores.get("clip_text"), c.scores.get("clip_style"), sc[c.id].up, sc[c.id].down, sc[c.id].net,
-                  mine.get(c.id, 0), clip[c.id].up > 0, sc[c.id].net >= 1) for c in cands]
+                  mine.get(c.id, 0), clip[c.id].up > 0, sc[c.id].net >= 1, c.scores.get("dino_style"),
+                  r.rank if r else None, r.score if r else None) for c, r in grid_order(cands, preference)]
     return {"round": rnd, "loop": loop, "tiles": tiles, "liked": sum(t.liked for t in tiles),
             "up": sum(t.up for t in tiles), "down": sum(t.down for t in tiles),
-            "clip_picked": sum(t.clip for t in tiles)}
+            "clip_picked": sum(t.clip for t in tiles), "preference": preference}
 
 
 def rounds_table(engine, loop_id: int, owner: str) -> list[dict]:

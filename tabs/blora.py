@@ -19,8 +19,8 @@ from core.errors import UserError
 from core.events import Result
 from core.train import MAX_STEPS
 
-from .common import (GPU, AppContext, LossPlotAxes, Tab, about, captioned, deliver, example, gpu, image_updates,
-                     md_text, saved_style_text, stream_training, user_errors)
+from .common import (GPU, AppContext, LossPlotAxes, Tab, about, deliver, example, gpu, image_updates,
+                     md_text, ranked_gallery, saved_style_text, stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "B-LoRA Mix"
@@ -110,15 +110,6 @@ def _generated_line(result: Result) -> str:
     best = (f" Best of {n} (preference {result.info['preference']:g}: 0 content, 1 style), best first; "
             "click one to use its seed." if n > 1 else "")
     return f"**Done.** {result.info['use']}: {halves}.{best}"
-
-
-def _gallery(result: Result) -> list[tuple]:
-    """The images with their prompts as captions; best of N: each prompt's candidates best first,
-    captioned with their place, seed and scores."""
-    if not result.info.get("ranking"):
-        return captioned(result)
-    return [(im, f"{r['prompt']} — {r['caption']}") for im, r in zip(result.images, result.info["ranking"],
-                                                                    strict=True)]
 
 
 class BLoRATab(LossPlotAxes, Tab):
@@ -279,7 +270,7 @@ class BLoRATab(LossPlotAxes, Tab):
             stop_key=caller.stop_key, seed=seed_n, steps=steps_n, guidance=guidance_f, candidates=n,
             preference=preference_f, metrics=self.ctx.metrics)
         yield from image_updates(events, stopped=GENERATE_STOPPED, done=_generated_line, rest=(gr.skip(),),
-                                 finish=lambda result, status: (_gallery(result), status, result.info))
+                                 finish=lambda result, status: (ranked_gallery(result), status, result.info))
 
     @staticmethod
     def use_seed(info, evt: gr.SelectData = None):

@@ -328,6 +328,15 @@ def captioned(result) -> list[tuple]:
     return list(zip(result.images, result.info["prompts"], strict=True))
 
 
+def ranked_gallery(result) -> list[tuple]:
+    """`captioned`, or for best of N (info["ranking"], core/ranking.py): each prompt's candidates
+    best first, captioned with the prompt, their place, seed and scores."""
+    if not result.info.get("ranking"):
+        return captioned(result)
+    return [(im, f"{r['prompt']} — {r['caption']}") for im, r in zip(result.images, result.info["ranking"],
+                                                                    strict=True)]
+
+
 def visitor_handlers(ctx: AppContext) -> tuple[Callable, Callable]:
     """(page-load hook that gives the page its visitor token, the `/visitor` endpoint)."""
     def assign_visitor(current: Any, request: gr.Request, profile: gr.OAuthProfile | None) -> str | None:

@@ -5,22 +5,25 @@ the library is core/library.py (one store and one set of resident adapters per e
 """
 from __future__ import annotations
 
+import re
 import time
 from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
 
-from core import dreambooth, library, styles
+from core import best_of, dreambooth, library, ranking, styles
 from core import validate as v
 from core.errors import UserError
 from core.train import MAX_STEPS, TrainSettings
 
-from .common import (GPU, LossPlotAxes, Tab, about, captioned, deliver, example, gpu, image_updates, md_text,
-                     stream_training, user_errors)
+from .common import (GPU, LossPlotAxes, Tab, about, deliver, example, gpu, image_updates, md_text,
+                     ranked_gallery, stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "Personalize"
+CANDIDATES = "Candidates (best of N)"
+PREFERENCE = "Preference: subject ↔ style"
 SLOTS = 3  # adapters active at once, a weight each
 METHODS = ["LoRA", "Full fine-tune (SD 1.5 only)"]
 LISTED = "DreamBooth or imported LoRA"  # what the adapter slots list (dreambooth.subject_adapters)
@@ -252,31 +255,49 @@ class PersonalizeTab(LossPlotAxes, Tab):
     @user_errors
     @gpu(duration=120)
     def generate(self, prompts, seed, steps, guidance, adapter_1=None, weight_1=1.0, adapter_2=None, weight_2=1.0,
-                 adapter_3=None, weight_3=1.0, visitor=None, library_style=None, style_weight=1.0,
-                 request: gr.Request = None):
+                 adapter_3=None, weight_3=1.0, visitor=None, library_style=None, style_weight=1.0, candidates=1,
+                 preference=0.5, request: gr.Request = None):
         """One image per prompt line with the slots' adapters, streamed: (gallery, status). "{v}"
         and "{c}" in a line are the first adapter's identifier and class (dreambooth.fill_triggers).
         `library_style`: a StyleDrop adapter or B-LoRA (its style half) on as well, with
-        `style_weight`, its style words in every prompt: subject + style in one generation (these
-        two come after the visitor token, so that clients of the earlier endpoint keep working)."""
+        `style_weight`, its style words in every prompt: subject + style in one generation. Best of
+        N (issue 18): `candidates` per prompt in one batch, ranked by CLIP text and DINO scores with
+        `preference` (0 the subject's images, 1 the style's; core/best_of.py), best first with seed
+        and scores in the captions. These four come after the visitor token, so that clients of
+        the earlier endpoint keep working."""
         seed_n = v.seed(seed)
         steps_n = v.whole(steps, "Steps", 1, 100)
         guidance_f = v.real(guidance, "Guidance", 0, 20)
         weights = self.slot_weights(adapter_1, weight_1, adapter_2, weight_2, adapter_3, weight_3)
         prompts = v.text(prompts, "Prompts", 10_000)
+        n = v.whole(candidates, CANDIDATES, 1, ranking.MAX_CANDIDATES, default=1)
+        preference_f = v.real(preference, PREFERENCE, 0, 1, default=0.5)
         caller = self.caller(request, visitor)
         style, style_weight_f = self.library_style(library_style, style_weight, caller.owner)
         lines = [ln.strip() for ln in prompts.splitlines() if ln.strip()]
         filled = dreambooth.fill_triggers(self.engine, lines, weights, owner=caller.owner)
-        events = styles.generate(self.engine, filled, weights, style=style, style_weight=style_weight_f,
-                                 owner=caller.owner, stop_key=caller.stop_key, seed=seed_n, steps=steps_n,
-                                 guidance=guidance_f)
+        events = best_of.generate(self.engine, filled, weights, style=style, style_weight=style_weight_f,
+                                  owner=caller.owner, stop_key=caller.stop_key, seed=seed_n, steps=steps_n,
+                                  guidance=guidance_f, candidates=n, preference=preference_f,
+                                  metrics=self.ctx.metrics)
         active = ", ".join(f"#{i} × {w:g}" for i, w in weights.items()) or "none (base model)"
         if style is not None:
             active += f"; library style {md_text(style.name)} ({style.shown}) × {style_weight_f:g}"
+        best = (f" Best of {n} (preference {preference_f:g}: 0 the subject, 1 the style), each prompt's best first; "
+                "click one to use its seed." if n > 1 else "")
         yield from image_updates(events, stopped="**Stopped.** The images were not finished.",
-                                 done=f"**Done.** Adapters: {active}.",
-                                 finish=lambda result, status: (captioned(result), status))
+                                 done=f"**Done.** Adapters: {active}.{best}",
+                                 finish=lambda result, status: (ranked_gallery(result), status))
+
+    @staticmethod
+    def use_seed(evt: gr.SelectData = None):
+        """A click on a best-of-N candidate puts its seed (from its caption, "... — #2 · seed 7 ·
+        ...") in the Seed box and N back to 1: Generate then makes that image again (the ordinary
+        run with that seed). Other clicks change nothing."""
+        value = getattr(evt, "value", None)
+        caption = value.get("caption") if isinstance(value, dict) else None
+        found = re.match(r"#\d+ · seed (\d+) · ", caption.rsplit(" — ", 1)[-1]) if isinstance(caption, str) else None
+        return (int(found.group(1)), 1) if found else (gr.skip(), gr.skip())
 
     @user_errors
     @gpu(duration=120)
@@ -436,9 +457,16 @@ class PersonalizeTab(LossPlotAxes, Tab):
                                 elem_id="pz-family")
             w.refresh = gr.Button("Refresh the library", size="sm", elem_id="pz-refresh")
         with gr.Row():
-            w.g_seed = Number(label="Seed", value=0, precision=0, minimum=0)
+            w.g_seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="pz-seed")
             w.g_steps = Slider(1, 100, value=4 if self.engine.offline else 30, step=1, label="Steps")
             w.g_guid = Slider(0, 20, value=5.0, step=0.5, label="Guidance")
+        with gr.Row():
+            w.candidates = Slider(1, ranking.MAX_CANDIDATES, value=1, step=1, label=CANDIDATES,
+                                  info="N images per prompt in one batch, ranked by CLIP text and DINO scores",
+                                  elem_id="pz-candidates")
+            w.preference = Slider(0, 1, value=0.5, step=0.05, label=PREFERENCE,
+                                  info="0: closest to the subject's images, 1: to the library style's images",
+                                  elem_id="pz-preference")
 
     @staticmethod
     def _slot(i: int) -> list:
@@ -484,8 +512,9 @@ class PersonalizeTab(LossPlotAxes, Tab):
                                     api_name="personalize_train", **GPU)
         trained.success(self.after_train, [w.train_info, *lists], w.dropdowns, api_name=False)
         w.gen_btn.click(self.generate, [w.prompts, w.g_seed, w.g_steps, w.g_guid, *w.slots, self.visitor,
-                                        *w.library_style],
+                                        *w.library_style, w.candidates, w.preference],  # best of N: last
                         [w.gallery, w.g_status], api_name="personalize_generate", **GPU)
+        w.gallery.select(self.use_seed, None, [w.g_seed, w.candidates], queue=False, **ui)
         w.drift_btn.click(self.drift, [w.slots[0], w.slots[1], w.g_seed, w.g_steps, w.g_guid, self.visitor],
                           [w.gallery, w.g_status, w.drift_md], api_name="personalize_drift", **GPU)
         w.refresh.click(self.refresh_lists, lists, w.dropdowns, api_name="personalize_library", queue=False)

@@ -32,6 +32,7 @@ RATES_PER_MINUTE = 60
 RATERS_PER_LOOP = 2
 
 TITLE = "StyleDrop Loop"
+ORDER = "Grid order: prompt ↔ style"
 # The page's defaults: the paper's adapter; Eq. 4 with lambda_B = 5 (Table S3) and lambda_A = 1 (the
 # middle of round 1's 0-2; round 2 uses 2)
 DEFAULT_OPTIONS = {"form": "gelu", "adapter_guidance": True, "lambda_a": 1.0, "lambda_b": 5.0}
@@ -105,9 +106,14 @@ def _tile(t: styledrop.Tile) -> dict:
         scores.append(f"text {t.clip_text:.3f}")
     if t.clip_style is not None:
         scores.append(f"style {t.clip_style:.3f}")
+    ranked = []  # best of N: its place among its prompt's candidates, its seed, DINO and the combined score
+    if t.rank is not None:
+        ranked = [f"#{t.rank}", f"seed {t.seed}"] + ([f"DINO {t.dino_style:.3f}"] if t.dino_style is not None else [])
+        ranked.append(f"score {t.score:.2f}")
     return {"id": t.id, "src": styledrop.tile_thumbnail(t.path), "prompt": html_text(t.prompt),
-            "content": html_text(t.content), "scores": " · ".join(scores), "up": t.up, "down": t.down,
-            "mine": t.mine, "mine_up": t.mine == 1, "mine_down": t.mine == -1, "clip": t.clip, "liked": t.liked}
+            "content": html_text(t.content), "scores": " · ".join(scores), "ranking": " · ".join(ranked),
+            "up": t.up, "down": t.down, "mine": t.mine, "mine_up": t.mine == 1, "mine_down": t.mine == -1,
+            "clip": t.clip, "liked": t.liked}
 
 
 def _counts_text(view: dict) -> str:
@@ -118,9 +124,11 @@ def _counts_text(view: dict) -> str:
         rule = (f"top {fb['k']}{' per prompt' if fb.get('per_prompt') else ''}" if fb["mode"] == "top_k"
                 else f"score ≥ {fb['threshold']:.3f}")
         clip = f" (CLIP rule: {rule}, w = {fb['text_weight']:.2f})"
+    order = (f" · each prompt's candidates best first (grid order {view['preference']:g}: 0 CLIP text, 1 DINO style)"
+             if any(t.rank is not None for t in view["tiles"]) else "")
     return (f"**Round {view['round'].number}** · {len(view['tiles'])} candidates · "
             f"thumbs up {view['up']} · thumbs down {view['down']} · CLIP picked {view['clip_picked']}{clip} · "
-            f"**liked (net ≥ 1): {view['liked']}** · your ratings: {mine}")
+            f"**liked (net ≥ 1): {view['liked']}** · your ratings: {mine}{order}")
 
 
 class StyleDropTab(LossPlotAxes, Tab):
@@ -410,6 +418,18 @@ class StyleDropTab(LossPlotAxes, Tab):
             else:
                 yield (u.status, *(gr.skip(),) * 6)
 
+    @user_errors
+    def order(self, round, preference, visitor=None, request: gr.Request = None):
+        """The round's grid order (owner only): each prompt's candidates best first by CLIP text
+        score against DINO style similarity, `preference` 0 .. 1; (counts, grid)."""
+        round_id = v.record_id(round, "Round")
+        p = v.real(preference, ORDER, 0, 1)
+        owner = self.caller(request, visitor).owner
+        if round_id is None:
+            raise UserError("Pick a round (train one first).")
+        styledrop.set_order(self.engine, round_id, owner=owner, preference=p)
+        return self.round_parts(round_id, owner)
+
     # ------------------------------------------------------------------ feedback
     def _rate(self, caller, candidate_id: int, rating: int) -> None:
         """One rating, within the limits for someone else's published loop."""
@@ -604,6 +624,9 @@ class StyleDropTab(LossPlotAxes, Tab):
         ui.loss = gr.LinePlot(None, x="step", y="loss", title="Training loss", height=180, elem_id="sd-loss",
                               **self.loss_axes(ui.steps.value))
         ui.counts = gr.Markdown("", elem_id="sd-counts")
+        ui.order = Slider(0, 1, value=styledrop.DEFAULT_PREFERENCE, step=0.05, label=ORDER, elem_id="sd-order",
+                          info="Each prompt's samples best first: 0 by CLIP text score, 1 by DINO similarity to the "
+                               "style image (the loop's owner sets it; ratings stay with their image)")
         ui.grid = gr.HTML({"tiles": [], "message": NO_LOOP}, html_template=GRID_TEMPLATE, css_template=GRID_CSS,
                           js_on_load=GRID_JS, elem_id="sd-grid")
         with gr.Group():
@@ -690,6 +713,8 @@ class StyleDropTab(LossPlotAxes, Tab):
         ui.generate.click(self.generate, [ui.loop, ui.round, ui.prompts, ui.samples, ui.sample_steps, ui.guidance,
                                           ui.grid_seed, ui.options, self.visitor],
                           [ui.status, *view], api_name="styledrop_generate", **GPU)
+        ui.order.input(self.order, [ui.round, ui.order, self.visitor], [ui.counts, ui.grid],
+                       api_name="styledrop_order", trigger_mode="always_last")
         ui.grid.click(self.rate_from_grid, [ui.loop, ui.round, self.visitor], [ui.counts, ui.grid, ui.rounds],
                       trigger_mode="multiple", **private)
         ui.rate_button.click(self.rate, [ui.rate_candidate, ui.rate_value, self.visitor], ui.rate_out,

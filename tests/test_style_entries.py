@@ -492,3 +492,45 @@ def test_browser_a_set_saved_as_a_style_aligns_an_icon_set(live_app, page):
                            timeout=180_000)
     done = page.locator("#set-status").inner_text()
     assert done.startswith("Done. 2 icons.") and f"browser set ({key}) × 1; every icon aligned to its image" in done
+
+
+@pytest.fixture(scope="module")
+def subject(engine):
+    """Carol's DreamBooth subject ("sks dog"), a few steps: enough to change an image."""
+    from core import dreambooth
+    from core.train import train
+
+    recipe = dreambooth.make_recipe(engine, [picture(0)], identifier="sks", class_noun="dog", prior=False, rank=4,
+                                    sample_prompts=[])
+    return final(train(engine, recipe, TrainSettings(steps=4, learning_rate=1e-2), owner=OWNER)).info["adapter_id"]
+
+
+def test_a_subject_in_a_saved_style_that_has_only_images(engine, made, subject, tmp_path):
+    """Personalize + a style with no adapter: the prompts become a Style-Aligned set to the style's
+    image with the subject on. The oracle: that set made by hand (reference uploaded, the subject's
+    adapter on), its reference left out."""
+    st = made["adain"]
+    before_unet, before_image = library.snapshot(engine.pipe.unet), plain(engine)
+
+    def pictures(style, weights, **kw):
+        return final(styles.generate(engine, ["a sks dog"], weights, style=style, owner=OWNER, seed=4, steps=2,
+                                     guidance=5.0, **kw))
+    without_subject = pictures(st, {})      # first: the style's cache now holds an inversion without the subject
+    styled = pictures(st, {subject: 1.0})   # which must not be reused with the subject on
+    assert len(styled.images) == 1 and styled.info["prompts"] == ["a sks dog, in ink wash style"]
+    assert styled.info["reference"] == "the library style's image" and styled.info["library_style"]["key"] == st.key
+    image, prompt = styles.reference_of(st)
+    by_hand = final(style_aligned_set(engine, ["a sks dog, in ink wash style"], "", seed=4, steps=2, guidance=5.0,
+                                      reference_image=Image.open(image).convert("RGB"), reference_prompt=prompt,
+                                      owner=OWNER, adapters={subject: 1.0}))
+    assert np.abs(as_array(styled.images) - as_array(by_hand.images[1:])).max() <= 2.0
+    without_style = pictures(None, {subject: 1.0})
+    assert np.abs(as_array(styled.images) - as_array(without_subject.images)).max() > 2.0
+    assert np.abs(as_array(styled.images) - as_array(without_style.images)).max() > 2.0
+    after = library.snapshot(engine.pipe.unet)
+    assert after.keys() == before_unet.keys() and all(np.array_equal(before_unet[k], after[k]) for k in after)
+    assert np.array_equal(before_image, plain(engine))
+    with pytest.raises(UserError, match="use 1 candidate"):
+        pictures(st, {subject: 1.0}, candidates=2)
+    with pytest.raises(UserError, match="not found"):                  # carol's subject, named by dave
+        final(styles.generate(engine, ["a dog"], {subject: 1.0}, style=st, owner="dave", seed=4, steps=2))

@@ -70,3 +70,33 @@ MUTATIONS = [
              (f"{T}::test_subject_and_style_by_mixing_predictions",),
              "gamma weighs the style instead of the subject (Eqs. 5-6)"),
 ]
+
+# Best of N in the candidate grid (issue 18): core.styledrop.grid_order.
+BT = "tests/test_styledrop_best_of.py"
+BY_HAND = f"{BT}::test_grid_order_by_hand"
+RECOMPUTED = f"{BT}::test_the_grid_order_equals_a_recomputation_from_the_stored_images"
+MUTATIONS += [
+    Mutation("styledrop-grid-worst-first", SD,
+             "out += [(group[r.index], r) for r in ranked]", "out += [(group[r.index], r) for r in reversed(ranked)]",
+             (BY_HAND, RECOMPUTED),
+             "each prompt's candidates shown worst first"),
+    Mutation("styledrop-grid-text-and-style-swapped", SD,
+             "preference=p,\n                                     text_weight=1 - p)",
+             "preference=1 - p,\n                                     text_weight=p)",
+             (BY_HAND, RECOMPUTED),
+             "the grid order's preference applied the wrong way round (0 would mean style)"),
+    Mutation("styledrop-dino-against-a-candidate", SD,
+             "dino = metrics.dino_similarity(imgs, list(style))", "dino = metrics.dino_similarity(imgs, imgs[:1])",
+             (RECOMPUTED,),
+             "the style measure taken against the first candidate, not the loop's style image"),
+    Mutation("styledrop-grid-seed-offset", SD,
+             "items += [dict(image=im, prompt=p, seed=seed + j) for j, im in enumerate(imgs)]",
+             "items += [dict(image=im, prompt=p, seed=seed + j + 1) for j, im in enumerate(imgs)]",
+             (f"{BT}::test_each_candidates_seed_regenerates_it",),
+             "a candidate's kept seed does not make it again"),
+    Mutation("styledrop-grid-rated-by-position", "tabs/styledrop.py",
+             'return {"id": t.id, "src"', 'return {"id": t.position, "src"',
+             (f"{BT}::test_the_tab_orders_the_grid_and_ratings_stay_with_their_image",),
+             "a tile keyed by its place in the round, so a thumb lands on another candidate"),
+]
+

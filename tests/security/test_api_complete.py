@@ -16,7 +16,7 @@ from .conftest import client, new_token, picture, raw_call, raw_error, upload
 
 # plain HTTP sends every input: those after the token at their defaults
 AFTER_TOKEN = {"/blora_generate": [1, 0.5],         # candidates (best of N), preference content <-> style
-               "/personalize_generate": [None, 1.0],  # library style, its weight
+               "/personalize_generate": [None, 1.0, 1, 0.5],  # library style, its weight; best of N, preference
                "/svg_icon_set": [None, 1.0],          # library style, its weight
                "/adain": [None]}                      # library style
 SA = ["a cat", "", 0, 2, 5.0, 64, 64, "", None, "", True, True, False, False, False, 0.0, 1.0, 1.0]
@@ -59,6 +59,8 @@ def made(shared_app, tmp_path_factory):
     out["blora"] = info["adapters"][0]["adapter_id"]
     _, _, status, _ = run("/adain_train", [img[0], img[1]], [img[2]], "", "", "run1", 2, 1, 40, 32, 2, 2, True, tok)
     assert status.startswith("Finished at step 2"), status
+    text = run("/adain_save_style", [img[1]], "ink wash", "a style", tok)   # a library style of A's
+    out["style"] = re.search(r"\((s\d+):", text).group(1)
     return out
 
 
@@ -81,6 +83,9 @@ def test_every_endpoint_from_a_fresh_session(shared_app, made):
     gallery, status = run("/personalize_generate", "a {v} {c}", 0, 2, 5.0, str(made["db"]), 1.0, None, 1.0, None, 1.0,
                           tok)
     assert len(gallery) == 1 and "#%d" % made["db"] in status
+    gallery, status = run("/personalize_generate", "a {v} {c}", 0, 2, 5.0, str(made["db"]), 1.0, None, 1.0, None, 1.0,
+                          tok, None, 1.0, 2, 0.5)                          # best of 2
+    assert len(gallery) == 2 and "Best of 2" in status and "seed " in gallery[0]["caption"]
     gallery, status, md = run("/personalize_drift", str(made["db"]), 1.0, 0, 2, 5.0, tok)
     assert len(gallery) == 8 and "similarity" in md
     lists = run("/personalize_library", None, None, None, tok)
@@ -91,6 +96,8 @@ def test_every_endpoint_from_a_fresh_session(shared_app, made):
     status, *_ = run("/styledrop_clip", str(made["loop"]), str(made["round"]), "top_k", 1, 0.5, 0.5, False, tok)
     votes = run("/styledrop_rate", made["candidates"][0], 1, tok)
     assert votes["up"] >= 1
+    counts, grid = run("/styledrop_order", str(made["round"]), 0.7, tok)      # best of N: the grid's order
+    assert "grid order 0.7" in counts and sorted(t["id"] for t in grid["tiles"]) == sorted(made["candidates"])
     loop_dd, *_ = run("/styledrop_publish", str(made["loop"]), True, tok)
     gallery, status = run("/styledrop_combine", str(made["sd"]), 1.0, str(made["db"]), 1.0, "a sks dog", 0, 2, 5.0,
                           tok)
@@ -111,7 +118,6 @@ def test_every_endpoint_from_a_fresh_session(shared_app, made):
         text = run(api, *args, tok)
         assert text.startswith("**Saved**"), (api, text)
         keys[api] = re.search(r"\((s\d+):", text).group(1)
-    made["style"] = keys["/adain_save_style"]
     for key in keys.values():
         images, text = run("/adain", [img[0]], None, "", 1.0, False, False, None, 64, "built-in", tok, key)
         assert len(images) == 1 and text.startswith("Done"), text
@@ -151,6 +157,8 @@ def test_another_visitor_neither_lists_nor_uses_them(shared_app, made):
         after = AFTER_TOKEN.get(api, [])
         msg = raw_error(shared_app, api, args if other in args else [*args, other, *after])
         assert "not found" in msg or "Upload" in msg, (api, msg)
+    msg = raw_error(shared_app, "/styledrop_order", [str(made["round"]), 0.5, other])
+    assert "not found" in msg or "Only the loop's owner" in msg, msg
     c = upload(shared_app, made["img"][0]["path"])
     msg = raw_error(shared_app, "/adain", [[c], [c], "", 1.0, False, False, None, 64, "run1", other, None])
     assert "was not found among your decoders" in msg
