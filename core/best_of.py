@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
-from . import library, ranking, styles
+from . import library, ranking, style_aligned, styles
 from .errors import UserError
 from .events import Result
 from .images import load_image
@@ -67,9 +67,14 @@ def generate(engine, prompts: Sequence[str], weights: Mapping[int, float], *, st
     """`core.styles.generate` (the subject's adapters, a library style if any) with N candidates
     of every prompt in one batch, each prompt's ranked best first by `metrics` with `preference`
     (0 = the subject's images, 1 = the style's; core/ranking.py); info["ranking"] has one record
-    per image (seed, measures, score, rank, caption). N = 1 is the ordinary run."""
+    per image (seed, measures, score, rank, caption). N = 1 is the ordinary run. A saved style
+    with only images (no adapter): `style_aligned.aligned_generate`, one candidate."""
     n = ranking.check_candidates(candidates)
     p = ranking.check_preference(preference)
+    if style is not None and style.adapter_id is None and styles.reference_of(style) is not None:
+        # a saved style with only images: a Style-Aligned set to its image (one candidate)
+        return style_aligned.aligned_generate(engine, prompts, weights, style=style, style_weight=style_weight,
+                                              owner=owner, stop_key=stop_key, seed=seed, candidates=n, **kwargs)
     if n == 1:
         return styles.generate(engine, prompts, weights, style=style, style_weight=style_weight, owner=owner,
                                stop_key=stop_key, seed=seed, **kwargs)

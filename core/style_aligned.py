@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ranking, styles
+from . import library, ranking, styles
 from .attention import attention, project_qkv, self_attention_names, swapped_processors
 from .errors import UserError
 from .events import Result
@@ -402,3 +402,29 @@ def set_work(engine, prompts: Sequence[str], style: str = "", *,
         return Result(images=images, info=info)
 
     return work
+
+
+def aligned_generate(engine, prompts: Sequence[str], weights: dict[int, float], *, style: LibraryStyle,
+                     style_weight: float = 1.0, owner: Any, stop_key: str | None = None, seed: int = 0,
+                     steps: int = 30, guidance: float = 5.0, width: int | None = None, height: int | None = None,
+                     negative_prompt: str = "", candidates: int = 1, **_ignored):
+    """A Personalize subject in a saved style that has only images: one image per prompt, a
+    Style-Aligned set whose reference is the style's image (inverted; cached with the style), the
+    library adapters `weights` (the subject) on for the whole job. The reference is not returned."""
+    if int(candidates) != 1:
+        raise UserError("Best of N with a style that has only images (its image is the set's reference): "
+                        "use 1 candidate, or a style with an adapter.")
+    weights = {int(k): float(v) for k, v in weights.items()}
+    store = library.get_store(engine)
+    for i in weights:
+        store.get_adapter(i, owner)             # not found / not yours: before the job starts
+    make = set_work(engine, list(prompts), "", seed=seed, steps=steps, guidance=guidance, width=width,
+                    height=height, negative_prompt=negative_prompt, library_style=style, style_weight=style_weight,
+                    owner=owner, adapters=weights)
+
+    def work(ctx):
+        made = make(ctx)
+        return Result(images=made.images[1:], info={"prompts": made.info["prompts"][1:], "adapters": weights,
+                                                     "library_style": style.as_info(style_weight),
+                                                     "reference": made.info["reference"]})
+    return engine.run(work, stop_key=stop_key or owner, kind="generate")

@@ -16,7 +16,7 @@ A *library style* is one of two things:
 Each method uses the forms it can: the adapter goes on the resident UNet (`style_active`), the
 reference image becomes a Style-Aligned reference (`reference_of`: Style-Aligned sets, icon sets,
 VectorFusion's samples, and a Personalize subject in a style that has no adapter,
-`aligned_generate`), the source images AdaIN's style images (`images_of`).
+`style_aligned.aligned_generate`), the source images AdaIN's style images (`images_of`).
 
     found = library_styles(engine, owner=owner)        # what the owner may use, newest first
     st = get_style(engine, key, owner=owner)           # one, checked (owner, base model, kind)
@@ -218,45 +218,13 @@ def generate(engine, prompts: Sequence[str], weights: Mapping[int, float], *, st
              style_weight: float = 1.0, owner: Any, stop_key: str | None = None, **kwargs):
     """`library.generate` (one image per prompt, library adapters a weight each: a DreamBooth
     subject) with a library style on as well and its phrase in every prompt: subject + style in
-    one generation. A saved style without an adapter has only images: then the prompts are a
-    Style-Aligned set to its image (`aligned_generate`), the subject's adapters on."""
+    one generation. A saved style without an adapter has only its words here (Personalize's
+    `best_of.generate` makes a Style-Aligned set to its image instead)."""
     style_weight = check_weight(style_weight)
-    if style is not None and style.adapter_id is None and reference_of(style) is not None:
-        return aligned_generate(engine, prompts, weights, style=style, style_weight=style_weight, owner=owner,
-                                stop_key=stop_key, **kwargs)
     used = None if style is None else style.as_info(style_weight)
     return library.generate(engine, styled_prompts(prompts, style), weights, owner=owner, stop_key=stop_key,
                             activate=lambda w: style_active(engine, style, style_weight, owner=owner, adapters=w),
                             info={"library_style": used}, **kwargs)
-
-
-def aligned_generate(engine, prompts: Sequence[str], weights: Mapping[int, float], *, style: LibraryStyle,
-                     style_weight: float = 1.0, owner: Any, stop_key: str | None = None, seed: int = 0,
-                     steps: int = 30, guidance: float = 5.0, width: int | None = None, height: int | None = None,
-                     negative_prompt: str = "", candidates: int = 1, **_ignored):
-    """One image per prompt, in a saved style that has only images: a Style-Aligned set whose
-    reference is the style's image (inverted; cached with the style), the library adapters
-    `weights` (a DreamBooth subject) on for the whole job. The reference is not returned."""
-    from .events import Result
-    from .style_aligned import set_work
-
-    if int(candidates) != 1:
-        raise UserError("Best of N with a style that has only images (its image is the set's reference): "
-                        "use 1 candidate, or a style with an adapter.")
-    weights = {int(k): float(v) for k, v in weights.items()}
-    store = library.get_store(engine)
-    for i in weights:
-        store.get_adapter(i, owner)             # not found / not yours: before the job starts
-    make = set_work(engine, list(prompts), "", seed=seed, steps=steps, guidance=guidance, width=width,
-                    height=height, negative_prompt=negative_prompt, library_style=style, style_weight=style_weight,
-                    owner=owner, adapters=weights)
-
-    def work(ctx):
-        made = make(ctx)
-        return Result(images=made.images[1:], info={"prompts": made.info["prompts"][1:], "adapters": weights,
-                                                     "library_style": style.as_info(style_weight),
-                                                     "reference": made.info["reference"]})
-    return engine.run(work, stop_key=stop_key or owner, kind="generate")
 
 
 # --------------------------------------------------------------------------- "save as style"
@@ -311,6 +279,19 @@ def save_blora(engine, adapter_id: int, *, owner: Any, name: str = "") -> Librar
         raise UserError(f"{a.name!r} keeps no image of what it learned; save a style from a B-LoRA trained here.")
     return save_style(engine, owner=owner, name=name or a.name, images=[image], source="blora",
                       descriptor=(a.trigger_words or "").strip(), adapter_id=a.id)
+
+
+def styledrop_start(engine, style: LibraryStyle, *, owner: Any) -> tuple[list, str, str]:
+    """What a new StyleDrop loop takes from a library style: (its images, the first
+    `styledrop.MAX_STYLE_IMAGES`; a content description: its reference's description up to the
+    first comma, "a house" of "a house, in pastel style", else "an image"; its style words: the
+    descriptor, else its phrase without "in ... style", else its name)."""
+    images = images_of(engine, style, owner=owner)
+    if not images:
+        raise UserError("This library style keeps no images to train a StyleDrop loop on; upload a style image.")
+    content = (style.reference_prompt or "").split(",")[0].strip() or "an image"
+    words = style.descriptor or _descriptor_of(style.phrase) or style.name
+    return images[:styledrop.MAX_STYLE_IMAGES], content, words
 
 
 def images_of(engine, style: LibraryStyle, *, owner: Any) -> list:

@@ -233,6 +233,17 @@ class StyleDropTab(LossPlotAxes, Tab):
         paths = v.files(style_files, "Style image", styledrop.MAX_STYLE_IMAGES)
         return [load_image(pth, what="style image", max_side=1024) for pth in paths]
 
+    @user_errors
+    def style_fields(self, library_style, visitor=None, request: gr.Request = None):
+        """A library style picked for a new loop: its content and style words in their fields and
+        its images shown (the fields stay editable; no style: nothing changes)."""
+        caller = self.caller(request, visitor)
+        picked, _ = self.library_style(library_style, 1.0, caller.owner)
+        if picked is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        found, content, words = styles.styledrop_start(self.engine, picked, owner=caller.owner)
+        return content, words, [load_image(f, what="the library style's image", max_side=1024) for f in found]
+
     def describe(self, content, style) -> str:
         """The training text as it will be used (a warning for what it cannot be)."""
         try:
@@ -347,9 +358,10 @@ class StyleDropTab(LossPlotAxes, Tab):
     @gpu(duration=900)
     def train(self, loop, style_files, content, style, name, steps, learning_rate, rank, gradient_checkpointing,
               seed, prompts, samples_per_prompt, sample_steps, guidance, grid_seed, options=None, visitor=None,
-              request: gr.Request = None):
+              library_style=None, request: gr.Request = None):
         """Train the loop's next round (no loop: a new loop from the style image) and its grid,
-        streamed: (status, loss plot, loop view ×6, info)."""
+        streamed: (status, loss plot, loop view ×6, info). `library_style` (a key, new loops only):
+        its images join the uploaded ones, its words fill an empty content or style field."""
         config = TrainSettings(steps=v.whole(steps, "Steps", 1, MAX_STEPS),
                              learning_rate=v.real(learning_rate, "Learning rate", 1e-8, 0.1),
                              gradient_checkpointing=v.flag(gradient_checkpointing, "Gradient checkpointing"),
@@ -363,12 +375,21 @@ class StyleDropTab(LossPlotAxes, Tab):
         name = v.text(name, "Loop name", 100)
         form, lambdas = self.sampling_options(options)
         caller = self.caller(request, visitor)
+        picked, _ = self.library_style(library_style, 1.0, caller.owner)
+        images = [] if loop_id is not None else \
+            [load_image(f, what=f"style image {i + 1}", max_side=4096) for i, f in enumerate(paths)]
+        if picked is not None and loop_id is None:
+            found, style_content, style_words = styles.styledrop_start(self.engine, picked, owner=caller.owner)
+            images += [load_image(f, what="the library style's image", max_side=4096) for f in found]
+            content, style, name = content or style_content, style or style_words, name or picked.name[:100]
+            if len(images) > styledrop.MAX_STYLE_IMAGES:
+                raise UserError(f"Style image: {len(images)} with the library style's; at most "
+                                f"{styledrop.MAX_STYLE_IMAGES}.")
         round_kw = dict(owner=caller.owner, stop_key=caller.stop_key, rank=rank, metrics=self.ctx.metrics, form=form,
                         lambdas=lambdas, **grid)
         if loop_id is None:
-            if not paths:
-                raise UserError("Upload a style image to start a loop.")
-            images = [load_image(f, what=f"style image {i + 1}", max_side=4096) for i, f in enumerate(paths)]
+            if not images:
+                raise UserError("Upload a style image (or pick a library style) to start a loop.")
             events = styledrop.first_round(self.engine, images, config, content_description=content,
                                            style_descriptor=style, name=name, **round_kw)
         else:
@@ -566,6 +587,10 @@ class StyleDropTab(LossPlotAxes, Tab):
                                  file_types=["image"], type="filepath", elem_id="sd-style-files")
         ui.style_view = gr.Gallery(label="Style image(s)", columns=4, height=160, object_fit="contain",
                                    elem_id="sd-style-view")
+        ui.library_style, = self.library_style_inputs(
+            "sd", "Start a new loop from a style in the library (saved in any tab): its images join the uploaded "
+                  "ones (none needed) and its words fill the two fields below; then **Start a new loop**.",
+            weight=False)
         ui.content = gr.Textbox(label="Content of the style image", value="a house", elem_id="sd-content")
         ui.style = gr.Textbox(label="Style descriptor", value="watercolor painting", elem_id="sd-style")
         ui.text = gr.Markdown(f"Training text: **{styledrop.training_text('a house', 'watercolor painting')}**",
@@ -704,7 +729,10 @@ class StyleDropTab(LossPlotAxes, Tab):
         ui.save.button.click(self.save_style, [ui.round, ui.save.name, self.visitor], ui.save.status,
                              api_name="styledrop_save_style")
         train_tail = [ui.style_files, ui.content, ui.style, ui.name, ui.steps, ui.lr, ui.rank, ui.gc, ui.seed,
-                      ui.prompts, ui.samples, ui.sample_steps, ui.guidance, ui.grid_seed, ui.options, self.visitor]
+                      ui.prompts, ui.samples, ui.sample_steps, ui.guidance, ui.grid_seed, ui.options, self.visitor,
+                      ui.library_style]
+        ui.library_style.input(self.style_fields, [ui.library_style, self.visitor], [ui.content, ui.style,
+                                                                                       ui.style_view], **private)
         train_out = [ui.status, ui.loss, *view, ui.info]
         for event in (ui.next.click(self.train, [ui.loop, *train_tail], train_out, api_name="styledrop_train", **GPU),
                       ui.new.click(self.train, [ui.no_loop, *train_tail], train_out, **private, **GPU)):

@@ -33,13 +33,17 @@ def test_the_headless_example_runs_verbatim_in_tiny_mode(live_app):
 
 @pytest.mark.slow
 def test_the_library_style_example_runs_verbatim_in_tiny_mode(live_app):
-    """Save a style in AdaIN, use it in AdaIN and for an icon set, as the README shows."""
+    """Save a style in AdaIN, use it in AdaIN, for an icon set and for a StyleDrop loop, as the
+    README shows."""
     code = headless_example(1).replace("http://127.0.0.1:7860/", live_app.url)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    key, rest = out.stdout.strip().splitlines()[-1].split(" ", 1)      # the printed line
+    *loop_status, line = out.stdout.strip().splitlines()              # the two prints (the first: Markdown lines)
+    key, rest = line.split(" ", 1)
+    loop_status = "\n".join(loop_status)
     assert re.fullmatch(r"s\d+", key) and rest.startswith("Done: 1 image(s)"), out.stdout
     assert "**Done.** 2 icons." in rest and rest.endswith("the library style's image"), out.stdout
+    assert "Done: round 1" in loop_status and "trained on 1 style" in loop_status, out.stdout
 
 
 def test_every_picture_and_file_the_readme_links_exists():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import blora, library, styledrop, styles
+from core import best_of, blora, library, styledrop, styles
 from core.errors import UserError
 from core.events import Progress, Result
 from core.store import Store
@@ -513,8 +513,8 @@ def test_a_subject_in_a_saved_style_that_has_only_images(engine, made, subject, 
     before_unet, before_image = library.snapshot(engine.pipe.unet), plain(engine)
 
     def pictures(style, weights, **kw):
-        return final(styles.generate(engine, ["a sks dog"], weights, style=style, owner=OWNER, seed=4, steps=2,
-                                     guidance=5.0, **kw))
+        return final(best_of.generate(engine, ["a sks dog"], weights, style=style, owner=OWNER, seed=4, steps=2,
+                                      guidance=5.0, **kw))
     without_subject = pictures(st, {})      # first: the style's cache now holds an inversion without the subject
     styled = pictures(st, {subject: 1.0})   # which must not be reused with the subject on
     assert len(styled.images) == 1 and styled.info["prompts"] == ["a sks dog, in ink wash style"]
@@ -533,4 +533,85 @@ def test_a_subject_in_a_saved_style_that_has_only_images(engine, made, subject, 
     with pytest.raises(UserError, match="use 1 candidate"):
         pictures(st, {subject: 1.0}, candidates=2)
     with pytest.raises(UserError, match="not found"):                  # carol's subject, named by dave
-        final(styles.generate(engine, ["a dog"], {subject: 1.0}, style=st, owner="dave", seed=4, steps=2))
+        final(best_of.generate(engine, ["a dog"], {subject: 1.0}, style=st, owner="dave", seed=4, steps=2))
+
+
+def test_a_new_styledrop_loop_from_a_saved_style(engine, visitors, tmp_path):
+    """StyleDrop takes a library style as the style images of a new loop (its words filling the
+    empty fields). The oracle: the same loop with the style's stored images uploaded and its words
+    typed; the grid they sample must match. Another style gives another grid; none at all (no
+    upload either) is refused, as is another visitor's style."""
+    from tabs.styledrop import StyleDropTab
+
+    ctx, tok, req = visitors
+    sd = StyleDropTab(ctx)
+    as_erin = dict(visitor=tok["erin"], request=req["erin"])
+    as_finn = dict(visitor=tok["finn"], request=req["finn"])
+    erin = sd.caller(req["erin"], tok["erin"]).owner
+    store = library.get_store(engine)
+    before_unet, before_image = library.snapshot(engine.pipe.unet), plain(engine)
+    inked = styles.save_style(engine, owner=erin, name="ink for sd", images=[ink(7), ink(8)], source="adain",
+                              descriptor="ink wash")
+    chalk = styles.save_style(engine, owner=erin, name="chalk for sd", images=[picture(2)], source="style_aligned",
+                              descriptor="", reference=picture(2), reference_prompt="a barn, in chalk style")
+    kw = dict(steps=3, learning_rate=1e-2, rank=4, gradient_checkpointing=False, seed=0, prompts="a cat",
+              samples_per_prompt=1, sample_steps=2, guidance=5.0, grid_seed=0)
+
+    def start(files, content, style, key=None, who=as_erin):
+        (status, _plot, *_view, info), _ = last(sd.train(None, files, content, style, "", **kw, library_style=key,
+                                                         **who))
+        assert "Done: round 1" in status, status
+        loop = store.get_loop(info["loop_id"], erin)
+        grid = [Image.open(c.path) for c in store.candidates(info["round_id"], erin)]
+        return loop, styledrop.style_images(store, loop, erin), as_array(grid)
+
+    loop, trained_on, grid = start(None, "", "", key=inked.key)
+    assert (loop.content_description, loop.style_descriptor, loop.name) == ("an image", "ink wash", "ink for sd")
+    assert len(trained_on) == 2
+    uploaded = []
+    for i, p in enumerate(inked.images):
+        uploaded.append(str(tmp_path / f"ink-{i}.png"))
+        Image.open(p).save(uploaded[-1])
+    _, by_hand_images, by_hand = start(uploaded, "an image", "ink wash")
+    assert np.abs(as_array(trained_on) - as_array(by_hand_images)).max() <= 1.0
+    assert np.abs(grid - by_hand).max() <= 2.0
+    # typed words win over the style's; a style from a Style-Aligned set brings its reference's content
+    assert styles.styledrop_start(engine, chalk, owner=erin)[1:] == ("a barn", "chalk for sd")
+    chalk_loop, _, chalk_grid = start(None, "a hut", "", key=chalk.key)
+    assert (chalk_loop.content_description, chalk_loop.style_descriptor) == ("a hut", "chalk for sd")
+    assert np.abs(grid - chalk_grid).max() > 2.0
+    with pytest.raises(gr.Error, match="Upload a style image"):
+        list(sd.train(None, None, "an image", "ink", "", **kw, **as_erin))
+    with pytest.raises(gr.Error, match="not found"):
+        list(sd.train(None, None, "", "", "", **kw, library_style=inked.key, **as_finn))
+    after = library.snapshot(engine.pipe.unet)
+    assert after.keys() == before_unet.keys() and all(np.array_equal(before_unet[k], after[k]) for k in after)
+    assert np.array_equal(before_image, plain(engine))
+
+
+@pytest.mark.browser
+def test_browser_a_saved_style_starts_a_styledrop_loop(live_app, page, tmp_path):
+    """As a user: a style saved (here through the API, from AdaIN) is picked under StyleDrop's
+    "Style from the library": its words fill the fields, its image is shown, and Start a new loop
+    trains round 1 on it with no upload."""
+    import re
+
+    from gradio_client import Client, handle_file
+
+    ink(11).save(tmp_path / "ink.png")
+    saved = Client(live_app.url, verbose=False).predict([handle_file(str(tmp_path / "ink.png"))], "sumi ink",
+                                                        "sd browser ink", None, api_name="/adain_save_style")
+    key = re.search(r"\((s\d+):", saved).group(1)
+    page.goto(live_app.url)
+    page.get_by_role("tab", name="StyleDrop Loop", exact=True).click()
+    page.locator("#sd-library").get_by_text("Style from the library (optional)").click()
+    page.locator("#sd-library-refresh").click()
+    page.locator("#sd-library-style input").click()
+    page.get_by_role("option", name=f"sd browser ink · style: 1 image(s) · {key}").click()
+    page.wait_for_function("() => document.querySelectorAll('#sd-style-view img').length >= 1", timeout=60_000)
+    assert page.locator("#sd-style textarea, #sd-style input").first.input_value() == "sumi ink"
+    assert page.locator("#sd-content textarea, #sd-content input").first.input_value() == "an image"
+    page.locator("#sd-new").click()
+    page.wait_for_function("() => document.querySelector('#sd-status').innerText.includes('Done: round 1')",
+                           timeout=180_000)
+    assert "trained on 1 style" in page.locator("#sd-status").inner_text()
