@@ -446,7 +446,9 @@ class PersonalizeTab(LossPlotAxes, Tab):
         family = "Recontextualization"
         w.library_style = self.library_style_inputs(
             "pz", "A style for your subject: a StyleDrop adapter or the style half of a B-LoRA you trained (or one "
-                  "shared with you), on together with the adapters above; its style words join every prompt.")
+                  "shared with you), on together with the adapters above; its style words join every prompt. A "
+                  "saved style with only images (from AdaIN or a Style-Aligned set) makes the prompts a "
+                  "Style-Aligned set to its image instead (one candidate).")
         w.prompts = gr.Textbox(label="Prompts, one per line ({v} = identifier, {c} = class)", lines=3,
                                value="\n".join(dreambooth.PROMPT_FAMILIES[family][:2]), elem_id="pz-prompts")
         with gr.Row():

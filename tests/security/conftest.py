@@ -19,6 +19,15 @@ def shared_app(tmp_path_factory):
     app.stop()
 
 
+# plain HTTP (raw_call, raw_error) sends every input: those an endpoint took on after the visitor
+# token, at their defaults (each test's raw call adds them: `[*inputs, token, *AFTER_TOKEN[api]]`)
+AFTER_TOKEN = {"/blora_generate": [1, 0.5],         # candidates (best of N), preference content <-> style
+               "/personalize_generate": [None, 1.0, 1, 0.5],  # library style, its weight; best of N, preference
+               "/svg_icon_set": [None, 1.0],          # library style, its weight
+               "/styledrop_train": [None],            # library style (a new loop from its images)
+               "/adain": [None]}                      # library style
+
+
 def client(app, **kw):
     """A fresh API session, as an attacker who skips the UI would open one."""
     from gradio_client import Client

@@ -12,13 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import client, new_token, picture, raw_call, raw_error, upload
+from .conftest import AFTER_TOKEN, client, new_token, picture, raw_call, raw_error, upload
 
-# plain HTTP sends every input: those after the token at their defaults
-AFTER_TOKEN = {"/blora_generate": [1, 0.5],         # candidates (best of N), preference content <-> style
-               "/personalize_generate": [None, 1.0, 1, 0.5],  # library style, its weight; best of N, preference
-               "/svg_icon_set": [None, 1.0],          # library style, its weight
-               "/adain": [None]}                      # library style
 SA = ["a cat", "", 0, 2, 5.0, 64, 64, "", None, "", True, True, False, False, False, 0.0, 1.0, 1.0]
 
 

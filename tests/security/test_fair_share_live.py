@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ..conftest import start_app
-from .conftest import client, new_token, picture, raw_error
+from .conftest import AFTER_TOKEN, client, new_token, picture, raw_error
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_a_job_over_its_time_limit_gives_the_slot_to_the_next(limited_app, tmp_p
     wait_for(job_a, "step ")  # A holds the accelerator
     # A cannot start a second job meanwhile, from any page
     msg = raw_error(limited_app, "/personalize_generate",
-                    ["a {v} {c}", 0, 2, 5.0, None, 1.0, None, 1.0, None, 1.0, a, "", 1.0])
+                    ["a {v} {c}", 0, 2, 5.0, None, 1.0, None, 1.0, None, 1.0, a, *AFTER_TOKEN["/personalize_generate"]])
     assert "You already have a job (adain-train) running or waiting" in msg
     # B waits in line, then runs once A's time is up
     started = time.monotonic()
