@@ -285,12 +285,16 @@ def styledrop_start(engine, style: LibraryStyle, *, owner: Any) -> tuple[list, s
     """What a new StyleDrop loop takes from a library style: (its images, the first
     `styledrop.MAX_STYLE_IMAGES`; a content description: its reference's description up to the
     first comma, "a house" of "a house, in pastel style", else "an image"; its style words: the
-    descriptor, else its phrase without "in ... style", else its name)."""
+    descriptor, else its phrase without "in ... style", else its name; a B-LoRA's name, since its
+    words are a trigger such as "[v18]" that means nothing to a new loop)."""
     images = images_of(engine, style, owner=owner)
     if not images:
         raise UserError("This library style keeps no images to train a StyleDrop loop on; upload a style image.")
     content = (style.reference_prompt or "").split(",")[0].strip() or "an image"
-    words = style.descriptor or _descriptor_of(style.phrase) or style.name
+    if style.method == blora.METHOD:
+        words = style.name                 # its descriptor and phrase hold the trigger: "[v18]"
+    else:
+        words = style.descriptor or _descriptor_of(style.phrase) or style.name
     return images[:styledrop.MAX_STYLE_IMAGES], content, words
 
 

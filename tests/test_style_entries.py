@@ -167,6 +167,19 @@ def test_styles_saved_from_each_tab_are_listed_with_their_forms(engine, made):
     assert styles.reference_of(styles.get_style(engine, made["round_adapter"], owner=OWNER)) is None
 
 
+def test_what_a_new_styledrop_loop_takes_from_each_saved_style(engine, made):
+    """(images, content, style words) for each source: the words a loop's training text needs,
+    never a B-LoRA's trigger."""
+    got = {src: styles.styledrop_start(engine, made[src], owner=OWNER) for src in SOURCES}
+    assert {src: g[1:] for src, g in got.items()} == {
+        "styledrop": ("an image", "glow gradient"), "blora": ("an image", "stripes"),
+        "style_aligned": ("a house", "pastel"), "adain": ("an image", "ink wash")}
+    assert [len(got[src][0]) for src in SOURCES] == [1, 1, 2, 1]
+    for src in SOURCES:
+        for image in got[src][0]:
+            assert Image.open(image).size[0] > 0
+
+
 def test_other_visitors_neither_list_nor_use_them(engine, made):
     assert styles.library_styles(engine, owner="dave") == []
     for src in SOURCES:
