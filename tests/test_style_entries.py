@@ -367,7 +367,8 @@ def test_the_tabs_save_styles_and_other_tabs_use_them(engine, visitors, tmp_path
         list(ad.transfer(*args, library_style="s1; drop", **as_erin))
 
 
-def test_an_icon_set_aligned_to_a_saved_style(engine, made, tmp_path):
+@pytest.mark.parametrize("src", SOURCES)
+def test_an_icon_set_aligned_to_a_saved_style(engine, made, tmp_path, src):
     from core import vectorfusion
 
     def icons(style):
@@ -378,7 +379,7 @@ def test_an_icon_set_aligned_to_a_saved_style(engine, made, tmp_path):
 
     before_unet, before_image = library.snapshot(engine.pipe.unet), plain(engine)
     plain_set, plain_icons = icons(None)
-    styled_set, styled_icons = icons(made["styledrop"])          # its image and its adapter
+    styled_set, styled_icons = icons(made[src])          # its image (and its adapter, if any)
     assert len(styled_icons.images) == 2 and styled_icons.info["prompts"] == ["a cup", "a key"]
     assert styled_icons.info["reference"] == "the library style's image"
     assert len(styled_icons.info["svgs"]) == 2
@@ -516,6 +517,24 @@ def subject(engine):
     recipe = dreambooth.make_recipe(engine, [picture(0)], identifier="sks", class_noun="dog", prior=False, rank=4,
                                     sample_prompts=[])
     return final(train(engine, recipe, TrainSettings(steps=4, learning_rate=1e-2), owner=OWNER)).info["adapter_id"]
+
+
+@pytest.mark.parametrize("src", ["styledrop", "blora"])
+def test_a_subject_in_a_saved_style_with_an_adapter(engine, made, subject, src):
+    """Personalize + a saved style that carries an adapter: the same generation as with that
+    adapter picked as the library style (the oracle), and not the one without a style."""
+    st = made[src]
+    before_unet = library.snapshot(engine.pipe.unet)
+
+    def pictures(style):
+        return as_array(final(best_of.generate(engine, ["a sks dog"], {subject: 1.0}, style=style, owner=OWNER,
+                                               seed=4, steps=2, guidance=5.0)).images)
+    styled = pictures(st)
+    by_hand = pictures(styles.get_style(engine, st.adapter_id, owner=OWNER))
+    assert np.abs(styled - by_hand).max() <= 2.0
+    assert np.abs(styled - pictures(None)).max() > 2.0
+    after = library.snapshot(engine.pipe.unet)
+    assert after.keys() == before_unet.keys() and all(np.array_equal(before_unet[k], after[k]) for k in after)
 
 
 def test_a_subject_in_a_saved_style_that_has_only_images(engine, made, subject, tmp_path):
