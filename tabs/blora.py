@@ -19,8 +19,8 @@ from core.errors import UserError
 from core.events import Result
 from core.train import MAX_STEPS
 
-from .common import (GPU, AppContext, LossPlotAxes, Tab, about, deliver, example, gpu, image_updates,
-                     md_text, ranked_gallery, saved_style_text, stream_training, user_errors)
+from .common import (CANDIDATES, GPU, AppContext, LossPlotAxes, Tab, about, best_of_inputs, deliver, example, gpu,
+                     image_updates, md_text, ranked_gallery, saved_style_text, stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "B-LoRA Mix"
@@ -35,7 +35,6 @@ NEGATIVE_NOTE = ("No negative prompt on this tab: with any negative prompt, even
 TRAIN_STOPPED = ("**Stopped.** B-LoRAs finished before the Stop are in the library; the last checkpoint of "
                  "the unfinished one (if any) is kept: train again with Resume on to continue.")
 GENERATE_STOPPED = "**Stopped.** The images were not finished."
-CANDIDATES = "Candidates (best of N)"
 PREFERENCE = "Preference: content ↔ style"
 EXAMPLES = [(["content-cat.png", "style-mosaic.png"],)]  # one B-LoRA each: the cat's content, the mosaic's style
 SUMMARY = ("**Take the content of one image and the style of another.** Train a B-LoRA on each image (one click "
@@ -411,13 +410,8 @@ class BLoRATab(LossPlotAxes, Tab):
         with gr.Row():
             w.run = gr.Button("Generate with these prompts", variant="primary", elem_id="bl-generate")
             w.stop = gr.Button("Stop", variant="stop", elem_id="bl-stop")
-        with gr.Row():
-            w.candidates = Slider(1, ranking.MAX_CANDIDATES, value=1, step=1, label=CANDIDATES,
-                                  info="N images per prompt in one batch, ranked by CLIP text and DINO scores",
-                                  elem_id="bl-candidates")
-            w.preference = Slider(0, 1, value=0.5, step=0.05, label=PREFERENCE,
-                                  info="0: closest to the content image, 1: to the style image",
-                                  elem_id="bl-preference")
+        w.candidates, w.preference = best_of_inputs("bl", PREFERENCE,
+                                                    "0: closest to the content image, 1: to the style image")
         with gr.Accordion("Sampling: seed, steps, guidance", open=False):
             with gr.Row():
                 w.seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="bl-seed")

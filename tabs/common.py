@@ -328,6 +328,26 @@ def captioned(result) -> list[tuple]:
     return list(zip(result.images, result.info["prompts"], strict=True))
 
 
+CANDIDATES = "Candidates (best of N)"
+
+
+def best_of_inputs(prefix: str, preference_label: str, towards: str) -> tuple:
+    """Best of N's two sliders in a row: N candidates per prompt (label `CANDIDATES`) and the
+    preference 0..1 (`preference_label`; `towards` says what 0 and 1 favour); elem_ids
+    `<prefix>-candidates`, `<prefix>-preference`."""
+    from core import ranking
+
+    from .widgets import Slider
+
+    with gr.Row():
+        candidates = Slider(1, ranking.MAX_CANDIDATES, value=1, step=1, label=CANDIDATES,
+                            info="N images per prompt in one batch, ranked by CLIP text and DINO scores",
+                            elem_id=f"{prefix}-candidates")
+        preference = Slider(0, 1, value=0.5, step=0.05, label=preference_label, info=towards,
+                            elem_id=f"{prefix}-preference")
+    return candidates, preference
+
+
 def ranked_gallery(result) -> list[tuple]:
     """`captioned`, or for best of N (info["ranking"], core/ranking.py): each prompt's candidates
     best first, captioned with the prompt, their place, seed and scores."""

@@ -17,12 +17,11 @@ from core import validate as v
 from core.errors import UserError
 from core.train import MAX_STEPS, TrainSettings
 
-from .common import (GPU, LossPlotAxes, Tab, about, deliver, example, gpu, image_updates, md_text,
-                     ranked_gallery, stream_training, user_errors)
+from .common import (CANDIDATES, GPU, LossPlotAxes, Tab, about, best_of_inputs, deliver, example, gpu,
+                     image_updates, md_text, ranked_gallery, stream_training, user_errors)
 from .widgets import Dropdown, Number, Radio, Slider
 
 TITLE = "Personalize"
-CANDIDATES = "Candidates (best of N)"
 PREFERENCE = "Preference: subject ↔ style"
 SLOTS = 3  # adapters active at once, a weight each
 METHODS = ["LoRA", "Full fine-tune (SD 1.5 only)"]
@@ -462,13 +461,8 @@ class PersonalizeTab(LossPlotAxes, Tab):
             w.g_seed = Number(label="Seed", value=0, precision=0, minimum=0, elem_id="pz-seed")
             w.g_steps = Slider(1, 100, value=4 if self.engine.offline else 30, step=1, label="Steps")
             w.g_guid = Slider(0, 20, value=5.0, step=0.5, label="Guidance")
-        with gr.Row():
-            w.candidates = Slider(1, ranking.MAX_CANDIDATES, value=1, step=1, label=CANDIDATES,
-                                  info="N images per prompt in one batch, ranked by CLIP text and DINO scores",
-                                  elem_id="pz-candidates")
-            w.preference = Slider(0, 1, value=0.5, step=0.05, label=PREFERENCE,
-                                  info="0: closest to the subject's images, 1: to the library style's images",
-                                  elem_id="pz-preference")
+        w.candidates, w.preference = best_of_inputs(
+            "pz", PREFERENCE, "0: closest to the subject's images, 1: to the library style's images")
 
     @staticmethod
     def _slot(i: int) -> list:
