@@ -1,12 +1,16 @@
 """What tab tests share: an app context around an engine, and a stand-in for the request Gradio
 passes to a handler. Tab tests build a tab class (`XTab(ctx)`) and call its handlers directly,
-with named arguments; no server runs."""
+with named arguments; no server runs. Also for tests of core jobs: `final` (the Result a job's
+events end with) and `as_array` (an image's pixels in float64)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+
+from core.events import Result
 from tabs.common import AppContext
 
 
@@ -32,6 +36,18 @@ def last(updates):
     updates = list(updates)
     assert updates, "the handler yielded nothing"
     return updates[-1], updates
+
+
+def final(events) -> Result:
+    """The Result a core job's events end with (failing when they end with anything else)."""
+    seen = list(events)
+    assert seen and isinstance(seen[-1], Result), seen[-1:] or "no events"
+    return seen[-1]
+
+
+def as_array(img) -> np.ndarray:
+    """An image's pixels, float64 (0..255)."""
+    return np.asarray(img, dtype=np.float64)
 
 
 def example_inputs(demo, elem_id: str) -> list[str]:

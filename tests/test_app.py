@@ -6,6 +6,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from .conftest import screenshot
+from tests.browserkit import set_number, wait_for_text
 
 ADVANCED_DEFAULTS = [True, True, False, False, False, 0.0, 1.0, 1.0]
 
@@ -90,9 +91,7 @@ def test_browser_progress_visible_and_stop(live_app, page):
     """A long job shows its step count and previews while it runs, and Stop ends it."""
     page.goto(live_app.url)
     page.locator("#sa-prompts textarea").fill("A guitar\nA sailboat")
-    steps = page.locator("#sa-steps input[type=number]")
-    steps.fill("100")
-    steps.press("Enter")
+    set_number(page, "sa-steps", 100)
     page.locator("#sa-generate").click()
     page.wait_for_function("() => /Style-aligned set \\d+\\/100/.test(document.querySelector('#sa-status').innerText)",
                            timeout=60_000)
@@ -101,8 +100,7 @@ def test_browser_progress_visible_and_stop(live_app, page):
     running = page.locator("#sa-status").inner_text()
     assert "/100" in running
     page.locator("#sa-stop").click()
-    page.wait_for_function("() => document.querySelector('#sa-status').innerText.includes('Stopped')",
-                           timeout=60_000)
+    wait_for_text(page, "#sa-status", "Stopped", timeout=60_000)
     # from now on record every text the status shows; the next run (2 steps) must be the next
     # thing it shows: no line of the stopped 100-step run may come after its Stopped
     page.evaluate("""() => {
@@ -111,11 +109,9 @@ def test_browser_progress_visible_and_stop(live_app, page):
         new MutationObserver(() => window.seen.push(el.innerText))
             .observe(el, {childList: true, subtree: true, characterData: true});
     }""")
-    steps.fill("2")
-    steps.press("Enter")
+    set_number(page, "sa-steps", 2)
     page.locator("#sa-generate").click()
-    page.wait_for_function("() => document.querySelector('#sa-status').innerText.includes('Done')",
-                           timeout=120_000)
+    wait_for_text(page, "#sa-status", "Done")
     seen = page.evaluate("() => window.seen")
     assert "Stopped" in seen[0]
     assert not [text for text in seen if "/100" in text], seen

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from core import blora, blora_exchange, identity, library
 from core.errors import UserError
 from tabs.blora import BLoRATab
+from tests.browserkit import wait_for_text
 from tests.tabkit import fake_request, make_ctx
 
 from .conftest import screenshot
@@ -325,8 +326,7 @@ def test_browser_import_a_reference_file_then_export_it(live_app, page, engine, 
     page.locator("#bl-import-file input[type=file]").set_input_files(path)
     page.locator("#bl-import-trigger textarea, #bl-import-trigger input").first.fill("[v18]")
     page.locator("#bl-import-btn").click()
-    page.wait_for_function("() => document.querySelector('#bl-exchange-status').innerText.includes('Imported')",
-                           timeout=60_000)
+    wait_for_text(page, "#bl-exchange-status", "Imported", timeout=60_000)
     assert "content" in page.locator("#bl-exchange-status").inner_text()
     for picker in ("#bl-content", "#bl-export-entry"):
         page.locator(f"{picker} input").click()
@@ -337,8 +337,7 @@ def test_browser_import_a_reference_file_then_export_it(live_app, page, engine, 
         else:
             page.keyboard.press("Escape")
     page.locator("#bl-export-btn").click()
-    page.wait_for_function("() => document.querySelector('#bl-exchange-status').innerText.includes('Exported')",
-                           timeout=60_000)
+    wait_for_text(page, "#bl-exchange-status", "Exported", timeout=60_000)
     assert "reference" in page.locator("#bl-exchange-status").inner_text()
     assert ".safetensors" in page.locator("#bl-export-file").inner_text()
     screenshot(page, "blora-exchange")

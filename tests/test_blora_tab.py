@@ -18,6 +18,7 @@ from PIL import Image
 
 from core import blora, identity
 from tabs.blora import CUSTOM, BLoRATab
+from tests.browserkit import set_number, wait_for_text
 from tests.tabkit import assert_readable_loss_axes, example_inputs, fake_request, last, make_ctx
 
 from .conftest import screenshot, start_app
@@ -362,7 +363,7 @@ def test_browser_train_pick_and_transfer(live_app, page, tmp_path):
         box.fill(value)
         box.press("Tab")
     page.locator("#bl-train").click()
-    page.wait_for_function("() => document.querySelector('#bl-status').innerText.includes('Done')", timeout=120_000)
+    wait_for_text(page, "#bl-status", "Done")
     assert page.locator("#bl-samples img").count() >= 1
     # the loss curves are drawn, not just the axes: coloured pixels in the plot
     deadline = time.monotonic() + 15
@@ -383,18 +384,14 @@ def test_browser_train_pick_and_transfer(live_app, page, tmp_path):
     assert "linearly" in page.locator("#bl-weight-note").inner_text()
     assert "No negative prompt" in page.locator("#bl-negative-note").inner_text()
     page.locator("#bl-use-0").click()  # Image style transfer, one click
-    page.wait_for_function("() => document.querySelector('#bl-gen-status').innerText.includes('Done')",
-                           timeout=60_000)
+    wait_for_text(page, "#bl-gen-status", "Done", timeout=60_000)
     assert page.locator("#bl-gallery img").count() >= 1
     assert "content #" in page.locator("#bl-gen-status").inner_text()
     screenshot(page, "blora-mix")
     # best of 3 (issue 18): candidates best first, captioned with seed and scores; a click uses one's seed
-    box = page.locator("#bl-candidates input[type=number]")
-    box.fill("3")
-    box.press("Enter")
+    set_number(page, "bl-candidates", 3)
     page.locator("#bl-use-0").click()
-    page.wait_for_function("() => document.querySelector('#bl-gen-status').innerText.includes('Best of 3')",
-                           timeout=60_000)
+    wait_for_text(page, "#bl-gen-status", "Best of 3", timeout=60_000)
     assert page.locator("#bl-gallery .thumbnail-item").count() == 3
     caption = page.locator("#bl-gallery").inner_text()
     assert "#1 · seed " in caption and "score " in caption, caption
@@ -421,7 +418,7 @@ def test_browser_a_run_stopped_at_its_first_step_has_a_readable_plot(live_app, p
     box.fill("1")
     box.press("Tab")
     page.locator("#bl-train").click()
-    page.wait_for_function("() => document.querySelector('#bl-status').innerText.includes('Done')", timeout=120_000)
+    wait_for_text(page, "#bl-status", "Done")
     assert_readable_loss_axes(page, "#bl-loss")
 
 

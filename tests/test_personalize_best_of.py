@@ -16,11 +16,11 @@ from PIL import Image
 
 from core import best_of, dreambooth, library, styledrop, styles
 from core.errors import UserError
-from core.events import Result
 from core.metrics import Metrics
 from core.train import TrainSettings
 from tabs.personalize import PersonalizeTab
-from tests.tabkit import fake_request, last, make_ctx
+from tests.browserkit import set_number, wait_for_text
+from tests.tabkit import as_array, fake_request, final, last, make_ctx
 from tests.test_ranking import expected_scores
 from tests.test_styledrop import style_image
 
@@ -28,16 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 OWNER = "local"  # the owner of everything on a private instance (the tab's caller too)
 INSTANCE = "a sks dog"
-
-
-def final(events) -> Result:
-    seen = list(events)
-    assert isinstance(seen[-1], Result), seen[-1]
-    return seen[-1]
-
-
-def as_array(img: Image.Image) -> np.ndarray:
-    return np.asarray(img, dtype=np.float64)
 
 
 def subject_photos() -> list[Image.Image]:
@@ -245,12 +235,9 @@ def test_browser_best_of_n_with_a_subject(live_app, page, tmp_path):
     page.wait_for_function("() => document.querySelector('#pz-adapter-1 input').value.includes('best of teapot')",
                            timeout=30_000)
     page.locator("#pz-prompts textarea").fill("a {v} {c} on a table")
-    box = page.locator("#pz-candidates input[type=number]")
-    box.fill("3")
-    box.press("Enter")
+    set_number(page, "pz-candidates", 3)
     page.locator("#pz-generate").click()
-    page.wait_for_function("() => document.querySelector('#pz-gen-status').innerText.includes('Best of 3')",
-                           timeout=120_000)
+    wait_for_text(page, "#pz-gen-status", "Best of 3")
     page.wait_for_function("() => document.querySelectorAll('#pz-gallery .thumbnail-item').length === 3",
                            timeout=30_000)
     caption = page.locator("#pz-gallery").inner_text()

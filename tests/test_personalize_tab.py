@@ -19,6 +19,7 @@ from core import dreambooth, identity, library
 from core.errors import UserError
 from core.events import Result
 from tabs.personalize import LISTED, PersonalizeTab
+from tests.browserkit import wait_for_text
 from tests.tabkit import assert_readable_loss_axes, example_inputs, fake_request, last, make_ctx
 
 from .conftest import screenshot, start_app
@@ -490,8 +491,7 @@ def test_browser_personalize(pz_app, page, tmp_path):
     page.locator("#pz-files input[type=file]").set_input_files(files)
     page.wait_for_function("() => document.querySelectorAll('#pz-crops img').length >= 2", timeout=60_000)
     page.locator("#pz-class textarea, #pz-class input").first.fill("teapot")
-    page.wait_for_function("() => document.querySelector('#pz-idnote').innerText.includes('a sks teapot')",
-                           timeout=20_000)
+    wait_for_text(page, "#pz-idnote", "a sks teapot", timeout=20_000)
     # a short run without prior preservation first (one curve), then the default run with it:
     # the plot must draw the new run's three curves, not only the first run's "total"
     page.get_by_text("Training settings").filter(visible=True).first.click()
@@ -499,8 +499,7 @@ def test_browser_personalize(pz_app, page, tmp_path):
     page.locator("#pz-steps input").fill("2")
     page.locator("#pz-steps input").press("Tab")
     page.locator("#pz-train").click()
-    page.wait_for_function("() => document.querySelector('#pz-status').innerText.includes('Done')",
-                           timeout=240_000)
+    wait_for_text(page, "#pz-status", "Done", timeout=240_000)
     assert len(drawn_lines(page, "#pz-loss")) == 1
     page.locator("#pz-prior input[type=checkbox]").check()
     page.locator("#pz-steps input").fill("12")  # the preset's: samples at steps 6 and 12
@@ -508,8 +507,7 @@ def test_browser_personalize(pz_app, page, tmp_path):
     page.locator("#pz-train").click()
     page.wait_for_function("() => !document.querySelector('#pz-status').innerText.includes('Done')",
                            timeout=30_000)
-    page.wait_for_function("() => document.querySelector('#pz-status').innerText.includes('Done')",
-                           timeout=240_000)
+    wait_for_text(page, "#pz-status", "Done", timeout=240_000)
     assert page.locator("#pz-samples img").count() >= 2
     # the three loss curves are really drawn (not just the axes): one SVG line path each, over
     # several steps, in three colours
@@ -544,8 +542,7 @@ def test_browser_personalize(pz_app, page, tmp_path):
     # "Suggest rare tokens": the first suggestion becomes the identifier (its prompts line follows)
     # and the list of suggestions stays in view
     page.locator("#pz-suggest").click()
-    page.wait_for_function("() => document.querySelector('#pz-suggestions').innerText.includes('Rare single tokens')",
-                           timeout=20_000)
+    wait_for_text(page, "#pz-suggestions", "Rare single tokens", timeout=20_000)
     first = re.search(r"using (\w+)", page.locator("#pz-suggestions").inner_text()).group(1)
     page.wait_for_function("t => document.querySelector('#pz-idnote').innerText.includes('a ' + t + ' ')", arg=first,
                            timeout=20_000)
@@ -628,5 +625,5 @@ def test_browser_a_run_stopped_at_its_first_step_has_a_readable_plot(pz_app, pag
     page.locator("#pz-steps input").fill("1")
     page.locator("#pz-steps input").press("Tab")
     page.locator("#pz-train").click()
-    page.wait_for_function("() => document.querySelector('#pz-status').innerText.includes('Done')", timeout=120_000)
+    wait_for_text(page, "#pz-status", "Done")
     assert_readable_loss_axes(page, "#pz-loss")

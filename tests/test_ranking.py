@@ -13,6 +13,7 @@ from core.errors import UserError
 from core.events import Result
 from core.metrics import Metrics
 from core.train import TrainSettings
+from tests.tabkit import as_array
 from tests.test_blora import picture as blora_picture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,10 +51,6 @@ def expected_scores(text, content, style, p, text_weight=1.0):
 @pytest.fixture(scope="module")
 def metrics():
     return Metrics(tiny=True)
-
-
-def as_array(img: Image.Image) -> np.ndarray:
-    return np.asarray(img, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- the ranking alone

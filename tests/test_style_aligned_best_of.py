@@ -8,9 +8,10 @@ import pytest
 
 from core import ranking
 from core.errors import UserError
-from core.events import Result
 from core.metrics import Metrics
 from core.style_aligned import SharingOptions, candidate_seeds, style_aligned_set
+from tests.tabkit import final
+from tests.browserkit import set_number, wait_for_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,12 +21,6 @@ PROMPTS = ["a cat", "a tree", "a boat"]
 @pytest.fixture(scope="module")
 def metrics():
     return Metrics(tiny=True)
-
-
-def final(events) -> Result:
-    seen = list(events)
-    assert isinstance(seen[-1], Result)
-    return seen[-1]
 
 
 def arrays(images):
@@ -132,12 +127,9 @@ def test_browser_best_of_two_sets(live_app, page):
     page.goto(live_app.url)
     page.locator("#sa-prompts textarea").fill("A guitar\nA sailboat")
     page.locator("#sa-best-of").get_by_text("Best of N sets (optional)").click()
-    n = page.locator("#sa-candidates input[type=number]")
-    n.fill("2")
-    n.press("Enter")
+    set_number(page, "sa-candidates", 2)
     page.locator("#sa-generate").click()
-    page.wait_for_function("() => document.querySelector('#sa-metrics').innerText"
-                           ".includes('Candidate sets, best first')", timeout=120_000)
+    wait_for_text(page, "#sa-metrics", "Candidate sets, best first", show=("#sa-status",))
     assert page.locator("#sa-gallery img").count() >= 4
     rows = page.locator("#sa-metrics table").first.locator("tbody tr")
     assert rows.count() == 2                                   # one row per candidate set

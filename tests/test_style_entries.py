@@ -18,7 +18,8 @@ from core.events import Progress, Result
 from core.store import Store
 from core.style_aligned import SharingOptions, style_aligned_set
 from core.train import TrainSettings
-from tests.tabkit import fake_request, last, make_ctx
+from tests.browserkit import pick_library_style, wait_for_text
+from tests.tabkit import fake_request, final, last, make_ctx
 from tests.test_blora import picture
 from tests.test_styledrop import style_image
 
@@ -26,12 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 OWNER = "carol"
 PROMPTS = ["a cat", "a tree"]
-
-
-def final(events):
-    seen = list(events)
-    assert isinstance(seen[-1], Result), seen[-1]
-    return seen[-1]
 
 
 def as_array(images):
@@ -445,19 +440,14 @@ def test_browser_a_style_saved_in_adain_is_used_in_style_aligned_and_adain(live_
     page.locator("#adain-style-name").get_by_role("textbox").fill("browser ink")
     page.locator("#adain-style-words").get_by_role("textbox").fill("ink wash")
     page.locator("#adain-save-style-button").click()
-    page.wait_for_function("() => document.querySelector('#adain-save-style-status').innerText.includes('Saved')",
-                           timeout=60_000)
+    wait_for_text(page, "#adain-save-style-status", "Saved", timeout=60_000)
     key = re.search(r"\((s\d+):", page.locator("#adain-save-style-status").inner_text()).group(1)
 
     page.get_by_role("tab", name="Style-Aligned Set", exact=True).click()
-    page.locator("#sa-library").get_by_text("Style from the library (optional)").click()
-    page.locator("#sa-library-refresh").click()
-    page.locator("#sa-library-style input").click()
-    page.get_by_role("option", name=f"browser ink · style: 1 image(s) · {key}").click()
+    pick_library_style(page, "sa", f"browser ink · style: 1 image(s) · {key}")
     page.locator("#sa-prompts textarea").fill("A guitar\nA sailboat")
     page.locator("#sa-generate").click()
-    page.wait_for_function("() => document.querySelector('#sa-metrics').innerText.includes('Library style')",
-                           timeout=120_000)
+    wait_for_text(page, "#sa-metrics", "Library style", show=("#sa-status",))
     shown = page.locator("#sa-metrics").inner_text()
     assert f"browser ink ({key}) × 1; its image is the reference" in shown
     assert page.locator("#sa-gallery img").count() >= 3          # the reference, then the two prompts
@@ -466,10 +456,7 @@ def test_browser_a_style_saved_in_adain_is_used_in_style_aligned_and_adain(live_
     page.get_by_role("tab", name="AdaIN Transfer", exact=True).click()
     tab = page.locator("#adain-tab")
     tab.locator("input[type=file][multiple]").nth(0).set_input_files(str(tmp_path / "content.png"))
-    page.locator("#adain-library").get_by_text("Style from the library (optional)").click()
-    page.locator("#adain-library-refresh").click()
-    page.locator("#adain-library-style input").click()
-    page.get_by_role("option", name=f"browser ink · style: 1 image(s) · {key}").click()
+    pick_library_style(page, "adain", f"browser ink · style: 1 image(s) · {key}")
     tab.get_by_role("button", name="Stylize").click()
     page.wait_for_function("() => document.querySelector('#adain-info').innerText.startsWith('Done: 1 image(s)')",
                            timeout=120_000)
@@ -484,26 +471,21 @@ def test_browser_a_set_saved_as_a_style_aligns_an_icon_set(live_app, page):
     page.goto(live_app.url)
     page.locator("#sa-prompts textarea").fill("A lamp\nA chair")
     page.locator("#sa-generate").click()
-    page.wait_for_function("() => document.querySelector('#sa-status').innerText.includes('Done')", timeout=120_000)
+    wait_for_text(page, "#sa-status", "Done")
     page.locator("#sa-save-style").get_by_text("Save as a library style").click()
     page.locator("#sa-style-name").get_by_role("textbox").fill("browser set")
     page.locator("#sa-save-style-button").click()
-    page.wait_for_function("() => document.querySelector('#sa-save-style-status').innerText.includes('Saved')",
-                           timeout=60_000)
+    wait_for_text(page, "#sa-save-style-status", "Saved", timeout=60_000)
     status = page.locator("#sa-save-style-status").inner_text()
     assert "2 image(s), a reference image" in status
     key = re.search(r"\((s\d+):", status).group(1)
 
     page.get_by_role("tab", name="Text-to-SVG").click()
     page.get_by_role("tab", name="Icon set").click()
-    page.locator("#set-library").get_by_text("Style from the library (optional)").click()
-    page.locator("#set-library-refresh").click()
-    page.locator("#set-library-style input").click()
-    page.get_by_role("option", name=f"browser set · style: 2 image(s), reference · {key}").click()
+    pick_library_style(page, "set", f"browser set · style: 2 image(s), reference · {key}")
     page.locator("#set-prompts textarea").fill("a cup\na key")
     page.locator("#set-run").click()
-    page.wait_for_function("() => document.querySelector('#set-status').innerText.includes('icons.')",
-                           timeout=180_000)
+    wait_for_text(page, "#set-status", "icons.", timeout=180_000)
     done = page.locator("#set-status").inner_text()
     assert done.startswith("Done. 2 icons.") and f"browser set ({key}) × 1; every icon aligned to its image" in done
 
@@ -636,14 +618,10 @@ def test_browser_a_saved_style_starts_a_styledrop_loop(live_app, page, tmp_path)
     key = re.search(r"\((s\d+):", saved).group(1)
     page.goto(live_app.url)
     page.get_by_role("tab", name="StyleDrop Loop", exact=True).click()
-    page.locator("#sd-library").get_by_text("Style from the library (optional)").click()
-    page.locator("#sd-library-refresh").click()
-    page.locator("#sd-library-style input").click()
-    page.get_by_role("option", name=f"sd browser ink · style: 1 image(s) · {key}").click()
+    pick_library_style(page, "sd", f"sd browser ink · style: 1 image(s) · {key}")
     page.wait_for_function("() => document.querySelectorAll('#sd-style-view img').length >= 1", timeout=60_000)
     assert page.locator("#sd-style textarea, #sd-style input").first.input_value() == "sumi ink"
     assert page.locator("#sd-content textarea, #sd-content input").first.input_value() == "an image"
     page.locator("#sd-new").click()
-    page.wait_for_function("() => document.querySelector('#sd-status').innerText.includes('Done: round 1')",
-                           timeout=180_000)
+    wait_for_text(page, "#sd-status", "Done: round 1", timeout=180_000)
     assert "trained on 1 style" in page.locator("#sd-status").inner_text()

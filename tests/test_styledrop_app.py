@@ -16,6 +16,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from .conftest import ROOT, free_port, screenshot
+from tests.browserkit import wait_for_text
 
 
 class App:
@@ -133,32 +134,26 @@ def test_browser_loop_two_rounds_then_restart(app, page, style_png):
     page.wait_for_function("() => document.querySelectorAll('#sd-style-view img').length >= 1", timeout=60_000)
     page.locator("#sd-style textarea, #sd-style input").first.fill("neon gradient")
     page.locator("#sd-new").click()
-    page.wait_for_function("() => document.querySelector('#sd-status').innerText.includes('Done: round 1')",
-                           timeout=180_000)
+    wait_for_text(page, "#sd-status", "Done: round 1", timeout=180_000)
     page.wait_for_function("() => document.querySelectorAll('#sd-grid .sd-tile').length >= 4", timeout=30_000)
-    page.wait_for_function("() => document.querySelector('#sd-params').innerText.includes('4,096 trained parameters')",
-                           timeout=30_000)
+    wait_for_text(page, "#sd-params", "4,096 trained parameters", timeout=30_000, show=("#sd-status",))
     tiles = page.locator("#sd-grid .sd-tile")
     # thumbs up by click on the first, by keyboard (U) on the second; thumbs down (D) on the third
     tiles.nth(0).locator("button.sd-up").click()
-    page.wait_for_function("() => document.querySelector('#sd-counts').innerText.includes('liked (net ≥ 1): 1')",
-                           timeout=30_000)
+    wait_for_text(page, "#sd-counts", "liked (net ≥ 1): 1", timeout=30_000, show=("#sd-status",))
     page.locator("#sd-grid .sd-tile").nth(1).focus()
     page.keyboard.press("u")
-    page.wait_for_function("() => document.querySelector('#sd-counts').innerText.includes('liked (net ≥ 1): 2')",
-                           timeout=30_000)
+    wait_for_text(page, "#sd-counts", "liked (net ≥ 1): 2", timeout=30_000, show=("#sd-status",))
     page.wait_for_function("() => document.activeElement && document.activeElement.classList.contains('sd-tile')",
                            timeout=10_000)
     page.keyboard.press("d")  # focus moved on to the third tile
-    page.wait_for_function("() => document.querySelector('#sd-counts').innerText.includes('thumbs down 1')",
-                           timeout=30_000)
+    wait_for_text(page, "#sd-counts", "thumbs down 1", timeout=30_000, show=("#sd-status",))
     counts = page.locator("#sd-counts").inner_text()
     assert "thumbs up 2" in counts and "your ratings: 3" in counts
     assert page.locator("#sd-grid .sd-mine-up").count() == 2 and page.locator("#sd-grid .sd-mine-down").count() == 1
     screenshot(page, "styledrop-round1-rated")
     page.locator("#sd-next").click()
-    page.wait_for_function("() => document.querySelector('#sd-status').innerText.includes('Done: round 2')",
-                           timeout=180_000)
+    wait_for_text(page, "#sd-status", "Done: round 2", timeout=180_000)
     rounds = page.locator("#sd-rounds").inner_text()
     assert "1 style + 0 liked" in rounds and "1 style + 2 liked" in rounds
     assert "CLIP text" in rounds and "CLIP style" in rounds
@@ -173,15 +168,13 @@ def test_browser_loop_two_rounds_then_restart(app, page, style_png):
     app.start()
     page.reload()
     page.get_by_role("tab", name="StyleDrop Loop").click()
-    page.wait_for_function("() => document.querySelector('#sd-rounds').innerText.includes('1 style + 2 liked')",
-                           timeout=60_000)
+    wait_for_text(page, "#sd-rounds", "1 style + 2 liked", timeout=60_000, show=("#sd-status",))
     assert "Round 2" in page.locator("#sd-counts").inner_text()
     assert page.locator("#sd-grid .sd-tile").count() >= 4
     # round 1 is still there with this browser's ratings
     page.locator("#sd-round input").click()
     page.get_by_role("option", name="Round 1").click()
-    page.wait_for_function("() => document.querySelector('#sd-counts').innerText.includes('Round 1')",
-                           timeout=30_000)
+    wait_for_text(page, "#sd-counts", "Round 1", timeout=30_000, show=("#sd-status",))
     counts = page.locator("#sd-counts").inner_text()
     assert "liked (net ≥ 1): 2" in counts and "your ratings: 3" in counts
     assert page.locator("#sd-grid .sd-mine-up").count() == 2

@@ -15,11 +15,11 @@ from PIL import Image
 
 from core import styledrop
 from core.errors import UserError
-from core.events import Result
 from core.metrics import Metrics
 from core.train import TrainSettings
 from tabs.styledrop import StyleDropTab
-from tests.tabkit import fake_request, make_ctx
+from tests.browserkit import set_number, wait_for_text
+from tests.tabkit import as_array, fake_request, final, make_ctx
 from tests.test_ranking import expected_scores
 from tests.test_styledrop import style_image
 
@@ -27,16 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 OWNER = "local"  # the owner of everything on a private instance (the tab's caller too)
 FIELD = "Grid order: prompt ↔ style"
-
-
-def final(events) -> Result:
-    seen = list(events)
-    assert isinstance(seen[-1], Result), seen[-1]
-    return seen[-1]
-
-
-def as_array(img: Image.Image) -> np.ndarray:
-    return np.asarray(img, dtype=np.float64)
 
 
 @pytest.fixture(scope="module")
@@ -231,23 +221,17 @@ def test_browser_the_grid_best_first_and_a_thumb_stays_with_its_image(live_app, 
     ranks = page.locator("#sd-grid .sd-rank").all_inner_texts()
     assert [r.split(" · ")[0] for r in ranks] == ["#1", "#2", "#3"], ranks
     assert sorted(r.split(" · seed ")[1].split(" ")[0] for r in ranks) == ["0", "1", "2"], ranks
-    box = page.locator("#sd-order input[type=number]")
-    box.fill("1")
-    box.press("Enter")
-    page.wait_for_function("() => document.querySelector('#sd-counts').innerText.includes('grid order 1:')",
-                           timeout=30_000)
+    set_number(page, "sd-order", 1)
+    wait_for_text(page, "#sd-counts", "grid order 1:", timeout=30_000)
     first = page.locator("#sd-grid .sd-tile").nth(0)
     cid, src = first.get_attribute("data-id"), first.locator("img").get_attribute("src")
     first.locator("button.sd-up").click()
-    page.wait_for_function("() => document.querySelector('#sd-counts').innerText.includes('liked (net ≥ 1): 1')",
-                           timeout=30_000)
+    wait_for_text(page, "#sd-counts", "liked (net ≥ 1): 1", timeout=30_000, show=("#sd-status",))
     liked = page.locator("#sd-grid .sd-mine-up")
     assert liked.count() == 1 and liked.get_attribute("data-id") == cid
     assert liked.locator("img").get_attribute("src") == src
-    box.fill("0")
-    box.press("Enter")
-    page.wait_for_function("() => document.querySelector('#sd-counts').innerText.includes('grid order 0:')",
-                           timeout=30_000)
+    set_number(page, "sd-order", 0)
+    wait_for_text(page, "#sd-counts", "grid order 0:", timeout=30_000, show=("#sd-status",))
     liked = page.locator("#sd-grid .sd-mine-up")
     assert liked.count() == 1 and liked.get_attribute("data-id") == cid
     assert liked.locator("img").get_attribute("src") == src

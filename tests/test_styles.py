@@ -13,7 +13,8 @@ from core.events import Result
 from core.style_aligned import SharingOptions, style_aligned_set
 from core.train import TrainSettings
 from tabs.style_aligned import StyleAlignedTab
-from tests.tabkit import fake_request, last, make_ctx
+from tests.browserkit import pick_library_style, wait_for_text
+from tests.tabkit import fake_request, final, last, make_ctx
 from tests.test_blora import picture
 from tests.test_styledrop import style_image
 
@@ -22,12 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # the paper's style block, written out (a swap of core.blora's constants must fail here)
 STYLE_BLOCK = "up_blocks.0.attentions.1"
 PROMPTS = ["a cat", "a tree"]
-
-
-def final(events):
-    seen = list(events)
-    assert isinstance(seen[-1], Result), seen[-1]
-    return seen[-1]
 
 
 def as_array(result):
@@ -170,14 +165,10 @@ def test_browser_a_set_in_a_library_style(live_app, page, tmp_path):
                     1, 2, 5.0, 0, None, api_name="/styledrop_train")
     adapter_id = out[-1]["adapter_id"]
     page.goto(live_app.url)
-    page.locator("#sa-library").get_by_text("Style from the library (optional)").click()
-    page.locator("#sa-library-refresh").click()
-    page.locator("#sa-library-style input").click()
-    page.get_by_role("option", name=f"#{adapter_id}", exact=False).click()
+    pick_library_style(page, "sa", f"#{adapter_id}")
     page.locator("#sa-prompts textarea").fill("A guitar\nA sailboat")
     page.locator("#sa-generate").click()
-    page.wait_for_function("() => document.querySelector('#sa-metrics').innerText.includes('Library style')",
-                           timeout=120_000)
+    wait_for_text(page, "#sa-metrics", "Library style", show=("#sa-status",))
     shown = page.locator("#sa-metrics").inner_text()
     assert f"(#{adapter_id}) × 1" in shown and "lagoon" in shown
     assert "Done" in page.locator("#sa-status").inner_text()
@@ -359,8 +350,7 @@ def test_browser_a_set_becomes_a_styledrop_loop(live_app, page):
     assert page.locator("#sd-style textarea, #sd-style input").first.input_value() == "ember glow"
     assert page.locator("#sd-content textarea, #sd-content input").first.input_value() == "A guitar"
     page.locator("#sd-new").click()
-    page.wait_for_function("() => document.querySelector('#sd-status').innerText.includes('Done: round 1')",
-                           timeout=180_000)
+    wait_for_text(page, "#sd-status", "Done: round 1", timeout=180_000)
     assert "trained on 3 style" in page.locator("#sd-status").inner_text()
 
 
@@ -381,12 +371,9 @@ def test_browser_subject_and_vector_art_in_a_library_style(live_app, page, tmp_p
                                        svg=("Text-to-SVG", "svg", "#svg-generate", "#svg-status"))[where]
     page.goto(live_app.url)
     page.get_by_role("tab", name=tab, exact=True).click()
-    page.locator(f"#{prefix}-library").get_by_text("Style from the library (optional)").click()
-    page.locator(f"#{prefix}-library-refresh").click()
-    page.locator(f"#{prefix}-library-style input").click()
-    page.get_by_role("option", name=f"#{adapter_id}", exact=False).click()
+    pick_library_style(page, prefix, f"#{adapter_id}")
     page.locator(button).click()
-    page.wait_for_function(f"() => document.querySelector('{status}').innerText.includes('Done')", timeout=180_000)
+    wait_for_text(page, status, "Done", timeout=180_000)
     text = page.locator(status).inner_text()
     assert "pine" in text and f"(#{adapter_id}) × 1" in text
 

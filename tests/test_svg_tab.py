@@ -20,6 +20,7 @@ from core.vector import results
 from core.vector.rasterizer import render
 from core.vector.svg_io import parse_svg
 from tabs.svg import STOPPED_EMPTY, STOPPED_KEPT, SvgTab
+from tests.browserkit import set_number, wait_for_text
 from tests.tabkit import example_inputs, fake_request, last, make_ctx
 
 from .conftest import screenshot
@@ -304,8 +305,7 @@ def test_browser_text_to_svg_streams_downloads_and_stops(live_app, page):
     page.get_by_role("tab", name="Text-to-SVG").click()
     page.locator("#svg-prompt textarea").fill("a paper plane")
     page.locator("#svg-generate").click()
-    page.wait_for_function("() => document.querySelector('#svg-status').innerText.includes('Done')",
-                           timeout=240_000)
+    wait_for_text(page, "#svg-status", "Done", timeout=240_000)
     assert page.locator("#svg-candidates img").count() == 2
     assert "CLIP" in page.locator("#svg-candidates").inner_text()
     assert page.locator("#svg-preview img").count() == 1
@@ -316,17 +316,14 @@ def test_browser_text_to_svg_streams_downloads_and_stops(live_app, page):
     # a long run from scratch: frames stream, the SVG is downloadable mid-run, Stop keeps it
     page.get_by_text("Settings: start, paths, steps, seed").click()
     page.get_by_label("From scratch: random paths, SDS only").check()
-    steps = page.locator("#svg-steps input[type=number]")
-    steps.fill("3000")
-    steps.press("Enter")
+    set_number(page, "svg-steps", 3000)
     page.locator("#svg-generate").click()
     page.wait_for_function("() => /SDS \\d+\\/3000/.test(document.querySelector('#svg-status').innerText)",
                            timeout=120_000)
     href = page.locator("#svg-file a").first.get_attribute("href")
     assert href.endswith(".svg")
     page.locator("#svg-stop").click()
-    page.wait_for_function("() => document.querySelector('#svg-status').innerText.includes('Stopped')",
-                           timeout=30_000)
+    wait_for_text(page, "#svg-status", "Stopped", timeout=30_000)
     # the Stopped update carries the SVG written on stopping: the download is still (again) there
     page.wait_for_function("() => { const a = document.querySelector('#svg-file a');"
                            " return a !== null && a.getAttribute('href').endsWith('.svg') }", timeout=30_000)
@@ -348,8 +345,7 @@ def test_browser_image_to_svg(live_app, page, tmp_path):
     page.locator("#vec-image input[type=file]").set_input_files(str(path))
     page.wait_for_selector("#vec-image-view img", timeout=30_000)
     page.locator("#vec-run").click()
-    page.wait_for_function("() => document.querySelector('#vec-status').innerText.includes('Done')",
-                           timeout=120_000)
+    wait_for_text(page, "#vec-status", "Done")
     status = page.locator("#vec-status").inner_text()
     assert float(status.split("PSNR ")[1].split(" dB")[0]) >= 20      # the disc is recognisably there
     assert page.locator("#vec-preview img").count() == 1
