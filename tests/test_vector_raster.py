@@ -38,6 +38,27 @@ def psnr(a, b) -> float:
     return 10 * math.log10(1 / max(float(np.mean((a - b) ** 2)), 1e-12))
 
 
+def test_a_clone_has_tensors_of_its_own():
+    """Changing a clone in place (an optimizer's step) leaves the original as it was, and back."""
+    stroked = polygon_shape([(2, 2), (30, 4), (16, 28)], fill=(0.2, 0.4, 0.6, 1.0))
+    stroked.stroke, stroked.stroke_width = torch.tensor([0.1, 0.2, 0.3, 1.0]), torch.tensor(2.0)
+    scene = Scene(32, 32, [circle_shape((16, 16), 8, fill=(1, 0, 0, 1)), stroked], background=(1, 1, 1))
+    before = [[t.clone() for t in s.parameters()] for s in scene.shapes]
+    copy = scene.clone()
+    assert (copy.width, copy.height, copy.background) == (32, 32, (1, 1, 1))
+    for s, c, saved in zip(scene.shapes, copy.shapes, before, strict=True):
+        assert len(c.parameters()) == len(saved) and c.subpaths == s.subpaths
+        for t, kept in zip(c.parameters(), saved, strict=True):
+            assert torch.equal(t, kept)       # the same values ...
+            t.add_(1.0)                       # ... in storage of its own
+        for t, kept in zip(s.parameters(), saved, strict=True):
+            assert torch.equal(t, kept)
+    copy.shapes[0].points.sub_(5.0)
+    scene.shapes[1].fill.mul_(0.0)
+    assert torch.equal(copy.shapes[0].points, before[0][0] - 4.0)
+    assert torch.equal(copy.shapes[1].fill, before[1][1] + 1.0)
+
+
 def test_icon_set_is_committed():
     assert len(ICONS) >= 10
     assert (ICONS[0].parent / "LICENSE").is_file()

@@ -68,7 +68,11 @@ class Shape:
                      mv(self.stroke_width), self.fill_rule, self.stroke_cap)
 
     def clone(self) -> "Shape":
-        return self.to()
+        """A copy with tensors of its own (detached): changing one never changes the other."""
+        def cp(t):
+            return None if t is None else t.detach().clone()
+        return Shape(cp(self.points), list(self.subpaths), cp(self.fill), cp(self.stroke),
+                     cp(self.stroke_width), self.fill_rule, self.stroke_cap)
 
 
 @dataclass
@@ -86,7 +90,8 @@ class Scene:
                      self.background)
 
     def clone(self) -> "Scene":
-        return self.to()
+        """A copy with tensors of its own (`to` shares them when nothing moves)."""
+        return Scene(self.width, self.height, [s.clone() for s in self.shapes], self.background)
 
 
 def _t(values, device=None) -> torch.Tensor:
