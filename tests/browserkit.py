@@ -1,5 +1,6 @@
 """Steps the browser tests share (Playwright, the real app): set a slider's number, wait for a
-text and, when it never comes, fail with what the page shows instead, pick a library style.
+text and, when it never comes, fail with what the page shows instead, pick a library style,
+train StyleDrop's first round from a panel another tab filled.
 
 A busy CI machine re-renders a panel while a test types into it, so a step that sets a value
 checks that the value took before the test goes on."""
@@ -54,3 +55,15 @@ def pick_library_style(page, prefix: str, option: str, *, exact: bool = False) -
     page.locator(f"#{prefix}-library-refresh").click()
     page.locator(f"#{prefix}-library-style input").click()
     page.get_by_role("option", name=option, exact=exact).click()
+
+
+def styledrop_round_one(page, *, images: int, style: str, content: str) -> str:
+    """StyleDrop's panel once another tab or the library filled it: wait for its `images` style
+    images, check that the style and content fields hold `style` and `content`, train round 1
+    (a new loop); the status then."""
+    page.wait_for_function(f"() => document.querySelectorAll('#sd-style-view img').length >= {int(images)}",
+                           timeout=60_000)
+    assert page.locator("#sd-style textarea, #sd-style input").first.input_value() == style
+    assert page.locator("#sd-content textarea, #sd-content input").first.input_value() == content
+    page.locator("#sd-new").click()
+    return wait_for_text(page, "#sd-status", "Done: round 1", timeout=180_000)

@@ -18,7 +18,7 @@ from core.events import Progress, Result
 from core.store import Store
 from core.style_aligned import SharingOptions, style_aligned_set
 from core.train import TrainSettings
-from tests.browserkit import pick_library_style, wait_for_text
+from tests.browserkit import pick_library_style, styledrop_round_one, wait_for_text
 from tests.tabkit import fake_request, final, last, make_ctx
 from tests.test_blora import picture
 from tests.test_styledrop import style_image
@@ -619,9 +619,5 @@ def test_browser_a_saved_style_starts_a_styledrop_loop(live_app, page, tmp_path)
     page.goto(live_app.url)
     page.get_by_role("tab", name="StyleDrop Loop", exact=True).click()
     pick_library_style(page, "sd", f"sd browser ink · style: 1 image(s) · {key}")
-    page.wait_for_function("() => document.querySelectorAll('#sd-style-view img').length >= 1", timeout=60_000)
-    assert page.locator("#sd-style textarea, #sd-style input").first.input_value() == "sumi ink"
-    assert page.locator("#sd-content textarea, #sd-content input").first.input_value() == "an image"
-    page.locator("#sd-new").click()
-    wait_for_text(page, "#sd-status", "Done: round 1", timeout=180_000)
-    assert "trained on 1 style" in page.locator("#sd-status").inner_text()
+    status = styledrop_round_one(page, images=1, style="sumi ink", content="an image")
+    assert "trained on 1 style" in status

@@ -13,7 +13,7 @@ from core.events import Result
 from core.style_aligned import SharingOptions, style_aligned_set
 from core.train import TrainSettings
 from tabs.style_aligned import StyleAlignedTab
-from tests.browserkit import pick_library_style, wait_for_text
+from tests.browserkit import pick_library_style, styledrop_round_one, wait_for_text
 from tests.tabkit import fake_request, final, last, make_ctx
 from tests.test_blora import picture
 from tests.test_styledrop import style_image
@@ -346,12 +346,8 @@ def test_browser_a_set_becomes_a_styledrop_loop(live_app, page):
     page.wait_for_function("() => document.querySelectorAll('#sa-gallery img').length >= 3"
                            " && document.querySelector('#sa-status').innerText.includes('Done')", timeout=120_000)
     page.locator("#sa-to-styledrop").click()
-    page.wait_for_function("() => document.querySelectorAll('#sd-style-view img').length >= 3", timeout=60_000)
-    assert page.locator("#sd-style textarea, #sd-style input").first.input_value() == "ember glow"
-    assert page.locator("#sd-content textarea, #sd-content input").first.input_value() == "A guitar"
-    page.locator("#sd-new").click()
-    wait_for_text(page, "#sd-status", "Done: round 1", timeout=180_000)
-    assert "trained on 3 style" in page.locator("#sd-status").inner_text()
+    status = styledrop_round_one(page, images=3, style="ember glow", content="A guitar")
+    assert "trained on 3 style" in status
 
 
 @pytest.mark.browser
