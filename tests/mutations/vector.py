@@ -168,4 +168,8 @@ MUTATIONS = [
              "if pacer.due(i + 1, last=i == o.steps - 1):", "if pacer.due(i + 1):",
              ("tests/test_pacing.py::test_sds_frames_under_a_share_when_writing_is_slow",),
              "a paced run's last SVG never shown: the page stays on an older frame"),
+    Mutation("scene-clone-shares-tensors", "core/vector/scene.py",
+             "return None if t is None else t.detach().clone()", "return None if t is None else t.detach()",
+             (f"{TR}::test_a_clone_has_tensors_of_its_own",),
+             "a copy's optimizer step moves the original's paths too"),
 ]
